@@ -1,0 +1,51 @@
+"""sessions: supervised resource actors.
+
+Each resource (database, cache, broker, bus, API) is owned by one thread actor that
+serializes access to it; an Erlang/OTP-style supervisor restarts failed actors per
+the policies in a config file; callers use stable handles whose methods return
+futures, from plain threads or asyncio.
+"""
+
+import logging
+
+from sessions._config import ResourceConfig, SupervisorConfig, SystemConfig
+from sessions._errors import (
+    CallTimeout,
+    ConfigError,
+    DeviceError,
+    ResourceFault,
+    ResourceUnavailable,
+    SessionsError,
+)
+from sessions._futures import SessionFuture
+from sessions._registry import SessionManager, SessionRegistry
+from sessions._system import ChildInfo, Handle, System, start
+from sessions.actors import ResourceActor
+from sessions.supervisor import Backoff, RestartIntensity
+
+logging.getLogger("sessions").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "CallTimeout",
+    "ChildInfo",
+    "ConfigError",
+    "DeviceError",
+    "Handle",
+    "ResourceActor",
+    "ResourceConfig",
+    "ResourceFault",
+    "ResourceUnavailable",
+    "RestartIntensity",
+    "SessionFuture",
+    "SessionManager",
+    "SessionRegistry",
+    "SessionsError",
+    "SupervisorConfig",
+    "System",
+    "SystemConfig",
+    "__version__",
+    "start",
+]

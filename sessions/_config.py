@@ -1,0 +1,237 @@
+"""Configuration: the TOML/mapping shape, validated with pydantic.
+
+Every problem becomes a :class:`~sessions.ConfigError` whose path names the exact
+location (``supervisor.strategy``, ``resources.bus.call_timeout``); pydantic's own
+messages and tracebacks never reach the user.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sessions._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = "root"
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+RESTART_TYPES = ("permanent", "transient", "temporary")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackoffConfig(_Model):
+    """``backoff = { initial, max, multiplier, jitter }``."""
+
+    initial: float = Field(0.1, ge=0, description="Delay before the first restart (s).")
+    max: float = Field(30.0, ge=0, description="Cap on the delay before jitter (s).")
+    multiplier: float = Field(2.0, ge=1, description="Growth per consecutive failure.")
+    jitter: float = Field(0.1, ge=0, le=1, description="Random spread, fraction of the delay.")
+
+
+class SupervisorConfig(_Model):
+    """``[supervisor]`` (the root) or ``[supervisors.NAME]``."""
+
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] = "one_for_one"
+    max_restarts: int = Field(3, ge=0, description="Restarts allowed within `period`.")
+    period: float = Field(5.0, gt=0, description="Intensity window (s).")
+    backoff: BackoffConfig = BackoffConfig()
+    parent: str | None = Field(None, description="Parent supervisor; omitted: the root.")
+
+
+class ResourceConfig(BaseModel):
+    """``[resources.NAME]``: the supervision keys; every other key goes to the kind."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(description="Built-in kind, entry point name, or 'package.module:Class'.")
+    supervisor: str | None = Field(None, description="Supervisor name; omitted: the root.")
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    call_timeout: float = Field(5.0, gt=0, description="Max wait for a call to complete (s).")
+    connect_timeout: float = Field(30.0, gt=0, description="Max time for one connect (s).")
+    health_interval: float | None = Field(None, gt=0, description="Seconds between checks.")
+    shutdown_timeout: float = Field(5.0, gt=0, description="Time to finish and disconnect (s).")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keys that belong to the resource kind's constructor."""
+        return dict(self.model_extra or {})
+
+
+class SystemConfig(_Model):
+    """The whole file."""
+
+    supervisor: SupervisorConfig = SupervisorConfig()
+    supervisors: dict[str, SupervisorConfig] = {}
+    resources: dict[str, ResourceConfig] = {}
+
+
+# -- loading --------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _substitute(value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, recursively."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group("name"), m.group("default")
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            errors.append(
+                (path, f"environment variable {name} is not set (use ${{{name}:-default}})")
+            )
+            return m.group(0)
+
+        return _ENV.sub(repl, value)
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, _join(path, str(k)), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, _join(path, str(i)), errors) for i, v in enumerate(value)]
+    return value
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One plain sentence for one pydantic error."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        options = ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+        return f"expected one of {options}, got {value!r}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {op} {bound}, got {value!r}"
+    msg = str(err.get("msg", "invalid value"))
+    return f"{msg[0].lower()}{msg[1:]}, got {value!r}"
+
+
+def errors_from(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Translate a pydantic ValidationError into ``(path, message)`` pairs."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
+        out.append((_join(prefix, *loc), _describe(err)))
+    return out
+
+
+def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
+    """Read, substitute and validate a config file path or mapping."""
+    if isinstance(source, Mapping):
+        raw: Any = source
+    else:
+        path = Path(source)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([("", f"config file {str(path)!r} does not exist")]) from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
+    errors: list[tuple[str, str]] = []
+    raw = _substitute(raw, "", errors)
+    try:
+        config = SystemConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(errors + errors_from(exc)) from None
+    errors += _check_tree(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
+    """Cross-references: supervisor names, parents, cycles, name clashes."""
+    errors: list[tuple[str, str]] = []
+    sups = config.supervisors
+    if ROOT in sups:
+        errors.append((f"supervisors.{ROOT}", f"{ROOT!r} is the root supervisor's name"))
+    known = ", ".join([ROOT, *sups])
+    for name, sup in sups.items():
+        if sup.parent is not None and sup.parent != ROOT and sup.parent not in sups:
+            errors.append((f"supervisors.{name}.parent",
+                           f"unknown supervisor {sup.parent!r} (known: {known})"))
+        seen, cur = {name}, sup.parent
+        while cur is not None and cur in sups:
+            if cur in seen:
+                errors.append((f"supervisors.{name}.parent", "supervisors form a cycle"))
+                break
+            seen.add(cur)
+            cur = sups[cur].parent
+    if config.supervisor.parent is not None:
+        errors.append(("supervisor.parent", "the root supervisor has no parent"))
+    for name, res in config.resources.items():
+        if res.supervisor is not None and res.supervisor != ROOT and res.supervisor not in sups:
+            errors.append((f"resources.{name}.supervisor",
+                           f"unknown supervisor {res.supervisor!r} (known: {known})"))
+        if name in sups or name == ROOT:
+            errors.append((f"resources.{name}", "name is already used by a supervisor"))
+    return errors
+
+
+def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
+                  path: str | None = None) -> ResourceConfig:
+    """Validate one resource table (used for dynamic children)."""
+    if isinstance(spec, ResourceConfig):
+        return spec
+    errors: list[tuple[str, str]] = []
+    raw = _substitute(spec, path or f"resources.{name}", errors)
+    try:
+        res = ResourceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(errors + errors_from(exc, path or f"resources.{name}")) from None
+    if errors:
+        raise ConfigError(errors)
+    return res
+
+
+def check_options(cls: type, options: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """Validate a kind's constructor keys: its ``Options`` model if it has one,
+    otherwise its ``__init__`` signature. Unknown keys are named."""
+    model = getattr(cls, "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        try:
+            validated = model.model_validate(dict(options))
+        except ValidationError as exc:
+            raise ConfigError(errors_from(exc, path)) from None
+        fields = {k: getattr(validated, k) for k in model.model_fields}
+        return fields | dict(validated.model_extra or {})
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    accepted = [n for n, p in params.items() if n != "self" and p.kind in
+                (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        hint = f"accepted: {', '.join(accepted)}" if accepted else "this kind takes no options"
+        raise ConfigError([(_join(path, k), f"unknown key for kind {cls.__name__} ({hint})")
+                           for k in unknown])
+    missing = [n for n, p in params.items() if n != "self" and p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in options]
+    if missing:
+        raise ConfigError([(_join(path, k), "required key is missing") for k in missing])
+    return dict(options)

@@ -1,0 +1,384 @@
+"""``start()``, the ``System`` it returns, and the stable ``Handle`` per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from sessions import _config
+from sessions._config import ROOT, ResourceConfig, SystemConfig
+from sessions._errors import ConfigError, ResourceUnavailable
+from sessions._futures import SessionFuture
+from sessions.actors._base import public_methods
+from sessions.messages import Event
+from sessions.supervisor._events import EventBus
+from sessions.supervisor._tree import (
+    Kernel,
+    Node,
+    ResourceChild,
+    SupervisorNode,
+    walk,
+)
+
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    """One row of ``System.which_children()``."""
+
+    name: str
+    """Child name."""
+
+    type: str
+    """``"resource"`` or ``"supervisor"``."""
+
+    kind: str
+    """Resource kind, or ``"supervisor"``."""
+
+    state: str
+    """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed``."""
+
+    restarts: int
+    """Completed restarts."""
+
+
+class Handle:
+    """A stable reference to one resource, valid across any number of restarts.
+
+    ``handle.method(*args, **kwargs)`` queues the call and returns a
+    :class:`~sessions.SessionFuture` at once. Unknown methods raise
+    ``AttributeError`` naming the resource and its methods.
+    """
+
+    def __init__(self, child: ResourceChild) -> None:
+        self._child = child
+        self._methods = public_methods(child.cls)
+
+    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+        if method.startswith("_") or method not in self._methods:
+            raise AttributeError(
+                f"resource {self._child.name!r} (kind {self._child.kind!r}) has no method "
+                f"{method!r}; its methods: {', '.join(sorted(self._methods))}"
+            )
+        caller = functools.partial(self._child.submit, getattr(self._child.cls, method), method)
+        self.__dict__[method] = caller  # later lookups skip __getattr__
+        return caller
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
+        """Call ``method`` by name (for names that clash with handle attributes)."""
+        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
+        return caller(*args, **kwargs)
+
+    @property
+    def name(self) -> str:
+        """The resource's name in the config."""
+        return self._child.name
+
+    @property
+    def kind(self) -> str:
+        """The resource's kind."""
+        return self._child.kind
+
+    @property
+    def state(self) -> str:
+        """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed``."""
+        return self._child.state
+
+    @property
+    def restarts(self) -> int:
+        """Completed restarts of this resource."""
+        return self._child.restarts
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting in the mailbox."""
+        return len(self._child.mailbox)
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.name!r} kind={self.kind!r} state={self.state!r}>"
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> Handle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class System:
+    """A running supervision tree. Leaving its ``with``/``async with`` stops it."""
+
+    def __init__(self, config: SystemConfig, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self._events = EventBus()
+        try:
+            root = SupervisorNode(ROOT, config.supervisor, None)
+            self._supervisors: dict[str, SupervisorNode] = {ROOT: root}
+            for name, sup_cfg in _ordered_supervisors(config):
+                parent = self._supervisors[sup_cfg.parent or ROOT]
+                node = SupervisorNode(name, sup_cfg, parent)
+                parent.children.append(node)
+                self._supervisors[name] = node
+            self._resources: dict[str, ResourceChild] = {}
+            self._handles: dict[str, Handle] = {}
+            errors: list[tuple[str, str]] = []
+            for name, spec in config.resources.items():
+                try:
+                    self._add(name, spec, self._supervisors[spec.supervisor or ROOT])
+                except ConfigError as err:
+                    errors += err.errors
+            if errors:
+                raise ConfigError(errors)
+            _order_children(root, list(config.resources))
+        except BaseException:
+            self._events.close()
+            raise
+        self._kernel = Kernel(root, self._events, clock, rng)
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    def _add(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> ResourceChild:
+        child = ResourceChild(name, spec, sup)
+        sup.children.append(child)
+        self._resources[name] = child
+        self._handles[name] = Handle(child)
+        return child
+
+    def _boot(self) -> None:
+        self._kernel.start()
+        self._kernel.post(self._kernel.boot)
+        try:
+            self._kernel.booted.result()
+        except BaseException:
+            self.stop()
+            raise
+        self._events.flush()  # boot events are history for later subscribers
+
+    # -- handles ----------------------------------------------------------------------
+
+    def get(self, name: str) -> Handle:
+        """The stable handle of resource ``name``."""
+        try:
+            return self._handles[name]
+        except KeyError:
+            known = ", ".join(self._handles) or "none"
+            raise KeyError(f"no resource named {name!r} (resources: {known})") from None
+
+    def __getitem__(self, name: str) -> Handle:
+        return self.get(name)
+
+    @property
+    def state(self) -> str:
+        """``running``, ``failed`` (the root supervisor gave up) or ``stopped``."""
+        root = self._kernel.root.state
+        return "running" if root in ("starting", "restarting") else root
+
+    @property
+    def failure(self) -> str | None:
+        """Why the root supervisor gave up, if it did."""
+        return self._kernel.failure
+
+    # -- events and status ------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Deliver supervision events to ``callback`` on the event thread; returns unsubscribe."""
+        return self._events.subscribe(callback)
+
+    def status(self) -> dict[str, Any]:
+        """The tree as JSON-serializable data (no credentials)."""
+        return _node_status(self._kernel.root)
+
+    def which_children(self, supervisor: str | None = None) -> list[ChildInfo]:
+        """The children of ``supervisor`` (default: the root), in start order."""
+        sup = self._supervisor(supervisor)
+        return [
+            ChildInfo(c.name, "supervisor" if isinstance(c, SupervisorNode) else "resource",
+                      c.kind, c.state, c.restarts)
+            for c in list(sup.children)
+        ]
+
+    # -- dynamic children -------------------------------------------------------------
+
+    def start_child(self, name: str, spec: Mapping[str, Any],
+                    supervisor: str | None = None) -> Handle:
+        """Add and start resource ``name``; returns its handle once it has connected.
+
+        Raises ``ConfigError`` for a bad spec or a name in use, and
+        ``ResourceUnavailable`` (the connect error as ``__cause__``) if it failed to
+        start, in which case it is not added.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError([("name", f"a child needs a non-empty string name, got {name!r}")])
+        if name in self._resources or name in self._supervisors:
+            raise ConfigError([(f"resources.{name}", "name is already in use "
+                                "(restart_child restarts an existing child)")])
+        parsed = _config.resource_spec(name, dict(spec))
+        sup = self._supervisor(supervisor if supervisor is not None else parsed.supervisor)
+        child: ResourceChild = self._kernel.call(self._start_child, name, parsed, sup)
+        return self._handles[child.name]
+
+    def _start_child(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> ResourceChild:
+        if sup.state not in ("starting", "running", "restarting"):
+            raise ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}", resource=name)
+        child = self._add(name, spec, sup)
+        err = self._kernel.start_resource(child)
+        if err is not None:
+            sup.children.remove(child)
+            del self._resources[name], self._handles[name]
+            child.mailbox.close(f"resource {name!r} failed to start")
+            raise ResourceUnavailable(f"resource {name!r} failed to start: {err!r}",
+                                      resource=name) from err
+        self._kernel._started(sup, child)
+        return child
+
+    def terminate_child(self, name: str) -> None:
+        """Stop child ``name`` (a resource or a supervisor) until ``restart_child``."""
+        node = self._node(name)
+        self._kernel.call(self._kernel.stop_one, node, "terminated")
+
+    def restart_child(self, name: str) -> None:
+        """(Re)start child ``name`` now; raises ``ResourceUnavailable`` if its connect
+        fails (the supervisor then keeps retrying it per policy)."""
+        node = self._node(name)
+        self._kernel.call(self._restart_child, node)
+
+    def _restart_child(self, node: Node) -> None:
+        kernel, sup = self._kernel, node.parent
+        assert sup is not None
+        if sup.state not in ("starting", "running", "restarting"):
+            raise ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}", resource=node.name)
+        if node.state in ("starting", "running", "restarting"):
+            kernel._stop_child(node, None, "restarting")
+        if isinstance(node, SupervisorNode):
+            node.ever_started = True
+            kernel.begin(node)
+            return
+        assert isinstance(node, ResourceChild)
+        node.mailbox.reopen()
+        node.pending = False
+        err = kernel.start_resource(node)
+        if err is not None:
+            kernel.fault(sup, node, err, during_start=True)
+            raise ResourceUnavailable(f"resource {node.name!r} failed to restart: {err!r}",
+                                      resource=node.name) from err
+        kernel._started(sup, node)
+
+    def _node(self, name: str) -> Node:
+        node: Node | None = self._resources.get(name) or self._supervisors.get(name)
+        if node is None or node.parent is None:
+            raise KeyError(f"no child named {name!r}")
+        return node
+
+    def _supervisor(self, name: str | None) -> SupervisorNode:
+        try:
+            return self._supervisors[name or ROOT]
+        except KeyError:
+            known = ", ".join(self._supervisors)
+            raise KeyError(f"no supervisor named {name!r} (supervisors: {known})") from None
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every resource in reverse start order; idempotent. Queued calls fail
+        with ``ResourceUnavailable``; no thread started by the library is left."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._kernel._thread.is_alive():
+            self._kernel.call(self._kernel.shutdown)
+            self._kernel.join()
+        else:  # never booted: nothing runs but the event thread
+            self._kernel.root.state = "stopped"
+        self._events.close()
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> System:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    def __repr__(self) -> str:
+        return f"<System state={self.state!r} resources={list(self._resources)}>"
+
+
+def _ordered_supervisors(config: SystemConfig) -> list[tuple[str, Any]]:
+    """Supervisors with every parent before its children (config order otherwise)."""
+    done: set[str] = {ROOT}
+    out = []
+    remaining = dict(config.supervisors)
+    while remaining:
+        for name, sup in list(remaining.items()):
+            if (sup.parent or ROOT) in done:
+                out.append((name, sup))
+                done.add(name)
+                del remaining[name]
+    return out
+
+
+def _order_children(sup: SupervisorNode, resource_order: list[str]) -> None:
+    """Place each supervisor among its siblings where its first resource appears in the
+    config (resources keep table order); supervisors without resources go last."""
+    order = {name: i for i, name in enumerate(resource_order)}
+
+    def first(node: Node) -> float:
+        found = [order[n.name] for n in walk(node) if isinstance(n, ResourceChild)]
+        return min(found, default=float("inf"))
+
+    for node in walk(sup):
+        if isinstance(node, SupervisorNode):
+            node.children.sort(key=first)
+
+
+def _node_status(node: Node) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": node.name,
+        "state": node.state,
+        "restarts": node.restarts,
+        "last_fault": node.last_fault,
+    }
+    if isinstance(node, SupervisorNode):
+        base.update(type="supervisor", strategy=node.config.strategy,
+                    children=[_node_status(c) for c in list(node.children)])
+    else:
+        assert isinstance(node, ResourceChild)
+        base.update(type="resource", kind=node.kind, restart=node.spec.restart,
+                    queued=len(node.mailbox))
+    return base
+
+
+def start(config: ConfigSource, *, clock: Callable[[], float] = time.monotonic,
+          rng: random.Random | None = None) -> System:
+    """Validate ``config`` (a TOML path or a mapping), start the tree, return the System.
+
+    Returns once every resource has connected, in config order. Raises ``ConfigError``
+    for an invalid config (before any thread starts) and ``ResourceUnavailable`` if the
+    root supervisor gives up while starting. ``clock`` and ``rng`` are for tests
+    (restart intensity and backoff jitter).
+    """
+    system = System(_config.load(config), clock=clock, rng=rng)
+    system._boot()
+    return system

@@ -1,0 +1,49 @@
+"""Resource kinds: one module per kind, found lazily by name.
+
+A kind is resolved, in order, from the built-in table below, from the entry-point
+group ``sessions.resources`` (so other packages can add kinds), or from an explicit
+``"package.module:Class"`` string. Driver modules are imported only when a config
+names their kind, so every driver stays an optional extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from sessions._errors import ConfigError
+from sessions.actors._base import ResourceActor
+
+__all__ = ["BUILTIN_KINDS", "ResourceActor", "resolve_kind"]
+
+#: kind -> "module:Class"; filled in as kinds are implemented.
+BUILTIN_KINDS: dict[str, str] = {}
+
+_EXTRAS: dict[str, str] = {}  # kind -> pip extra to suggest when its driver is missing
+
+
+def _entry_point_kinds() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group="sessions.resources")}
+
+
+def resolve_kind(kind: str, path: str = "kind") -> type[ResourceActor]:
+    """The ResourceActor subclass for ``kind``; ConfigError naming ``path`` otherwise."""
+    target = BUILTIN_KINDS.get(kind) or _entry_point_kinds().get(kind)
+    if target is None:
+        if ":" not in kind:
+            known = ", ".join(sorted({*BUILTIN_KINDS, *_entry_point_kinds()})) or "none"
+            raise ConfigError([(path, f"unknown resource kind {kind!r} (built-in and "
+                                      f"installed kinds: {known}; or use 'package.module:Class')")])
+        target = kind
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        extra = _EXTRAS.get(kind)
+        hint = f"; install it with: pip install 'applib-sessions[{extra}]'" if extra else ""
+        raise ConfigError([(path, f"cannot import {module_name!r} for kind {kind!r}: "
+                                  f"{err}{hint}")]) from err
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, ResourceActor)):
+        raise ConfigError([(path, f"{target!r} is not a sessions.ResourceActor subclass")])
+    return cls

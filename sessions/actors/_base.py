@@ -1,0 +1,123 @@
+"""``ResourceActor``: the contract a resource kind implements.
+
+A subclass says how to open and close its resource and which errors mean the
+resource is broken (faults) rather than the caller being wrong. The runtime
+gives every resource one thread that serializes all access to it; the subclass
+never deals with threads, queues or restarts.
+
+The instance lives as long as its place in the supervision tree: state kept on
+``self`` (subscribers, periodic task specs) survives restarts, while state that
+lives in the connection must be rebuilt, either in ``connect()`` or by a replay
+step registered with :meth:`ResourceActor.replay`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+#: Names that are lifecycle hooks or runtime plumbing, never callable through a handle.
+LIFECYCLE = frozenset(
+    {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
+     "resource", "name", "kind", "fault_types", "Options", "stop_normally"}
+)
+
+
+class ResourceActor:
+    """Base class of every resource kind.
+
+    Hooks (run in the actor's own thread):
+
+    * ``connect()`` opens the resource and returns it; it becomes ``self.resource``.
+      Raising is a failed start: retried with backoff, counted toward intensity.
+    * ``disconnect(resource)`` closes it, best effort (errors are logged, not raised).
+    * ``is_fault(exc)`` decides whether an exception from a call means the resource is
+      broken (default: ``isinstance(exc, fault_types)``).
+    * ``health_check()`` runs every ``health_interval`` seconds when configured.
+
+    Every other public method is callable through a handle and returns a future.
+    """
+
+    kind: ClassVar[str] = ""
+    """Name used in config (``kind = "..."``)."""
+
+    fault_types: ClassVar[tuple[type[BaseException], ...]] = ()
+    """Exceptions that mean the resource is broken (the default ``is_fault`` test)."""
+
+    resource: Any
+    """The open resource, as returned by ``connect()``; ``None`` while disconnected."""
+
+    name: str
+    """This resource's name in the config (set by the runtime before ``connect``)."""
+
+    def __init__(self) -> None:
+        self.resource = None
+        self.name = type(self).__name__
+        self._replays: dict[str, Callable[[Any], None]] = {}
+        self._exit_reason: str | None = None
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Open the resource; the return value becomes ``self.resource``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement connect()")
+
+    def disconnect(self, resource: Any) -> None:
+        """Close ``resource``, best effort. Default: call its ``close()`` if it has one."""
+        close = getattr(resource, "close", None)
+        if callable(close):
+            close()
+
+    def is_fault(self, exc: BaseException) -> bool:
+        """True if ``exc`` (raised by a call) means the resource itself is broken."""
+        return isinstance(exc, self.fault_types)
+
+    def health_check(self) -> None:
+        """Raise a fault if the resource is broken. Default: nothing to check."""
+
+    def stop_normally(self, reason: str = "finished") -> None:
+        """End this resource normally once the current call returns.
+
+        A ``permanent`` resource is restarted anyway; ``transient`` and ``temporary``
+        ones stay stopped and further calls fail with ``ResourceUnavailable``.
+        """
+        self._exit_reason = reason
+
+    # -- replay -----------------------------------------------------------------------
+
+    def replay(self, key: str, step: Callable[[Any], None]) -> None:
+        """Register ``step(resource)`` to re-run after every reconnect, before any call.
+
+        For state that lives in the connection: a subscription, a filter, a session
+        setting, a device init write. Steps run in registration order; registering an
+        existing key replaces its step in place. The step is only registered: do the
+        action now yourself if it is needed now.
+        """
+        self._replays[key] = step
+
+    def forget(self, key: str) -> None:
+        """Drop a replay step (no error if it is not registered)."""
+        self._replays.pop(key, None)
+
+    @property
+    def replays(self) -> tuple[str, ...]:
+        """Registered replay keys, in the order they will run."""
+        return tuple(self._replays)
+
+    # -- built-in call ----------------------------------------------------------------
+
+    def transaction(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(resource, *args, **kwargs)`` with no other call interleaved.
+
+        This is how a caller does a multi-step exchange (write a pointer, then read)
+        atomically: the whole function runs as one call in the actor's thread.
+        """
+        return fn(self.resource, *args, **kwargs)
+
+
+def public_methods(cls: type[ResourceActor]) -> frozenset[str]:
+    """The names a handle may call on ``cls``."""
+    return frozenset(
+        n for n in dir(cls)
+        if not n.startswith("_") and n not in LIFECYCLE and callable(getattr(cls, n, None))
+    )

@@ -1,0 +1,314 @@
+"""The thread side of a resource: its mailbox and the Pykka actor that serves it.
+
+Why not Pykka's own inbox? Pykka fails every queued message with ``ActorDeadError``
+when an actor stops, and a stopped actor cannot start again. A resource must keep
+its queued calls across a restart (Akka keeps the mailbox; so do we), so the
+``Mailbox`` belongs to the resource and outlives the actors. Each incarnation is a
+fresh ``Runner`` (a ``pykka.ThreadingActor``) that reads the mailbox through an
+``_InboxView``: control messages (Pykka's stop) addressed to that incarnation come
+first, then calls while it is serving. When the incarnation ends, the view reports
+itself empty so Pykka's teardown leaves the calls for the next incarnation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from sessions._errors import ResourceFault, ResourceUnavailable
+from sessions._redact import redact
+from sessions.messages import Call, HealthCheck
+
+if TYPE_CHECKING:
+    from sessions.actors._base import ResourceActor
+
+log = logging.getLogger("sessions.actor")
+
+_HEALTH = HealthCheck()
+_SERVE = object()  # tells the runner to serve calls until a control message arrives
+
+
+class Mailbox:
+    """A resource's FIFO of calls; survives restarts, refuses calls once closed."""
+
+    def __init__(self, resource: str) -> None:
+        self.resource = resource
+        self.cond = threading.Condition(threading.Lock())
+        self.calls: deque[Call] = deque()
+        self.refusal: str | None = None
+        """Why calls are refused (set while closed), or None while open."""
+
+    def put(self, call: Call) -> None:
+        """Queue ``call``, or fail its future at once if the mailbox is closed."""
+        with self.cond:
+            refusal = self.refusal
+            if refusal is None:
+                self.calls.append(call)
+                self.cond.notify()  # one serving incarnation waits at most
+                return
+        call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
+
+    def close(self, reason: str) -> None:
+        """Refuse new calls and fail the queued ones with ``ResourceUnavailable(reason)``."""
+        with self.cond:
+            self.refusal = reason
+            dropped = list(self.calls)
+            self.calls.clear()
+            self.cond.notify_all()
+        for call in dropped:
+            if call.future.claim():
+                call.future.set_exception(ResourceUnavailable(reason, resource=self.resource))
+
+    def reopen(self) -> None:
+        """Accept calls again (the resource is being started anew)."""
+        with self.cond:
+            self.refusal = None
+
+    def expire_overdue(self, now: float) -> float:
+        """Expire queued calls past their deadline; return the next head deadline (or inf).
+
+        Used while no incarnation is serving, so that a caller waiting through a
+        callback (``asyncio``, ``as_completed``) still sees its timeout on time.
+        Deadlines are in arrival order, so only the head needs looking at.
+        """
+        while True:
+            with self.cond:
+                if not self.calls:
+                    return math.inf
+                head = self.calls[0]
+                if head.future.deadline > now and not head.future.done():
+                    return head.future.deadline
+                self.calls.popleft()
+            head.future.claim()  # expires it (or notices a cancel)
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+
+class _Envelope:
+    """Pykka's envelope shape (``message``, ``reply_to``); calls never use ``reply_to``."""
+
+    __slots__ = ("message", "reply_to")
+
+    def __init__(self, message: Any, reply_to: pykka.Future[Any] | None = None) -> None:
+        self.message = message
+        self.reply_to = reply_to
+
+
+_SERVE_ENVELOPE = _Envelope(_SERVE)
+
+
+class _InboxView:
+    """One incarnation's view of the mailbox, in the shape of ``pykka.ActorInbox``."""
+
+    def __init__(self, mailbox: Mailbox, health_interval: float | None) -> None:
+        self.mailbox = mailbox
+        self.control: deque[Any] = deque()
+        self.serving = False
+        self.health_interval = health_interval
+        self.next_health = math.inf
+
+    def put(self, envelope: Any, /) -> None:
+        """Pykka's own messages (stop) for this incarnation."""
+        with self.mailbox.cond:
+            self.control.append(envelope)
+            self.mailbox.cond.notify_all()
+
+    def get(self) -> Any:
+        """Next message for Pykka's loop: a control message, or ``_SERVE`` when there
+        is work; the serve loop then takes calls itself until a control message comes."""
+        mb = self.mailbox
+        with mb.cond:
+            while True:
+                if self.control:
+                    return self.control.popleft()
+                if self.serving and (mb.calls or self.next_health <= time.monotonic()):
+                    return _SERVE_ENVELOPE
+                timeout = None
+                if self.serving and self.next_health != math.inf:
+                    timeout = self.next_health - time.monotonic()
+                mb.cond.wait(timeout)
+
+    def next_work(self) -> Call | HealthCheck | None:
+        """For the serve loop: the oldest call, a due health check, or None when a
+        control message is waiting or serving has ended (back to Pykka's loop)."""
+        mb = self.mailbox
+        with mb.cond:
+            while True:
+                if self.control or not self.serving:
+                    return None
+                if self.next_health != math.inf and self.next_health <= time.monotonic():
+                    return _HEALTH
+                if mb.calls:
+                    return mb.calls.popleft()
+                timeout = None
+                if self.next_health != math.inf:
+                    timeout = self.next_health - time.monotonic()
+                mb.cond.wait(timeout)
+
+    def empty(self) -> bool:
+        """Only control messages count: queued calls wait for the next incarnation."""
+        return not self.control
+
+    def start_serving(self) -> None:
+        with self.mailbox.cond:
+            self.serving = True
+            if self.health_interval:
+                self.next_health = time.monotonic() + self.health_interval
+
+    def stop_serving(self) -> None:
+        with self.mailbox.cond:
+            self.serving = False
+
+
+class Runner(pykka.ThreadingActor):
+    """One incarnation of a resource: connects, replays, serves calls until told to stop
+    or until a fault, then disconnects. Never raises into Pykka (which would stop or,
+    for a ``BaseException``, kill every actor)."""
+
+    # A driver call stuck past shutdown_timeout must not keep the process alive.
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        actor: ResourceActor,
+        mailbox: Mailbox,
+        health_interval: float | None,
+        on_fault: Callable[[Runner, BaseException | None, str], None],
+        register: Callable[[Runner], None],
+    ) -> None:
+        self.view = _InboxView(mailbox, health_interval)
+        super().__init__()  # calls _create_actor_inbox(), which hands Pykka the view
+        self.actor = actor
+        self.on_fault = on_fault
+        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        """Resolved once connect and replay finished (or failed); cancelled if abandoned."""
+        self.thread: threading.Thread | None = None
+        self.connected = False
+        register(self)  # before the thread starts, so the owner can always reach it
+
+    def _create_actor_inbox(self) -> _InboxView:  # type: ignore[override]
+        return self.view
+
+    # -- lifecycle (actor thread) -----------------------------------------------------
+
+    def on_start(self) -> None:
+        self.thread = threading.current_thread()
+        self.thread.name = f"sessions-{self.actor.name}"
+        try:
+            resource = self.actor.connect()
+            self.actor.resource = resource
+            self.connected = True
+            for step in list(self.actor._replays.values()):
+                step(resource)
+        except BaseException as exc:  # a failed start, whatever it raised
+            self._disconnect()
+            if self.started.set_running_or_notify_cancel():
+                self.started.set_exception(exc)
+            self.stop()
+            return
+        if not self.started.set_running_or_notify_cancel():  # abandoned: took too long
+            self._disconnect()
+            self.stop()
+            return
+        self.view.start_serving()
+        self.started.set_result(None)
+
+    def on_stop(self) -> None:
+        self.view.stop_serving()
+        self._disconnect()
+
+    def on_receive(self, message: Any) -> None:
+        if message is _SERVE:
+            self._serve()
+
+    # -- work -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Run calls in arrival order until a control message (stop) or a fault.
+
+        Serving here rather than one Pykka message per call keeps Pykka's per-message
+        dispatch off the hot path; control messages still win between any two calls.
+        """
+        next_work, run, actor = self.view.next_work, self._run, self.actor
+        while (work := next_work()) is not None:
+            if work is _HEALTH:
+                self._health()
+            else:
+                run(work)  # type: ignore[arg-type]
+            if actor._exit_reason is not None and self.view.serving:
+                reason, actor._exit_reason = actor._exit_reason, None
+                self._crash(None, reason)
+
+    def _run(self, call: Call) -> None:
+        future = call.future
+        if not future.claim():
+            return
+        try:
+            result = call.fn(self.actor, *call.args, **call.kwargs)
+        except BaseException as exc:
+            if self._is_fault(exc):
+                err = ResourceFault(
+                    f"call {future.method}() on resource {self.actor.name!r} broke the resource: "
+                    f"{redact(repr(exc))}; the call had started, so its outcome is unknown",
+                    resource=self.actor.name,
+                    method=future.method,
+                )
+                err.__cause__ = exc
+                future.set_exception(err)
+                self._crash(exc, future.method)
+            else:
+                future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def _health(self) -> None:
+        try:
+            self.actor.health_check()
+        except BaseException as exc:
+            if self._is_fault(exc):
+                self._crash(exc, "health_check")
+                return
+            log.warning("health check of %r raised a non-fault: %s", self.actor.name,
+                        redact(repr(exc)))
+        if self.view.health_interval:
+            self.view.next_health = time.monotonic() + self.view.health_interval
+
+    def _is_fault(self, exc: BaseException) -> bool:
+        if not isinstance(exc, Exception):
+            return True  # SystemExit and friends: the resource's state is unknown
+        try:
+            return bool(self.actor.is_fault(exc))
+        except Exception:
+            log.exception("is_fault() of %r raised; treating the error as a fault",
+                          self.actor.name)
+            return True
+
+    def _crash(self, exc: BaseException | None, where: str) -> None:
+        """Stop serving, close the resource, tell the supervisor, end this incarnation.
+
+        ``exc`` is None for a normal exit (``stop_normally``); ``where`` then says why.
+        """
+        self.view.stop_serving()
+        self._disconnect()
+        self.stop()
+        self.on_fault(self, exc, where)
+
+    def _disconnect(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        resource, self.actor.resource = self.actor.resource, None
+        try:
+            self.actor.disconnect(resource)
+        except Exception as exc:
+            log.warning("disconnect of %r failed (ignored): %s", self.actor.name,
+                        redact(repr(exc)))

@@ -1,0 +1,1 @@
+"""In-process simulators of hardware buses, so code runs and is tested without hardware."""

@@ -1,0 +1,42 @@
+"""Shared fixtures. Every test fails if it leaves a library thread or Pykka actor behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+from tests import kinds
+
+
+def _library_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sessions-") and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail the test if a ``sessions-*`` thread or a Pykka actor outlives it."""
+    before = set(_library_threads())
+    yield
+    deadline = time.monotonic() + 5.0
+    leaked = [t for t in _library_threads() if t not in before]
+    while leaked and time.monotonic() < deadline:
+        leaked[0].join(0.05)
+        leaked = [t for t in _library_threads() if t not in before]
+    actors = pykka.ActorRegistry.get_all()
+    if actors:
+        pykka.ActorRegistry.stop_all(block=True, timeout=5)
+    assert not leaked, f"test leaked library threads: {[t.name for t in leaked]}"
+    assert not actors, f"test leaked Pykka actors: {actors}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe_controls() -> Iterator[None]:
+    kinds.CONTROLS.clear()
+    kinds.LIFECYCLE.clear()
+    yield
+    kinds.CONTROLS.clear()
+    kinds.LIFECYCLE.clear()

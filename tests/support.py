@@ -1,0 +1,80 @@
+"""Test helpers: configs for the probe kind, an event recorder, a fake clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sessions.messages import Event
+
+PROBE = "tests.kinds:Probe"
+
+
+def config(resources: dict[str, dict[str, Any]] | list[str], **supervisor: Any) -> dict[str, Any]:
+    """A config of probe resources; backoff fast and without jitter unless given."""
+    if isinstance(resources, list):
+        resources = {name: {} for name in resources}
+    supervisor.setdefault("backoff", {"initial": 0.01, "max": 0.05, "jitter": 0.0})
+    supervisors = supervisor.pop("supervisors", {})
+    return {
+        "supervisor": supervisor,
+        "supervisors": supervisors,
+        "resources": {n: {"kind": PROBE, **spec} for n, spec in resources.items()},
+    }
+
+
+class Recorder:
+    """Collects events; ``wait_for`` blocks until a matching event has arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[Event], bool], count: int = 1,
+                 timeout: float = 10.0) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events if pred(e)]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {count} events; got {self.events}")
+                self._cond.wait(left)
+
+    def of(self, cls: type) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, cls)]
+
+
+class FakeClock:
+    """An injectable clock for restart intensity and backoff bookkeeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``pred`` (for state that has no event to wait on) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.005)

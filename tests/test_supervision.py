@@ -1,0 +1,329 @@
+"""Supervision: strategies, restart types, intensity, escalation, backoff, order, dynamic children."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.messages import (
+    ChildFaulted,
+    ChildRestarting,
+    ChildStarted,
+    ChildStopped,
+    SupervisorGaveUp,
+)
+from tests.kinds import LIFECYCLE, controls
+from tests.support import FakeClock, Recorder, config, wait_until
+
+
+def _fault(system: sessions.System, name: str) -> None:
+    with pytest.raises(sessions.ResourceFault):
+        system.get(name).break_it().result(5)
+
+
+def _restarted(rec: Recorder, *names: str) -> None:
+    for name in names:
+        rec.wait_for(lambda e, n=name: isinstance(e, ChildStarted) and e.name == n
+                     and e.restarts >= 1)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted"),
+    [("one_for_one", ["b"]), ("one_for_all", ["a", "b", "c"]), ("rest_for_one", ["b", "c"])],
+)
+def test_strategies(strategy: str, restarted: list[str]) -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b", "c"], strategy=strategy)) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        _fault(system, "b")
+        _restarted(rec, *restarted)
+        for name in "abc":
+            assert system.get(name).echo(name).result(5) == name
+            assert controls(name).connects == (2 if name in restarted else 1)
+        # siblings stop in reverse order, then everyone restarts in start order
+        stops = [n for op, n in LIFECYCLE if op == "disconnect"]
+        starts = [n for op, n in LIFECYCLE if op == "connect"]
+        assert starts == restarted
+        assert sorted(stops) == restarted
+        if strategy != "one_for_one":
+            assert [n for n in stops if n != "b"] == [n for n in reversed(restarted) if n != "b"]
+        restarting = {e.name for e in rec.of(ChildRestarting)}
+        assert restarting == set(restarted)
+
+
+def test_queued_calls_of_siblings_survive_a_one_for_all_restart() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b"], strategy="one_for_all")) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        a.block(started, release)
+        assert started.wait(5)
+        queued = [a.record("q", i) for i in range(5)]
+        fault = system.get("b").break_it()
+        threading.Timer(0.05, release.set).start()
+        with pytest.raises(sessions.ResourceFault):
+            fault.result(5)
+        assert [f.result(5) for f in queued] in ([1] * 5, [2] * 5)
+
+
+def test_permanent_is_restarted_even_after_a_normal_exit() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a"])) as system:
+        system.subscribe(rec)
+        assert system.get("a").finish().result(5) == "bye"
+        _restarted(rec, "a")
+        assert system.get("a").generation().result(5) == 2
+
+
+def test_transient_is_restarted_after_a_fault_but_not_after_a_normal_exit() -> None:
+    rec = Recorder()
+    with sessions.start(config({"a": {"restart": "transient"}})) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        _fault(system, "a")
+        _restarted(rec, "a")
+        assert a.finish().result(5) == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "a")
+        assert a.state == "stopped"
+        with pytest.raises(sessions.ResourceUnavailable, match="stopped normally"):
+            a.echo(1).result(5)
+        assert controls("a").connects == 2
+
+
+def test_intensity_exhausted_gives_up_and_fails_the_system() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b"], max_restarts=2, period=60)) as system:
+        system.subscribe(rec)
+        for _ in range(2):
+            _fault(system, "a")
+            wait_until(lambda: system.get("a").state == "running", what="restart")
+        _fault(system, "a")
+        gave_up = rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))[0]
+        assert gave_up.supervisor == "root" and "more than 2 restarts" in gave_up.reason
+        assert system.state == "failed"
+        assert system.failure is not None and "gave up" in system.failure
+        for name in "ab":
+            assert system.get(name).state == "failed"
+        assert system.get("a").restarts == 2
+
+
+def test_restarts_spaced_beyond_the_period_never_exhaust_intensity() -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    cfg = config(["a"], max_restarts=1, period=10)
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        for i in range(4):
+            _fault(system, "a")
+            rec.wait_for(lambda e: isinstance(e, ChildStarted), count=i + 1)
+            clock.advance(11)
+        assert system.state == "running" and system.get("a").restarts == 4
+        assert not rec.of(SupervisorGaveUp)
+
+
+def test_escalation_through_a_two_level_tree() -> None:
+    rec = Recorder()
+    cfg = config(
+        {"x": {"supervisor": "field"}, "y": {"supervisor": "field"}, "z": {}},
+        max_restarts=5, period=60,
+        supervisors={"field": {"strategy": "rest_for_one", "max_restarts": 1, "period": 60,
+                               "backoff": {"initial": 0.01, "jitter": 0}}},
+    )
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        x = system.get("x")
+        _fault(system, "x")
+        _restarted(rec, "x", "y")  # rest_for_one inside the field supervisor
+        _fault(system, "x")  # second restart within the period: field gives up
+        rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp) and e.supervisor == "field")
+        rec.wait_for(lambda e: isinstance(e, ChildFaulted) and e.supervisor == "root"
+                     and e.name == "field")
+        rec.wait_for(lambda e: isinstance(e, ChildRestarting) and e.name == "field")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field"
+                     and e.restarts == 1)
+        assert x.echo("back").result(5) == "back"  # the same handle serves again
+        assert system.get("y").state == "running"
+        assert controls("z").connects == 1  # the sibling subtree was untouched
+        assert system.state == "running"
+        tree = system.status()
+        field = next(c for c in tree["children"] if c["name"] == "field")
+        assert field["type"] == "supervisor" and field["restarts"] == 1
+
+
+def test_root_giving_up_while_starting_makes_start_raise() -> None:
+    controls("a").fail_connects = 99
+    with pytest.raises(sessions.ResourceUnavailable, match="supervisor 'root' gave up"):
+        sessions.start(config(["a"], max_restarts=2))
+    assert controls("a").connects == 3
+
+
+def test_backoff_delays_grow_and_are_waited() -> None:
+    rec = Recorder()
+    cfg = config(["a"], max_restarts=10, period=60,
+                 backoff={"initial": 0.05, "multiplier": 2.0, "max": 0.15, "jitter": 0.0})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        controls("a").fail_connects = 3
+        t0 = time.monotonic()
+        _fault(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "a")
+        elapsed = time.monotonic() - t0
+        delays = [e.delay for e in rec.of(ChildRestarting)]
+        assert delays == [0.05, 0.1, 0.15, 0.15]  # capped at max
+        assert [e.attempt for e in rec.of(ChildRestarting)] == [1, 2, 3, 4]
+        assert elapsed >= sum(delays)  # every delay was actually waited (lower bound)
+        starts = [e for e in rec.of(ChildFaulted) if e.during_start]
+        assert len(starts) == 3 and "connect refused" in starts[0].error
+
+
+def test_backoff_attempts_reset_after_a_quiet_period() -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    cfg = config(["a"], max_restarts=10, period=5,
+                 backoff={"initial": 0.01, "multiplier": 3.0, "jitter": 0.0})
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        for i in range(2):
+            _fault(system, "a")
+            rec.wait_for(lambda e: isinstance(e, ChildStarted), count=i + 1)
+        clock.advance(6)  # ran a whole period without a fault
+        _fault(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted), count=3)
+        assert [e.attempt for e in rec.of(ChildRestarting)] == [1, 2, 1]
+        assert [e.delay for e in rec.of(ChildRestarting)] == pytest.approx([0.01, 0.03, 0.01])
+
+
+def test_start_order_and_reverse_stop_order() -> None:
+    cfg = config({"a": {}, "s1": {"supervisor": "field"}, "s2": {"supervisor": "field"},
+                  "b": {}}, supervisors={"field": {}})
+    system = sessions.start(cfg)
+    assert [n for op, n in LIFECYCLE] == ["a", "s1", "s2", "b"]
+    LIFECYCLE.clear()
+    system.stop()
+    system.stop()  # idempotent
+    assert [n for op, n in LIFECYCLE] == ["b", "s2", "s1", "a"]
+    assert system.state == "stopped"
+
+
+def test_stop_lets_the_current_call_finish_and_fails_the_queued_ones() -> None:
+    system = sessions.start(config(["a"]))
+    a = system.get("a")
+    started, release = threading.Event(), threading.Event()
+    current = a.block(started, release)
+    assert started.wait(5)
+    queued = [a.echo(i) for i in range(3)]
+    threading.Timer(0.1, release.set).start()
+    system.stop()
+    assert current.result(0) == "released"
+    for f in queued:
+        with pytest.raises(sessions.ResourceUnavailable):
+            f.result(0)
+
+
+def test_health_check_fault_restarts_the_resource() -> None:
+    rec = Recorder()
+    with sessions.start(config({"a": {"health_interval": 0.05}})) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        a.set_unhealthy().result(5)
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert "health_check" in fault.error
+        a.set_unhealthy(False).result(5)  # queued across the restart, runs on the new one
+        _restarted(rec, "a")
+        assert a.echo(1).result(5) == 1
+
+
+def test_replay_steps_rerun_in_order_before_queued_calls() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a"])) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        for setting in ("search_path", "timezone", "role"):
+            a.remember(setting).result(5)
+        a.apply(lambda p: p.forget("setting:timezone")).result(5)
+        fault = a.break_it()
+        after = a.settings()
+        with pytest.raises(sessions.ResourceFault):
+            fault.result(5)
+        assert after.result(5) == ["search_path", "role"]
+        assert a.generation().result(5) == 2
+
+
+def test_a_faulting_replay_step_is_a_failed_start() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a"], max_restarts=2, period=60)) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        a.remember_broken().result(5)
+        _fault(system, "a")
+        rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
+        starts = [e for e in rec.of(ChildFaulted) if e.during_start]
+        assert starts and "replay failed" in starts[0].error
+
+
+def test_connect_timeout_is_a_failed_start_and_retried() -> None:
+    rec = Recorder()
+    with sessions.start(config({"a": {"connect_timeout": 0.1}}, max_restarts=5)) as system:
+        system.subscribe(rec)
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        _fault(system, "a")
+        failed = rec.wait_for(lambda e: isinstance(e, ChildFaulted) and e.during_start)[0]
+        assert "connect_timeout" in failed.error
+        gate.set()
+        _restarted(rec, "a")
+        assert system.get("a").echo(1).result(5) == 1
+
+
+def test_dynamic_children() -> None:
+    rec = Recorder()
+    cfg = config(["a"], supervisors={"field": {"strategy": "one_for_all"}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        d = system.start_child("d", {"kind": "tests.kinds:Probe"}, supervisor="field")
+        assert d.echo("dyn").result(5) == "dyn"
+        assert [(c.name, c.state) for c in system.which_children("field")] == [("d", "running")]
+        assert [c.name for c in system.which_children()] == ["a", "field"]
+        with pytest.raises(sessions.ConfigError, match="already in use"):
+            system.start_child("d", {"kind": "tests.kinds:Probe"})
+        with pytest.raises(sessions.ConfigError, match=r"resources\.e\.kind"):
+            system.start_child("e", {"kind": "no.such.module:Nope"})
+        controls("f").fail_connects = 1
+        with pytest.raises(sessions.ResourceUnavailable, match="failed to start"):
+            system.start_child("f", {"kind": "tests.kinds:Probe"})
+        assert "f" not in [c.name for c in system.which_children()]
+        system.terminate_child("d")
+        assert system.which_children("field")[0].state == "stopped"
+        with pytest.raises(sessions.ResourceUnavailable, match="terminated"):
+            d.echo(1).result(5)
+        system.restart_child("d")
+        assert d.echo("again").result(5) == "again"
+        assert d.restarts == 1
+        system.restart_child("a")  # restarting a running child reconnects it
+        assert system.get("a").generation().result(5) == 2
+        with pytest.raises(KeyError):
+            system.terminate_child("nope")
+
+
+def test_status_is_json_and_never_shows_passwords() -> None:
+    rec = Recorder()
+    secret_url = "postgresql://plant:hunter2@db.local/app"
+    with sessions.start(config({"a": {"url": secret_url}})) as system:
+        system.subscribe(rec)
+        with pytest.raises(sessions.ResourceFault) as info:
+            system.get("a").break_it(f"cannot reach {secret_url}").result(5)
+        assert "hunter2" not in str(info.value)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        text = json.dumps(system.status())
+        assert "hunter2" not in text
+        assert "plant:***@db.local" in system.status()["children"][0]["last_fault"]
+        assert all("hunter2" not in repr(e) for e in rec.events)
+        tree: dict[str, Any] = system.status()
+        assert tree["children"][0]["kind"] == "probe"
