@@ -152,6 +152,11 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
             raise ConfigError([("", f"config file {str(path)!r} does not exist")]) from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError([("", f"{path}: not UTF-8 text: {err}")]) from None
+        except OSError as err:
+            raise ConfigError([("", f"cannot read config file {str(path)!r}: "
+                                    f"{err.strerror or err}")]) from None
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
     try:

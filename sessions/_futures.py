@@ -136,6 +136,8 @@ class SessionFuture(concurrent.futures.Future[T]):
     async def _wait_async(self) -> T:
         """Await without blocking the event loop, bounded by the deadline."""
         wrapped = asyncio.wrap_future(self)
+        # We read the outcome from self; mark the asyncio copy's error as retrieved.
+        wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
         start = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(wrapped), max(0.0, self.deadline - start))

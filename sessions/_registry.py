@@ -171,7 +171,7 @@ class SessionManager:
 
     def start(self) -> Handle:
         """Start the system (once) and return the handle."""
-        if self._system is None:
+        if self._system is None or self._system.state == "stopped":
             self._system = start(self._config)
         return self._system.get(self._name)
 

@@ -37,8 +37,9 @@ class Recorder:
             self.events.append(event)
             self._cond.notify_all()
 
-    def wait_for(self, pred: Callable[[Event], bool], count: int = 1,
-                 timeout: float = 10.0) -> list[Event]:
+    def wait_for(
+        self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 10.0
+    ) -> list[Event]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

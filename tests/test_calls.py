@@ -76,14 +76,16 @@ def test_4_calls_queued_behind_a_fault_and_during_restart_run_after_it() -> None
         assert blocker.result(5) == "released"
         with pytest.raises(sessions.ResourceFault):
             fault.result(5)
-        wait_until(lambda: controls("a").connects == 1 and a.state == "restarting",
-                   what="restart to begin")
+        wait_until(
+            lambda: controls("a").connects == 1 and a.state == "restarting", what="restart to begin"
+        )
         during = [a.record("d", i) for i in range(5)]
         assert not any(f.done() for f in queued + during)
         gate.set()
         assert [f.result(5) for f in queued + during] == [2] * 15
         assert [(c, s) for c, s, _ in controls("a").log] == [
-            *[("q", i) for i in range(10)], *[("d", i) for i in range(5)]
+            *[("q", i) for i in range(10)],
+            *[("d", i) for i in range(5)],
         ]
 
 
@@ -190,7 +192,7 @@ def test_6_calls_to_a_stopped_resource_fail_at_once(how: str) -> None:
         system.stop()
     fut = a.echo(1)
     assert fut.done()
-    with pytest.raises(sessions.ResourceUnavailable, match="terminated|stopping"):
+    with pytest.raises(sessions.ResourceUnavailable, match=r"terminated|stopping"):
         fut.result(0)
     system.stop()
 

@@ -1,4 +1,5 @@
-"""Supervision: strategies, restart types, intensity, escalation, backoff, order, dynamic children."""
+"""Supervision: strategies, restart types, intensity, escalation, backoff, order, dynamic
+children."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def _fault(system: sessions.System, name: str) -> None:
 
 def _restarted(rec: Recorder, *names: str) -> None:
     for name in names:
-        rec.wait_for(lambda e, n=name: isinstance(e, ChildStarted) and e.name == n
-                     and e.restarts >= 1)
+        rec.wait_for(
+            lambda e, n=name: isinstance(e, ChildStarted) and e.name == n and e.restarts >= 1
+        )
 
 
 @pytest.mark.parametrize(
@@ -132,9 +134,16 @@ def test_escalation_through_a_two_level_tree() -> None:
     rec = Recorder()
     cfg = config(
         {"x": {"supervisor": "field"}, "y": {"supervisor": "field"}, "z": {}},
-        max_restarts=5, period=60,
-        supervisors={"field": {"strategy": "rest_for_one", "max_restarts": 1, "period": 60,
-                               "backoff": {"initial": 0.01, "jitter": 0}}},
+        max_restarts=5,
+        period=60,
+        supervisors={
+            "field": {
+                "strategy": "rest_for_one",
+                "max_restarts": 1,
+                "period": 60,
+                "backoff": {"initial": 0.01, "jitter": 0},
+            }
+        },
     )
     with sessions.start(cfg) as system:
         system.subscribe(rec)
@@ -143,11 +152,13 @@ def test_escalation_through_a_two_level_tree() -> None:
         _restarted(rec, "x", "y")  # rest_for_one inside the field supervisor
         _fault(system, "x")  # second restart within the period: field gives up
         rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp) and e.supervisor == "field")
-        rec.wait_for(lambda e: isinstance(e, ChildFaulted) and e.supervisor == "root"
-                     and e.name == "field")
+        rec.wait_for(
+            lambda e: isinstance(e, ChildFaulted) and e.supervisor == "root" and e.name == "field"
+        )
         rec.wait_for(lambda e: isinstance(e, ChildRestarting) and e.name == "field")
-        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field"
-                     and e.restarts == 1)
+        rec.wait_for(
+            lambda e: isinstance(e, ChildStarted) and e.name == "field" and e.restarts == 1
+        )
         assert x.echo("back").result(5) == "back"  # the same handle serves again
         assert system.get("y").state == "running"
         assert controls("z").connects == 1  # the sibling subtree was untouched
@@ -166,8 +177,12 @@ def test_root_giving_up_while_starting_makes_start_raise() -> None:
 
 def test_backoff_delays_grow_and_are_waited() -> None:
     rec = Recorder()
-    cfg = config(["a"], max_restarts=10, period=60,
-                 backoff={"initial": 0.05, "multiplier": 2.0, "max": 0.15, "jitter": 0.0})
+    cfg = config(
+        ["a"],
+        max_restarts=10,
+        period=60,
+        backoff={"initial": 0.05, "multiplier": 2.0, "max": 0.15, "jitter": 0.0},
+    )
     with sessions.start(cfg) as system:
         system.subscribe(rec)
         controls("a").fail_connects = 3
@@ -186,8 +201,12 @@ def test_backoff_delays_grow_and_are_waited() -> None:
 def test_backoff_attempts_reset_after_a_quiet_period() -> None:
     clock = FakeClock()
     rec = Recorder()
-    cfg = config(["a"], max_restarts=10, period=5,
-                 backoff={"initial": 0.01, "multiplier": 3.0, "jitter": 0.0})
+    cfg = config(
+        ["a"],
+        max_restarts=10,
+        period=5,
+        backoff={"initial": 0.01, "multiplier": 3.0, "jitter": 0.0},
+    )
     with sessions.start(cfg, clock=clock) as system:
         system.subscribe(rec)
         for i in range(2):
@@ -201,8 +220,10 @@ def test_backoff_attempts_reset_after_a_quiet_period() -> None:
 
 
 def test_start_order_and_reverse_stop_order() -> None:
-    cfg = config({"a": {}, "s1": {"supervisor": "field"}, "s2": {"supervisor": "field"},
-                  "b": {}}, supervisors={"field": {}})
+    cfg = config(
+        {"a": {}, "s1": {"supervisor": "field"}, "s2": {"supervisor": "field"}, "b": {}},
+        supervisors={"field": {}},
+    )
     system = sessions.start(cfg)
     assert [n for op, n in LIFECYCLE] == ["a", "s1", "s2", "b"]
     LIFECYCLE.clear()

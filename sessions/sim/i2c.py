@@ -109,9 +109,9 @@ def _check_address(value: int, name: str = "i2c_addr") -> int:
     return value
 
 
-def _check_block(name: str, data: Sequence[int], limit: int = I2C_SMBUS_BLOCK_MAX) -> bytes:
-    if len(data) > limit:
-        raise ValueError(f"{name} has {len(data)} bytes; the limit is {limit}")
+def _check_block(name: str, data: Sequence[int]) -> bytes:
+    if len(data) > I2C_SMBUS_BLOCK_MAX:
+        raise ValueError(f"{name} has {len(data)} bytes; the limit is {I2C_SMBUS_BLOCK_MAX}")
     for i, value in enumerate(data):
         _check_int(f"{name}[{i}]", value, 0, 0xFF)
     return bytes(data)
@@ -498,9 +498,12 @@ class SimAdapter:
     or an iterable of devices.
     """
 
-    def __init__(self, devices: Mapping[int, SimDevice] | Iterable[SimDevice] | None = None):
-        self.lock = threading.Lock()
-        """Held for the whole of each transfer."""
+    def __init__(
+        self, devices: Mapping[int, SimDevice] | Iterable[SimDevice] | None = None
+    ) -> None:
+        # Held for the whole of each transfer. Not reentrant: to make two transfers
+        # one unit, hold a lock of your own around both calls.
+        self._lock = threading.Lock()
         self._devices: dict[int, SimDevice] = {}
         self._faults: list[_Fault] = []
         # Bumped by "disconnect": handles opened before the bump raise ENODEV.
@@ -519,14 +522,14 @@ class SimAdapter:
     @property
     def devices(self) -> Mapping[int, SimDevice]:
         """A snapshot of the attached devices by address."""
-        with self.lock:
+        with self._lock:
             return dict(self._devices)
 
     def attach(self, device: SimDevice) -> None:
         """Connect a device to the bus (between transfers)."""
         if not isinstance(device, SimDevice):
             raise TypeError(f"device must be a SimDevice, got {type(device).__name__}")
-        with self.lock:
+        with self._lock:
             if device.address in self._devices:
                 raise ValueError(
                     f"address {device.address:#04x} is already taken by "
@@ -536,7 +539,7 @@ class SimAdapter:
 
     def detach(self, address: int) -> SimDevice:
         """Disconnect and return the device at ``address``; it then NACKs (ENXIO)."""
-        with self.lock:
+        with self._lock:
             try:
                 return self._devices.pop(address)
             except KeyError:
@@ -547,11 +550,12 @@ class SimAdapter:
 
         ``"nack"`` raises ``OSError(ENXIO)``, ``"eio"`` ``OSError(EIO)``,
         ``"timeout"`` ``OSError(ETIMEDOUT)``; faults are used up in the order
-        injected, one per transfer, and the failing transfer never reaches the
-        device. ``"disconnect"`` takes the whole adapter away: every transfer on
-        each handle open now raises ``OSError(ENODEV)`` until that handle is
-        reopened (``open()``, or a new ``SimBus`` on this adapter); ``address``
-        must be None and ``count`` is ignored.
+        injected, one per transfer, and strike at the address byte, so the failing
+        transfer never reaches that device. ``"disconnect"`` takes the whole
+        adapter away: every transfer on each handle open now raises
+        ``OSError(ENODEV)`` until that handle is reopened (``open()``, or a new
+        ``SimBus`` on this adapter); ``address`` must be None and ``count`` is
+        ignored.
         """
         if kind not in _FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {_FAULT_KINDS}")
@@ -560,17 +564,17 @@ class SimAdapter:
         if kind == "disconnect":
             if address is not None:
                 raise ValueError("'disconnect' affects the whole adapter; address must be None")
-            with self.lock:
+            with self._lock:
                 self._epoch += 1
             return
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count={count!r} must be an int >= 1")
-        with self.lock:
+        with self._lock:
             self._faults.append(_Fault(kind, address, count))
 
     def clear_faults(self) -> None:
         """Drop pending nack/eio/timeout faults (a disconnect needs a reopen)."""
-        with self.lock:
+        with self._lock:
             self._faults.clear()
 
     def _take_fault(self, address: int) -> _Fault | None:
@@ -689,7 +693,7 @@ class SimBus:
         if not isinstance(bus, (int, str)):
             raise TypeError(f"Unexpected type(bus)={type(bus)}")
         self._bus = bus
-        with self._adapter.lock:
+        with self._adapter._lock:
             self._epoch = self._adapter._epoch
 
     def close(self) -> None:
@@ -760,7 +764,7 @@ class SimBus:
         which does not set it); ``pec`` adds the PEC byte to the bit time if enabled.
         """
         adapter = self._adapter
-        with adapter.lock:
+        with adapter._lock:
             if self._epoch is None:
                 raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)} (SimBus is closed)")
             if self._epoch != adapter._epoch:

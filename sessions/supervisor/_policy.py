@@ -32,7 +32,11 @@ class Backoff:
         """Delay before restart number ``attempt`` (1 for the first consecutive failure)."""
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt}")
-        base = min(self.max, self.initial * self.multiplier ** (attempt - 1))
+        try:
+            grown = self.initial * self.multiplier ** (attempt - 1)
+        except OverflowError:  # a resource down for days: stay at the cap
+            grown = self.max
+        base = min(self.max, grown)
         if self.jitter:
             base *= 1.0 + (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, base)

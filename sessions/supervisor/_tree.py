@@ -200,8 +200,8 @@ class Kernel:
                     continue
             try:
                 fn(*args)
-            except Exception:
-                log.exception("supervision step %r failed", fn)
+            except Exception:  # a bug here must not kill supervision of everything else
+                log.critical("supervision step %r failed", fn, exc_info=True)
 
     def _expire_unserved(self) -> float:
         """Time out queued calls of resources that no incarnation is serving."""
