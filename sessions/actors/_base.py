@@ -13,13 +13,23 @@ step registered with :meth:`ResourceActor.replay`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from sessions.actors._runner import Runner
+
+BatchItem = tuple[str, tuple[Any, ...], Mapping[str, Any]]
+"""One queued call handed to ``run_batch``: (method name, args, kwargs)."""
+
+Outcome = tuple[bool, Any]
+"""``(True, value)`` or ``(False, exception)`` for one call of a batch."""
 
 #: Names that are lifecycle hooks or runtime plumbing, never callable through a handle.
 LIFECYCLE = frozenset(
     {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
-     "resource", "name", "kind", "fault_types", "Options", "stop_normally"}
+     "resource", "name", "kind", "fault_types", "Options", "stop_normally", "report_fault",
+     "poll", "poll_interval", "run_batch", "batch_methods", "max_batch", "counts_as_failure"}
 )
 
 
@@ -44,6 +54,15 @@ class ResourceActor:
     fault_types: ClassVar[tuple[type[BaseException], ...]] = ()
     """Exceptions that mean the resource is broken (the default ``is_fault`` test)."""
 
+    batch_methods: ClassVar[frozenset[str]] = frozenset()
+    """Methods whose queued calls may be handed to ``run_batch`` together."""
+
+    max_batch: ClassVar[int] = 256
+    """Largest batch handed to ``run_batch``."""
+
+    poll_interval: float | None = None
+    """If set, ``poll()`` runs in the actor thread this often (and right after connect)."""
+
     resource: Any
     """The open resource, as returned by ``connect()``; ``None`` while disconnected."""
 
@@ -55,6 +74,7 @@ class ResourceActor:
         self.name = type(self).__name__
         self._replays: dict[str, Callable[[Any], None]] = {}
         self._exit_reason: str | None = None
+        self._runner: Runner | None = None
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -74,6 +94,39 @@ class ResourceActor:
 
     def health_check(self) -> None:
         """Raise a fault if the resource is broken. Default: nothing to check."""
+
+    def poll(self) -> None:
+        """Periodic work in the actor thread when ``poll_interval`` is set (e.g. a Kafka
+        consumer's ``poll()``). A fault raised here crashes the actor like a call."""
+
+    def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
+        """Run several queued calls of ``batch_methods`` at once (e.g. as one pipeline).
+
+        Return one outcome per call, in order. Raising fails every call of the batch
+        (a fault also restarts the resource). Default: run them one by one.
+        """
+        outcomes: list[Outcome] = []
+        for method, args, kwargs in calls:
+            try:
+                outcomes.append((True, getattr(self, method)(*args, **kwargs)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        """True if ``exc`` should count toward the circuit breaker (default: a fault)."""
+        return self.is_fault(exc)
+
+    def report_fault(self, error: BaseException, resource: Any = None) -> None:
+        """Crash this resource from another thread (e.g. its own reader thread).
+
+        Thread-safe. If ``resource`` is given and is no longer the current connection
+        (a stale reader of an earlier incarnation), the report is ignored.
+        """
+        runner = self._runner
+        if runner is None or (resource is not None and resource is not self.resource):
+            return
+        runner.report(error)
 
     def stop_normally(self, reason: str = "finished") -> None:
         """End this resource normally once the current call returns.

@@ -34,6 +34,16 @@ log = logging.getLogger("sessions.actor")
 
 _HEALTH = HealthCheck()
 _SERVE = object()  # tells the runner to serve calls until a control message arrives
+_POLL = object()  # the actor's poll() is due
+
+
+class _Fault:
+    """A fault reported from another thread (``ResourceActor.report_fault``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Mailbox:
@@ -107,20 +117,41 @@ _SERVE_ENVELOPE = _Envelope(_SERVE)
 
 
 class _InboxView:
-    """One incarnation's view of the mailbox, in the shape of ``pykka.ActorInbox``."""
+    """One incarnation's view of the mailbox, in the shape of ``pykka.ActorInbox``.
 
-    def __init__(self, mailbox: Mailbox, health_interval: float | None) -> None:
+    Besides calls it schedules the actor's own periodic work: ``health_check`` every
+    ``health_interval`` and ``poll`` every ``poll_interval`` (for drivers that must be
+    polled from their owning thread, like a Kafka consumer). Due periodic work runs
+    before the next call, so a busy mailbox cannot starve it.
+    """
+
+    def __init__(self, mailbox: Mailbox, health_interval: float | None,
+                 poll_interval: float | None) -> None:
         self.mailbox = mailbox
         self.control: deque[Any] = deque()
         self.serving = False
         self.health_interval = health_interval
+        self.poll_interval = poll_interval
         self.next_health = math.inf
+        self.next_poll = math.inf
 
     def put(self, envelope: Any, /) -> None:
-        """Pykka's own messages (stop) for this incarnation."""
+        """Pykka's own messages (stop) and reported faults for this incarnation."""
         with self.mailbox.cond:
             self.control.append(envelope)
             self.mailbox.cond.notify_all()
+
+    def _due(self) -> Any:
+        """Due periodic work, or the seconds until some is due (inf if none)."""
+        soonest = min(self.next_health, self.next_poll)
+        if soonest == math.inf:
+            return math.inf
+        now = time.monotonic()
+        if self.next_health <= now:
+            return _HEALTH
+        if self.next_poll <= now:
+            return _POLL
+        return soonest - now
 
     def get(self) -> Any:
         """Next message for Pykka's loop: a control message, or ``_SERVE`` when there
@@ -130,29 +161,38 @@ class _InboxView:
             while True:
                 if self.control:
                     return self.control.popleft()
-                if self.serving and (mb.calls or self.next_health <= time.monotonic()):
-                    return _SERVE_ENVELOPE
                 timeout = None
-                if self.serving and self.next_health != math.inf:
-                    timeout = self.next_health - time.monotonic()
+                if self.serving:
+                    due = self._due()
+                    if mb.calls or type(due) is not float:
+                        return _SERVE_ENVELOPE
+                    timeout = None if due == math.inf else due
                 mb.cond.wait(timeout)
 
-    def next_work(self) -> Call | HealthCheck | None:
-        """For the serve loop: the oldest call, a due health check, or None when a
+    def next_work(self) -> Any:
+        """For the serve loop: due periodic work, else the oldest call; None when a
         control message is waiting or serving has ended (back to Pykka's loop)."""
         mb = self.mailbox
         with mb.cond:
             while True:
                 if self.control or not self.serving:
                     return None
-                if self.next_health != math.inf and self.next_health <= time.monotonic():
-                    return _HEALTH
+                due = self._due()
+                if type(due) is not float:
+                    return due
                 if mb.calls:
                     return mb.calls.popleft()
-                timeout = None
-                if self.next_health != math.inf:
-                    timeout = self.next_health - time.monotonic()
-                mb.cond.wait(timeout)
+                mb.cond.wait(None if due == math.inf else due)
+
+    def take_batch(self, fns: frozenset[Any], limit: int) -> list[Call]:
+        """More calls from the head of the mailbox whose function is in ``fns``."""
+        batch: list[Call] = []
+        mb = self.mailbox
+        with mb.cond:
+            calls = mb.calls
+            while calls and len(batch) < limit and calls[0].fn in fns and not self.control:
+                batch.append(calls.popleft())
+        return batch
 
     def empty(self) -> bool:
         """Only control messages count: queued calls wait for the next incarnation."""
@@ -161,8 +201,11 @@ class _InboxView:
     def start_serving(self) -> None:
         with self.mailbox.cond:
             self.serving = True
+            now = time.monotonic()
             if self.health_interval:
-                self.next_health = time.monotonic() + self.health_interval
+                self.next_health = now + self.health_interval
+            if self.poll_interval is not None:
+                self.next_poll = now
 
     def stop_serving(self) -> None:
         with self.mailbox.cond:
@@ -185,7 +228,7 @@ class Runner(pykka.ThreadingActor):
         on_fault: Callable[[Runner, BaseException | None, str], None],
         register: Callable[[Runner], None],
     ) -> None:
-        self.view = _InboxView(mailbox, health_interval)
+        self.view = _InboxView(mailbox, health_interval, actor.poll_interval)
         super().__init__()  # calls _create_actor_inbox(), which hands Pykka the view
         self.actor = actor
         self.on_fault = on_fault
@@ -193,7 +236,14 @@ class Runner(pykka.ThreadingActor):
         """Resolved once connect and replay finished (or failed); cancelled if abandoned."""
         self.thread: threading.Thread | None = None
         self.connected = False
+        self.batch_fns = frozenset(
+            getattr(type(actor), name) for name in actor.batch_methods
+        )
         register(self)  # before the thread starts, so the owner can always reach it
+
+    def report(self, error: BaseException) -> None:
+        """Ask this incarnation to crash with ``error`` (from any thread)."""
+        self.view.put(_Envelope(_Fault(error)))
 
     def _create_actor_inbox(self) -> _InboxView:  # type: ignore[override]
         return self.view
@@ -219,16 +269,21 @@ class Runner(pykka.ThreadingActor):
             self._disconnect()
             self.stop()
             return
+        self.actor._runner = self
         self.view.start_serving()
         self.started.set_result(None)
 
     def on_stop(self) -> None:
+        if self.actor._runner is self:
+            self.actor._runner = None
         self.view.stop_serving()
         self._disconnect()
 
     def on_receive(self, message: Any) -> None:
         if message is _SERVE:
             self._serve()
+        elif type(message) is _Fault and self.view.serving:
+            self._crash(message.error, "reported fault")
 
     # -- work -------------------------------------------------------------------------
 
@@ -239,11 +294,16 @@ class Runner(pykka.ThreadingActor):
         dispatch off the hot path; control messages still win between any two calls.
         """
         next_work, run, actor = self.view.next_work, self._run, self.actor
+        batch_fns = self.batch_fns
         while (work := next_work()) is not None:
             if work is _HEALTH:
                 self._health()
+            elif work is _POLL:
+                self._poll()
+            elif batch_fns and work.fn in batch_fns:
+                self._run_batch([work, *self.view.take_batch(batch_fns, actor.max_batch - 1)])
             else:
-                run(work)  # type: ignore[arg-type]
+                run(work)
             if actor._exit_reason is not None and self.view.serving:
                 reason, actor._exit_reason = actor._exit_reason, None
                 self._crash(None, reason)
@@ -256,19 +316,62 @@ class Runner(pykka.ThreadingActor):
             result = call.fn(self.actor, *call.args, **call.kwargs)
         except BaseException as exc:
             if self._is_fault(exc):
-                err = ResourceFault(
-                    f"call {future.method}() on resource {self.actor.name!r} broke the resource: "
-                    f"{redact(repr(exc))}; the call had started, so its outcome is unknown",
-                    resource=self.actor.name,
-                    method=future.method,
-                )
-                err.__cause__ = exc
-                future.set_exception(err)
+                future.set_exception(self._fault_error(exc, future.method))
                 self._crash(exc, future.method)
             else:
                 future.set_exception(exc)
         else:
             future.set_result(result)
+
+    def _run_batch(self, calls: list[Call]) -> None:
+        """Several queued calls in one ``run_batch`` (e.g. one Redis pipeline); each
+        caller still gets its own result or its own error."""
+        calls = [c for c in calls if c.future.claim()]
+        if not calls:
+            return
+        try:
+            outcomes = self.actor.run_batch(
+                [(c.future.method, c.args, c.kwargs) for c in calls]
+            )
+        except BaseException as exc:
+            fault = self._is_fault(exc)
+            for c in calls:
+                c.future.set_exception(self._fault_error(exc, c.future.method) if fault else exc)
+            if fault:
+                self._crash(exc, "batch")
+            return
+        broken: BaseException | None = None
+        for c, (ok, value) in zip(calls, outcomes, strict=True):
+            if ok:
+                c.future.set_result(value)
+            elif self._is_fault(value):
+                broken = value
+                c.future.set_exception(self._fault_error(value, c.future.method))
+            else:
+                c.future.set_exception(value)
+        if broken is not None:
+            self._crash(broken, "batch")
+
+    def _fault_error(self, exc: BaseException, method: str) -> ResourceFault:
+        err = ResourceFault(
+            f"call {method}() on resource {self.actor.name!r} broke the resource: "
+            f"{redact(repr(exc))}; the call had started, so its outcome is unknown",
+            resource=self.actor.name,
+            method=method,
+        )
+        err.__cause__ = exc
+        return err
+
+    def _poll(self) -> None:
+        try:
+            self.actor.poll()
+        except BaseException as exc:
+            if self._is_fault(exc):
+                self._crash(exc, "poll")
+                return
+            log.warning("poll of %r raised a non-fault: %s", self.actor.name, redact(repr(exc)))
+        if self.view.poll_interval is not None:
+            self.view.next_poll = time.monotonic() + self.view.poll_interval
 
     def _health(self) -> None:
         try:
@@ -297,6 +400,8 @@ class Runner(pykka.ThreadingActor):
 
         ``exc`` is None for a normal exit (``stop_normally``); ``where`` then says why.
         """
+        if self.actor._runner is self:
+            self.actor._runner = None
         self.view.stop_serving()
         self._disconnect()
         self.stop()

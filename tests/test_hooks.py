@@ -1,0 +1,173 @@
+"""The optional hooks of ResourceActor: poll(), report_fault() and run_batch()."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.actors._base import BatchItem, Outcome
+from sessions.messages import ChildFaulted, ChildStarted
+from tests.support import Recorder, wait_until
+
+
+class Broken(ConnectionError):
+    pass
+
+
+class Poller(sessions.ResourceActor):
+    """Counts polls; a poll after ``arm()`` faults."""
+
+    kind = "poller"
+    fault_types = (Broken,)
+    polls: int = 0
+
+    def __init__(self, poll_interval: float = 0.01) -> None:
+        super().__init__()
+        self.poll_interval = poll_interval
+        self.armed = False
+        self.thread_names: set[str] = set()
+
+    def connect(self) -> object:
+        return object()
+
+    def poll(self) -> None:
+        type(self).polls += 1
+        self.thread_names.add(threading.current_thread().name)
+        if self.armed:
+            self.armed = False
+            raise Broken("poll found the connection dead")
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def threads(self) -> set[str]:
+        return set(self.thread_names)
+
+
+class Reader(sessions.ResourceActor):
+    """Has a reader thread of its own that reports faults into the actor."""
+
+    kind = "reader"
+    fault_types = (Broken,)
+
+    def connect(self) -> object:
+        return object()
+
+    def fail_from_thread(self, stale: bool = False) -> None:
+        conn = object() if stale else self.resource
+        thread = threading.Thread(
+            target=self.report_fault, args=(Broken("reader saw EOF"), conn), name="reader"
+        )
+        thread.start()
+        thread.join()
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Batcher(sessions.ResourceActor):
+    """``put`` calls are batched; records every batch size."""
+
+    kind = "batcher"
+    batch_methods = frozenset({"put"})
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def connect(self) -> dict[str, Any]:
+        return {}
+
+    def put(self, key: str, value: Any) -> str:
+        if value == "bad":
+            raise ValueError(f"bad value for {key}")
+        if value == "boom":
+            raise Broken("connection lost mid-batch")
+        self.resource[key] = value
+        return "OK"
+
+    def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
+        self.batches.append(len(calls))
+        return super().run_batch(calls)
+
+    def block(self, started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        release.wait(10)
+
+    def sizes(self) -> list[int]:
+        return list(self.batches)
+
+
+def _start(kind: str, **options: Any) -> sessions.System:
+    return sessions.start(
+        {
+            "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+            "resources": {"r": {"kind": f"tests.test_hooks:{kind}", **options}},
+        }
+    )
+
+
+def test_poll_runs_periodically_on_the_actor_thread_and_a_fault_restarts() -> None:
+    rec = Recorder()
+    Poller.polls = 0
+    with _start("Poller") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        wait_until(lambda: Poller.polls >= 5, what="polls")
+        assert r.threads().result(5) == {"sessions-r"}
+        r.arm().result(5)
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert "poll" in fault.error and "connection dead" in fault.error
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+
+
+def test_report_fault_from_another_thread_restarts_and_stale_reports_are_ignored() -> None:
+    rec = Recorder()
+    with _start("Reader") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.fail_from_thread(stale=True).result(5)
+        assert r.ping().result(5) == "pong" and r.restarts == 0
+        r.fail_from_thread().result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert "reader saw EOF" in rec.of(ChildFaulted)[0].error
+        assert r.ping().result(5) == "pong"
+
+
+def test_queued_batchable_calls_run_as_one_batch_with_their_own_outcomes() -> None:
+    with _start("Batcher") as system:
+        r = system.get("r")
+        started, release = threading.Event(), threading.Event()
+        r.block(started, release)
+        assert started.wait(5)
+        futures = [r.put(f"k{i}", "bad" if i == 3 else i) for i in range(10)]
+        release.set()
+        for i, f in enumerate(futures):
+            if i == 3:
+                with pytest.raises(ValueError, match="bad value for k3"):
+                    f.result(5)
+            else:
+                assert f.result(5) == "OK"
+        assert r.sizes().result(5) == [10]
+
+
+def test_a_fault_inside_a_batch_fails_only_that_call_as_a_fault_and_restarts() -> None:
+    rec = Recorder()
+    with _start("Batcher") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        started, release = threading.Event(), threading.Event()
+        r.block(started, release)
+        assert started.wait(5)
+        futures = [r.put(f"k{i}", "boom" if i == 1 else i) for i in range(3)]
+        release.set()
+        assert futures[0].result(5) == "OK"
+        with pytest.raises(sessions.ResourceFault):
+            futures[1].result(5)
+        assert futures[2].result(5) == "OK"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
