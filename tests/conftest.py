@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import hypothesis  # noqa: F401  # imported early: CPython 3.11 can fail to parse it late
 import pykka
 import pytest
 
@@ -40,3 +41,8 @@ def fresh_probe_controls() -> Iterator[None]:
     yield
     kinds.CONTROLS.clear()
     kinds.LIFECYCLE.clear()
+
+
+# --- test servers (PostgreSQL, Redis, Kafka, HTTP): fixtures in tests/fixtures_servers.py ---
+pytest_plugins = ["tests.fixtures_servers"]
+# --- end test servers ---
