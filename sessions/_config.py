@@ -52,6 +52,13 @@ class SupervisorConfig(_Model):
     parent: str | None = Field(None, description="Parent supervisor; omitted: the root.")
 
 
+class BreakerConfig(_Model):
+    """``breaker = { failures, reset_timeout }``: the circuit breaker of a resource."""
+
+    failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
+    reset_timeout: float = Field(10.0, gt=0, description="Seconds open before one probe call.")
+
+
 class ResourceConfig(BaseModel):
     """``[resources.NAME]``: the supervision keys; every other key goes to the kind."""
 
@@ -64,6 +71,8 @@ class ResourceConfig(BaseModel):
     connect_timeout: float = Field(30.0, gt=0, description="Max time for one connect (s).")
     health_interval: float | None = Field(None, gt=0, description="Seconds between checks.")
     shutdown_timeout: float = Field(5.0, gt=0, description="Time to finish and disconnect (s).")
+    pool_size: int = Field(1, ge=1, description="Actors (connections) behind one handle.")
+    breaker: BreakerConfig | None = Field(None, description="Circuit breaker; omitted: none.")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -81,6 +90,7 @@ class SystemConfig(_Model):
 
 # -- loading --------------------------------------------------------------------------
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -189,6 +199,11 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
             cur = sups[cur].parent
     if config.supervisor.parent is not None:
         errors.append(("supervisor.parent", "the root supervisor has no parent"))
+    for name in [*sups, *config.resources]:
+        if not _NAME.fullmatch(name):
+            kind = "supervisors" if name in sups else "resources"
+            errors.append((f"{kind}.{name}", "names are letters, digits, '_', '-' and '.', "
+                                             "starting with a letter or '_'"))
     for name, res in config.resources.items():
         if res.supervisor is not None and res.supervisor != ROOT and res.supervisor not in sups:
             errors.append((f"resources.{name}.supervisor",
@@ -204,6 +219,9 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
     if isinstance(spec, ResourceConfig):
         return spec
     errors: list[tuple[str, str]] = []
+    if not _NAME.fullmatch(name):
+        errors.append((f"resources.{name}", "names are letters, digits, '_', '-' and '.', "
+                                            "starting with a letter or '_'"))
     raw = _substitute(spec, path or f"resources.{name}", errors)
     try:
         res = ResourceConfig.model_validate(raw)

@@ -162,7 +162,7 @@ class SessionManager:
         self._kind = kind or self.kind
         if not self._kind:
             raise ConfigError([("kind", "SessionManager needs a kind")])
-        self._name = name or self._kind
+        self._name = name or self._kind.rpartition(":")[2].replace(".", "_")
         self._config: dict[str, Any] = {
             "supervisor": dict(supervisor or {}),
             "resources": {self._name: {"kind": self._kind, **options}},

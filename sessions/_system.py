@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
+import logging
 import os
 import random
 import threading
@@ -14,21 +16,26 @@ from types import TracebackType
 from typing import Any
 
 from sessions import _config
-from sessions._config import ROOT, ResourceConfig, SystemConfig
-from sessions._errors import ConfigError, ResourceUnavailable
-from sessions._futures import SessionFuture
+from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig, check_options
+from sessions._errors import CallTimeout, ConfigError, ResourceUnavailable
+from sessions._futures import SessionFuture, resolved
+from sessions.actors import resolve_kind
 from sessions.actors._base import public_methods
 from sessions.messages import Event
+from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._tree import (
     Kernel,
     Node,
+    Pool,
     ResourceChild,
     SupervisorNode,
     walk,
 )
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
+
+log = logging.getLogger("sessions")
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,10 @@ class Handle:
     ``AttributeError`` naming the resource and its methods.
     """
 
-    def __init__(self, child: ResourceChild) -> None:
-        self._child = child
-        self._methods = public_methods(child.cls)
+    def __init__(self, target: ResourceChild | Pool) -> None:
+        self._child = target
+        self._methods = public_methods(target.cls)
+        self._submit = target.submit if target.breaker is None else self._guarded
 
     def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
         if method.startswith("_") or method not in self._methods:
@@ -69,9 +77,30 @@ class Handle:
                 f"resource {self._child.name!r} (kind {self._child.kind!r}) has no method "
                 f"{method!r}; its methods: {', '.join(sorted(self._methods))}"
             )
-        caller = functools.partial(self._child.submit, getattr(self._child.cls, method), method)
+        caller = functools.partial(self._submit, getattr(self._child.cls, method), method)
         self.__dict__[method] = caller  # later lookups skip __getattr__
         return caller
+
+    def _guarded(self, fn: Callable[..., Any], method: str, /, *args: Any,
+                 **kwargs: Any) -> SessionFuture[Any]:
+        """Submit through the circuit breaker: refused at once while it is open."""
+        breaker = self._child.breaker
+        assert breaker is not None
+        allowed, probe = breaker.allow()
+        if not allowed:
+            return resolved(self._child.name, method,
+                            ResourceUnavailable(breaker.refusal(), resource=self._child.name))
+        future = self._child.submit(fn, method, *args, **kwargs)
+        if probe:  # a probe that never ran (timed out in the queue, refused) is a failure
+            def settle(f: concurrent.futures.Future[Any]) -> None:
+                err = f.exception() if not f.cancelled() else None
+                if isinstance(err, ResourceUnavailable) or (
+                    isinstance(err, CallTimeout) and not err.started
+                ):
+                    breaker.record(False, err)
+
+            future.add_done_callback(settle)
+        return future
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
         """Call ``method`` by name (for names that clash with handle attributes)."""
@@ -100,8 +129,14 @@ class Handle:
 
     @property
     def queued(self) -> int:
-        """Calls waiting in the mailbox."""
-        return len(self._child.mailbox)
+        """Calls waiting in the mailbox (all members' for a pool)."""
+        return self._child.queued
+
+    @property
+    def circuit(self) -> str | None:
+        """``closed``, ``open`` or ``half_open``; None without a breaker."""
+        breaker = self._child.breaker
+        return None if breaker is None else breaker.state
 
     def __repr__(self) -> str:
         return f"<Handle {self.name!r} kind={self.kind!r} state={self.state!r}>"
@@ -125,6 +160,7 @@ class System:
     def __init__(self, config: SystemConfig, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.config = config
+        self._clock = clock
         self._events = EventBus()
         try:
             root = SupervisorNode(ROOT, config.supervisor, None)
@@ -134,7 +170,7 @@ class System:
                 node = SupervisorNode(name, sup_cfg, parent)
                 parent.children.append(node)
                 self._supervisors[name] = node
-            self._resources: dict[str, ResourceChild] = {}
+            self._resources: dict[str, Node] = {}
             self._handles: dict[str, Handle] = {}
             errors: list[tuple[str, str]] = []
             for name, spec in config.resources.items():
@@ -152,12 +188,42 @@ class System:
         self._stop_lock = threading.Lock()
         self._stopped = False
 
-    def _add(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> ResourceChild:
-        child = ResourceChild(name, spec, sup)
-        sup.children.append(child)
-        self._resources[name] = child
-        self._handles[name] = Handle(child)
-        return child
+    def _add(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> Node:
+        """Build resource ``name`` (a pool supervisor if ``pool_size`` > 1) under ``sup``."""
+        path = f"resources.{name}"
+        cls = resolve_kind(spec.kind, f"{path}.kind")
+        options = check_options(cls, spec.options, path)
+        breaker = None
+        if spec.breaker is not None:
+            breaker = Breaker(name, spec.breaker.failures, spec.breaker.reset_timeout,
+                              self._events.emit, self._clock)
+        size = spec.pool_size
+        limit = cls.max_pool_size(options)
+        if limit is not None and size > limit[0]:
+            log.warning("resources.%s.pool_size = %d lowered to %d: %s", name, size, limit[0],
+                        limit[1])
+            size = limit[0]
+        target: ResourceChild | Pool
+        node: Node
+        if size == 1:
+            node = target = ResourceChild(name, spec, sup, cls, options, breaker=breaker)
+        else:
+            pool_cfg = SupervisorConfig(
+                strategy="one_for_one", max_restarts=sup.config.max_restarts,
+                period=sup.config.period, backoff=sup.config.backoff,
+            )
+            pool_node = SupervisorNode(name, pool_cfg, sup)
+            pool_node.kind = cls.kind or spec.kind
+            members = [ResourceChild(f"{name}#{i}", spec, pool_node, cls, options,
+                                     breaker=breaker)
+                       for i in range(size)]
+            pool_node.children.extend(members)
+            node = pool_node
+            target = pool_node.pool = Pool(name, pool_node, members)
+        sup.children.append(node)
+        self._resources[name] = node
+        self._handles[name] = Handle(target)
+        return node
 
     def _boot(self) -> None:
         self._kernel.start()
@@ -229,22 +295,28 @@ class System:
                                 "(restart_child restarts an existing child)")])
         parsed = _config.resource_spec(name, dict(spec))
         sup = self._supervisor(supervisor if supervisor is not None else parsed.supervisor)
-        child: ResourceChild = self._kernel.call(self._start_child, name, parsed, sup)
-        return self._handles[child.name]
+        node: Node = self._kernel.call(self._start_child, name, parsed, sup)
+        return self._handles[node.name]
 
-    def _start_child(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> ResourceChild:
+    def _start_child(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> Node:
         if sup.state not in ("starting", "running", "restarting"):
             raise ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}", resource=name)
-        child = self._add(name, spec, sup)
-        err = self._kernel.start_resource(child)
+        kernel = self._kernel
+        node = self._add(name, spec, sup)
+        if isinstance(node, ResourceChild):
+            err = kernel.start_resource(node)
+        else:  # a pool: its members start in order under their own supervisor
+            assert isinstance(node, SupervisorNode)
+            kernel.begin(node)
+            err = None if node.state == "running" else RuntimeError(node.last_fault or "")
         if err is not None:
-            sup.children.remove(child)
+            kernel._stop_child(node, f"resource {name!r} failed to start", "stopped")
+            sup.children.remove(node)
             del self._resources[name], self._handles[name]
-            child.mailbox.close(f"resource {name!r} failed to start")
             raise ResourceUnavailable(f"resource {name!r} failed to start: {err!r}",
                                       resource=name) from err
-        self._kernel._started(sup, child)
-        return child
+        kernel._started(sup, node)
+        return node
 
     def terminate_child(self, name: str) -> None:
         """Stop child ``name`` (a resource or a supervisor) until ``restart_child``."""
@@ -345,7 +417,8 @@ def _order_children(sup: SupervisorNode, resource_order: list[str]) -> None:
     order = {name: i for i, name in enumerate(resource_order)}
 
     def first(node: Node) -> float:
-        found = [order[n.name] for n in walk(node) if isinstance(n, ResourceChild)]
+        found = [order[n.name.partition("#")[0]] for n in walk(node)
+                 if isinstance(n, ResourceChild)]
         return min(found, default=float("inf"))
 
     for node in walk(sup):
@@ -361,13 +434,21 @@ def _node_status(node: Node) -> dict[str, Any]:
         "last_fault": node.last_fault,
     }
     if isinstance(node, SupervisorNode):
-        base.update(type="supervisor", strategy=node.config.strategy,
-                    children=[_node_status(c) for c in list(node.children)])
+        if node.pool is not None:
+            base.update(type="pool", kind=node.pool.kind, queued=node.pool.queued,
+                        circuit=_circuit(node.pool.breaker))
+        else:
+            base.update(type="supervisor", strategy=node.config.strategy)
+        base["children"] = [_node_status(c) for c in list(node.children)]
     else:
         assert isinstance(node, ResourceChild)
         base.update(type="resource", kind=node.kind, restart=node.spec.restart,
-                    queued=len(node.mailbox))
+                    queued=len(node.mailbox), circuit=_circuit(node.breaker))
     return base
+
+
+def _circuit(breaker: Breaker | None) -> str | None:
+    return None if breaker is None else breaker.state
 
 
 def start(config: ConfigSource, *, clock: Callable[[], float] = time.monotonic,

@@ -29,7 +29,8 @@ Outcome = tuple[bool, Any]
 LIFECYCLE = frozenset(
     {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
      "resource", "name", "kind", "fault_types", "Options", "stop_normally", "report_fault",
-     "poll", "poll_interval", "run_batch", "batch_methods", "max_batch", "counts_as_failure"}
+     "poll", "poll_interval", "run_batch", "batch_methods", "max_batch", "counts_as_failure",
+     "max_pool_size"}
 )
 
 
@@ -75,6 +76,15 @@ class ResourceActor:
         self._replays: dict[str, Callable[[Any], None]] = {}
         self._exit_reason: str | None = None
         self._runner: Runner | None = None
+
+    @classmethod
+    def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
+        """The most actors a pool of this kind may have, and why; None: no limit.
+
+        A larger ``pool_size`` is lowered to it with a warning (e.g. an in-memory SQLite
+        database exists once per connection; an I2C bus has one owner).
+        """
+        return None
 
     # -- hooks ------------------------------------------------------------------------
 

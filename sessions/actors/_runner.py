@@ -29,6 +29,7 @@ from sessions.messages import Call, HealthCheck
 
 if TYPE_CHECKING:
     from sessions.actors._base import ResourceActor
+    from sessions.supervisor._breaker import Breaker
 
 log = logging.getLogger("sessions.actor")
 
@@ -55,6 +56,8 @@ class Mailbox:
         self.calls: deque[Call] = deque()
         self.refusal: str | None = None
         """Why calls are refused (set while closed), or None while open."""
+        self.running = 0
+        """1 while a call from this mailbox runs (for least-loaded routing in pools)."""
 
     def put(self, call: Call) -> None:
         """Queue ``call``, or fail its future at once if the mailbox is closed."""
@@ -227,11 +230,14 @@ class Runner(pykka.ThreadingActor):
         health_interval: float | None,
         on_fault: Callable[[Runner, BaseException | None, str], None],
         register: Callable[[Runner], None],
+        *,
+        breaker: Breaker | None = None,
     ) -> None:
         self.view = _InboxView(mailbox, health_interval, actor.poll_interval)
         super().__init__()  # calls _create_actor_inbox(), which hands Pykka the view
         self.actor = actor
         self.on_fault = on_fault
+        self.breaker = breaker
         self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
         """Resolved once connect and replay finished (or failed); cancelled if abandoned."""
         self.thread: threading.Thread | None = None
@@ -312,16 +318,31 @@ class Runner(pykka.ThreadingActor):
         future = call.future
         if not future.claim():
             return
+        mailbox = self.view.mailbox
+        mailbox.running = 1
         try:
             result = call.fn(self.actor, *call.args, **call.kwargs)
         except BaseException as exc:
-            if self._is_fault(exc):
+            mailbox.running = 0
+            fault = self._is_fault(exc)
+            if self.breaker is not None:
+                self.breaker.record(not (fault or self._counts(exc)), exc)
+            if fault:
                 future.set_exception(self._fault_error(exc, future.method))
                 self._crash(exc, future.method)
             else:
                 future.set_exception(exc)
         else:
+            mailbox.running = 0
             future.set_result(result)
+            if self.breaker is not None:
+                self.breaker.record(True)
+
+    def _counts(self, exc: BaseException) -> bool:
+        try:
+            return bool(self.actor.counts_as_failure(exc))
+        except Exception:
+            return True
 
     def _run_batch(self, calls: list[Call]) -> None:
         """Several queued calls in one ``run_batch`` (e.g. one Redis pipeline); each

@@ -28,11 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sessions._config import ROOT, ResourceConfig, SupervisorConfig, check_options
+from sessions._config import ROOT, ResourceConfig, SupervisorConfig
 from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._futures import SessionFuture
 from sessions._redact import redact
-from sessions.actors import ResourceActor, resolve_kind
+from sessions.actors import ResourceActor
 from sessions.actors._runner import Mailbox, Runner
 from sessions.messages import (
     Call,
@@ -42,6 +42,7 @@ from sessions.messages import (
     ChildStopped,
     SupervisorGaveUp,
 )
+from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._policy import Backoff, RestartIntensity
 
@@ -74,23 +75,24 @@ class Node:
 class ResourceChild(Node):
     """A resource: its actor object, its mailbox, and its current incarnation."""
 
-    def __init__(self, name: str, spec: ResourceConfig, parent: SupervisorNode) -> None:
+    def __init__(self, name: str, spec: ResourceConfig, parent: SupervisorNode,
+                 cls: type[ResourceActor], options: dict[str, Any], *,
+                 breaker: Breaker | None = None) -> None:
         super().__init__(name, parent)
-        path = f"resources.{name}"
-        cls = resolve_kind(spec.kind, f"{path}.kind")
-        options = check_options(cls, spec.options, path)
+        path = f"resources.{name.partition('#')[0]}"
         try:
             actor = cls(**options)
         except (TypeError, ValueError) as err:
             raise ConfigError([(path, f"kind {spec.kind!r} rejected its options: {err}")]) from err
         actor.name = name
         self.spec = spec
-        self.cls: type[ResourceActor] = cls
+        self.cls = cls
         self.kind = cls.kind or spec.kind
         self.actor = actor
         self.mailbox = Mailbox(name)
         self.runner: Runner | None = None
         self.call_timeout = spec.call_timeout
+        self.breaker = breaker
 
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
                **kwargs: Any) -> SessionFuture[Any]:
@@ -100,6 +102,61 @@ class ResourceChild(Node):
         )
         self.mailbox.put(Call(fn, args, kwargs, future))
         return future
+
+    @property
+    def queued(self) -> int:
+        return len(self.mailbox)
+
+
+class Pool:
+    """``pool_size`` members behind one handle: each call goes to the least-loaded
+    running member; a member restarting does not stop the others from serving."""
+
+    def __init__(self, name: str, node: SupervisorNode, members: list[ResourceChild]) -> None:
+        self.name = name
+        self.node = node
+        self.members = members
+        self.cls = members[0].cls
+        self.kind = members[0].kind
+        self.spec = members[0].spec
+        self.breaker = members[0].breaker
+        self._turn = itertools.count()
+
+    def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
+               **kwargs: Any) -> SessionFuture[Any]:
+        members = self.members
+        n = len(members)
+        start = next(self._turn)
+        best: ResourceChild | None = None
+        best_load = math.inf
+        for i in range(n):
+            member = members[(start + i) % n]
+            if member.state != "running":
+                continue
+            load = len(member.mailbox.calls) + member.mailbox.running
+            if load < best_load:
+                best, best_load = member, load
+                if not load:
+                    break
+        if best is None:  # nobody running: queue where the wait is shortest
+            open_members = [m for m in members if m.mailbox.refusal is None] or members
+            best = min(open_members, key=lambda m: len(m.mailbox.calls))
+        return best.submit(fn, method, *args, **kwargs)
+
+    @property
+    def state(self) -> str:
+        if self.node.state != "running":
+            return self.node.state
+        states = {m.state for m in self.members}
+        return "running" if "running" in states else "restarting"
+
+    @property
+    def restarts(self) -> int:
+        return self.node.restarts + sum(m.restarts for m in self.members)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(m.mailbox) for m in self.members)
 
 
 class SupervisorNode(Node):
@@ -118,6 +175,8 @@ class SupervisorNode(Node):
         """Bumped whenever pending timers of this supervisor become stale."""
         self.in_progress = False
         """Its start cursor has not finished since it was (re)started."""
+        self.pool: Pool | None = None
+        """Set when this supervisor is the one-for-one supervisor of a resource pool."""
 
 
 def walk(node: Node) -> list[Node]:
@@ -291,6 +350,7 @@ class Kernel:
             runner_ref = Runner.start(
                 child.actor, child.mailbox, child.spec.health_interval,
                 lambda r, e, w: self._runner_ended(child, r, e, w), register,
+                breaker=child.breaker,
             )
         except Exception as exc:  # pragma: no cover - thread creation failed
             return exc
@@ -359,6 +419,8 @@ class Kernel:
         if during_start and not isinstance(error, str):
             msg = f"start failed: {msg}"
         child.last_fault = msg
+        if during_start and isinstance(child, ResourceChild) and child.breaker is not None:
+            child.breaker.record(False, msg)
         self.events.emit(ChildFaulted(sup.name, child.name, msg, during_start))
         log.warning("%s %r faulted under %r: %s", child.kind, child.name, sup.name, msg)
         if isinstance(child, ResourceChild) and child.spec.restart == "temporary":
