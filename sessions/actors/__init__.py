@@ -16,10 +16,27 @@ from sessions.actors._base import ResourceActor
 
 __all__ = ["BUILTIN_KINDS", "ResourceActor", "resolve_kind"]
 
-#: kind -> "module:Class"; filled in as kinds are implemented.
-BUILTIN_KINDS: dict[str, str] = {}
+#: kind -> "module:Class" of the built-in kinds (imported only when a config names them).
+BUILTIN_KINDS: dict[str, str] = {
+    "i2c": "sessions.actors.i2c:I2CActor",
+    "canbus": "sessions.actors.canbus:CANBusActor",
+    "database": "sessions.actors.database:DatabaseActor",
+    "redis": "sessions.actors.redis:RedisActor",
+    "kafka_producer": "sessions.actors.kafka:KafkaProducerActor",
+    "kafka_consumer": "sessions.actors.kafka:KafkaConsumerActor",
+    "http": "sessions.actors.http:HTTPActor",
+}
 
-_EXTRAS: dict[str, str] = {}  # kind -> pip extra to suggest when its driver is missing
+#: kind -> pip extra to suggest when its driver is missing.
+_EXTRAS: dict[str, str] = {
+    "i2c": "i2c",
+    "canbus": "can",
+    "database": "database",
+    "redis": "redis",
+    "kafka_producer": "kafka",
+    "kafka_consumer": "kafka",
+    "http": "http",
+}
 
 
 def _entry_point_kinds() -> dict[str, str]:
