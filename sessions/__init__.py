@@ -21,6 +21,7 @@ from sessions._futures import SessionFuture
 from sessions._registry import SessionManager, SessionRegistry
 from sessions._system import ChildInfo, Handle, System, start
 from sessions.actors import ResourceActor
+from sessions.actors._base import Deferred
 from sessions.supervisor import Backoff, RestartIntensity
 
 logging.getLogger("sessions").addHandler(logging.NullHandler())
@@ -32,6 +33,7 @@ __all__ = [
     "CallTimeout",
     "ChildInfo",
     "ConfigError",
+    "Deferred",
     "DeviceError",
     "Handle",
     "ResourceActor",

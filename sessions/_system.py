@@ -435,15 +435,18 @@ def _node_status(node: Node) -> dict[str, Any]:
     }
     if isinstance(node, SupervisorNode):
         if node.pool is not None:
+            members = [m.mailbox.stats for m in node.pool.members]
             base.update(type="pool", kind=node.pool.kind, queued=node.pool.queued,
-                        circuit=_circuit(node.pool.breaker))
+                        circuit=_circuit(node.pool.breaker),
+                        **members[0].merge(members[1:]).snapshot())
         else:
             base.update(type="supervisor", strategy=node.config.strategy)
         base["children"] = [_node_status(c) for c in list(node.children)]
     else:
         assert isinstance(node, ResourceChild)
         base.update(type="resource", kind=node.kind, restart=node.spec.restart,
-                    queued=len(node.mailbox), circuit=_circuit(node.breaker))
+                    queued=len(node.mailbox), circuit=_circuit(node.breaker),
+                    **node.mailbox.stats.snapshot())
     return base
 
 

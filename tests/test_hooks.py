@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -171,3 +172,84 @@ def test_a_fault_inside_a_batch_fails_only_that_call_as_a_fault_and_restarts() -
             futures[1].result(5)
         assert futures[2].result(5) == "OK"
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+
+
+class Replier(sessions.ResourceActor):
+    """Answers ``ask`` later, from another thread, through a ``Deferred``."""
+
+    kind = "replier"
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Any, concurrent.futures.Future[Any]]] = []
+
+    def connect(self) -> object:
+        return object()
+
+    def ask(self, question: Any) -> sessions.Deferred:
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending.append((question, answer))
+        return sessions.Deferred(answer)
+
+    def answer_all(self) -> int:
+        """Resolve every pending question from a separate thread."""
+        pending, self.pending = self.pending, []
+
+        def reply() -> None:
+            for question, answer in pending:
+                if question == "bad":
+                    answer.set_exception(ValueError("bad question"))
+                elif question == "dead":
+                    answer.set_exception(Broken("link died while waiting"))
+                else:
+                    answer.set_result(f"re: {question}")
+
+        thread = threading.Thread(target=reply)
+        thread.start()
+        thread.join()
+        return len(pending)
+
+
+def test_deferred_results_free_the_actor_and_resolve_later() -> None:
+    rec = Recorder()
+    with _start("Replier") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        asks = [r.ask(i) for i in range(5)]
+        bad, dead = r.ask("bad"), r.ask("dead")
+        assert not any(f.done() for f in asks)  # the actor went on serving
+        assert r.answer_all().result(5) == 7
+        assert [f.result(5) for f in asks] == [f"re: {i}" for i in range(5)]
+        with pytest.raises(ValueError, match="bad question"):
+            bad.result(5)
+        with pytest.raises(sessions.ResourceFault):
+            dead.result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        calls = system.status()["children"][0]["calls"]
+        assert calls["ok"] >= 6 and calls["error"] == 1 and calls["fault"] == 1
+
+
+def test_call_statistics_count_every_outcome() -> None:
+    cfg = {
+        "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+        "resources": {"a": {"kind": "tests.kinds:Probe", "call_timeout": 0.2}},
+    }
+    with sessions.start(cfg) as system:
+        a = system.get("a")
+        a.echo(1).result(5)
+        with pytest.raises(ValueError):
+            a.fail().result(5)
+        started, release = threading.Event(), threading.Event()
+        a.block(started, release)
+        late = a.echo(2)
+        with pytest.raises(sessions.CallTimeout):
+            late.result()
+        release.set()
+        a.echo(3).result(5)
+        system.terminate_child("a")
+        with pytest.raises(sessions.ResourceUnavailable):
+            a.echo(4).result(5)
+        status = system.status()["children"][0]
+        assert status["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 1, "refused": 1}
+        assert status["latency_p99_ms"] >= status["latency_p50_ms"] > 0

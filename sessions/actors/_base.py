@@ -13,6 +13,7 @@ step registered with :meth:`ResourceActor.replay`.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,6 +25,20 @@ BatchItem = tuple[str, tuple[Any, ...], Mapping[str, Any]]
 
 Outcome = tuple[bool, Any]
 """``(True, value)`` or ``(False, exception)`` for one call of a batch."""
+
+
+class Deferred:
+    """Return this from a method whose result arrives later (a reply frame, a broker ack).
+
+    The actor thread is free for other calls at once; the caller's future resolves when
+    ``future`` does, with its value or its error (a fault error still restarts the
+    resource). Keep the deadline in mind: the caller waits at most ``call_timeout``.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future[Any]) -> None:
+        self.future = future
 
 #: Names that are lifecycle hooks or runtime plumbing, never callable through a handle.
 LIFECYCLE = frozenset(

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from sessions._errors import ResourceFault, ResourceUnavailable
+from sessions._errors import CallTimeout, ResourceFault, ResourceUnavailable
 from sessions._redact import redact
+from sessions.actors._base import Deferred
 from sessions.messages import Call, HealthCheck
+from sessions.supervisor._stats import CallStats
 
 if TYPE_CHECKING:
+    from sessions._futures import SessionFuture
     from sessions.actors._base import ResourceActor
     from sessions.supervisor._breaker import Breaker
 
@@ -50,8 +53,10 @@ class _Fault:
 class Mailbox:
     """A resource's FIFO of calls; survives restarts, refuses calls once closed."""
 
-    def __init__(self, resource: str) -> None:
+    def __init__(self, resource: str, call_timeout: float = 5.0) -> None:
         self.resource = resource
+        self.call_timeout = call_timeout
+        self.stats = CallStats()
         self.cond = threading.Condition(threading.Lock())
         self.calls: deque[Call] = deque()
         self.refusal: str | None = None
@@ -67,6 +72,7 @@ class Mailbox:
                 self.calls.append(call)
                 self.cond.notify()  # one serving incarnation waits at most
                 return
+        self.stats.count_only("refused")
         call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
 
     def close(self, reason: str) -> None:
@@ -78,6 +84,7 @@ class Mailbox:
             self.cond.notify_all()
         for call in dropped:
             if call.future.claim():
+                self.stats.count_only("refused")
                 call.future.set_exception(ResourceUnavailable(reason, resource=self.resource))
 
     def reopen(self) -> None:
@@ -100,7 +107,8 @@ class Mailbox:
                 if head.future.deadline > now and not head.future.done():
                     return head.future.deadline
                 self.calls.popleft()
-            head.future.claim()  # expires it (or notices a cancel)
+            if not head.future.claim() and isinstance(head.future.exception(0), CallTimeout):
+                self.stats.count_only("timeout")
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -316,27 +324,63 @@ class Runner(pykka.ThreadingActor):
 
     def _run(self, call: Call) -> None:
         future = call.future
-        if not future.claim():
-            return
         mailbox = self.view.mailbox
+        if not future.claim():
+            if not future.cancelled():
+                mailbox.stats.count_only("timeout")
+            return
         mailbox.running = 1
         try:
             result = call.fn(self.actor, *call.args, **call.kwargs)
         except BaseException as exc:
             mailbox.running = 0
-            fault = self._is_fault(exc)
-            if self.breaker is not None:
-                self.breaker.record(not (fault or self._counts(exc)), exc)
-            if fault:
-                future.set_exception(self._fault_error(exc, future.method))
-                self._crash(exc, future.method)
-            else:
-                future.set_exception(exc)
+            self._failed(future, exc)
         else:
             mailbox.running = 0
+            if type(result) is Deferred:
+                result.future.add_done_callback(
+                    lambda inner: self._settle(future, inner)
+                )
+                return
             future.set_result(result)
+            mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
             if self.breaker is not None:
                 self.breaker.record(True)
+
+    def _failed(self, future: SessionFuture[Any], exc: BaseException,
+                deferred: bool = False) -> None:
+        """A call raised ``exc``: a fault (restart) or the caller's own error."""
+        mailbox = self.view.mailbox
+        fault = self._is_fault(exc)
+        if self.breaker is not None:
+            self.breaker.record(not (fault or self._counts(exc)), exc)
+        elapsed = time.monotonic() - future.deadline + mailbox.call_timeout
+        mailbox.stats.record("fault" if fault else "error", elapsed)
+        if fault:
+            future.set_exception(self._fault_error(exc, future.method))
+            if deferred:  # resolved on some other thread: ask the actor to crash
+                self.actor.report_fault(exc)
+            else:
+                self._crash(exc, future.method)
+        else:
+            future.set_exception(exc)
+
+    def _settle(self, future: SessionFuture[Any],
+                inner: concurrent.futures.Future[Any]) -> None:
+        """A ``Deferred`` result arrived (on whatever thread resolved it)."""
+        if inner.cancelled():
+            self._failed(future, concurrent.futures.CancelledError(
+                f"{future.method}() was cancelled by resource {self.actor.name!r}"), True)
+            return
+        exc = inner.exception()
+        if exc is not None:
+            self._failed(future, exc, deferred=True)
+            return
+        mailbox = self.view.mailbox
+        future.set_result(inner.result())
+        mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
+        if self.breaker is not None:
+            self.breaker.record(True)
 
     def _counts(self, exc: BaseException) -> bool:
         try:
@@ -347,7 +391,12 @@ class Runner(pykka.ThreadingActor):
     def _run_batch(self, calls: list[Call]) -> None:
         """Several queued calls in one ``run_batch`` (e.g. one Redis pipeline); each
         caller still gets its own result or its own error."""
-        calls = [c for c in calls if c.future.claim()]
+        mailbox = self.view.mailbox
+        claimed = [c for c in calls if c.future.claim()]
+        for c in calls:
+            if c not in claimed and not c.future.cancelled():
+                mailbox.stats.count_only("timeout")
+        calls = claimed
         if not calls:
             return
         try:
@@ -362,14 +411,20 @@ class Runner(pykka.ThreadingActor):
                 self._crash(exc, "batch")
             return
         broken: BaseException | None = None
+        now = time.monotonic() + mailbox.call_timeout
         for c, (ok, value) in zip(calls, outcomes, strict=True):
             if ok:
                 c.future.set_result(value)
+                mailbox.stats.record("ok", now - c.future.deadline)
             elif self._is_fault(value):
                 broken = value
                 c.future.set_exception(self._fault_error(value, c.future.method))
+                mailbox.stats.record("fault", now - c.future.deadline)
             else:
                 c.future.set_exception(value)
+                mailbox.stats.record("error", now - c.future.deadline)
+        if self.breaker is not None:
+            self.breaker.record(broken is None, broken)
         if broken is not None:
             self._crash(broken, "batch")
 

@@ -89,7 +89,7 @@ class ResourceChild(Node):
         self.cls = cls
         self.kind = cls.kind or spec.kind
         self.actor = actor
-        self.mailbox = Mailbox(name)
+        self.mailbox = Mailbox(name, spec.call_timeout)
         self.runner: Runner | None = None
         self.call_timeout = spec.call_timeout
         self.breaker = breaker

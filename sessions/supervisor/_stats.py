@@ -1,0 +1,75 @@
+"""Per-resource call statistics: outcomes, a cumulative latency histogram, recent latencies.
+
+Recorded by the resource's own thread after each call (so no lock is needed for the
+writes), read by status views and the metrics endpoint. Latency is measured from the
+moment the caller queued the call to its resolution: what a caller actually waits.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from typing import Any
+
+#: Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
+BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)
+
+OUTCOMES = ("ok", "error", "fault", "timeout", "refused")
+"""ok: returned; error: raised a caller error; fault: broke the resource; timeout: did
+not start within call_timeout; refused: failed at once (stopped, gave up, circuit open)."""
+
+
+class CallStats:
+    """Counters of one resource (or pool member)."""
+
+    __slots__ = ("buckets", "count", "outcomes", "recent", "sum")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.recent: deque[float] = deque(maxlen=2048)
+
+    def record(self, outcome: str, seconds: float) -> None:
+        """One call ended with ``outcome`` after ``seconds`` (queue wait included)."""
+        self.outcomes[outcome] += 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        self.recent.append(seconds)
+
+    def count_only(self, outcome: str) -> None:
+        """A call that never ran (timed out in the queue, refused): no latency."""
+        self.outcomes[outcome] += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The q-quantile (0..1) of recent latencies, or None before any call."""
+        recent = sorted(self.recent)
+        if not recent:
+            return None
+        return recent[min(len(recent) - 1, int(q * len(recent)))]
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready figures for status views."""
+        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        return {
+            "calls": dict(self.outcomes),
+            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 3),
+            "latency_p99_ms": None if p99 is None else round(p99 * 1000, 3),
+        }
+
+    def merge(self, others: list[CallStats]) -> CallStats:
+        """A pool's figures: the sum of its members'."""
+        total = CallStats()
+        for s in [self, *others]:
+            for k, v in s.outcomes.items():
+                total.outcomes[k] += v
+            total.buckets = [a + b for a, b in zip(total.buckets, s.buckets, strict=True)]
+            total.count += s.count
+            total.sum += s.sum
+            total.recent.extend(s.recent)
+        return total
