@@ -145,6 +145,7 @@ class _InboxView:
         self.poll_interval = poll_interval
         self.next_health = math.inf
         self.next_poll = math.inf
+        self.timed = bool(health_interval) or poll_interval is not None
 
     def put(self, envelope: Any, /) -> None:
         """Pykka's own messages (stop) and reported faults for this incarnation."""
@@ -154,6 +155,8 @@ class _InboxView:
 
     def _due(self) -> Any:
         """Due periodic work, or the seconds until some is due (inf if none)."""
+        if not self.timed:
+            return math.inf
         soonest = min(self.next_health, self.next_poll)
         if soonest == math.inf:
             return math.inf
