@@ -22,6 +22,7 @@ from sessions._registry import SessionManager, SessionRegistry
 from sessions._system import ChildInfo, Handle, System, start
 from sessions.actors import ResourceActor
 from sessions.actors._base import Deferred
+from sessions.actors.canbus import CANBusSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
 logging.getLogger("sessions").addHandler(logging.NullHandler())
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backoff",
+    "CANBusSessionManager",
     "CallTimeout",
     "ChildInfo",
     "ConfigError",

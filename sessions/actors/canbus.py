@@ -1,0 +1,1035 @@
+"""The CAN bus resource kind (``kind = "canbus"``), on python-can.
+
+Why an actor, and why its own reader: python-can's ``BusABC`` has no locks, several
+threads reading one channel steal each other's frames, and a bus allows one
+``can.Notifier`` whose thread dies on the first receive error. So one actor owns the
+bus: calls (send, periodic tasks, filters) run one at a time on the actor's thread,
+and a single reader thread of the actor (``sessions-<name>-reader``) is the only
+code that calls ``recv``. The reader
+
+* resolves pending :meth:`CANBusActor.request` calls with the first matching frame,
+  so a request in flight never holds the actor: other calls run meanwhile;
+* fans every frame out to subscribers without ever blocking: each callback
+  subscriber has a bounded queue and its own delivery thread
+  (``sessions-<name>-deliver-<id>``), each pull subscriber a bounded
+  ``queue.Queue``; a full queue drops its oldest frame and counts the drop;
+* turns a receive error that is a fault, or a bus-off error frame, into a crash of
+  the actor (``report_fault``), so the supervisor reopens the bus.
+
+What outlives a restart: subscriptions are actor state and simply continue; periodic
+tasks and bus filters live in the bus object, so they are re-created on the new bus
+by replay steps. Undelivered frames stay queued for their subscriber.
+
+python-can is imported lazily (in functions), so importing this module - and the
+``CANBusSessionManager`` facade - works without the ``can`` extra installed; a config
+naming the kind without it fails validation with a hint to install it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import functools
+import importlib
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic_core import PydanticCustomError
+
+from sessions._errors import ResourceFault
+from sessions._registry import SessionManager
+from sessions.actors._base import Deferred, ResourceActor
+
+
+class _LazyCan:
+    """Stands in for the ``can`` module and imports it on first use: python-can is
+    an optional extra, and this module must import without it."""
+
+    _module: ModuleType | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        module = _LazyCan._module
+        if module is None:
+            module = _LazyCan._module = importlib.import_module("can")
+        return getattr(module, name)
+
+
+if TYPE_CHECKING:
+    import can
+    from can.broadcastmanager import CyclicSendTaskABC
+else:
+    can = _LazyCan()
+
+__all__ = [
+    "BusOffError",
+    "CANBusActor",
+    "CANBusSessionManager",
+    "FilterSpec",
+    "PendingReply",
+]
+
+log = logging.getLogger(__name__)
+
+CAN_ERR_BUSOFF = 0x00000040
+"""SocketCAN error class "bus off" (linux/can/error.h), carried in an error frame's id."""
+
+FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF})
+"""``error_code``/``errno`` values of a receive or send error that mean the bus is gone."""
+
+_MAX_ID = 0x1FFFFFFF
+_RECV_SLICE = 0.05  # longest recv() wait: bounds how late stop and request timeouts are seen
+_ERROR_PAUSE = 0.05  # pause after a non-fault receive error, so a broken driver cannot spin
+_READER_JOIN = 2.0
+_DELIVERY_JOIN = 1.0  # total budget for delivery threads at disconnect
+_PERIODIC_JOIN = 1.0  # total budget for python-can's periodic send threads at disconnect
+_WARN_EVERY = 10.0  # seconds between repeated warnings about one subscriber
+
+Match = int | tuple[int, int] | Callable[["can.Message"], bool]
+"""What a reply must look like: an arbitration id, an ``(id, mask)`` pair, or a predicate."""
+
+_Filter = tuple[int, int, bool | None]  # (can_id, can_mask, extended or None)
+
+
+class BusOffError(ConnectionError):
+    """The CAN controller went bus-off (an error frame carrying ``CAN_ERR_BUSOFF``).
+
+    A fault: the actor is restarted, which reopens the bus (on SocketCAN a reopened
+    socket does not clear bus-off by itself; configure ``restart-ms`` on the interface).
+    """
+
+
+class FilterSpec(BaseModel):
+    """One acceptance filter in python-can's form: a frame passes if
+    ``frame_id & can_mask == can_id & can_mask`` (and, if ``extended`` is set, its
+    extended-id flag equals it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    can_id: int = Field(ge=0, le=_MAX_ID, description="Identifier bits to compare.")
+    can_mask: int = Field(ge=0, le=_MAX_ID, description="Which identifier bits must match.")
+    extended: bool | None = Field(
+        None, description="Only 29-bit (true) or only 11-bit (false) frames; omitted: both."
+    )
+
+
+_FILTERS: TypeAdapter[list[FilterSpec] | None] = TypeAdapter(list[FilterSpec] | None)
+
+
+FilterList = Iterable[FilterSpec | Mapping[str, Any]]
+"""Filters as ``FilterSpec`` objects or python-can's ``{can_id, can_mask, extended}`` dicts."""
+
+
+def _normalize_filters(filters: FilterList | None) -> tuple[_Filter, ...]:
+    """Validate filters given as dicts or ``FilterSpec``; ``()`` means "everything".
+
+    Raises ``ValueError`` (pydantic's ``ValidationError``) naming the bad entry.
+    """
+    if filters is None:
+        return ()
+    specs = _FILTERS.validate_python(list(filters)) or []
+    return tuple((f.can_id, f.can_mask, f.extended) for f in specs)
+
+
+def _python_can_filters(filters: tuple[_Filter, ...]) -> can.typechecking.CanFilters | None:
+    """``filters`` in the shape ``can.BusABC.set_filters`` takes (None: accept all)."""
+    if not filters:
+        return None
+    out: list[dict[str, Any]] = []
+    for can_id, can_mask, extended in filters:
+        entry: dict[str, Any] = {"can_id": can_id, "can_mask": can_mask}
+        if extended is not None:
+            entry["extended"] = extended
+        out.append(entry)
+    return cast("can.typechecking.CanFilters", out)
+
+
+def _passes(filters: tuple[_Filter, ...], msg: can.Message) -> bool:
+    """python-can's filter rule, applied in software for one subscriber."""
+    if not filters:
+        return True
+    for can_id, can_mask, extended in filters:
+        if extended is not None and extended != msg.is_extended_id:
+            continue
+        if (can_id ^ msg.arbitration_id) & can_mask == 0:
+            return True
+    return False
+
+
+def _matcher(match: Match) -> tuple[Callable[[can.Message], bool], str]:
+    """A predicate for ``match`` and a description for error messages."""
+    if isinstance(match, bool):
+        raise TypeError("match must be an arbitration id, an (id, mask) tuple or a predicate")
+    if isinstance(match, int):
+        if not 0 <= match <= _MAX_ID:
+            raise ValueError(f"match id must be in 0..{_MAX_ID:#x}, got {match:#x}")
+        wanted = match
+        return (lambda m: m.arbitration_id == wanted), f"id {wanted:#x}"
+    if isinstance(match, tuple):
+        if len(match) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_ID for v in match
+        ):
+            raise ValueError(f"match tuple must be (can_id, can_mask) of CAN ids, got {match!r}")
+        can_id, can_mask = match
+        return (
+            lambda m: (m.arbitration_id ^ can_id) & can_mask == 0
+        ), f"id {can_id:#x} mask {can_mask:#x}"
+    if callable(match):
+        return match, getattr(match, "__qualname__", repr(match))
+    raise TypeError(
+        f"match must be an arbitration id, an (id, mask) tuple or a predicate, got {match!r}"
+    )
+
+
+class PendingReply(concurrent.futures.Future["can.Message"]):
+    """The reply of one :meth:`CANBusActor.request`, resolved by the bus's reader thread.
+
+    Resolves with the first matching frame, or fails with ``can.CanTimeoutError`` (a
+    ``TimeoutError``) after the request's ``timeout``, or with ``ResourceFault`` if the
+    bus is closed (restart or stop) while waiting. ``cancel()`` withdraws the request's
+    claim on a reply frame. Await it with ``asyncio.wrap_future``.
+    """
+
+    def __init__(self, request: can.Message, timeout: float) -> None:
+        super().__init__()
+        self.request = request
+        """The frame that was sent."""
+        self.timeout = timeout
+        """Seconds the reply is waited for."""
+
+    def __repr__(self) -> str:
+        return f"<PendingReply to {self.request.arbitration_id:#x} {self._state.lower()}>"
+
+
+class _Waiter:
+    __slots__ = ("deadline", "describe", "future", "matches")
+
+    def __init__(
+        self,
+        future: PendingReply,
+        matches: Callable[[can.Message], bool],
+        describe: str,
+        deadline: float,
+    ) -> None:
+        self.future = future
+        self.matches = matches
+        self.describe = describe
+        self.deadline = deadline
+
+
+class _Subscription:
+    """One subscriber: filters, a bounded queue, counters, and (for a callback) the
+    delivery thread of the current connection."""
+
+    def __init__(
+        self,
+        sub_id: str,
+        filters: tuple[_Filter, ...],
+        maxsize: int,
+        callback: Callable[[can.Message], Any] | None,
+        out: queue.Queue[can.Message] | None,
+    ) -> None:
+        self.id = sub_id
+        self.filters = filters
+        self.maxsize = maxsize
+        self.callback = callback
+        self.out = out
+        self.cond = threading.Condition(threading.Lock())
+        self.frames: deque[can.Message] = deque()
+        self.stopping = True  # no delivery thread until a connection starts one
+        self.removed = False
+        self.thread: threading.Thread | None = None
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_drop_warning = -math.inf
+        self.last_error_log = -math.inf
+
+    def offer(self, msg: can.Message, resource: str) -> None:
+        """Queue ``msg`` without blocking (reader thread); drop the oldest when full."""
+        dropped = False
+        if self.out is not None:
+            while True:
+                try:
+                    self.out.put_nowait(msg)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self.out.get_nowait()
+                        self.dropped += 1
+                        dropped = True
+            self.delivered += 1
+        else:
+            with self.cond:
+                if len(self.frames) >= self.maxsize:
+                    self.frames.popleft()
+                    self.dropped += 1
+                    dropped = True
+                self.frames.append(msg)
+                self.cond.notify()
+        if dropped:
+            now = time.monotonic()
+            if now - self.last_drop_warning >= _WARN_EVERY:
+                self.last_drop_warning = now
+                log.warning(
+                    "CAN bus %r: subscriber %s is too slow; dropped its oldest frames (%d so far)",
+                    resource,
+                    self.id,
+                    self.dropped,
+                )
+
+    def queued(self) -> int:
+        if self.out is not None:
+            return self.out.qsize()
+        with self.cond:
+            return len(self.frames)
+
+
+class _Periodic:
+    """A periodic transmission: its spec (kept across restarts) and its task on the
+    current bus."""
+
+    __slots__ = ("end", "id", "msgs", "period", "task")
+
+    def __init__(
+        self, task_id: str, msgs: tuple[can.Message, ...], period: float, end: float | None
+    ) -> None:
+        self.id = task_id
+        self.msgs = msgs
+        self.period = period
+        self.end = end
+        self.task: CyclicSendTaskABC | None = None
+
+
+def _stop_task(task: CyclicSendTaskABC) -> threading.Thread | None:
+    """Stop a python-can periodic task; its sending thread (if it has one) to join."""
+    try:
+        task.stop()
+    except Exception as exc:  # e.g. a BCM delete on a bus that is already down
+        log.debug("stopping a periodic task failed (ignored): %r", exc)
+    thread = getattr(task, "thread", None)
+    return thread if isinstance(thread, threading.Thread) and thread.is_alive() else None
+
+
+class CANBusActor(ResourceActor):
+    """A CAN bus: send, periodic transmission, subscriptions and request/response.
+
+    Config keys are the fields of :class:`CANBusActor.Options`; other keys go to
+    ``can.Bus`` unchanged. Handle methods (each returns a future):
+
+    * ``send(msg)`` or ``send(arbitration_id=..., data=..., ...)`` -> ``None``
+    * ``send_periodic(msg, period, duration=None)`` -> task id (``"task-N"``)
+    * ``stop_periodic(task_id)`` -> ``None``
+    * ``subscribe(callback, filters=None, queue_size=None)`` -> subscription id
+    * ``subscribe_queue(filters=None, maxsize=None)`` -> ``(subscription id, queue.Queue)``
+    * ``unsubscribe(sub_id)`` -> ``None``
+    * ``request(msg, match, timeout=None)`` -> :class:`PendingReply` (see there)
+    * ``set_filters(filters)`` -> ``None`` (bus-level filters, kept across restarts)
+    * ``bus_state()`` -> ``"active"``, ``"passive"`` or ``"error"``
+    * ``stats()`` -> counters (frames, drops, callback errors, pending requests, tasks)
+
+    ``handle.state`` is the resource's lifecycle state (every handle has it); the CAN
+    controller's state is ``bus_state()``.
+    """
+
+    kind: ClassVar[str] = "canbus"
+    fault_types: ClassVar[tuple[type[BaseException], ...]] = (BusOffError,)
+
+    poll_interval = 0.5
+    """``poll`` raises a fault the reader saw while the actor was still connecting (a
+    ``report_fault`` then has no serving incarnation to reach and is dropped)."""
+
+    class Options(BaseModel):
+        """Config keys of ``kind = "canbus"``; any other key is passed to ``can.Bus``."""
+
+        model_config = ConfigDict(extra="allow", frozen=True)
+
+        interface: str = Field(
+            "virtual",
+            validate_default=True,
+            description="python-can interface: socketcan, pcan, kvaser, vector, virtual, ...",
+        )
+        channel: str | int | None = Field(
+            None, description="Interface channel (e.g. 'can0'); omitted: the interface default."
+        )
+        bitrate: int | None = Field(
+            None, gt=0, description="Bit rate in bit/s; omitted: as the interface is set up."
+        )
+        receive_own_messages: bool = Field(
+            False, description="Also receive the frames this bus sends."
+        )
+        filters: list[FilterSpec] | None = Field(
+            None,
+            description="Bus-level acceptance filters [{can_id, can_mask, extended}]; "
+            "omitted: receive everything. set_filters() replaces them at run time.",
+        )
+        fd: bool = Field(False, description="Open the bus in CAN FD mode.")
+        send_timeout: float = Field(
+            1.0, gt=0, description="Max wait for room in the transmit queue per send (s)."
+        )
+        request_timeout: float = Field(
+            1.0, gt=0, description="Default reply timeout of request() (s)."
+        )
+        subscriber_queue_size: int = Field(
+            1000, ge=1, description="Frames queued per subscriber before the oldest is dropped."
+        )
+
+        @field_validator("interface")
+        @classmethod
+        def _known_interface(cls, value: str) -> str:
+            try:
+                known = can.VALID_INTERFACES
+            except ImportError as err:
+                raise PydanticCustomError(
+                    "can_missing",
+                    "python-can is not installed ({error}); install it with: "
+                    "pip install 'applib-sessions[can]'",
+                    {"error": str(err)},
+                ) from None
+            if value not in known:
+                raise PydanticCustomError(
+                    "can_interface",
+                    "unknown python-can interface (known: {known})",
+                    {"known": ", ".join(sorted(known))},
+                )
+            return value
+
+    def __init__(
+        self,
+        *,
+        interface: str = "virtual",
+        channel: str | int | None = None,
+        bitrate: int | None = None,
+        receive_own_messages: bool = False,
+        filters: FilterList | None = None,
+        fd: bool = False,
+        send_timeout: float = 1.0,
+        request_timeout: float = 1.0,
+        subscriber_queue_size: int = 1000,
+        **bus_options: Any,
+    ) -> None:
+        super().__init__()
+        if "can_filters" in bus_options:
+            raise TypeError("use the 'filters' key, not 'can_filters'")
+        self._interface = interface
+        self._channel = channel
+        self._bitrate = bitrate
+        self._receive_own = receive_own_messages
+        self._config_filters = _normalize_filters(filters)
+        self._fd = fd
+        self._send_timeout = send_timeout
+        self._request_timeout = request_timeout
+        self._queue_size = subscriber_queue_size
+        self._bus_options = bus_options
+
+        # Actor state: survives restarts.
+        self._lock = threading.Lock()  # guards _waiters and _subs (reader vs actor thread)
+        self._subs: dict[str, _Subscription] = {}
+        self._sub_list: tuple[_Subscription, ...] = ()  # the reader's lock-free snapshot
+        self._periodic: dict[str, _Periodic] = {}
+        self._sub_ids = itertools.count(1)
+        self._task_ids = itertools.count(1)
+        self._received = 0
+        self._retired_tasks: list[threading.Thread] = []  # joined at disconnect
+        self._retired_delivery: list[threading.Thread] = []  # joined at disconnect
+
+        # Connection state: rebuilt by connect().
+        self._waiters: list[_Waiter] = []
+        self._reader: threading.Thread | None = None
+        self._reader_stop = threading.Event()
+        self._reader_fault: tuple[Any, BaseException] | None = None
+        self._tx_lock = threading.Lock()
+        self._delivering = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def connect(self) -> can.BusABC:
+        """Open the bus, start the reader and the subscribers' delivery threads."""
+        kwargs: dict[str, Any] = dict(self._bus_options)
+        if self._channel is not None:
+            kwargs["channel"] = self._channel
+        if self._bitrate is not None:
+            kwargs["bitrate"] = self._bitrate
+        bus = can.Bus(
+            interface=self._interface,
+            receive_own_messages=self._receive_own,
+            can_filters=_python_can_filters(self._config_filters),
+            fd=self._fd,
+            **kwargs,
+        )
+        try:
+            self._reader_fault = None
+            self._tx_lock = threading.Lock()
+            # python-can's thread-based periodic tasks serialize their sends with this
+            # lock (created lazily); sharing it keeps our sends from interleaving with
+            # theirs on a bus without locks. Buses with their own scheduler ignore it.
+            if not hasattr(bus, "_lock_send_periodic"):
+                setattr(bus, "_lock_send_periodic", self._tx_lock)  # noqa: B010
+            # Interfaces without hardware filters filter in recv() by id, error frames
+            # included, so bus filters would hide a bus-off. SocketCAN never applies id
+            # filters to error frames (they have their own mask, all enabled by
+            # python-can): give every interface that rule.
+            matches = getattr(bus, "_matches_filters", None)
+            if callable(matches):
+                setattr(  # noqa: B010
+                    bus, "_matches_filters", lambda m: m.is_error_frame or matches(m)
+                )
+            self._reader_stop = stop = threading.Event()
+            self._reader = threading.Thread(
+                target=self._read_loop,
+                args=(bus, stop),
+                name=f"sessions-{self.name}-reader",
+                daemon=True,
+            )
+            self._reader.start()
+            self._delivering = True
+            for sub in self._sub_list:
+                if sub.callback is not None:
+                    self._start_delivery(sub)
+        except BaseException:
+            self._teardown(bus)
+            raise
+        return bus
+
+    def disconnect(self, resource: Any) -> None:
+        """Stop periodic tasks, the reader and the delivery threads; close the bus.
+
+        Requests still waiting fail with ``ResourceFault``; queued frames stay with
+        their subscribers for the next connection.
+        """
+        self._teardown(resource)
+
+    def _teardown(self, bus: can.BusABC) -> None:
+        self._delivering = False
+        # 1. Periodic tasks first, so nothing sends on a bus about to close.
+        threads, self._retired_tasks = self._retired_tasks, []
+        for spec in self._periodic.values():
+            task, spec.task = spec.task, None
+            if task is not None and (thread := _stop_task(task)) is not None:
+                threads.append(thread)
+        deadline = time.monotonic() + _PERIODIC_JOIN
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # 2. The reader (it must not be inside recv() when the bus closes).
+        reader, self._reader = self._reader, None
+        self._reader_stop.set()
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(_READER_JOIN)
+            if reader.is_alive():
+                log.error("CAN bus %r: reader thread stuck in recv(); abandoned", self.name)
+        # 3. Requests waiting for a reply will not get one from this bus.
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._settle(
+                waiter.future,
+                error=ResourceFault(
+                    f"the bus of {self.name!r} was closed (restart or stop) while request() "
+                    f"waited for a reply matching {waiter.describe}; the request had been "
+                    "sent, so its outcome is unknown",
+                    resource=self.name,
+                    method="request",
+                ),
+            )
+        # 4. Delivery threads: undelivered frames stay queued for the next connection.
+        delivery, self._retired_delivery = self._retired_delivery, []
+        for sub in self._sub_list:
+            with sub.cond:
+                sub.stopping = True
+                sub.cond.notify_all()
+                if sub.thread is not None:
+                    delivery.append(sub.thread)
+        deadline = time.monotonic() + _DELIVERY_JOIN
+        for thread in delivery:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning(
+                    "CAN bus %r: a subscriber callback is still running (%s); its "
+                    "delivery thread ends when the callback returns",
+                    self.name,
+                    thread.name,
+                )
+        # 5. Close the bus (also stops any periodic task python-can still tracks).
+        try:
+            bus.shutdown()
+        except Exception as exc:
+            log.warning("CAN bus %r: shutdown failed (ignored): %r", self.name, exc)
+
+    def is_fault(self, exc: BaseException) -> bool:
+        """Bus-off, a failed open, a closed bus, or an errno meaning the interface is gone.
+
+        Caller errors (not faults): ``CanTimeoutError``, a full transmit buffer
+        (``ENOBUFS``, "Transmit buffer full"), a frame the driver rejects, bad arguments.
+        """
+        if isinstance(exc, BusOffError):
+            return True
+        if isinstance(exc, can.CanTimeoutError):
+            return False
+        if isinstance(exc, can.CanInitializationError):
+            return True
+        if isinstance(exc, can.CanOperationError):
+            return exc.error_code in FAULT_ERRNOS or "closed" in str(exc).lower()
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+            return exc.errno in FAULT_ERRNOS
+        return False
+
+    def poll(self) -> None:
+        """Raise a fault the reader recorded that ``report_fault`` could not deliver."""
+        fault = self._reader_fault
+        if fault is not None and fault[0] is self.resource:
+            self._reader_fault = None
+            raise fault[1]
+
+    def health_check(self) -> None:
+        """A controller reporting ``BusState.ERROR`` (where the interface reports it) is
+        a fault; runs only when ``health_interval`` is configured."""
+        self.poll()
+        if self.resource is not None and self.resource.state == can.BusState.ERROR:
+            raise BusOffError(f"CAN bus {self.name!r} reports state ERROR")
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(
+        self,
+        msg: can.Message | None = None,
+        *,
+        arbitration_id: int | None = None,
+        data: bytes | bytearray | Sequence[int] | None = None,
+        is_extended_id: bool = False,
+        **fields: Any,
+    ) -> None:
+        """Transmit one frame: a ``can.Message``, or the keywords of one.
+
+        A full transmit queue (after ``send_timeout``) raises to the caller and is
+        not a fault; an interface that went down is.
+        """
+        self._send(self._message(msg, arbitration_id, data, is_extended_id, fields))
+
+    def send_periodic(
+        self,
+        msg: can.Message | Sequence[can.Message],
+        period: float,
+        duration: float | None = None,
+    ) -> str:
+        """Start transmitting ``msg`` (or several frames in turn) every ``period`` s.
+
+        Returns a task id that stays valid across restarts: the task is re-created on
+        every new bus (for what is left of ``duration``, if one was given).
+        """
+        msgs = (msg,) if isinstance(msg, can.Message) else tuple(msg)
+        if not msgs or not all(isinstance(m, can.Message) for m in msgs):
+            raise TypeError("send_periodic needs a can.Message or a non-empty sequence of them")
+        if not (isinstance(period, (int, float)) and 0 < period < math.inf):
+            raise ValueError(f"period must be a positive number of seconds, got {period!r}")
+        if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
+            raise ValueError(f"duration must be positive or None, got {duration!r}")
+        task_id = f"task-{next(self._task_ids)}"
+        end = None if duration is None else time.monotonic() + duration
+        spec = _Periodic(task_id, msgs, float(period), end)
+        self._start_periodic(spec, self.resource)
+        self._periodic[task_id] = spec
+        self.replay(f"periodic:{task_id}", functools.partial(self._start_periodic, spec))
+        return task_id
+
+    def stop_periodic(self, task_id: str) -> None:
+        """Stop a periodic task for good (one more frame may already be on its way)."""
+        try:
+            spec = self._periodic.pop(task_id)
+        except KeyError:
+            raise KeyError(
+                f"no periodic task {task_id!r} on {self.name!r} "
+                f"(tasks: {', '.join(self._periodic) or 'none'})"
+            ) from None
+        self.forget(f"periodic:{task_id}")
+        task, spec.task = spec.task, None
+        if task is not None and (thread := _stop_task(task)) is not None:
+            self._retired_tasks = [t for t in self._retired_tasks if t.is_alive()] + [thread]
+
+    def _start_periodic(self, spec: _Periodic, bus: can.BusABC) -> None:
+        duration = None
+        if spec.end is not None:
+            duration = spec.end - time.monotonic()
+            if duration <= 0:  # ran its course before this bus opened
+                self.forget(f"periodic:{spec.id}")
+                return
+        spec.task = bus.send_periodic(list(spec.msgs), spec.period, duration)
+
+    # -- filters and state ------------------------------------------------------------
+
+    def set_filters(self, filters: FilterList | None) -> None:
+        """Replace the bus-level filters (``None``: receive everything).
+
+        They apply to everything this actor receives - subscriptions and request
+        replies alike - and are re-applied to every new bus after a restart.
+        """
+        normalized = _normalize_filters(filters)
+        self._apply_filters(normalized, self.resource)
+        self.replay("filters", functools.partial(self._apply_filters, normalized))
+
+    @staticmethod
+    def _apply_filters(filters: tuple[_Filter, ...], bus: can.BusABC) -> None:
+        bus.set_filters(_python_can_filters(filters))
+
+    def bus_state(self) -> str:
+        """The controller state python-can reports: ``"active"``, ``"passive"`` or
+        ``"error"`` (most interfaces always report active; bus-off shows as a fault)."""
+        return str(self.resource.state.name).lower()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: frames received, pending requests, per-subscriber delivery and
+        drops, periodic tasks. A snapshot; the reader keeps counting."""
+        with self._lock:
+            pending = len(self._waiters)
+        return {
+            "received": self._received,
+            "pending_requests": pending,
+            "subscriptions": {
+                sub.id: {
+                    "type": "callback" if sub.callback is not None else "queue",
+                    "delivered": sub.delivered,
+                    "dropped": sub.dropped,
+                    "errors": sub.errors,
+                    "queued": sub.queued(),
+                }
+                for sub in self._sub_list
+            },
+            "periodic_tasks": {
+                spec.id: {
+                    "arbitration_id": spec.msgs[0].arbitration_id,
+                    "period": spec.period,
+                    "active": spec.task is not None,
+                }
+                for spec in self._periodic.values()
+            },
+        }
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    def subscribe(
+        self,
+        callback: Callable[[can.Message], Any],
+        filters: FilterList | None = None,
+        queue_size: int | None = None,
+    ) -> str:
+        """Call ``callback(frame)`` for every received frame that passes ``filters``.
+
+        Callbacks run on this subscription's own delivery thread, in bus order; one
+        that raises is logged and keeps receiving, one that blocks only delays itself:
+        its queue holds ``queue_size`` frames (default ``subscriber_queue_size``), then
+        the oldest are dropped and counted in ``stats()``. Frames are shared between
+        subscribers: treat them as read-only. The subscription survives restarts.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        sub = self._add_subscription(filters, queue_size, callback, None)
+        if self._delivering:
+            self._start_delivery(sub)
+        return sub.id
+
+    def subscribe_queue(
+        self,
+        filters: FilterList | None = None,
+        maxsize: int | None = None,
+    ) -> tuple[str, queue.Queue[can.Message]]:
+        """Pull-style subscription: ``(subscription id, queue.Queue)`` that receives
+        every frame passing ``filters``. The queue holds ``maxsize`` frames (default
+        ``subscriber_queue_size``); when full, the oldest frame is dropped and counted."""
+        out: queue.Queue[can.Message] = queue.Queue(self._check_size(maxsize, "maxsize"))
+        sub = self._add_subscription(filters, maxsize, None, out)
+        return sub.id, out
+
+    def unsubscribe(self, sub_id: str) -> None:
+        """End a subscription (a callback running now finishes first)."""
+        with self._lock:
+            try:
+                sub = self._subs.pop(sub_id)
+            except KeyError:
+                raise KeyError(f"no subscription {sub_id!r} on {self.name!r}") from None
+            self._sub_list = tuple(self._subs.values())
+        with sub.cond:
+            sub.removed = sub.stopping = True
+            sub.frames.clear()
+            sub.cond.notify_all()
+            thread = sub.thread
+        if thread is not None:
+            self._retired_delivery = [t for t in self._retired_delivery if t.is_alive()]
+            self._retired_delivery.append(thread)
+
+    def _check_size(self, size: int | None, what: str) -> int:
+        if size is None:
+            return self._queue_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{what} must be an integer >= 1, got {size!r}")
+        return size
+
+    def _add_subscription(
+        self,
+        filters: FilterList | None,
+        size: int | None,
+        callback: Callable[[can.Message], Any] | None,
+        out: queue.Queue[can.Message] | None,
+    ) -> _Subscription:
+        sub = _Subscription(
+            f"sub-{next(self._sub_ids)}",
+            _normalize_filters(filters),
+            self._check_size(size, "queue_size"),
+            callback,
+            out,
+        )
+        with self._lock:
+            self._subs[sub.id] = sub
+            self._sub_list = tuple(self._subs.values())
+        return sub
+
+    def _start_delivery(self, sub: _Subscription) -> None:
+        """Give ``sub`` a delivery thread for this connection (a thread still inside a
+        callback from the last connection simply carries on instead)."""
+        with sub.cond:
+            if sub.removed:
+                return
+            sub.stopping = False
+            if sub.thread is None:
+                sub.thread = threading.Thread(
+                    target=self._deliver_loop,
+                    args=(sub,),
+                    name=f"sessions-{self.name}-deliver-{sub.id}",
+                    daemon=True,
+                )
+                sub.thread.start()
+
+    def _deliver_loop(self, sub: _Subscription) -> None:
+        me = threading.current_thread()
+        callback = sub.callback
+        assert callback is not None
+        while True:
+            with sub.cond:
+                while not sub.frames and not sub.stopping:
+                    sub.cond.wait()
+                if sub.stopping:
+                    if sub.thread is me:
+                        sub.thread = None
+                    return
+                msg = sub.frames.popleft()
+            try:
+                callback(msg)
+                sub.delivered += 1
+            except Exception as exc:
+                sub.errors += 1
+                now = time.monotonic()
+                if now - sub.last_error_log >= _WARN_EVERY:
+                    sub.last_error_log = now
+                    log.error(
+                        "CAN bus %r: subscriber %s callback raised (%d times so far); "
+                        "it keeps receiving",
+                        self.name,
+                        sub.id,
+                        sub.errors,
+                        exc_info=exc,
+                    )
+
+    # -- request/response -------------------------------------------------------------
+
+    def request(self, msg: can.Message, match: Match, timeout: float | None = None) -> Deferred:
+        """Send ``msg``; the caller's future resolves with the first frame after it that
+        matches ``match`` (an arbitration id, an ``(id, mask)`` pair, or a predicate run
+        on the reader thread, which must be quick).
+
+        The call returns a :class:`~sessions.Deferred`: the actor thread is free at once
+        and the handle's future resolves when the reply arrives. Keep the resource's
+        ``call_timeout`` above ``timeout``, or a bare ``result()`` gives up first with
+        ``CallTimeout(started=True)``.
+
+        The actor only sends and registers the waiter, so other calls run while the
+        reply is awaited. A reply frame resolves one request - the oldest one waiting
+        for it - and is delivered to subscribers as well. Error frames and this bus's
+        own echoes never match. ``timeout`` (default ``request_timeout``) expiring
+        raises ``can.CanTimeoutError``: a caller error, not a fault.
+        """
+        if not isinstance(msg, can.Message):
+            raise TypeError(f"request needs a can.Message, got {type(msg).__name__}")
+        matches, describe = _matcher(match)
+        if timeout is None:
+            timeout = self._request_timeout
+        if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        reply = PendingReply(msg, float(timeout))
+        waiter = _Waiter(reply, matches, describe, time.monotonic() + timeout)
+        with self._lock:  # registered before sending: a fast reply cannot be missed
+            self._waiters.append(waiter)
+        try:
+            self._send(msg)
+        except BaseException:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            raise
+        return Deferred(reply)
+
+    # -- reader thread ----------------------------------------------------------------
+
+    def _read_loop(self, bus: can.BusABC, stop: threading.Event) -> None:
+        """The one reader of ``bus``: dispatch frames, expire requests, report faults."""
+        while not stop.is_set():
+            try:
+                msg = bus.recv(self._recv_wait())
+            except Exception as err:
+                if stop.is_set():
+                    return
+                if self.is_fault(err):
+                    log.warning("CAN bus %r: receive failed: %r", self.name, err)
+                    self._fault_from_reader(bus, err)
+                    return
+                log.warning("CAN bus %r: receive error (not a fault, retrying): %r", self.name, err)
+                stop.wait(_ERROR_PAUSE)
+                continue
+            try:
+                if msg is not None and self._dispatch(bus, msg):
+                    return
+                self._expire_waiters()
+            except Exception:
+                log.exception("CAN bus %r: dispatching a frame failed", self.name)
+
+    def _fault_from_reader(self, bus: can.BusABC, err: BaseException) -> None:
+        self._reader_fault = (bus, err)  # poll() raises it if this report is dropped
+        self.report_fault(err, bus)
+
+    def _recv_wait(self) -> float:
+        with self._lock:
+            if not self._waiters:
+                return _RECV_SLICE
+            nearest = min(w.deadline for w in self._waiters)
+        return max(0.0, min(_RECV_SLICE, nearest - time.monotonic()))
+
+    def _dispatch(self, bus: can.BusABC, msg: can.Message) -> bool:
+        """Hand one frame to its request and subscribers; True if it was a bus-off."""
+        self._received += 1
+        if msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF:
+            self._fault_from_reader(
+                bus,
+                BusOffError(
+                    f"CAN bus {self.name!r} went bus-off (error frame {msg.arbitration_id:#x})"
+                ),
+            )
+            return True
+        if self._waiters and not msg.is_error_frame and msg.is_rx:
+            self._match_waiter(msg)
+        for sub in self._sub_list:
+            if _passes(sub.filters, msg):
+                sub.offer(msg, self.name)
+        return False
+
+    def _match_waiter(self, msg: can.Message) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            if waiter.future.done():
+                continue  # cancelled: dropped by _expire_waiters
+            try:
+                hit = waiter.matches(msg)
+            except Exception as exc:  # a broken predicate fails its own request
+                self._remove_waiter(waiter)
+                self._settle(waiter.future, error=exc)
+                continue
+            if hit:
+                self._remove_waiter(waiter)
+                self._settle(waiter.future, result=msg)
+                return
+
+    def _remove_waiter(self, waiter: _Waiter) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def _expire_waiters(self) -> None:
+        if not self._waiters:
+            return
+        now = time.monotonic()
+        with self._lock:
+            expired = [w for w in self._waiters if w.deadline <= now or w.future.done()]
+            if not expired:
+                return
+            self._waiters = [w for w in self._waiters if not (w.deadline <= now or w.future.done())]
+        for waiter in expired:
+            reply = waiter.future
+            self._settle(
+                reply,
+                error=can.CanTimeoutError(
+                    f"no reply matching {waiter.describe} to request "
+                    f"{reply.request.arbitration_id:#x} on {self.name!r} within {reply.timeout}s"
+                ),
+            )
+
+    @staticmethod
+    def _settle(
+        future: PendingReply,
+        *,
+        result: can.Message | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Resolve ``future`` unless it was cancelled meanwhile."""
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(cast("can.Message", result))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _send(self, msg: can.Message) -> None:
+        with self._tx_lock:
+            self.resource.send(msg, timeout=self._send_timeout)
+
+    @staticmethod
+    def _message(
+        msg: can.Message | None,
+        arbitration_id: int | None,
+        data: bytes | bytearray | Sequence[int] | None,
+        is_extended_id: bool,
+        fields: Mapping[str, Any],
+    ) -> can.Message:
+        if msg is not None:
+            if arbitration_id is not None or data is not None or fields:
+                raise TypeError("pass either a can.Message or its fields, not both")
+            if not isinstance(msg, can.Message):
+                raise TypeError(f"send needs a can.Message, got {type(msg).__name__}")
+            return msg
+        if arbitration_id is None:
+            raise TypeError("send needs a can.Message or arbitration_id=...")
+        return can.Message(
+            arbitration_id=arbitration_id,
+            data=data,
+            is_extended_id=is_extended_id,
+            check=True,
+            **fields,
+        )
+
+
+class CANBusSessionManager(SessionManager):
+    """The seed's CAN session manager: a one-bus supervised system.
+
+    ``with CANBusSessionManager(interface="socketcan", channel="can0") as bus:`` (or
+    ``async with``) yields the bus's handle; other keywords are the kind's config keys
+    and the supervision keys (``call_timeout``, ``restart``, ...).
+    """
+
+    kind: ClassVar[str] = "canbus"
+
+    def __init__(
+        self,
+        interface: str = "virtual",
+        channel: str | int | None = None,
+        *,
+        name: str | None = None,
+        supervisor: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if channel is not None:
+            options["channel"] = channel
+        super().__init__("canbus", name=name, supervisor=supervisor, interface=interface, **options)
