@@ -23,6 +23,7 @@ from sessions._system import ChildInfo, Handle, System, start
 from sessions.actors import ResourceActor
 from sessions.actors._base import Deferred
 from sessions.actors.canbus import CANBusSessionManager
+from sessions.actors.http import HTTPSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
 logging.getLogger("sessions").addHandler(logging.NullHandler())
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "Deferred",
     "DeviceError",
+    "HTTPSessionManager",
     "Handle",
     "ResourceActor",
     "ResourceConfig",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sessions._errors import ConfigError
+from sessions._redact import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,6 +125,8 @@ def _join(*parts: str) -> str:
 def _describe(err: Mapping[str, Any]) -> str:
     """One plain sentence for one pydantic error."""
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if isinstance(value, str):
+        value = redact(value)
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         options = ", ".join(re.findall(r"'([^']*)'", expected)) or expected

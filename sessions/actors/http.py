@@ -1,0 +1,555 @@
+"""The ``http`` kind: an HTTP API behind a supervised ``requests.Session``.
+
+Each actor owns one ``requests.Session`` (the requests maintainers' advice is one
+Session per thread: it has no thread-safety contract, psf/requests #2766). A pool
+(``pool_size = N``) is N actors, each with its own Session and its own keep-alive
+connection, behind one handle. Every call returns a ``requests.Response`` whose body
+has been read in full on the actor thread and which has been detached from the
+connection (``raw`` is ``None``), so it is plain data that any thread may use.
+
+What is a fault, and what goes to the caller:
+
++-------------------------------------------+------------------+-------------+-----------+
+| what happened                             | the caller gets  | the actor   | breaker   |
++===========================================+==================+=============+===========+
+| any HTTP status, 1xx to 5xx               | the Response     | keeps going | success   |
++-------------------------------------------+------------------+-------------+-----------+
+| ``requests.ConnectionError``: refused,    | that exception   | keeps going | failure   |
+| reset, dropped, DNS, ``SSLError``,        |                  |             |           |
+| ``ConnectTimeout``                        |                  |             |           |
++-------------------------------------------+------------------+-------------+-----------+
+| ``requests.Timeout`` (``ReadTimeout``),   | that exception   | keeps going | failure   |
+| ``ChunkedEncodingError`` (body cut),      |                  |             |           |
+| ``RetryError``                            |                  |             |           |
++-------------------------------------------+------------------+-------------+-----------+
+| bad arguments: ``ValueError`` (a foreign  | that exception   | keeps going | not       |
+| origin, ``timeout=None``, ``stream``),    |                  |             | counted   |
+| ``TypeError``, ``InvalidURL``,            |                  |             |           |
+| ``TooManyRedirects``, anything else       |                  |             |           |
++-------------------------------------------+------------------+-------------+-----------+
+| the Session's connection pool was closed  | ``ResourceFault``| restarts    | failure   |
+| under it (urllib3 ``ClosedPoolError``,    | (cause: the      | with a new  |           |
+| bare or wrapped in ``ConnectionError``)   | driver error)    | Session     |           |
++-------------------------------------------+------------------+-------------+-----------+
+
+Why connection errors are never faults: urllib3 already drops a broken connection
+from the Session's pool and opens a fresh one on the next request, so a restart (a new
+Session) would fix nothing, and every restart counts toward the supervisor's
+intensity: an API outage would make the supervisor give up, turning a remote,
+temporary problem into a local, permanent one. The circuit breaker
+(``breaker = {failures, reset_timeout}``) is the tool for an outage: it counts the
+connection errors and makes calls fail at once while the API is down.
+
+``connect()`` does no network I/O (it only builds the Session), so a system starts
+while the API is down; calls then fail with ``ConnectionError`` until it is back.
+
+``requests`` is imported lazily (inside the methods) so that this module, and
+``HTTPSessionManager`` with it, can be imported without the ``http`` extra.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from sessions._redact import redact
+from sessions._registry import SessionManager
+from sessions.actors._base import ResourceActor
+
+if TYPE_CHECKING:
+    import requests
+    from urllib3.util.retry import Retry
+
+__all__ = ["HTTPActor", "HTTPSessionManager"]
+
+DEFAULT_CONNECT_TIMEOUT = 3.05
+"""Seconds to wait for a TCP connect: just over a multiple of 3 s, the initial TCP
+SYN retransmission window (the value the requests documentation suggests)."""
+
+DEFAULT_READ_TIMEOUT = 5.0
+"""Seconds to wait between bytes of a response: the default ``call_timeout``, so that
+by default the actor never waits on a socket longer than its caller waits for it."""
+
+DEFAULT_RETRY_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE")
+"""urllib3's idempotent methods: POST and PATCH are never retried unless listed."""
+
+_Seconds = Annotated[float, Field(gt=0)]
+_Status = Annotated[int, Field(ge=100, le=599)]
+
+
+def _number_or(other: str) -> Callable[[Any], str]:
+    """A discriminator for a ``number | other`` union: a mistake is then reported against
+    the member the value was meant for (``timeout.pair.1: must be > 0``) only."""
+
+    def which(value: Any) -> str:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return "number" if is_number else other
+
+    return which
+
+
+class RetryOptions(BaseModel):
+    """``retries = { total, backoff_factor, status_forcelist, allowed_methods, ... }``:
+    a urllib3 ``Retry`` mounted on the Session's adapter. Retries happen inside one
+    call, on the actor thread, so they count against that call's ``call_timeout``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    total: int = Field(3, ge=0, description="Most retries of one request, all causes.")
+    backoff_factor: float = Field(
+        0.0, ge=0, description="Sleep backoff_factor * 2**(n-1) s before retry n (0: none)."
+    )
+    backoff_max: float = Field(
+        10.0, ge=0, description="Cap on one backoff sleep (s); urllib3's own default is 120."
+    )
+    status_forcelist: tuple[_Status, ...] = Field(
+        (),
+        description="Statuses to retry (e.g. [502, 503, 504]); the last response is "
+        "returned when retries run out.",
+    )
+    allowed_methods: tuple[str, ...] = Field(
+        DEFAULT_RETRY_METHODS,
+        description="Methods that may be retried after the request was sent. POST and "
+        "PATCH are not idempotent and are left out by default.",
+    )
+    respect_retry_after_header: bool = Field(
+        False,
+        description="Sleep for a 413/429/503 Retry-After. Off by default: urllib3 "
+        "does not cap it, and the actor would be blocked for as long as the server asks.",
+    )
+
+    @field_validator("allowed_methods")
+    @classmethod
+    def _upper(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in methods)
+
+
+class AuthOptions(BaseModel):
+    """``auth = { username, password }`` (HTTP Basic) or ``auth = { token }`` (a bearer
+    token, ``Authorization: <scheme> <token>``). Values usually come from the
+    environment (``"${API_PASS}"``); secrets are kept as ``SecretStr`` and never logged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str | None = Field(None, description="HTTP Basic user name.")
+    password: SecretStr | None = Field(None, description="HTTP Basic password.")
+    token: SecretStr | None = Field(None, description="Bearer token.")
+    scheme: str = Field("Bearer", description="Authorization scheme used with `token`.")
+
+
+class HTTPActor(ResourceActor):
+    """One ``requests.Session`` to one HTTP API (``base_url``).
+
+    Methods ``get``, ``post``, ``put``, ``patch``, ``delete``, ``head``, ``options``
+    and ``request(method, path, **kwargs)`` take a path (joined to ``base_url``) and
+    the keyword arguments of ``requests.Session.request`` (``params``, ``json``,
+    ``data``, ``headers``, ``timeout``, ...), and return the ``requests.Response``,
+    body read. HTTP error statuses are returned, never raised.
+    """
+
+    kind: ClassVar[str] = "http"
+
+    class Options(BaseModel):
+        """Config keys of an ``http`` resource (besides the supervision keys)."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        base_url: str = Field(
+            description="http(s)://host[:port][/prefix]; every path is joined to it. "
+            "No credentials in it: use `auth`."
+        )
+        headers: dict[str, str] = Field(
+            default_factory=dict, description="Headers sent with every request."
+        )
+        timeout: Annotated[
+            Annotated[_Seconds, Tag("number")] | Annotated[tuple[_Seconds, _Seconds], Tag("pair")],
+            Discriminator(_number_or("pair")),
+        ] = Field(
+            (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
+            description="Seconds: one number for both, or [connect, read]. Never "
+            "unbounded. Keep the read timeout at or below call_timeout.",
+        )
+        retries: Annotated[
+            Annotated[Annotated[int, Field(ge=0, strict=True)], Tag("number")]
+            | Annotated[RetryOptions, Tag("table")],
+            Discriminator(_number_or("table")),
+        ] = Field(
+            0,
+            description="0: requests' default (no retry once the request was sent); "
+            "N: a urllib3 Retry(total=N); or a table (see RetryOptions).",
+        )
+        verify: bool | str = Field(
+            True, description="Verify TLS certificates (true), skip (false), or a CA bundle path."
+        )
+        cert: str | tuple[str, str] | None = Field(
+            None, description="Client certificate: a PEM path, or [cert, key] paths."
+        )
+        auth: AuthOptions | None = Field(None, description="Basic or bearer credentials.")
+        trust_env: bool = Field(
+            True,
+            description="Let requests read proxies, CA bundles and .netrc from the "
+            "environment (requests' default).",
+        )
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | Sequence[float] = (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
+        retries: int | RetryOptions | Mapping[str, Any] = 0,
+        verify: bool | str = True,
+        cert: str | Sequence[str] | None = None,
+        auth: AuthOptions | Mapping[str, Any] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        super().__init__()
+        raw = {
+            "base_url": base_url,
+            "headers": dict(headers or {}),
+            "timeout": timeout,
+            "retries": retries,
+            "verify": verify,
+            "cert": cert,
+            "auth": auth,
+            "trust_env": trust_env,
+        }
+        try:
+            opts = self.Options.model_validate(raw)
+        except ValidationError as exc:  # no input values: they may hold secrets
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(problems) from None
+        self.base_url = _check_base_url(opts.base_url)
+        self._origin = _origin(self.base_url)
+        self.headers = dict(opts.headers)
+        self.timeout: float | tuple[float, float] = opts.timeout
+        self.retries = opts.retries
+        self.verify = opts.verify
+        self.cert = opts.cert
+        self.trust_env = opts.trust_env
+        self._auth = opts.auth
+        if opts.auth is not None:
+            _check_auth(opts.auth)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def connect(self) -> requests.Session:
+        """Build a fresh Session (no network I/O: the API may be down at start)."""
+        from requests.adapters import HTTPAdapter  # noqa: PLC0415  # optional extra
+
+        session = _session_class()(frozenset(self.headers))
+        session.trust_env = self.trust_env
+        session.headers.update(self.headers)
+        session.verify = self.verify
+        session.cert = self.cert
+        session.auth = _auth(self._auth)
+        # One thread uses this Session, so one connection per host is all it needs.
+        retry = self._build_retry()
+        adapter = (
+            HTTPAdapter(pool_maxsize=1)
+            if retry is None
+            else HTTPAdapter(pool_maxsize=1, max_retries=retry)
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def disconnect(self, resource: requests.Session) -> None:
+        """Close the Session's pooled connections."""
+        resource.close()
+
+    def is_fault(self, exc: BaseException) -> bool:
+        """Only a closed connection pool: the Session itself is unusable. Connection
+        errors and timeouts are not faults (see the module docstring)."""
+        from urllib3.exceptions import ClosedPoolError  # noqa: PLC0415
+
+        if isinstance(exc, ClosedPoolError):
+            return True
+        import requests  # noqa: PLC0415
+
+        return (
+            isinstance(exc, requests.ConnectionError)
+            and bool(exc.args)
+            and isinstance(exc.args[0], ClosedPoolError)
+        )
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        """Connection errors, timeouts, bodies cut short and exhausted retries open the
+        breaker; errors in the caller's arguments do not."""
+        import requests  # noqa: PLC0415
+        from requests.exceptions import ChunkedEncodingError, RetryError  # noqa: PLC0415
+
+        return self.is_fault(exc) or isinstance(
+            exc, (requests.ConnectionError, requests.Timeout, ChunkedEncodingError, RetryError)
+        )
+
+    def _build_retry(self) -> Retry | None:
+        """The urllib3 ``Retry`` for the adapter; None keeps requests' default (no retry
+        once a request has reached the server)."""
+        from urllib3.util.retry import Retry  # noqa: PLC0415
+
+        spec = self.retries
+        if isinstance(spec, int):
+            if spec == 0:
+                return None
+            spec = RetryOptions(total=spec)
+        return Retry(
+            total=spec.total,
+            backoff_factor=spec.backoff_factor,
+            backoff_max=spec.backoff_max,
+            status_forcelist=spec.status_forcelist,
+            allowed_methods=spec.allowed_methods,
+            respect_retry_after_header=spec.respect_retry_after_header,
+            raise_on_status=False,  # statuses go to the caller as responses
+        )
+
+    # -- calls ------------------------------------------------------------------------
+
+    def request(self, method: str, path: str = "", **kwargs: Any) -> requests.Response:
+        """Send ``method`` to ``path`` (joined to ``base_url``; an absolute URL must be
+        on the same origin) and return the response with its body read and detached.
+
+        ``kwargs`` are those of ``requests.Session.request``. ``timeout`` may be given
+        per call but never ``None`` (unbounded); ``stream=True`` is refused because the
+        body is always read in full before the response leaves the actor thread.
+        """
+        if kwargs.pop("stream", None):
+            raise ValueError(
+                "stream=True is not supported: the body is read in full on the "
+                "actor thread so that the response is safe to use anywhere"
+            )
+        if "timeout" in kwargs:
+            _check_timeout(kwargs["timeout"])
+        else:
+            kwargs["timeout"] = self.timeout
+        session: requests.Session = self.resource
+        response = session.request(method.upper(), self.url(path), **kwargs)
+        return _detached(response)
+
+    def get(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """GET ``path``; see :meth:`request`."""
+        return self.request("GET", path, **kwargs)
+
+    def options(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """OPTIONS ``path``; see :meth:`request`."""
+        return self.request("OPTIONS", path, **kwargs)
+
+    def head(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """HEAD ``path``; redirects are not followed unless asked (as in requests)."""
+        kwargs.setdefault("allow_redirects", False)
+        return self.request("HEAD", path, **kwargs)
+
+    def post(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """POST ``path`` (``json=`` or ``data=``); never retried unless configured."""
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """PUT ``path``; see :meth:`request`."""
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """PATCH ``path``; never retried unless configured."""
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str = "", **kwargs: Any) -> requests.Response:
+        """DELETE ``path``; see :meth:`request`."""
+        return self.request("DELETE", path, **kwargs)
+
+    def url(self, path: str = "") -> str:
+        """The URL a call to ``path`` goes to.
+
+        A relative path is appended to ``base_url`` (its path prefix is kept:
+        ``base_url = ".../api/v1"`` and ``"/users"`` give ``.../api/v1/users``). An
+        absolute URL is allowed only on ``base_url``'s origin (scheme, host, port): the
+        Session's headers and credentials belong to this API, and the resource, its
+        pool and its breaker stand for this one service.
+        """
+        parts = urlsplit(path)
+        if parts.scheme or parts.netloc:
+            target = path if parts.scheme else f"{urlsplit(self.base_url).scheme}:{path}"
+            if _origin(target) != self._origin:
+                raise ValueError(
+                    f"{redact(path)!r} is not on this resource's origin "
+                    f"{self._origin[0]}://{self._origin[1]}:{self._origin[2]}; "
+                    "use a relative path or another resource"
+                )
+            return target
+        if not path:
+            return self.base_url
+        if path.startswith(("?", "#")):
+            return self.base_url + path
+        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+
+class HTTPSessionManager(SessionManager):
+    """The seed's ``HTTPSessionManager(base_url=..., **options)``: one supervised
+    ``http`` resource; ``with``/``async with`` yields its handle::
+
+        async with HTTPSessionManager(base_url="https://api.example.com") as client:
+            response = await client.get("/resource")
+            response.json()
+
+    ``options`` are the kind's keys (``headers``, ``timeout``, ``retries``, ...) and the
+    supervision keys (``call_timeout``, ``pool_size``, ``breaker``, ...). Given a
+    ``call_timeout`` but no ``timeout``, the read timeout follows ``call_timeout``.
+    """
+
+    kind: ClassVar[str] = "http"
+
+    def __init__(self, base_url: str, **options: Any) -> None:
+        call_timeout = options.get("call_timeout")
+        if isinstance(call_timeout, int | float) and "timeout" not in options:
+            options["timeout"] = (min(DEFAULT_CONNECT_TIMEOUT, call_timeout), call_timeout)
+        super().__init__(base_url=base_url, **options)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _session_class() -> Callable[[frozenset[str]], requests.Session]:
+    """``requests.Session`` that also drops the configured headers on a redirect to
+    another origin, as requests drops ``Authorization`` on a redirect to another host:
+    an ``X-API-Key`` configured for this API must not reach whatever host a redirect
+    points to. Built on first use so that requests stays an optional import."""
+    import requests  # noqa: PLC0415
+
+    class _Session(requests.Session):
+        def __init__(self, private_headers: frozenset[str]) -> None:
+            super().__init__()
+            self.private_headers = private_headers
+
+        def rebuild_auth(
+            self, prepared_request: requests.PreparedRequest, response: requests.Response
+        ) -> None:
+            super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+            before, after = response.request.url, prepared_request.url
+            if before and after and _origin(before) != _origin(after):
+                for name in self.private_headers:
+                    prepared_request.headers.pop(name, None)
+
+    return _Session
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"base_url must be an http:// or https:// URL with a host, got {redact(url)!r}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"base_url must not contain credentials ({redact(url)!r}): "
+            "use auth = { username, password } or auth = { token }"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(
+            f"base_url must not have a query or fragment, got {redact(url)!r}: "
+            "pass params= per call"
+        )
+    try:
+        parts.port  # noqa: B018  # raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"base_url has an invalid port: {redact(url)!r}") from None
+    return url
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {redact(url)!r}") from None
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _check_auth(auth: AuthOptions) -> None:
+    """Either basic or bearer, complete. Messages name keys, never values."""
+    basic = auth.username is not None or auth.password is not None
+    if basic and auth.token is not None:
+        raise ValueError("auth: give either username and password, or token, not both")
+    if basic and (auth.username is None or auth.password is None):
+        raise ValueError("auth: basic auth needs both username and password")
+    if not basic and auth.token is None:
+        raise ValueError("auth: give username and password, or token")
+
+
+def _auth(auth: AuthOptions | None) -> Any:
+    """The requests auth object for ``auth`` (None: no auth)."""
+    if auth is None:
+        return None
+    if auth.token is not None:
+        return _BearerAuth(auth.scheme, auth.token)
+    from requests.auth import HTTPBasicAuth  # noqa: PLC0415
+
+    assert auth.username is not None and auth.password is not None
+    return HTTPBasicAuth(auth.username, auth.password.get_secret_value())
+
+
+class _BearerAuth:
+    """``Authorization: <scheme> <token>`` on every request (a requests auth callable).
+
+    Like requests' own auth, it is not re-applied after a redirect to another host.
+    """
+
+    def __init__(self, scheme: str, token: SecretStr) -> None:
+        self.scheme = scheme
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"{self.scheme} {self.token.get_secret_value()}"
+        return request
+
+    def __repr__(self) -> str:
+        return f"<bearer auth, scheme {self.scheme!r}>"
+
+
+def _check_timeout(timeout: Any) -> None:
+    """A per-call timeout must be bounded: a positive number or a (connect, read) pair."""
+    values = timeout if isinstance(timeout, tuple | list) else (timeout,)
+    if len(values) not in (1, 2) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise ValueError(
+            f"timeout must be a positive number or a (connect, read) pair of "
+            f"positive numbers (None would wait forever), got {timeout!r}"
+        )
+
+
+def _detached(response: requests.Response) -> requests.Response:
+    """A copy of ``response`` with its body read and no link to the connection.
+
+    The same state requests keeps when pickling a Response (``raw`` is None, the
+    content is consumed); redirect history is detached too. The original is closed,
+    which returns its connection to the Session's pool.
+    """
+    import requests  # noqa: PLC0415
+
+    try:
+        _ = response.content  # reads the whole body
+        out = requests.Response()
+        for name in requests.Response.__attrs__:  # what requests keeps when pickling
+            setattr(out, name, getattr(response, name, None))
+        out._content_consumed = True  # type: ignore[attr-defined]
+        out.raw = None
+        out.history = [_detached(r) for r in response.history]
+        return out
+    finally:
+        response.close()
