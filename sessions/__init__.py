@@ -6,7 +6,9 @@ the policies in a config file; callers use stable handles whose methods return
 futures, from plain threads or asyncio.
 """
 
+import importlib
 import logging
+from typing import Any
 
 from sessions._config import ResourceConfig, SupervisorConfig, SystemConfig
 from sessions._errors import (
@@ -28,6 +30,16 @@ from sessions.supervisor import Backoff, RestartIntensity
 
 logging.getLogger("sessions").addHandler(logging.NullHandler())
 
+# Session managers whose module imports its driver at import time: loaded on first use,
+# so `import sessions` never needs an optional extra.
+_LAZY = {"DatabaseSessionManager": "sessions.actors.database"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sessions' has no attribute {name!r}")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -36,6 +48,7 @@ __all__ = [
     "CallTimeout",
     "ChildInfo",
     "ConfigError",
+    "DatabaseSessionManager",
     "Deferred",
     "DeviceError",
     "HTTPSessionManager",

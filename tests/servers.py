@@ -467,9 +467,18 @@ class PostgresServer(ProcessServer):
     def _start(self) -> None:
         self._remove_stale_lock_files()
         super()._start()
+        # The port opens before recovery ends ("the database system is starting up").
+        wait_until(self._accepts_sessions, timeout=30, what="PostgreSQL to accept sessions")
         if not self._database_created:
             self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
             self._database_created = True
+
+    def _accepts_sessions(self) -> bool:
+        try:
+            with self.connect():
+                return True
+        except psycopg.OperationalError:
+            return False
 
     def _stop(self) -> None:
         if self.running:
