@@ -26,6 +26,7 @@ from sessions.actors import ResourceActor
 from sessions.actors._base import Deferred
 from sessions.actors.canbus import CANBusSessionManager
 from sessions.actors.http import HTTPSessionManager
+from sessions.actors.i2c import I2CSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
 logging.getLogger("sessions").addHandler(logging.NullHandler())
@@ -53,6 +54,7 @@ __all__ = [
     "DeviceError",
     "HTTPSessionManager",
     "Handle",
+    "I2CSessionManager",
     "ResourceActor",
     "ResourceConfig",
     "ResourceFault",

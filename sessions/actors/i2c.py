@@ -1,0 +1,1063 @@
+"""The ``i2c`` resource kind: one supervised actor per physical I2C bus.
+
+Why an actor per bus
+--------------------
+Devices on an I2C bus keep their pointer register *between* transfers, so "write the
+pointer, then read" done as two transfers can read another caller's register when
+two threads (or processes) interleave. ``smbus2.SMBus`` has no locking at all and
+caches the slave address, so two threads sharing one object can even send a transfer
+to the other thread's device. One actor owning the bus runs every call to completion
+before the next one starts, so :meth:`I2CActor.transaction` makes any multi-transfer
+sequence atomic for every caller in the process; ``process_lock = true`` extends that
+to other processes that lock the same file. It is one actor per *bus*, never one per
+device: devices on one bus share the wire, and per-device actors would race exactly
+as threads do.
+
+Configuration (``[resources.NAME]`` with ``kind = "i2c"``; see :class:`I2COptions`)::
+
+    [resources.bus]
+    kind = "i2c"
+    bus = "sim"              # 1 (/dev/i2c-1), "/dev/i2c-1", or "sim"
+    clock_hz = 400_000
+    devices = [
+        { type = "tmp102", address = 0x48 },
+        { type = "eeprom24c02", address = 0x50 },
+        { type = "registers", address = 0x20, width = 16 },
+    ]
+    init = [{ address = 0x20, register = 0x01, value = 0x60 }]
+
+Calls (through a handle, each returns a future of plain data): the ``smbus2.SMBus``
+methods ``read_byte``, ``write_byte``, ``read_byte_data``, ``write_byte_data``,
+``read_word_data``, ``write_word_data``, ``read_i2c_block_data``,
+``write_i2c_block_data``, ``read_block_data``, ``write_block_data``,
+``process_call``, ``block_process_call``, ``write_quick`` and ``i2c_rdwr`` (which
+returns the data of its read messages as a list of ``bytes``), plus ``scan()`` and
+``transaction(fn, *args, **kwargs)``, where ``fn`` gets a :class:`GuardedBus` valid
+for that call only.
+
+Errors: faults versus caller errors
+-----------------------------------
+Every bus operation is wrapped; the kernel's error code (Documentation/i2c/fault-codes)
+decides who hears about it. A *fault* propagates as the original ``OSError``, so the
+core reports ``ResourceFault`` to the caller with that ``OSError`` as ``__cause__`` and
+restarts the actor: the bus is reopened and ``pec``, ``force`` and the ``init`` writes
+are applied again. Everything else goes to the caller only; the bus stays up.
+
+=================================  ===================================================
+errno of the ``OSError``           outcome
+=================================  ===================================================
+ENXIO (6), EREMOTEIO (121)         NACK: ``DeviceError(address=, errno=)`` to the
+                                   caller; in ``scan()`` the address is just absent
+EAGAIN (11)                        lost arbitration: ``DeviceError`` to the caller
+EPROTO, EBADMSG                    bad block count, bad PEC byte: ``DeviceError``
+EBUSY claiming an address (hw)     a kernel driver owns it: ``DeviceError`` (use
+                                   ``force``); only on hardware, where smbus2 shows it
+EIO, ETIMEDOUT, EBUSY              ``DeviceError`` for the first ``fault_threshold -
+                                   1`` in a row; the ``fault_threshold``-th in a row
+                                   is a **fault**. A successful transfer resets the
+                                   count; NACKs neither count nor reset it
+ENODEV, EBADF, ENOENT, ESHUTDOWN   **fault** at once: the adapter (or our handle on
+                                   it) is gone
+any other errno (EINVAL, ...)      the ``OSError`` to the caller, unchanged
+(bad argument: register 256)       ``ValueError`` (``TypeError`` for a non-int) to the
+                                   caller, before any transfer
+=================================  ===================================================
+
+``DeviceError`` is raised ``from`` the ``OSError``. Inside ``transaction(fn)`` the
+same mapping applies per operation, so ``fn`` may catch a ``DeviceError`` (an EEPROM
+ACK-poll); a fault is raised again after ``fn`` returns even if ``fn`` swallowed it.
+
+The simulator
+-------------
+``bus = "sim"`` uses :mod:`sessions.sim.i2c` (smbus2 is then not needed; it is only
+imported when a hardware bus connects). The simulated bus (a ``SimAdapter``) is
+built once, when the resource is created, so device state survives restarts as a
+chip's does. To reach it from Python (to inject faults or inspect registers): pass
+your own ``SimAdapter`` as ``devices`` (or ``adapter``), or name it with
+``sim_name = "..."`` and look it up with :func:`sim_adapter`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import importlib
+import importlib.util
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from sessions._errors import DeviceError
+from sessions._registry import SessionManager
+from sessions.actors._base import ResourceActor
+from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
+
+__all__ = [
+    "GuardedBus",
+    "I2CActor",
+    "I2COptions",
+    "I2CSessionManager",
+    "InitWrite",
+    "SimDeviceSpec",
+    "sim_adapter",
+]
+
+T = TypeVar("T")
+
+ADDRESS_MIN, ADDRESS_MAX = 0x03, 0x77
+"""7-bit addresses not reserved by the I2C specification (the range ``scan()`` probes)."""
+
+BLOCK_MAX = 32  # longest SMBus block (linux/i2c.h)
+RDWR_MAX_MSGS = 42  # most messages one I2C_RDWR ioctl accepts (i2c-dev)
+MSG_MAX_LEN = 8192  # longest i2c_msg i2c-dev accepts
+I2C_M_RD = 0x0001  # i2c_msg flag: read message
+_FUNC_SMBUS_QUICK = 0x00010000  # I2C_FUNCS bits (linux/i2c.h)
+_FUNC_SMBUS_READ_BYTE = 0x00020000
+
+#: The device did not acknowledge: one device's problem, the bus is fine.
+NACK_ERRNOS = frozenset({errno.ENXIO, errno.EREMOTEIO})
+#: The device answered, but with something wrong (or another master won the bus).
+DEVICE_ERRNOS = frozenset({errno.EAGAIN, errno.EPROTO, errno.EBADMSG})
+#: Vague bus trouble: a fault only when it repeats ``fault_threshold`` times in a row.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.EBUSY})
+#: The adapter (or our handle on it) is gone: a fault at once.
+FATAL_ERRNOS = frozenset({errno.ENODEV, errno.EBADF, errno.ENOENT, errno.ESHUTDOWN})
+
+# Addresses i2cdetect probes with a read rather than a quick write: a quick write can
+# corrupt the AT24RF08 EEPROM (0x50-0x5F), and some chips at 0x30-0x37 lock up on it.
+_READ_PROBED = frozenset({*range(0x30, 0x38), *range(0x50, 0x60)})
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _int_like(value: Any, kind: str, message: str) -> int:
+    """An int from TOML (int) or from ``${ENV}`` substitution (``"72"``, ``"0x48"``)."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            raise PydanticCustomError(kind, message) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError(kind, message)
+    return value
+
+
+def _address(value: Any) -> int:
+    message = f"must be a 7-bit I2C address in {ADDRESS_MIN:#04x}..{ADDRESS_MAX:#04x}"
+    address = _int_like(value, "i2c_address", message)
+    if not ADDRESS_MIN <= address <= ADDRESS_MAX:
+        raise PydanticCustomError("i2c_address", message)
+    return address
+
+
+def _register(value: Any) -> int:
+    message = "must be a register number in 0..255"
+    register = _int_like(value, "i2c_register", message)
+    if not 0 <= register <= 0xFF:
+        raise PydanticCustomError("i2c_register", message)
+    return register
+
+
+Address = Annotated[
+    int,
+    BeforeValidator(_address),
+    Field(json_schema_extra={"minimum": ADDRESS_MIN, "maximum": ADDRESS_MAX}),
+]
+Register = Annotated[
+    int, BeforeValidator(_register), Field(json_schema_extra={"minimum": 0, "maximum": 255})
+]
+
+_DEVICE_KEYS: dict[str, tuple[str, ...]] = {
+    "tmp102": ("temperature", "drift", "seed"),
+    "eeprom24c02": ("size", "page_size", "write_cycle_s", "initial"),
+    "registers": ("registers", "width", "initial"),
+}
+
+
+class SimDeviceSpec(BaseModel):
+    """One simulated device for ``bus = "sim"``: ``{ type = "tmp102", address = 0x48 }``.
+
+    The keys after ``address`` belong to one type each (see their descriptions); a key
+    given for another type is an error rather than silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["tmp102", "eeprom24c02", "registers"] = Field(
+        description="tmp102 (temperature sensor), eeprom24c02 (256-byte EEPROM) or "
+        "registers (a generic register file behind a pointer register)."
+    )
+    address: Address = Field(description="7-bit address, 0x03..0x77.")
+    temperature: float | None = Field(None, description="tmp102: start temperature, C (25).")
+    drift: float | None = Field(None, ge=0, description="tmp102: max drift, C/s (0.01; 0 holds).")
+    seed: int | None = Field(None, description="tmp102: drift phase seed (random).")
+    size: int | None = Field(None, description="eeprom24c02: bytes, a power of 2 (256).")
+    page_size: int | None = Field(None, description="eeprom24c02: page bytes (8).")
+    write_cycle_s: float | None = Field(
+        None, ge=0, description="eeprom24c02: internal write cycle, s (0.005)."
+    )
+    registers: int | None = Field(None, ge=1, le=256, description="registers: how many (256).")
+    width: Literal[8, 16] | None = Field(None, description="registers: bits per register (8).")
+    initial: dict[int, int] | None = Field(
+        None,
+        description="registers: {register: value}; eeprom24c02: {address: byte} "
+        "(the rest 0xFF); default all 0 / all 0xFF.",
+    )
+
+    @model_validator(mode="after")
+    def _check_keys_and_build(self) -> SimDeviceSpec:
+        allowed = _DEVICE_KEYS[self.type]
+        for key in self.model_fields_set - {"type", "address"}:
+            if key not in allowed:
+                raise PydanticCustomError(
+                    "i2c_device_key",
+                    "key '{key}' does not apply to type '{type}' (its keys: address, {keys})",
+                    {"key": key, "type": self.type, "keys": ", ".join(allowed)},
+                )
+        try:
+            self.build()
+        except (TypeError, ValueError) as err:
+            raise PydanticCustomError(
+                "i2c_device",
+                "{type} device rejected its keys: {err}",
+                {"type": self.type, "err": str(err)},
+            ) from None
+        return self
+
+    def build(self) -> SimDevice:
+        """A new simulated device with these settings."""
+        if self.type == "tmp102":
+            return TMP102(
+                self.address,
+                25.0 if self.temperature is None else self.temperature,
+                drift=0.01 if self.drift is None else self.drift,
+                seed=self.seed,
+            )
+        if self.type == "eeprom24c02":
+            size = 256 if self.size is None else self.size
+            memory = None
+            if self.initial is not None:
+                buf = bytearray(b"\xff" * size)
+                for address, value in self.initial.items():
+                    if not 0 <= address < size or not 0 <= value <= 0xFF:
+                        raise ValueError(
+                            f"initial[{address}]={value} is not a byte in 0..{size - 1}"
+                        )
+                    buf[address] = value
+                memory = bytes(buf)
+            return EEPROM24C02(
+                self.address,
+                size,
+                8 if self.page_size is None else self.page_size,
+                0.005 if self.write_cycle_s is None else self.write_cycle_s,
+                initial=memory,
+            )
+        return RegisterDevice(
+            self.address,
+            256 if self.registers is None else self.registers,
+            8 if self.width is None else self.width,
+            self.initial,
+        )
+
+
+class InitWrite(BaseModel):
+    """A device init write, applied at connect and after every reconnect, in order.
+
+    ``{ address = 0x20, register = 0x01, value = 0x60 }`` is ``write_byte_data``;
+    with ``word = true`` it is ``write_word_data``, which SMBus sends LSB first;
+    ``byteorder = "big"`` sends the MSB first instead, as most sensors' 16-bit
+    registers expect (TMP102: ``{ address = 0x48, register = 1, word = true,
+    byteorder = "big", value = 0x60A0 }``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: Address = Field(description="7-bit device address, 0x03..0x77.")
+    # Not named `register`: that would shadow ABCMeta.register on the model class.
+    reg: Register = Field(alias="register", description="Register (command) byte, 0..255.")
+    word: bool = Field(False, description="16-bit write (write_word_data) instead of a byte.")
+    byteorder: Literal["little", "big"] = Field(
+        "little", description="For word writes: 'little' (SMBus order) or 'big' (MSB first)."
+    )
+    value: int = Field(description="0..255, or 0..65535 with word = true.")
+
+    @field_validator("byteorder")
+    @classmethod
+    def _byteorder_needs_word(cls, value: str, info: ValidationInfo) -> str:
+        if value == "big" and not info.data.get("word", False):
+            raise PydanticCustomError("i2c_init", "only applies to word = true writes")
+        return value
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_fits(cls, value: Any, info: ValidationInfo) -> int:
+        word = bool(info.data.get("word", False))
+        message = (
+            "must be 0..65535 (word = true)"
+            if word
+            else ("must be a byte 0..255 (set word = true for a 16-bit write)")
+        )
+        number = _int_like(value, "i2c_init_value", message)
+        if not 0 <= number <= (0xFFFF if word else 0xFF):
+            raise PydanticCustomError("i2c_init_value", message)
+        return number
+
+    def apply(self, bus: Any) -> None:
+        """Do the write on a raw bus (``smbus2.SMBus`` or ``SimBus``)."""
+        if not self.word:
+            bus.write_byte_data(self.address, self.reg, self.value)
+            return
+        value = self.value
+        if self.byteorder == "big":
+            value = ((value & 0xFF) << 8) | (value >> 8)
+        bus.write_word_data(self.address, self.reg, value)
+
+
+_SIM_CLOCK_HZ = 100_000.0  # standard-mode I2C
+
+_BUS_HELP = (
+    "expected a bus number N for /dev/i2c-N, an absolute device path such as '/dev/i2c-1', or 'sim'"
+)
+
+
+class I2COptions(BaseModel):
+    """The keys of an ``i2c`` resource (constructor keywords of :class:`I2CActor`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    bus: int | str = Field(
+        description="Bus number N (/dev/i2c-N), a device path, or 'sim' for the simulator."
+    )
+    force: bool = Field(
+        False, description="Use I2C_SLAVE_FORCE: talk to addresses a kernel driver owns."
+    )
+    pec: bool = Field(False, description="SMBus Packet Error Checking on every SMBus call.")
+    process_lock: bool = Field(
+        False,
+        description="Also hold an flock on `lock_path` for each call, so processes that "
+        "share the bus (and lock the same file) serialize too.",
+    )
+    lock_path: str | None = Field(
+        None,
+        description="File to flock with process_lock. Default: the bus device file; for "
+        "'sim', <tempdir>/sessions-i2c-sim-<sim_name or 'default'>.lock.",
+    )
+    devices: list[SimDeviceSpec] | None = Field(
+        None,
+        description="'sim' only: the simulated devices on the bus. From Python also a "
+        "SimAdapter or a list of SimDevice objects (see `adapter`).",
+    )
+    adapter: SkipJsonSchema[SimAdapter | None] = Field(
+        None, description="'sim' only, Python only: a ready SimAdapter to open."
+    )
+    sim_name: str | None = Field(
+        None,
+        min_length=1,
+        description="'sim' only: register the simulated bus under this name so "
+        "sessions.actors.i2c.sim_adapter(name) returns it (to inject faults).",
+    )
+    clock_hz: float = Field(
+        _SIM_CLOCK_HZ, gt=0, description="'sim' only: simulated SCL clock, Hz (inf: no bit time)."
+    )
+    init: list[InitWrite] = Field(
+        [], description="Device init writes, applied in order at connect and every reconnect."
+    )
+    fault_threshold: int = Field(
+        3,
+        ge=1,
+        description="EIO/ETIMEDOUT/EBUSY this many times in a row is a bus fault (restart).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objects_as_adapter(cls, data: Any) -> Any:
+        """``devices`` given as a ``SimAdapter`` or as ``SimDevice`` objects: an adapter."""
+        if not isinstance(data, Mapping):
+            return data
+        devices = data.get("devices")
+        is_adapter = isinstance(devices, SimAdapter)
+        is_objects = (
+            isinstance(devices, (list, tuple))
+            and bool(devices)
+            and all(isinstance(d, SimDevice) for d in devices)
+        )
+        if not (is_adapter or is_objects):
+            return data
+        if data.get("adapter") is not None:
+            raise PydanticCustomError("i2c_adapter", "give either devices or adapter, not both")
+        out = {k: v for k, v in data.items() if k != "devices"}
+        out["adapter"] = devices if is_adapter else SimAdapter(devices)
+        return out
+
+    @field_validator("bus", mode="before")
+    @classmethod
+    def _check_bus(cls, value: Any) -> int | str:
+        if isinstance(value, str):
+            text = value.strip()
+            if text == "sim" or text.startswith("/"):
+                return text
+            if text.isdigit():  # "${I2C_BUS}" substitution gives a string
+                return int(text)
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise PydanticCustomError("i2c_bus", _BUS_HELP)
+
+    @field_validator("devices", "adapter", "sim_name", "clock_hz")
+    @classmethod
+    def _sim_only(cls, value: Any, info: ValidationInfo) -> Any:
+        bus = info.data.get("bus")
+        if info.field_name == "clock_hz" and value == _SIM_CLOCK_HZ:
+            return value  # the default (re-validated when the actor is built): not "given"
+        if bus is not None and bus != "sim" and value is not None:
+            raise PydanticCustomError(
+                "i2c_sim_only",
+                "only applies to bus = 'sim' (this bus is {bus})",
+                {"bus": repr(bus)},
+            )
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _distinct_addresses(cls, value: list[SimDeviceSpec] | None) -> list[SimDeviceSpec] | None:
+        seen: dict[int, int] = {}
+        for index, spec in enumerate(value or ()):
+            if spec.address in seen:
+                raise PydanticCustomError(
+                    "i2c_devices",
+                    "devices.{a} and devices.{b} both use address {addr}",
+                    {"a": seen[spec.address], "b": index, "addr": f"{spec.address:#04x}"},
+                )
+            seen[spec.address] = index
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _not_with_devices(cls, value: SimAdapter | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("devices") is not None:
+            raise PydanticCustomError("i2c_adapter", "give either devices or adapter, not both")
+        return value
+
+
+# --------------------------------------------------------------------------- sim registry
+
+_SIM_ADAPTERS: weakref.WeakValueDictionary[str, SimAdapter] = weakref.WeakValueDictionary()
+
+
+def sim_adapter(name: str) -> SimAdapter:
+    """The simulated bus of the live ``i2c`` resource configured with ``sim_name = name``.
+
+    Lets a program that configured its bus in TOML reach the simulator, e.g. to
+    ``inject("nack", 0x48)``. Entries last as long as their resource object; a newer
+    resource with the same ``sim_name`` replaces the entry. ``KeyError`` if none.
+    """
+    try:
+        return _SIM_ADAPTERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_SIM_ADAPTERS)) or "none"
+        raise KeyError(f"no simulated I2C bus named {name!r} (live: {known})") from None
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value!r} is out of range {low}..{high}")
+    return value
+
+
+def _check_address(value: Any, name: str = "i2c_addr") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not ADDRESS_MIN <= value <= ADDRESS_MAX:
+        raise ValueError(
+            f"{name}={value:#04x} is not a usable 7-bit I2C address "
+            f"({ADDRESS_MIN:#04x}..{ADDRESS_MAX:#04x})"
+        )
+    return value
+
+
+def _check_block(name: str, data: Sequence[int] | bytes | bytearray, limit: int) -> list[int]:
+    if isinstance(data, (str, Mapping)) or not isinstance(data, Iterable):
+        raise TypeError(f"{name} must be a sequence of bytes, got {type(data).__name__}")
+    values = list(data)
+    if len(values) > limit:
+        raise ValueError(f"{name} has {len(values)} bytes; the limit is {limit}")
+    for i, value in enumerate(values):
+        _check_int(f"{name}[{i}]", value, 0, 0xFF)
+    return values
+
+
+@dataclass
+class _SimMsg:
+    """An ``i2c_msg`` for the simulator, built from a plain-data message."""
+
+    addr: int
+    flags: int
+    len: int
+    buf: bytearray = field(default_factory=bytearray)
+
+
+def _read_back(msg: Any) -> bytes:
+    """The data a read message received (smbus2 ``i2c_msg`` or a bytearray buffer)."""
+    buf = msg.buf
+    if isinstance(buf, (bytearray, bytes, memoryview)):
+        return bytes(buf[: msg.len])
+    return bytes(msg)
+
+
+# --------------------------------------------------------------------------- the surface
+
+
+class _SMBusSurface:
+    """The ``smbus2.SMBus`` methods, checked and routed through ``_io``.
+
+    Shared by the actor (each method is one handle call) and by :class:`GuardedBus`
+    (the bus a ``transaction`` function gets), so both report errors the same way.
+    Arguments are checked here because ``smbus2`` silently truncates out-of-range
+    values into its ctypes structures (register 256 would write register 0).
+    """
+
+    def _io(
+        self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
+    ) -> Any:
+        raise NotImplementedError
+
+    def _probe(self, address: int) -> bool:
+        raise NotImplementedError
+
+    def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
+        """SMBus quick command: only the address byte; ``DeviceError`` unless ACKed."""
+        _check_address(i2c_addr)
+        self._io("write_quick", i2c_addr, (i2c_addr,), force)
+
+    def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
+        """SMBus receive byte: one byte at the device's current pointer."""
+        _check_address(i2c_addr)
+        return int(self._io("read_byte", i2c_addr, (i2c_addr,), force))
+
+    def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None:
+        """SMBus send byte (on most devices: sets the pointer register)."""
+        _check_address(i2c_addr)
+        _check_int("value", value, 0, 0xFF)
+        self._io("write_byte", i2c_addr, (i2c_addr, value), force)
+
+    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
+        """SMBus read byte: write ``register``, repeated START, read one byte."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        return int(self._io("read_byte_data", i2c_addr, (i2c_addr, register), force))
+
+    def write_byte_data(
+        self, i2c_addr: int, register: int, value: int, force: bool | None = None
+    ) -> None:
+        """SMBus write byte: ``[register, value]``."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        _check_int("value", value, 0, 0xFF)
+        self._io("write_byte_data", i2c_addr, (i2c_addr, register, value), force)
+
+    def read_word_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
+        """SMBus read word (little-endian on the wire), 0..65535."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        return int(self._io("read_word_data", i2c_addr, (i2c_addr, register), force))
+
+    def write_word_data(
+        self, i2c_addr: int, register: int, value: int, force: bool | None = None
+    ) -> None:
+        """SMBus write word: ``[register, LSB, MSB]``."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        _check_int("value", value, 0, 0xFFFF)
+        self._io("write_word_data", i2c_addr, (i2c_addr, register, value), force)
+
+    def process_call(
+        self, i2c_addr: int, register: int, value: int, force: bool | None = None
+    ) -> int:
+        """SMBus process call: write a word, read a word back, one transfer."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        _check_int("value", value, 0, 0xFFFF)
+        return int(self._io("process_call", i2c_addr, (i2c_addr, register, value), force))
+
+    def read_block_data(self, i2c_addr: int, register: int, force: bool | None = None) -> list[int]:
+        """SMBus block read: the device sends a count, then that many bytes."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        return list(self._io("read_block_data", i2c_addr, (i2c_addr, register), force))
+
+    def write_block_data(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> None:
+        """SMBus block write: ``[register, count, data...]`` (at most 32 bytes)."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        values = _check_block("data", data, BLOCK_MAX)
+        self._io("write_block_data", i2c_addr, (i2c_addr, register, values), force)
+
+    def block_process_call(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> list[int]:
+        """SMBus block process call: block write, then block read, one transfer."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        values = _check_block("data", data, BLOCK_MAX)
+        return list(self._io("block_process_call", i2c_addr, (i2c_addr, register, values), force))
+
+    def read_i2c_block_data(
+        self, i2c_addr: int, register: int, length: int, force: bool | None = None
+    ) -> list[int]:
+        """I2C block read: write ``register``, read ``length`` (0..32) bytes."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        _check_int("length", length, 0, BLOCK_MAX)
+        args = (i2c_addr, register, length)
+        return list(self._io("read_i2c_block_data", i2c_addr, args, force))
+
+    def write_i2c_block_data(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> None:
+        """I2C block write: ``[register, data...]`` (no count byte, at most 32 bytes)."""
+        _check_address(i2c_addr)
+        _check_int("register", register, 0, 0xFF)
+        values = _check_block("data", data, BLOCK_MAX)
+        self._io("write_i2c_block_data", i2c_addr, (i2c_addr, register, values), force)
+
+    def i2c_rdwr(self, *msgs: Any) -> list[bytes]:
+        """Several messages as one combined transfer (repeated STARTs, one STOP).
+
+        Each message is plain data, ``{"addr": 0x50, "write": [0x00]}`` or
+        ``{"addr": 0x50, "read": 4}``, or an ``smbus2.i2c_msg`` (filled in place, as
+        smbus2 does). Returns the data of the read messages, in order, one ``bytes``
+        each: ``i2c_rdwr({"addr": 0x50, "write": [0]}, {"addr": 0x50, "read": 4})``
+        gives ``[b"..."]``.
+        """
+        if not 1 <= len(msgs) <= RDWR_MAX_MSGS:
+            raise ValueError(f"i2c_rdwr takes 1..{RDWR_MAX_MSGS} messages, got {len(msgs)}")
+        built = self._make_msgs(msgs)
+        addresses = {m.addr for m in built}
+        address = next(iter(addresses)) if len(addresses) == 1 else None
+        self._io("i2c_rdwr", address, tuple(built))
+        return [_read_back(m) for m in built if m.flags & I2C_M_RD]
+
+    def scan(self) -> list[int]:
+        """Addresses 0x03..0x77 that acknowledge, ascending, as ``i2cdetect`` probes.
+
+        A quick write, or a one-byte read at 0x30-0x37 and 0x50-0x5F where a quick
+        write is unsafe. NACKs are the normal answer of an empty address, not errors;
+        on hardware, an address a kernel driver owns (``UU`` in i2cdetect) is listed.
+        """
+        return [a for a in range(ADDRESS_MIN, ADDRESS_MAX + 1) if self._probe(a)]
+
+
+class GuardedBus(_SMBusSurface):
+    """The bus a ``transaction`` function receives: the SMBus methods and ``scan()``.
+
+    Errors are mapped exactly as for handle calls (``DeviceError`` for a NACK, faults
+    counted), so a NACK inside a transaction can be caught and retried. It is valid
+    only while its transaction runs: using it afterwards raises ``RuntimeError``, so
+    a live bus can never leak out to another thread.
+    """
+
+    __slots__ = ("_actor",)
+
+    def __init__(self, actor: I2CActor) -> None:
+        self._actor: I2CActor | None = actor
+
+    def _live(self) -> I2CActor:
+        actor = self._actor
+        if actor is None:
+            raise RuntimeError("this bus object was only valid during its transaction() call")
+        return actor
+
+    def _io(
+        self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
+    ) -> Any:
+        return self._live()._transfer(method, address, args, force)
+
+    def _probe(self, address: int) -> bool:
+        return self._live()._probe_unlocked(address)
+
+    def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
+        return self._live()._make_msgs(msgs)
+
+    @property
+    def pec(self) -> bool:
+        """Whether SMBus PEC is on for the open bus (the ``pec`` option)."""
+        return bool(self._live().resource.pec)
+
+    @property
+    def force(self) -> bool:
+        """The open bus's default ``force`` for every call (the ``force`` option)."""
+        return bool(self._live().resource.force)
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+class I2CActor(_SMBusSurface, ResourceActor):
+    """Owns one I2C bus (``/dev/i2c-N`` through smbus2, or the simulator).
+
+    Why the state lives where it does: the ``SimAdapter`` (the simulated wire and its
+    devices) and the ``init`` replay steps are made once in ``__init__`` and survive
+    restarts, as the chips and the config do; the open bus, the process-lock file and
+    the consecutive-error count belong to one connection and are made in ``connect()``.
+    Faults are recognised by identity (:meth:`is_fault`): the method that decided an
+    ``OSError`` is a fault remembers it, so an unrelated ``OSError`` a transaction
+    function raises itself is never mistaken for a dead bus.
+    """
+
+    kind: ClassVar[str] = "i2c"
+    Options = I2COptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options = I2COptions.model_validate(options)
+        opts = self.options
+        self._sim: SimAdapter | None = None
+        if opts.bus == "sim":
+            if opts.adapter is not None:
+                self._sim = opts.adapter
+            else:
+                self._sim = SimAdapter([spec.build() for spec in opts.devices or ()])
+            if opts.sim_name is not None:
+                _SIM_ADAPTERS[opts.sim_name] = self._sim
+        elif importlib.util.find_spec("smbus2") is None:
+            raise ValueError(
+                f"bus={opts.bus!r} needs smbus2: pip install 'applib-sessions[i2c]' "
+                "(or use bus = 'sim')"
+            )
+        self._device_path: str | None = None
+        if isinstance(opts.bus, int):
+            self._device_path = f"/dev/i2c-{opts.bus}"
+        elif opts.bus != "sim":
+            self._device_path = opts.bus
+        self._lock_path = (
+            opts.lock_path
+            or self._device_path
+            or os.path.join(
+                tempfile.gettempdir(), f"sessions-i2c-sim-{opts.sim_name or 'default'}.lock"
+            )
+        )
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._strikes = 0
+        self._fault: BaseException | None = None
+        self._smbus2: Any = None
+        for index, write in enumerate(opts.init):
+            self.replay(f"init:{index}", write.apply)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Open the bus, apply ``pec`` (``force`` is per handle), open the lock file.
+
+        The ``init`` writes follow as replay steps, at the first connect and after
+        every reconnect.
+        """
+        self._strikes = 0
+        self._fault = None
+        self._lock_depth = 0
+        opts = self.options
+        bus: Any
+        if self._sim is not None:
+            bus = SimBus("sim", opts.force, devices=self._sim, clock_hz=opts.clock_hz)
+        else:
+            self._smbus2 = importlib.import_module("smbus2")
+            bus = self._smbus2.SMBus(opts.bus, force=opts.force)
+        try:
+            if opts.pec:
+                try:
+                    bus.enable_pec(True)
+                except OSError as err:
+                    raise OSError(
+                        errno.EOPNOTSUPP, f"pec = true, but bus {opts.bus!r} refused PEC: {err}"
+                    ) from err
+            if opts.process_lock:
+                create = self._sim is not None or opts.lock_path is not None
+                flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
+                self._lock_fd = os.open(self._lock_path, flags | os.O_CLOEXEC, 0o666)
+        except BaseException:
+            bus.close()
+            raise
+        return bus
+
+    def disconnect(self, resource: Any) -> None:
+        """Close the bus and the lock file (which drops the lock if a call held it)."""
+        try:
+            resource.close()
+        finally:
+            fd, self._lock_fd = self._lock_fd, None
+            self._lock_depth = 0
+            if fd is not None:
+                os.close(fd)
+
+    def is_fault(self, exc: BaseException) -> bool:
+        """True only for the very ``OSError`` this incarnation classified as a fault."""
+        return exc is self._fault
+
+    def health_check(self) -> None:
+        """Fault if our bus handle was closed or, on hardware, the device node vanished
+        (a USB adapter unplugged). Sends nothing on the bus."""
+        bus = self.resource
+        closed = bus is None or (
+            bus.closed if isinstance(bus, SimBus) else getattr(bus, "fd", None) is None
+        )
+        if closed:
+            self._fault = OSError(errno.EBADF, "the I2C bus handle is closed")
+        elif self._device_path is not None and not os.path.exists(self._device_path):
+            self._fault = FileNotFoundError(
+                errno.ENOENT, "the I2C adapter is gone", self._device_path
+            )
+        if self._fault is not None:
+            raise self._fault
+
+    # -- calls ----------------------------------------------------------------------
+
+    def transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(bus, *args, **kwargs)`` with no other call interleaved; its result.
+
+        ``bus`` is a :class:`GuardedBus`: the SMBus methods and ``scan()``, errors
+        mapped as for handle calls, valid only during this call. With
+        ``process_lock`` the file lock is held for the whole of ``fn``. Return plain
+        data. A fault inside ``fn`` restarts the bus even if ``fn`` caught it.
+        """
+        bus = GuardedBus(self)
+        self._lock()
+        try:
+            result = fn(bus, *args, **kwargs)
+        except BaseException as exc:
+            fault = self._fault
+            if fault is not None and exc is not fault:
+                raise fault  # noqa: B904 - the fault matters; exc stays its __context__
+            raise
+        finally:
+            bus._actor = None
+            self._unlock()
+        if self._fault is not None:
+            raise self._fault
+        return result
+
+    def scan(self) -> list[int]:
+        """Addresses 0x03..0x77 that acknowledge (see :meth:`_SMBusSurface.scan`)."""
+        self._lock()
+        try:
+            return super().scan()
+        finally:
+            self._unlock()
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _io(
+        self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
+    ) -> Any:
+        if self._lock_fd is None or self._lock_depth:
+            return self._transfer(method, address, args, force)
+        self._lock()
+        try:
+            return self._transfer(method, address, args, force)
+        finally:
+            self._unlock()
+
+    def _transfer(
+        self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None
+    ) -> Any:
+        """One bus operation, its error mapped (see the module's table)."""
+        bus = self.resource
+        try:
+            if force is None:
+                result = getattr(bus, method)(*args)
+            else:
+                result = getattr(bus, method)(*args, force=force)
+        except OSError as exc:
+            err = self._classify(exc, method, address, force)
+            if err is exc:
+                raise
+            raise err from exc
+        self._strikes = 0
+        return result
+
+    def _probe(self, address: int) -> bool:
+        if self._lock_fd is None or self._lock_depth:
+            return self._probe_unlocked(address)
+        self._lock()
+        try:
+            return self._probe_unlocked(address)
+        finally:
+            self._unlock()
+
+    def _probe_unlocked(self, address: int) -> bool:
+        """Does ``address`` answer? NACKs and device errors are just 'no'."""
+        bus = self.resource
+        funcs = getattr(bus, "funcs", None)  # smbus2: the adapter's I2C_FUNCS; sim: all
+        use_read = address in _READ_PROBED
+        if funcs is not None:
+            if not funcs & _FUNC_SMBUS_QUICK:
+                use_read = True
+            elif not funcs & _FUNC_SMBUS_READ_BYTE:
+                use_read = False
+        try:
+            if use_read:
+                bus.read_byte(address)
+            else:
+                bus.write_quick(address)
+        except OSError as exc:
+            err = self._classify(exc, "scan", address, None)
+            if err is exc:
+                raise
+            if isinstance(err, DeviceError):
+                return bool(getattr(err, "claimed", False))
+            raise err from exc
+        self._strikes = 0
+        return True
+
+    def _classify(
+        self, exc: OSError, method: str, address: int | None, force: bool | None
+    ) -> BaseException:
+        """What a failed operation raises: a DeviceError, or ``exc`` itself (a fault,
+        remembered in ``_fault``, or an error the caller gets unchanged)."""
+        code = exc.errno
+        where = f"device {address:#04x}" if address is not None else "the devices addressed"
+        text = exc.strerror or os.strerror(code or 0)
+        bus = self.resource
+        if code in FATAL_ERRNOS:
+            self._fault = exc
+            return exc
+        if code in NACK_ERRNOS:
+            return DeviceError(
+                f"{method}(): {where} did not acknowledge ({text}); nothing answered there, "
+                f"or the device is busy",
+                address=address,
+                errno=code,
+            )
+        if code in DEVICE_ERRNOS:
+            why = "lost arbitration to another master" if code == errno.EAGAIN else text
+            return DeviceError(f"{method}(): {where}: {why}", address=address, errno=code)
+        if (
+            code == errno.EBUSY
+            and self._sim is None
+            and address is not None
+            and getattr(bus, "address", address) != address
+        ):
+            # smbus2 only records the address once the I2C_SLAVE ioctl succeeded, so the
+            # EBUSY came from claiming the address: a kernel driver owns it.
+            return DeviceError(
+                f"{method}(): address {address:#04x} is in use by a kernel driver; "
+                "pass force=True (or force = true in the config) to use it anyway",
+                address=address,
+                errno=code,
+                claimed=True,
+            )
+        if code in TRANSIENT_ERRNOS:
+            self._strikes += 1
+            threshold = self.options.fault_threshold
+            if self._strikes >= threshold:
+                self._fault = exc
+                return exc
+            return DeviceError(
+                f"{method}(): {where}: {text} ({self._strikes} of {threshold} bus errors "
+                "in a row before the bus is restarted)",
+                address=address,
+                errno=code,
+            )
+        return exc
+
+    def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
+        """Plain-data messages as objects the bus takes; i2c_msg objects as they are."""
+        out: list[Any] = []
+        for i, msg in enumerate(msgs):
+            if not isinstance(msg, Mapping):
+                if not all(hasattr(msg, a) for a in ("addr", "flags", "len", "buf")):
+                    raise TypeError(
+                        f"i2c_rdwr message {i} must be {{'addr', 'read' | 'write'}} or an "
+                        f"smbus2.i2c_msg, got {type(msg).__name__}"
+                    )
+                _check_address(msg.addr, f"msgs[{i}].addr")
+                out.append(msg)
+                continue
+            keys = set(msg)
+            if "addr" not in keys or len(keys & {"read", "write"}) != 1 or len(keys) != 2:
+                raise ValueError(
+                    f"i2c_rdwr message {i} must have 'addr' and one of 'read' (a length) "
+                    f"or 'write' (bytes), got keys {sorted(keys)}"
+                )
+            addr = _check_address(msg["addr"], f"msgs[{i}].addr")
+            if "read" in msg:
+                length = _check_int(f"msgs[{i}].read", msg["read"], 0, MSG_MAX_LEN)
+                if self._smbus2 is not None:
+                    out.append(self._smbus2.i2c_msg.read(addr, length))
+                else:
+                    out.append(_SimMsg(addr, I2C_M_RD, length, bytearray(length)))
+            else:
+                data = bytes(_check_block(f"msgs[{i}].write", msg["write"], MSG_MAX_LEN))
+                if self._smbus2 is not None:
+                    out.append(self._smbus2.i2c_msg.write(addr, data))
+                else:
+                    out.append(_SimMsg(addr, 0, len(data), bytearray(data)))
+        return out
+
+    def _lock(self) -> None:
+        """Take the process lock (blocking, reentrant within this actor) if enabled."""
+        if self._lock_fd is None:
+            return
+        if self._lock_depth == 0:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._fault = exc  # our lock file handle is broken: reopen everything
+                raise
+        self._lock_depth += 1
+
+    def _unlock(self) -> None:
+        if self._lock_fd is None or self._lock_depth == 0:
+            return
+        self._lock_depth -= 1
+        if self._lock_depth == 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- seed facade
+
+
+class I2CSessionManager(SessionManager):
+    """``with I2CSessionManager(bus=1) as i2c:`` -- the seed's I2C session manager.
+
+    Starts a one-resource supervised system (resource name ``"i2c"`` unless ``name``
+    is given) and yields its handle from ``with`` and ``async with``. Every ``i2c``
+    option (:class:`I2COptions`) and supervision key (``call_timeout``, ...) may be
+    passed as a keyword; ``supervisor`` sets the root supervisor's policy.
+    """
+
+    kind: ClassVar[str] = "i2c"
+
+    def __init__(
+        self,
+        bus: int | str,
+        *,
+        name: str | None = None,
+        supervisor: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(None, name=name, supervisor=supervisor, bus=bus, **options)
