@@ -33,7 +33,10 @@ logging.getLogger("sessions").addHandler(logging.NullHandler())
 
 # Session managers whose module imports its driver at import time: loaded on first use,
 # so `import sessions` never needs an optional extra.
-_LAZY = {"DatabaseSessionManager": "sessions.actors.database"}
+_LAZY = {
+    "DatabaseSessionManager": "sessions.actors.database",
+    "RedisSessionManager": "sessions.actors.redis",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +58,7 @@ __all__ = [
     "HTTPSessionManager",
     "Handle",
     "I2CSessionManager",
+    "RedisSessionManager",
     "ResourceActor",
     "ResourceConfig",
     "ResourceFault",

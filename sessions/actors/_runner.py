@@ -395,9 +395,11 @@ class Runner(pykka.ThreadingActor):
         """Several queued calls in one ``run_batch`` (e.g. one Redis pipeline); each
         caller still gets its own result or its own error."""
         mailbox = self.view.mailbox
-        claimed = [c for c in calls if c.future.claim()]
+        claimed = []
         for c in calls:
-            if c not in claimed and not c.future.cancelled():
+            if c.future.claim():
+                claimed.append(c)
+            elif not c.future.cancelled():
                 mailbox.stats.count_only("timeout")
         calls = claimed
         if not calls:
@@ -408,6 +410,8 @@ class Runner(pykka.ThreadingActor):
             )
         except BaseException as exc:
             fault = self._is_fault(exc)
+            if self.breaker is not None:
+                self.breaker.record(not (fault or self._counts(exc)), exc)
             for c in calls:
                 c.future.set_exception(self._fault_error(exc, c.future.method) if fault else exc)
             if fault:

@@ -1,0 +1,923 @@
+"""The ``redis`` resource kind: a supervised redis-py client with automatic pipelining.
+
+Each actor owns one Redis connection (``pool_size = N`` gives N actors, so N
+connections, behind one handle). Every redis-py command is a method of the handle
+(``cache.set("k", "v", ex=10)``, ``cache.hgetall("h")``, ...), returning a future of
+plain data. When several commands are queued for one actor, it sends them as one
+non-transactional pipeline, one round trip for all of them, and still gives every
+caller its own result or its own error: that is **automatic pipelining**, and it is
+why a handle shared by many threads outruns redis-py's own thread-safe pool.
+
+The supervisor owns recovery, so redis-py is configured with **no retries of its
+own** (``Retry(NoBackoff(), 0)``, no ``retry_on_error``, no ``retry_on_timeout``): a
+command is sent at most once, and a broken connection becomes a fault that restarts
+the actor (new connection, replayed subscriptions) while the calls queued behind it
+wait. redis-py still silently replaces an idle connection that died (it checks the
+socket when it checks a connection out, before sending anything), which is safe.
+
+What is a fault, what goes to the caller
+----------------------------------------
+
+==============================================  ========================================
+Error raised by redis-py                        Outcome
+==============================================  ========================================
+``ConnectionError``: refused, reset, closed     **fault**: the caller gets
+by the server; ``BusyLoadingError`` (LOADING)   ``ResourceFault`` (cause: the error; the
+                                                outcome is unknown) and the actor
+                                                reconnects; queued calls wait for it
+``TimeoutError``: no reply within               **fault**: a late reply would be read as
+``socket_timeout``                              the answer to the next command
+``InvalidResponse``: protocol error             **fault**
+``PipelineBroken``: a batch failed while        **fault**: replies were left unread
+reading replies, not for a connection reason
+any of the above in an automatic pipeline       **fault** for every caller of the batch:
+                                                all were sent, no outcome is known
+``AuthenticationError``,                        the caller: the connection is fine and
+``AuthorizationError``                          looping on bad credentials helps nobody
+                                                (at connect: a failed start, retried)
+``MaxConnectionsError`` (``transaction(fn)``    the caller
+code checking out a second connection)
+``ResponseError`` and subclasses (WRONGTYPE,    the caller; the connection goes on. In an
+NOSCRIPT, READONLY, OOM, EXECABORT, ...),       automatic pipeline, only that command's
+``DataError`` (bad arguments), ``WatchError``   caller
+any other exception                             the caller
+==============================================  ========================================
+
+Methods
+-------
+* Every command of redis-py's ``CoreCommands`` family (strings, hashes, lists, sets,
+  sorted sets, streams, geo, hyperloglog, scripting, functions, ACL, server and
+  sentinel commands) under redis-py's name and signature, plus ``execute_command(*args)``
+  for anything else. Excluded, with the reason in :data:`EXCLUDED`: methods returning
+  live objects (``pipeline``, ``pubsub``, ``lock``, ``scan_iter``, ``bitfield``,
+  ``register_script``, ...), commands that would break or silently reconfigure the
+  connection (``quit``, ``reset``, ``select``, ``auth``, ``client_reply``,
+  ``client_setname``, ...), and stubs redis-py does not implement.
+* ``pipeline(fn, *args, transaction=False, watch=(), raise_on_error=True)``: ``fn(pipe)``
+  queues commands; returns the list of replies.
+* ``subscribe(channels, callback)``, ``psubscribe(patterns, callback)``,
+  ``unsubscribe(channels=None)``, ``punsubscribe(patterns=None)``: pub/sub, replayed
+  after every reconnect, delivered on threads named ``sessions-<name>-pubsub``.
+* ``batch_stats()``: how many pipelines automatic pipelining sent, and how big.
+* ``transaction(fn)`` (built in): ``fn(client)`` with the raw ``redis.Redis`` client, for
+  anything else; nothing else runs on this actor meanwhile.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import redis
+import redis.client
+import redis.connection
+from pydantic import BaseModel, ConfigDict, Field
+from redis.backoff import NoBackoff
+from redis.commands.core import CoreCommands
+from redis.commands.sentinel import SentinelCommands
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    InvalidResponse,
+    MaxConnectionsError,
+)
+from redis.retry import Retry
+
+from sessions._redact import redact
+from sessions._registry import SessionManager
+from sessions.actors._base import BatchItem, Outcome, ResourceActor
+
+__all__ = [
+    "COMMANDS",
+    "EXCLUDED",
+    "UNBATCHED",
+    "PipelineBroken",
+    "RedisActor",
+    "RedisOptions",
+    "RedisSessionManager",
+]
+
+log = logging.getLogger("sessions.redis")
+
+Message = dict[str, Any]
+"""A pub/sub message as redis-py parses it: ``type``, ``pattern``, ``channel``, ``data``."""
+
+Callback = Callable[[Message], object]
+
+# -- which redis-py methods become handle methods ---------------------------------------
+
+_NOT_MATERIALIZED = "returns a live object bound to the connection; use {}"
+_CONNECTION_STATE = (
+    "changes state of this one connection that a reconnect (or another pool member) "
+    "would not have; use {}"
+)
+_STUB = "not implemented by redis-py"
+
+#: redis-py command methods a handle does not offer, and why.
+EXCLUDED: Mapping[str, str] = {
+    "bitfield": _NOT_MATERIALIZED.format("execute_command('BITFIELD', ...) or bitfield_ro"),
+    "register_script": _NOT_MATERIALIZED.format("eval/evalsha (or script_load + evalsha)"),
+    "scan_iter": _NOT_MATERIALIZED.format("scan(cursor, ...) in a loop"),
+    "sscan_iter": _NOT_MATERIALIZED.format("sscan(name, cursor, ...) in a loop"),
+    "hscan_iter": _NOT_MATERIALIZED.format("hscan(name, cursor, ...) in a loop"),
+    "zscan_iter": _NOT_MATERIALIZED.format("zscan(name, cursor, ...) in a loop"),
+    "quit": "closes the connection (the actor would fault); stop the resource instead",
+    "reset": _CONNECTION_STATE.format("the url and options"),
+    "shutdown": "stops the server; use transaction(lambda r: r.shutdown()) if you mean it",
+    "client_reply": "OFF/SKIP would desynchronize replies from commands",
+    "sync": "turns the connection into a replication stream",
+    "psync": "turns the connection into a replication stream",
+    "select": _CONNECTION_STATE.format("the db in the url (redis://host/DB)"),
+    "auth": _CONNECTION_STATE.format("the password/username in the url or options"),
+    "client_setname": _CONNECTION_STATE.format("the client_name option"),
+    "client_setinfo": _CONNECTION_STATE.format("the driver_info option"),
+    "client_tracking": _CONNECTION_STATE.format("transaction(fn)"),
+    "client_tracking_on": _CONNECTION_STATE.format("transaction(fn)"),
+    "client_tracking_off": _CONNECTION_STATE.format("transaction(fn)"),
+    "client_no_evict": _CONNECTION_STATE.format("transaction(fn)"),
+    "client_no_touch": _CONNECTION_STATE.format("transaction(fn)"),
+    "readonly": _CONNECTION_STATE.format("transaction(fn)"),
+    "readwrite": _CONNECTION_STATE.format("transaction(fn)"),
+    "watch": "use pipeline(fn, transaction=True, watch=[...])",
+    "unwatch": "use pipeline(fn, transaction=True, watch=[...])",
+    "sentinel": "deprecated by redis-py; use the sentinel_* methods",
+    "digest_local": "computed locally, no server involved; call redis-py directly",
+    "command_docs": _STUB,
+    "command_info": _STUB,
+    "debug_segfault": _STUB,
+    "failover": _STUB,
+    "hello": _STUB,
+    "latency_doctor": _STUB,
+    "latency_graph": _STUB,
+    "latency_histogram": _STUB,
+    "memory_doctor": _STUB,
+    "memory_help": _STUB,
+    "script_debug": _STUB,
+}
+
+#: First words of raw commands ``execute_command`` refuses: they change the state of the
+#: connection (or turn it into a stream) behind the back of every other caller.
+_STATEFUL_COMMANDS = frozenset(
+    {
+        "AUTH",
+        "DISCARD",
+        "EXEC",
+        "HELLO",
+        "MONITOR",
+        "MULTI",
+        "PSUBSCRIBE",
+        "PSYNC",
+        "PUNSUBSCRIBE",
+        "QUIT",
+        "REPLCONF",
+        "RESET",
+        "SELECT",
+        "SSUBSCRIBE",
+        "SUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "SYNC",
+        "UNSUBSCRIBE",
+        "UNWATCH",
+        "WATCH",
+    }
+)
+_STATEFUL_CLIENT_COMMANDS = frozenset(
+    {"NO-EVICT", "NO-TOUCH", "REPLY", "SETINFO", "SETNAME", "TRACKING"}
+)
+
+
+def _check_raw(args: tuple[Any, ...]) -> None:
+    """Refuse a raw command that would reconfigure the shared connection."""
+    words: list[str] = []
+    for arg in args[:2]:
+        text = arg.decode("latin-1") if isinstance(arg, bytes) else arg
+        if not isinstance(text, str):
+            break
+        words += text.upper().split()
+    if not words:
+        raise ValueError("execute_command() needs the command name as its first argument")
+    if words[0] in _STATEFUL_COMMANDS or (
+        words[0] == "CLIENT" and len(words) > 1 and words[1] in _STATEFUL_CLIENT_COMMANDS
+    ):
+        raise ValueError(
+            f"execute_command({' '.join(words[:2])!r}, ...) would change the state of this "
+            "connection for every caller (and be lost on reconnect); use the url/options, "
+            "pipeline(fn, transaction=True, watch=...) or subscribe() instead"
+        )
+
+
+#: Commands that run alone rather than in an automatic pipeline: their redis-py method
+#: does more with the reply than return it (so on a pipeline object it would misbehave).
+UNBATCHED: frozenset[str] = frozenset({"xread", "xreadgroup"})
+
+_COMMAND_CLASSES: tuple[type, ...] = tuple(
+    cls
+    for cls in redis.Redis.__mro__
+    if cls.__module__ == CoreCommands.__module__ or cls is SentinelCommands
+)
+
+
+def _command_names() -> tuple[str, ...]:
+    names = {
+        name
+        for cls in _COMMAND_CLASSES
+        for name, value in vars(cls).items()
+        if not name.startswith("_") and callable(value)
+    }
+    names -= set(EXCLUDED)
+    names = {n for n in names if not n.startswith("himport")}  # experimental, client-side
+    names.add("execute_command")
+    return tuple(sorted(names))
+
+
+#: Every redis-py method a ``redis`` handle offers (each calls the client's method).
+COMMANDS: tuple[str, ...] = _command_names()
+
+# -- options ----------------------------------------------------------------------------
+
+#: Keys the supervisor (or this kind) owns: passing them is a config error.
+_FORBIDDEN: Mapping[str, str] = {
+    "retry": "the supervisor owns retrying (restart with backoff); redis-py gets none",
+    "retry_on_error": "the supervisor owns retrying (restart with backoff); redis-py gets none",
+    "retry_on_timeout": "the supervisor owns retrying (restart with backoff); redis-py gets none",
+    "max_connections": "each actor has exactly one connection; use pool_size for more",
+    "single_connection_client": "each actor has exactly one connection already",
+    "connection_pool": "each actor builds its own one-connection pool",
+    "connection_class": "chosen by the url scheme (redis://, rediss://, unix://)",
+}
+
+
+def _passthrough_names() -> frozenset[str]:
+    conn = redis.connection
+    classes = [
+        getattr(conn, n, None)
+        for n in ("AbstractConnection", "Connection", "SSLConnection", "UnixDomainSocketConnection")
+    ]
+    names: set[str] = set()
+    for cls in classes:
+        if cls is None:
+            continue
+        params = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(names - {"self"} - set(_FORBIDDEN))
+
+
+_PASSTHROUGH = _passthrough_names()
+
+
+class RedisOptions(BaseModel):
+    """The keys of a ``redis`` resource (constructor keywords of :class:`RedisActor`).
+
+    Any other key is passed to redis-py's connection (``decode_responses``,
+    ``password``, ``username``, ``db``, ``ssl_*``, ``protocol``, ``health_check_interval``,
+    ``socket_keepalive``, ...); an unknown one is a config error.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    url: str = Field(
+        description="redis://[[user]:[password]@]host[:port][/db], rediss:// for TLS, "
+        "unix:///path/to.sock?db=N. Query-string options win over other keys."
+    )
+    client_name: str | None = Field(
+        None, description="Sent with CLIENT SETNAME on every (re)connect; shows in CLIENT LIST."
+    )
+    socket_timeout: float | None = Field(
+        5.0,
+        gt=0,
+        description="Seconds to wait for a reply before the connection counts as broken "
+        "(a fault). Keep it at most the resource's call_timeout, and above the block time "
+        "of blocking commands (BLPOP, XREAD BLOCK, ...). None waits forever.",
+    )
+    socket_connect_timeout: float | None = Field(
+        2.0, gt=0, description="Seconds one TCP connect may take (a failed start after it)."
+    )
+    pubsub_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Pub/sub messages buffered per callback; when a callback is that far "
+        "behind, its oldest message is dropped (counted, logged), never another's.",
+    )
+
+
+class PipelineBroken(redis.ConnectionError):
+    """A batch failed while its replies were being read, for a reason other than the
+    connection itself: replies are left unread, so the connection cannot be reused."""
+
+
+# -- pub/sub ----------------------------------------------------------------------------
+
+_POLL = 0.05
+"""How often the pub/sub reader looks at its control queue when no message arrives."""
+
+_JOIN_TIMEOUT = 2.0
+"""How long a disconnect waits for delivery threads to hand out what they hold."""
+
+_WARN_EVERY = 10.0
+"""Seconds between warnings about one callback (dropped messages, exceptions)."""
+
+
+class _Delivery:
+    """One delivery thread per callback: a slow, blocked or raising callback delays only
+    the subscriptions it serves, and never the socket reader.
+
+    The queue is bounded: when it is full the oldest message is dropped (newest data
+    wins, as for the CAN kind's subscribers) and counted; a warning is logged at most
+    every ``_WARN_EVERY`` seconds.
+    """
+
+    def __init__(self, resource: str, callback: Callback, capacity: int) -> None:
+        self.callback = callback
+        self.capacity = capacity
+        self.dropped = 0
+        self._warned_at = -math.inf
+        self._items: deque[Message] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"sessions-{resource}-pubsub", daemon=True
+        )
+        self.thread.start()
+
+    def put(self, message: Message) -> None:
+        with self._cond:
+            self._items.append(message)
+            if len(self._items) <= self.capacity:
+                self._cond.notify()
+                return
+            self._items.popleft()
+            self.dropped += 1
+            dropped = self.dropped
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "pub/sub callback %r is %d messages behind: oldest dropped (%d so far)",
+                self.callback,
+                self.capacity,
+                dropped,
+            )
+
+    def close(self) -> None:
+        """Deliver what is queued, then end."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                message = self._items.popleft()
+            try:
+                self.callback(message)
+            except Exception:
+                now = time.monotonic()
+                if now - self._warned_at >= _WARN_EVERY:
+                    self._warned_at = now
+                    log.exception("pub/sub callback %r raised (it keeps receiving)", self.callback)
+
+
+class _Control:
+    """A subscription change for the reader thread, resolved once Redis confirmed it."""
+
+    __slots__ = ("callback", "future", "kind", "names", "remaining")
+
+    def __init__(self, kind: str, names: list[bytes], callback: Callback | None) -> None:
+        self.kind = kind
+        self.names = names
+        self.callback = callback
+        self.remaining = len(names)
+        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+
+class _Listener:
+    """The pub/sub side of one incarnation: its own connection, read by one thread.
+
+    The reader thread owns the ``PubSub`` object (redis-py's is not thread-safe): the
+    actor asks for subscription changes through a queue and waits for Redis to confirm
+    them. A broken connection is reported as a fault of the resource, whose replay step
+    then subscribes again on the next connection.
+    """
+
+    def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
+        self._actor = actor
+        self._owner = owner  # the command client of this incarnation (stale reports ignored)
+        self._pool = redis.ConnectionPool.from_url(actor._url, **actor._connection_kwargs())
+        client = redis.Redis(connection_pool=self._pool)
+        self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._encode: Callable[[Any], bytes] = self._pubsub.encoder.encode
+        self._controls: deque[_Control] = deque()
+        self._lock = threading.Lock()
+        self._callbacks: dict[tuple[str, bytes], Callback] = {}
+        self._deliveries: dict[Callback, _Delivery] = {}
+        self._awaiting: dict[tuple[str, bytes], deque[_Control]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, name=f"sessions-{actor.name}-pubsub-reader", daemon=True
+        )
+        self._thread.start()
+
+    def request(
+        self, kind: str, names: list[bytes], callback: Callback | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Queue a subscribe/psubscribe/unsubscribe/punsubscribe for the reader."""
+        control = _Control(kind, names, callback)
+        with self._lock:
+            if self._stop.is_set() or not self._thread.is_alive():
+                control.future.set_exception(
+                    redis.ConnectionError("the pub/sub connection is closed")
+                )
+                return control.future
+            self._controls.append(control)
+        return control.future
+
+    def close(self) -> None:
+        """Stop reading, close the connection, let delivery threads finish (bounded)."""
+        self._stop.set()
+        self._thread.join(_POLL * 4 + 1.0)
+        if self._thread.is_alive():  # stuck in a read: closing the socket wakes it
+            with contextlib.suppress(Exception):
+                conn = self._pubsub.connection
+                if conn is not None:
+                    conn.disconnect()
+            self._thread.join(1.0)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+        with contextlib.suppress(Exception):
+            self._pool.disconnect()
+        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
+        deadline = time.monotonic() + _JOIN_TIMEOUT
+        deliveries = list(self._deliveries.values())
+        for delivery in deliveries:
+            delivery.close()
+        for delivery in deliveries:
+            delivery.thread.join(max(0.0, deadline - time.monotonic()))
+            if delivery.thread.is_alive():
+                log.error(
+                    "pub/sub callback %r of %r is still running after %.1fs; its "
+                    "thread is abandoned",
+                    delivery.callback,
+                    self._actor.name,
+                    _JOIN_TIMEOUT,
+                )
+
+    # -- reader thread ------------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._apply_controls()
+                message = self._pubsub.get_message(timeout=_POLL)
+                if message is not None:
+                    self._handle(message)
+        except Exception as exc:
+            if self._stop.is_set():
+                return
+            self._fail_pending(exc)
+            log.warning("pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc)))
+            self._actor.report_fault(exc, self._owner)
+
+    def _apply_controls(self) -> None:
+        while True:
+            with self._lock:
+                if not self._controls:
+                    return
+                control = self._controls.popleft()
+            kind, names = control.kind, control.names
+            sub_kind = "channel" if kind in ("subscribe", "unsubscribe") else "pattern"
+            if kind.endswith("unsubscribe"):
+                known = [n for n in names if (sub_kind, n) in self._callbacks]
+                for name in known:
+                    del self._callbacks[(sub_kind, name)]
+                control.names = names = known  # Redis confirms only what was subscribed
+                control.remaining = len(names)
+            else:
+                assert control.callback is not None
+                callback = control.callback
+                if callback not in self._deliveries:
+                    self._deliveries[callback] = _Delivery(
+                        self._actor.name, callback, self._actor._pubsub_queue_size
+                    )
+                for name in names:
+                    self._callbacks[(sub_kind, name)] = callback
+            if not names:
+                control.future.set_result(None)
+                continue
+            for name in names:
+                self._awaiting.setdefault((kind, name), deque()).append(control)
+            getattr(self._pubsub, kind)(*names)
+
+    def _handle(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("message", "pmessage"):
+            if kind == "message":
+                key = ("channel", self._encode(message["channel"]))
+            else:
+                key = ("pattern", self._encode(message["pattern"]))
+            callback = self._callbacks.get(key)
+            if callback is not None:
+                self._deliveries[callback].put(message)
+            return
+        waiting = self._awaiting.get((kind, self._encode(message["channel"] or b"")))
+        if waiting:
+            control = waiting.popleft()
+            control.remaining -= 1
+            if control.remaining == 0 and not control.future.done():
+                control.future.set_result(None)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        with self._lock:
+            pending = list(self._controls)
+            self._controls.clear()
+        for waiting in self._awaiting.values():
+            pending.extend(waiting)
+        self._awaiting.clear()
+        for control in pending:
+            if not control.future.done():
+                control.future.set_exception(exc)
+
+
+# -- the actor --------------------------------------------------------------------------
+
+
+class RedisActor(ResourceActor):
+    """One Redis connection, owned by one actor thread (see the module docstring)."""
+
+    kind: ClassVar[str] = "redis"
+    fault_types: ClassVar[tuple[type[BaseException], ...]] = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        InvalidResponse,
+    )
+    Options = RedisOptions
+
+    #: Errors that are ConnectionError subclasses but leave the connection healthy.
+    caller_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        AuthenticationError,
+        AuthorizationError,
+        MaxConnectionsError,
+    )
+
+    batch_methods: ClassVar[frozenset[str]] = frozenset(set(COMMANDS) - UNBATCHED)
+
+    def __init__(
+        self,
+        url: str,
+        client_name: str | None = None,
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        pubsub_queue_size: int = 10_000,
+        **redis_options: Any,
+    ) -> None:
+        super().__init__()
+        forbidden = [f"{k} ({_FORBIDDEN[k]})" for k in redis_options if k in _FORBIDDEN]
+        unknown = sorted(k for k in redis_options if k not in _PASSTHROUGH and k not in _FORBIDDEN)
+        if forbidden or unknown:
+            problems = [f"not allowed: {k}" for k in forbidden]
+            if unknown:
+                problems.append(
+                    f"unknown redis-py connection option(s): {', '.join(unknown)} "
+                    "(TLS: use a rediss:// url; a socket: unix://)"
+                )
+            raise ValueError("; ".join(problems))
+        if not isinstance(url, str) or not url:
+            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
+        self._url = url
+        self._client_name = client_name
+        self._socket_timeout = socket_timeout
+        self._socket_connect_timeout = socket_connect_timeout
+        self._pubsub_queue_size = pubsub_queue_size
+        self._redis_options = dict(redis_options)
+        self._subs: dict[tuple[str, bytes], Callback] = {}
+        """(channel|pattern, name) -> callback; survives restarts (replayed)."""
+        self._listener: _Listener | None = None
+        self._batches = 0
+        self._batched_calls = 0
+        self._largest_batch = 0
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """redis-py connection keywords: one connection, no retries, bounded waits."""
+        return {
+            **self._redis_options,
+            "client_name": self._client_name,
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._socket_connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_error": [],
+            "max_connections": 1,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def connect(self) -> redis.Redis:
+        """A client on a one-connection pool, connected (PING) before it serves calls."""
+        pool = redis.ConnectionPool.from_url(self._url, **self._connection_kwargs())
+        client = redis.Redis(connection_pool=pool)
+        try:
+            client.ping()
+        except BaseException:
+            pool.disconnect()
+            raise
+        return client
+
+    def disconnect(self, resource: redis.Redis) -> None:
+        listener, self._listener = self._listener, None
+        try:
+            if listener is not None:
+                listener.close()
+        finally:
+            resource.close()
+            resource.connection_pool.disconnect()
+
+    def is_fault(self, exc: BaseException) -> bool:
+        """Connection and timeout errors (except credential and pool-size errors), and
+        protocol errors: the connection cannot be trusted any more."""
+        return isinstance(exc, self.fault_types) and not isinstance(exc, self.caller_errors)
+
+    def health_check(self) -> None:
+        """PING (when ``health_interval`` is configured)."""
+        self.resource.ping()
+
+    # -- automatic pipelining -----------------------------------------------------------
+
+    def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
+        """Queued commands as one non-transactional pipeline, one outcome per caller.
+
+        A command that fails client-side (bad arguments) fails alone and is not sent; a
+        Redis error reply goes to its own caller; a connection error fails the whole batch
+        (every command was sent, so every outcome is unknown).
+        """
+        if len(calls) == 1:
+            method, args, kwargs = calls[0]
+            try:
+                return [(True, getattr(self, method)(*args, **kwargs))]
+            except Exception as exc:
+                return [(False, exc)]
+        pipe = self.resource.pipeline(transaction=False)
+        stack: list[Any] = pipe.command_stack
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        sent: list[int] = []  # index in calls of each queued command
+        for i, (method, args, kwargs) in enumerate(calls):
+            depth = len(stack)
+            try:
+                if method == "execute_command":
+                    _check_raw(args)
+                getattr(pipe, method)(*args, **kwargs)
+            except Exception as exc:
+                del stack[depth:]
+                outcomes[i] = (False, exc)
+                continue
+            if len(stack) != depth + 1:  # guarded by a test over every batched command
+                del stack[depth:]
+                outcomes[i] = (
+                    False,
+                    RuntimeError(
+                        f"{method}() cannot be pipelined automatically (a bug in sessions' "
+                        "redis kind: please report it); use transaction(fn) meanwhile"
+                    ),
+                )
+                continue
+            sent.append(i)
+        if not sent:
+            pipe.reset()
+            return [o for o in outcomes if o is not None]
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.DataError:
+            # An argument redis-py cannot encode: raised while packing, before anything
+            # was sent. Run the commands one by one so only the bad one fails.
+            for i in sent:
+                method, args, kwargs = calls[i]
+                try:
+                    outcomes[i] = (True, getattr(self, method)(*args, **kwargs))
+                except Exception as exc:
+                    outcomes[i] = (False, exc)
+        except Exception as exc:
+            error: BaseException = exc
+            if not self.is_fault(exc):
+                error = PipelineBroken(
+                    f"a pipeline of {len(sent)} commands failed while reading replies: "
+                    f"{redact(repr(exc))}"
+                )
+                error.__cause__ = exc
+            for i in sent:
+                outcomes[i] = (False, error)
+        else:
+            for i, reply in zip(sent, replies, strict=True):
+                outcomes[i] = (False, reply) if isinstance(reply, Exception) else (True, reply)
+            self._batches += 1
+            self._batched_calls += len(sent)
+            self._largest_batch = max(self._largest_batch, len(sent))
+        return [o for o in outcomes if o is not None]
+
+    def batch_stats(self) -> dict[str, int]:
+        """Automatic pipelining so far (this actor; survives restarts): ``batches`` sent
+        as one pipeline, ``calls`` they carried, ``largest`` batch."""
+        return {
+            "batches": self._batches,
+            "calls": self._batched_calls,
+            "largest": self._largest_batch,
+        }
+
+    # -- explicit pipelines -------------------------------------------------------------
+
+    def pipeline(
+        self,
+        fn: Callable[..., object],
+        *args: Any,
+        transaction: bool = False,
+        watch: Iterable[str | bytes] = (),
+        raise_on_error: bool = True,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """``fn(pipe, *args, **kwargs)`` queues commands on a redis-py pipeline; they
+        are sent at once and the list of replies is returned.
+
+        ``transaction=True`` wraps them in MULTI/EXEC. With ``watch`` keys the pipeline
+        starts in immediate mode after WATCH (``fn`` may read), and ``fn`` must call
+        ``pipe.multi()`` before queueing; a concurrent change raises ``WatchError`` to
+        the caller (retry if you like). ``raise_on_error=False`` puts error replies in
+        the list instead of raising the first. ``pipe`` is valid during ``fn`` only.
+        """
+        with self.resource.pipeline(transaction=transaction) as pipe:
+            keys = list(watch)
+            if keys:
+                pipe.watch(*keys)
+            fn(pipe, *args, **kwargs)
+            return list(pipe.execute(raise_on_error=raise_on_error))
+
+    # -- pub/sub ------------------------------------------------------------------------
+
+    def subscribe(self, channels: str | bytes | Iterable[str | bytes], callback: Callback) -> None:
+        """Deliver messages on ``channels`` to ``callback(message)``, on a thread named
+        ``sessions-<name>-pubsub``; resolves once Redis confirmed the subscription.
+
+        The subscription is replayed after every reconnect (messages published while
+        disconnected are lost: Redis pub/sub is at-most-once). A channel has one callback:
+        subscribing again replaces it. A raising callback is logged; a slow one delays
+        only its own messages.
+        """
+        self._subscribe("subscribe", "channel", channels, callback)
+
+    def psubscribe(self, patterns: str | bytes | Iterable[str | bytes], callback: Callback) -> None:
+        """Like :meth:`subscribe`, for glob-style patterns (``message["pattern"]`` set)."""
+        self._subscribe("psubscribe", "pattern", patterns, callback)
+
+    def unsubscribe(self, channels: str | bytes | Iterable[str | bytes] | None = None) -> None:
+        """Stop delivering ``channels`` (default: every channel). Unknown names are ignored."""
+        self._unsubscribe("unsubscribe", "channel", channels)
+
+    def punsubscribe(self, patterns: str | bytes | Iterable[str | bytes] | None = None) -> None:
+        """Stop delivering ``patterns`` (default: every pattern)."""
+        self._unsubscribe("punsubscribe", "pattern", patterns)
+
+    def _subscribe(
+        self,
+        kind: str,
+        sub_kind: str,
+        names: str | bytes | Iterable[str | bytes],
+        callback: Callback,
+    ) -> None:
+        self._refuse_in_pool()
+        if not callable(callback):
+            raise TypeError(f"{kind}() needs a callable callback, got {callback!r}")
+        hash(callback)  # delivery threads are per callback: it must be hashable
+        keys = self._keys(names)
+        for key in keys:
+            self._subs[(sub_kind, key)] = callback
+        self.replay("pubsub", self._replay_pubsub)
+        self._wait(self._ensure_listener().request(kind, keys, callback), kind)
+
+    def _unsubscribe(
+        self, kind: str, sub_kind: str, names: str | bytes | Iterable[str | bytes] | None
+    ) -> None:
+        self._refuse_in_pool()
+        if names is None:
+            keys = [n for k, n in self._subs if k == sub_kind]
+        else:
+            keys = [n for n in self._keys(names) if (sub_kind, n) in self._subs]
+        for key in keys:
+            del self._subs[(sub_kind, key)]
+        if not self._subs:
+            self.forget("pubsub")
+        listener = self._listener
+        if listener is None or not keys:
+            return
+        if not self._subs:  # nothing left: free the connection and the threads
+            self._listener = None
+            listener.close()
+            return
+        self._wait(listener.request(kind, keys), kind)
+
+    def _refuse_in_pool(self) -> None:
+        if "#" in self.name:
+            raise ValueError(
+                f"pub/sub is not available on a pooled redis resource ({self.name!r}): a "
+                "subscription would live on one member while unsubscribe may reach another. "
+                "Configure a separate redis resource with pool_size = 1 for pub/sub "
+                "(publish works anywhere)."
+            )
+
+    def _keys(self, names: str | bytes | Iterable[str | bytes]) -> list[bytes]:
+        items = [names] if isinstance(names, (str, bytes)) else list(names)
+        if not items or not all(isinstance(n, (str, bytes)) for n in items):
+            raise TypeError(f"expected a channel name or a list of names, got {names!r}")
+        encode = self.resource.get_encoder().encode
+        return list(dict.fromkeys(bytes(encode(n)) for n in items))
+
+    def _ensure_listener(self) -> _Listener:
+        if self._listener is None:
+            self._listener = _Listener(self, self.resource)
+        return self._listener
+
+    def _wait(self, future: concurrent.futures.Future[None], what: str) -> None:
+        """Wait for Redis to confirm a subscription change (a fault if it never does)."""
+        timeout = self._socket_timeout or 30.0
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise redis.TimeoutError(
+                f"{what}: no confirmation from Redis within {timeout}s"
+            ) from None
+
+    def _replay_pubsub(self, client: redis.Redis) -> None:
+        """Subscribe again on a new connection: one request per callback and kind."""
+        if not self._subs:
+            return
+        groups: dict[tuple[str, Callback], list[bytes]] = {}
+        for (sub_kind, name), callback in self._subs.items():
+            kind = "subscribe" if sub_kind == "channel" else "psubscribe"
+            groups.setdefault((kind, callback), []).append(name)
+        listener = self._ensure_listener()
+        futures = [
+            (kind, listener.request(kind, names, callback))
+            for (kind, callback), names in groups.items()
+        ]
+        for kind, future in futures:
+            self._wait(future, kind)
+
+
+def _command(name: str) -> Callable[..., Any]:
+    """A thin handle method calling the client's method of the same name."""
+    target = getattr(redis.Redis, name)
+
+    @functools.wraps(target)
+    def command(self: RedisActor, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.resource, name)(*args, **kwargs)
+
+    command.__qualname__ = f"RedisActor.{name}"
+    command.__module__ = __name__
+    return command
+
+
+def _execute_command(self: RedisActor, *args: Any, **options: Any) -> Any:
+    """Send a raw command: ``execute_command("OBJECT", "ENCODING", "k")``. Commands that
+    would change the connection's state (MULTI, SELECT, SUBSCRIBE, CLIENT REPLY, ...) are
+    refused with ``ValueError``; the reply is parsed as redis-py parses it."""
+    _check_raw(args)
+    return self.resource.execute_command(*args, **options)
+
+
+for _name in COMMANDS:
+    setattr(RedisActor, _name, _command(_name))
+del _name
+_execute_command.__name__ = "execute_command"
+_execute_command.__qualname__ = "RedisActor.execute_command"
+RedisActor.execute_command = _execute_command  # type: ignore[attr-defined]
+
+
+class RedisSessionManager(SessionManager):
+    """``with RedisSessionManager(url="redis://cache:6379/0") as cache:`` -- the seed's
+    Redis session manager.
+
+    Starts a one-resource supervised system (resource name ``"redis"`` unless ``name`` is
+    given) and yields its handle from ``with`` and ``async with``. Every ``redis`` option
+    (:class:`RedisOptions`, redis-py connection keywords) and supervision key
+    (``call_timeout``, ``pool_size``, ``breaker``, ...) may be passed as a keyword;
+    ``supervisor`` sets the root supervisor's policy.
+    """
+
+    kind: ClassVar[str] = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        supervisor: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(name=name, supervisor=supervisor, url=url, **options)
