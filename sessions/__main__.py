@@ -1,25 +1,16 @@
-"""Command line: ``sessions demo`` (and ``python -m sessions demo``)."""
+"""``python -m sessions``: the same command line as the ``sessions`` console script.
+
+The commands live in :mod:`sessions._cli`; this module only forwards to them, so
+``python -m sessions ...`` and ``sessions ...`` cannot drift apart.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import sessions
-from sessions._demo import run_demo
+from sessions._cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sessions", description=sessions.__doc__)
-    parser.add_argument("--version", action="version", version=sessions.__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a supervised system healing injected faults")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run")
-    demo.add_argument("--fault-every", type=float, default=3.0,
-                      help="seconds between injected faults")
-    args = parser.parse_args(argv)
-    return run_demo(args)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

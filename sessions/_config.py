@@ -81,12 +81,26 @@ class ResourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ServerConfig(_Model):
+    """``[server]``: where ``sessions run`` serves its read-only endpoints."""
+
+    bind: str = Field(
+        "127.0.0.1",
+        description="Address to listen on ('0.0.0.0': every "
+        "interface). The endpoints are read-only but show resource names.",
+    )
+    port: int = Field(
+        ge=0, le=65535, description="TCP port; 0 picks a free one (printed at start)."
+    )
+
+
 class SystemConfig(_Model):
     """The whole file."""
 
     supervisor: SupervisorConfig = SupervisorConfig()
     supervisors: dict[str, SupervisorConfig] = {}
     resources: dict[str, ResourceConfig] = {}
+    server: ServerConfig | None = None
 
 
 # -- loading --------------------------------------------------------------------------

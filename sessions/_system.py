@@ -24,6 +24,7 @@ from sessions.actors._base import public_methods
 from sessions.messages import Event
 from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
+from sessions.supervisor._stats import CallStats
 from sessions.supervisor._tree import (
     Kernel,
     Node,
@@ -268,6 +269,18 @@ class System:
     def status(self) -> dict[str, Any]:
         """The tree as JSON-serializable data (no credentials)."""
         return _node_status(self._kernel.root)
+
+    def stats(self, name: str) -> CallStats:
+        """Call statistics of resource ``name``: outcomes and the latency histogram
+        (a pool's members summed). For metrics exporters and live views."""
+        node = self._resources.get(name)
+        if node is None:
+            raise KeyError(f"no resource named {name!r}")
+        if isinstance(node, SupervisorNode) and node.pool is not None:
+            members = [m.mailbox.stats for m in node.pool.members]
+            return members[0].merge(members[1:])
+        assert isinstance(node, ResourceChild)
+        return node.mailbox.stats
 
     def which_children(self, supervisor: str | None = None) -> list[ChildInfo]:
         """The children of ``supervisor`` (default: the root), in start order."""

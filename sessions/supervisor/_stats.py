@@ -1,4 +1,4 @@
-"""Per-resource call statistics: outcomes, a cumulative latency histogram, recent latencies.
+"""Per-resource call statistics: outcomes, a latency histogram, recent latencies.
 
 Recorded by the resource's own thread after each call (so no lock is needed for the
 writes), read by status views and the metrics endpoint. Latency is measured from the
@@ -26,6 +26,9 @@ class CallStats:
     """Counters of one resource (or pool member)."""
 
     __slots__ = ("buckets", "count", "outcomes", "recent", "sum")
+
+    # ``buckets[i]`` counts calls with latency in (BUCKETS[i-1], BUCKETS[i]] (the last:
+    # above every bound): per-bucket counts, which exporters accumulate themselves.
 
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)

@@ -1,0 +1,769 @@
+"""The ``sessions`` command line: ``check``, ``run``, ``schema`` and ``demo``.
+
+Why a command line at all: the supervision policy lives in a TOML file, so an
+operator needs to validate that file before deploying it (``check``), to run a
+program under it with health and metrics endpoints (``run``), and to get editor
+completion for it (``schema``), none of which should require writing Python.
+
+Errors meant for the operator are one line each, naming the file and the config
+path of the problem (``plant.toml: resources.bus.kind: unknown resource kind``);
+``-v`` adds the traceback and the library's INFO log, ``-vv`` its DEBUG log.
+
+Exit codes (the same for every command; see :data:`EXIT_CODES`):
+
+* 0: success (``run``: the app returned, or SIGINT/SIGTERM stopped the system)
+* 1: ``run``: the app raised; ``check --connect``: a resource failed to open;
+  ``demo``: a call was lost (or the demo's own code raised); any command: an
+  unexpected internal error
+* 2: the command line or the config is invalid (or ``--app`` cannot be imported,
+  or the ``[server]`` port cannot be bound)
+* 3: ``run``: the root supervisor gave up (while starting or while running)
+* 130: a second SIGINT/SIGTERM forced the exit while stopping
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import operator
+import os
+import re
+import signal
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import sessions
+from sessions import _config
+from sessions._config import ROOT, ResourceConfig, ServerConfig, SupervisorConfig, SystemConfig
+from sessions._errors import ConfigError, ResourceUnavailable
+from sessions._redact import redact
+from sessions._server import StatusServer
+from sessions._system import System
+from sessions.actors import resolve_kind
+from sessions.messages import Event, SupervisorGaveUp
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["EXIT_CODES", "main", "read_config"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_GAVE_UP = 3
+EXIT_FORCED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success; run: the app returned, or SIGINT/SIGTERM stopped the system",
+    EXIT_FAILED: "run: the app raised; check --connect: a resource failed to open; "
+    "demo: a call was lost (or the demo's own code raised); or an unexpected internal error",
+    EXIT_CONFIG: "invalid command line or config (also: --app not importable, server port "
+    "not bindable)",
+    EXIT_GAVE_UP: "run: the root supervisor gave up",
+    EXIT_FORCED: "a second SIGINT/SIGTERM forced the exit while stopping",
+}
+
+log = logging.getLogger("sessions.cli")
+
+
+class CLIError(Exception):
+    """A problem to report to the operator in one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A config file read for the command line: the core config and ``[server]``."""
+
+    path: str
+    raw: dict[str, Any]
+    """The TOML without ``[server]``, before ``${VAR}`` substitution (``start()`` input)."""
+    config: SystemConfig
+    server: ServerConfig | None
+
+
+def read_config(path: str) -> LoadedConfig:
+    """Read and fully validate ``path``: structure, kinds and their options, ``[server]``.
+
+    Every problem is collected into one ``ConfigError``. Nothing is started: kinds are
+    resolved and their actor objects constructed (cheap and side-effect free by the
+    ``ResourceActor`` contract; ``connect()`` does the I/O) exactly as ``start()``
+    would, then dropped.
+    """
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        _config.load(path)  # raises the ConfigError worded as the library words it
+        raise
+    errors: list[tuple[str, str]] = []
+    order = list(raw)
+    try:
+        config = _config.load(raw)
+    except ConfigError as err:
+        # Still check the kinds of the resource tables that are valid on their own, so
+        # one run lists every problem rather than one layer at a time.
+        errors = [*err.errors, *errors, *_kind_errors(raw)]
+        raise ConfigError(_in_file_order(errors, raw, order)) from None
+    try:
+        plan(config)
+    except ConfigError as err:
+        errors = [*err.errors, *errors]
+    if errors:
+        raise ConfigError(_in_file_order(errors, raw, order))
+    return LoadedConfig(path, raw, config, config.server)
+
+
+def _kind_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Kind and option problems of each resource table that is valid by itself."""
+    errors: list[tuple[str, str]] = []
+    tables = raw.get("resources")
+    if not isinstance(tables, dict):
+        return errors
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        try:
+            spec = _config.resource_spec(str(name), table)
+        except ConfigError:
+            continue  # already reported by load()
+        path = f"resources.{name}"
+        try:
+            cls = resolve_kind(spec.kind, f"{path}.kind")
+            options = _config.check_options(cls, spec.options, path)
+            cls(**options)  # constructing is side-effect free by the ResourceActor contract
+        except ConfigError as err:
+            errors += err.errors
+        except (TypeError, ValueError) as err:
+            errors.append((path, f"kind {spec.kind!r} rejected its options: {err}"))
+    return errors
+
+
+def _in_file_order(
+    errors: list[tuple[str, str]], raw: dict[str, Any], order: list[str]
+) -> list[tuple[str, str]]:
+    """Sort problems by where their table appears in the file (stable otherwise)."""
+    top = {key: i for i, key in enumerate(order)}
+
+    def key(item: tuple[str, str]) -> tuple[int, int]:
+        parts = item[0].split(".")
+        first = top.get(parts[0], -1 if not parts[0] else len(top))
+        table = raw.get(parts[0])
+        second = -1
+        if len(parts) > 1 and isinstance(table, dict):
+            second = {k: i for i, k in enumerate(table)}.get(parts[1], len(table))
+        return first, second
+
+    return sorted(errors, key=key)
+
+
+def plan(config: SystemConfig) -> dict[str, Any]:
+    """The tree ``config`` would start, as ``System.status()`` shows it, without starting.
+
+    Raises ``ConfigError`` for unknown kinds, bad kind options and options the kind's
+    constructor rejects. Builds a ``System`` (which validates exactly as ``start()``
+    does) and stops it before it boots: only its event thread ever runs.
+    """
+    system = System(config)
+    try:
+        return system.status()
+    finally:
+        system.stop()
+
+
+# -- check ----------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``sessions check CONFIG [--connect]``."""
+    loaded = read_config(args.config)
+    out = sys.stdout
+    print(f"{loaded.path}: valid; it would start:", file=out)
+    for line in render_tree(plan(loaded.config), loaded.config):
+        print(line, file=out)
+    if loaded.server is not None:
+        server = loaded.server
+        print(
+            f"server: http://{server.bind}:{server.port} (GET /healthz, /status, /metrics)",
+            file=out,
+        )
+    if not args.connect:
+        return EXIT_OK
+    return connect_all(loaded.config, out, args.verbose)
+
+
+def render_tree(tree: dict[str, Any], config: SystemConfig) -> list[str]:
+    """A text tree of supervisors (strategy, intensity, backoff) and resources (kind,
+    restart type, pool size, breaker, timeouts), in start order."""
+    lines: list[str] = []
+
+    def visit(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└── " if last else "├── ")
+        lines.append(f"{prefix}{branch}{_describe_node(node, config)}")
+        if node.get("type") != "supervisor":
+            return
+        children = node.get("children", [])
+        inner = prefix + ("" if top else ("    " if last else "│   "))
+        for i, child in enumerate(children):
+            visit(child, inner, i == len(children) - 1, False)
+
+    visit(tree, "", True, True)
+    return lines
+
+
+def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:
+    name = node["name"]
+    if node.get("type") == "supervisor":
+        sup = config.supervisor if name == ROOT else config.supervisors[name]
+        b = sup.backoff
+        return (
+            f"{name}: supervisor {sup.strategy}, at most {sup.max_restarts} restarts "
+            f"in {sup.period:g}s, backoff {b.initial:g}s..{b.max:g}s x{b.multiplier:g} "
+            f"±{b.jitter:.0%}"
+        )
+    spec = config.resources[name]
+    kind = node.get("kind") or spec.kind
+    kind_text = kind if kind == spec.kind else f"{kind} ({spec.kind})"
+    parts = [f"{name}: {kind_text}", spec.restart]
+    if node.get("type") == "pool":
+        parts.append(f"pool of {len(node.get('children', []))}")
+    elif spec.pool_size > 1:
+        parts.append(f"pool_size {spec.pool_size} lowered to 1 by the kind")
+    if spec.breaker is not None:
+        parts.append(
+            f"breaker after {spec.breaker.failures} failures, probe every "
+            f"{spec.breaker.reset_timeout:g}s"
+        )
+    if spec.health_interval is not None:
+        parts.append(f"health check every {spec.health_interval:g}s")
+    parts.append(
+        f"call_timeout {spec.call_timeout:g}s, connect_timeout "
+        f"{spec.connect_timeout:g}s, shutdown_timeout {spec.shutdown_timeout:g}s"
+    )
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """The outcome of opening one resource once."""
+
+    name: str
+    kind: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def connect_one(name: str, spec: ResourceConfig) -> ConnectResult:
+    """Open resource ``name`` once, then close it.
+
+    Runs it as the only child of a throwaway system whose supervisor gives up on the
+    first failure, so the kind's own ``connect()`` (with ``connect_timeout``), its
+    replay steps (device init writes, session settings) and ``disconnect()`` run on
+    the library's threads exactly as in production, and a failure is reported
+    rather than retried. Pools open one member; breakers and health checks are off.
+    """
+    single = ResourceConfig.model_validate(
+        {
+            **spec.options,
+            "kind": spec.kind,
+            "call_timeout": spec.call_timeout,
+            "connect_timeout": spec.connect_timeout,
+            "shutdown_timeout": spec.shutdown_timeout,
+        }
+    )
+    config = SystemConfig(supervisor=SupervisorConfig(max_restarts=0), resources={name: single})
+    began = time.monotonic()
+    system = System(config)
+    try:
+        system._boot()
+        return ConnectResult(name, spec.kind, True, time.monotonic() - began, "connected")
+    except ResourceUnavailable as err:
+        fault = _last_fault(system.status(), name) or str(err)
+        fault = re.sub(r"(?:\\[nt]|\s)+", " ", fault.removeprefix("start failed: "))
+        return ConnectResult(name, spec.kind, False, time.monotonic() - began, redact(fault))
+    finally:
+        system.stop()
+
+
+def _last_fault(tree: dict[str, Any], name: str) -> str | None:
+    if tree.get("name") == name and tree.get("type") != "supervisor":
+        fault = tree.get("last_fault")
+        return None if fault is None else str(fault)
+    for child in tree.get("children", ()):
+        found = _last_fault(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def connect_all(config: SystemConfig, out: TextIO, verbose: int = 0) -> int:
+    """``check --connect``: open every resource once, in parallel; report each.
+
+    The throwaway supervisors' own warnings ("faulted", "gave up") would repeat each
+    failure in log form, so they are silenced unless ``-v`` asks for the log.
+    """
+    names = list(config.resources)
+    if not names:
+        print("no resources to connect", file=out)
+        return EXIT_OK
+    longest = max(
+        connect_timeout for connect_timeout in (config.resources[n].connect_timeout for n in names)
+    )
+    print(f"connecting each resource once (in parallel; at most {longest:g}s):", file=out)
+    supervisor_log = logging.getLogger("sessions.supervisor")
+    old_level = supervisor_log.level
+    if not verbose:
+        supervisor_log.setLevel(logging.CRITICAL + 1)
+    try:
+        with ThreadPoolExecutor(
+            max_workers=min(8, len(names)), thread_name_prefix="sessions-check"
+        ) as pool:
+            results = list(pool.map(lambda n: connect_one(n, config.resources[n]), names))
+    finally:
+        supervisor_log.setLevel(old_level)
+    width = max(len(n) for n in names)
+    kind_width = max(len(r.kind) for r in results)
+    for r in results:
+        status = "ok    " if r.ok else "FAILED"
+        print(
+            f"  {status}  {r.name:<{width}}  {r.kind:<{kind_width}}  {r.seconds:6.2f}s  {r.detail}",
+            file=out,
+        )
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        print(
+            f"{len(failed)} of {len(results)} resources failed to connect: {', '.join(failed)}",
+            file=out,
+        )
+        return EXIT_FAILED
+    print(f"all {len(results)} resources connected", file=out)
+    return EXIT_OK
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by a signal (or by the root giving up) to end the app.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so an app's ``except Exception``
+    does not swallow it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+GAVE_UP = "gave_up"
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM handling for ``run``.
+
+    While *armed* (booting, or the app running) the first signal raises one
+    :class:`_Stop` in the main thread and disarms; a signal while stopping is
+    remembered, and another one after it forces the exit (code 130), for a shutdown
+    stuck in a driver. The root supervisor giving up interrupts the app the same way
+    (a SIGTERM sent to the main thread, marked so it is not mistaken for the
+    operator's), since nothing can serve the app's calls any more.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.received: str | None = None
+        self.gave_up = False
+        self._self_signal = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (only possible in the main thread; elsewhere,
+        e.g. ``main()`` called from a worker thread, signals keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (a background job): respect it
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._self_signal:
+            self._self_signal = False
+            reason = GAVE_UP
+        else:
+            reason = signal.Signals(signum).name
+            if self.received is not None and not self.armed:
+                print(
+                    f"sessions: {reason} again while stopping: forced exit",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(EXIT_FORCED)
+            if self.received is None:
+                self.received = reason
+                if not self.armed:
+                    print(
+                        f"sessions: {reason}: already stopping (send it again to force)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        if self.armed:
+            self.armed = False
+            raise _Stop(reason)
+
+    def root_gave_up(self) -> None:
+        """From the event thread: the root supervisor gave up; interrupt the app."""
+        self.gave_up = True
+        if self.armed and threading.main_thread().is_alive():
+            self._self_signal = True
+            ident = threading.main_thread().ident
+            if ident is not None and hasattr(signal, "pthread_kill"):
+                signal.pthread_kill(ident, signal.SIGTERM)
+
+
+def _load_app(spec: str) -> Callable[[System], Any]:
+    """Import ``module:function`` (the working directory is importable, as with
+    ``python -m``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"--app: expected 'module:function', got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise CLIError(
+            f"--app {spec}: cannot import {module_name!r}: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        fn = operator.attrgetter(attr)(module)
+    except AttributeError:
+        raise CLIError(f"--app {spec}: module {module_name!r} has no {attr!r}") from None
+    if not callable(fn):
+        raise CLIError(f"--app {spec}: {attr!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``sessions run CONFIG [--app module:function]``."""
+    loaded = read_config(args.config)
+    app = _load_app(args.app) if args.app else None
+    server = StatusServer(loaded.server) if loaded.server is not None else None
+    interrupts = _Interrupts()
+    system: System | None = None
+    outcome = "returned"
+    try:
+        try:
+            interrupts.armed = True  # from here on, the first signal raises _Stop
+            interrupts.install()
+            try:
+                system = sessions.start(loaded.raw)
+            except ResourceUnavailable as err:
+                interrupts.armed = False
+                print(f"sessions: {loaded.path}: {redact(err)}", file=sys.stderr)
+                return EXIT_GAVE_UP
+            running = system
+
+            def on_event(event: Event) -> None:
+                if isinstance(event, SupervisorGaveUp) and event.supervisor == ROOT:
+                    interrupts.root_gave_up()
+
+            system.subscribe(on_event)
+            if system.state == "failed":
+                interrupts.root_gave_up()
+            if server is not None:
+                server.start(system)
+            served = f"; serving {server.url} (/healthz /status /metrics)" if server else ""
+            print(
+                f"sessions: {len(loaded.config.resources)} resources running{served}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if app is not None:
+                app(running)
+            else:
+                while True:  # no app: supervise until a signal (or the root gives up)
+                    time.sleep(3600)
+        finally:
+            interrupts.armed = False
+    except _Stop as stop:
+        outcome = GAVE_UP if stop.reason == GAVE_UP else "signal"
+        if outcome == "signal":
+            print(f"sessions: {stop.reason}: stopping", file=sys.stderr, flush=True)
+    except SystemExit as exc:
+        outcome = "returned" if exc.code in (None, 0) else "raised"
+        if outcome == "raised":
+            print(f"sessions: app {args.app} exited with {exc.code!r}", file=sys.stderr)
+    except Exception as exc:
+        outcome = "raised"
+        _report(f"app {args.app} raised {type(exc).__name__}: {redact(exc)}", args.verbose)
+    finally:
+        if server is not None:
+            server.stop()
+        if system is not None:
+            system.stop()
+        interrupts.restore()
+    failure = None if system is None else system.failure
+    if interrupts.gave_up or failure is not None:
+        print(f"sessions: {redact(failure or 'the root supervisor gave up')}", file=sys.stderr)
+        return EXIT_GAVE_UP
+    left = [
+        t.name for t in threading.enumerate() if t.name.startswith("sessions-") and t.is_alive()
+    ]
+    if left:
+        print(f"sessions: threads still running after stop: {', '.join(left)}", file=sys.stderr)
+    print("sessions: stopped", file=sys.stderr, flush=True)
+    return EXIT_FAILED if outcome == "raised" else EXIT_OK
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """``sessions schema [-o FILE]``."""
+    from sessions._schema import build_schema  # noqa: PLC0415 - imports every kind
+
+    text = json.dumps(build_schema(), indent=args.indent) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise CLIError(f"--output {args.output}: {err.strerror or err}") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``sessions demo``."""
+    from sessions._demo import run_demo  # noqa: PLC0415 - only this command needs it
+
+    return run_demo(args)
+
+
+# -- parser and main ------------------------------------------------------------------
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal and keeps indented lines (the exit code
+    tables) as written, which neither of argparse's own formatters does."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith("  ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(lines), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+        return "\n\n".join(paragraphs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    from sessions import _demo  # noqa: PLC0415
+
+    codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="sessions",
+        description="Supervised resource actors: validate a config, run a program under "
+        "it, print its JSON Schema, or watch the plant demo heal faults.",
+        epilog=f"exit codes:\n{codes}\n\n'sessions COMMAND --help' describes each command.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sessions {sessions.__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show tracebacks and the library's log (-vv: debug log)",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and the library's log (-vv: debug log)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="validate a config file and show what would start",
+        description="Validate CONFIG: structure, supervisor references, every resource's "
+        "kind and its options, and [server]. Prints every problem with its "
+        "path (exit 2), or the tree that would start (exit 0). Nothing is "
+        "started unless --connect is given.",
+        epilog="exit codes: 0 valid (and, with --connect, every resource opened); "
+        "1 a resource failed to open; 2 invalid config",
+    )
+    check.add_argument("config", metavar="CONFIG", help="the TOML config file")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also open each resource once (in parallel, within its "
+        "connect_timeout) and report ok or the reason it failed "
+        "(credentials redacted)",
+    )
+    check.set_defaults(func=cmd_check)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="start the tree, run an app function, serve /healthz /status /metrics",
+        description="Start the supervision tree of CONFIG, then call the app function "
+        "with the sessions.System in the main thread; when it returns, stop "
+        "everything in reverse start order. Without --app, supervise until "
+        "SIGINT/SIGTERM. With a [server] table (bind, port) in CONFIG, serve "
+        "read-only GET /healthz, /status and /metrics meanwhile. "
+        "SIGINT/SIGTERM interrupt the app and stop gracefully; a second one "
+        "forces the exit.",
+        epilog=f"exit codes:\n{codes}",
+    )
+    run.add_argument("config", metavar="CONFIG", help="the TOML config file")
+    run.add_argument(
+        "--app",
+        metavar="MODULE:FUNCTION",
+        help="function to call with the System (the working directory is "
+        "importable); omitted: run until a signal",
+    )
+    run.set_defaults(func=cmd_run)
+
+    schema = sub.add_parser(
+        "schema",
+        parents=[common],
+        help="print the JSON Schema of the config file (for editor completion)",
+        description="Print the JSON Schema (draft 2020-12) of the config file, including "
+        "the keys of every built-in kind whose driver is installed (kinds "
+        "left out are named in the schema's description). Point Taplo / Even "
+        "Better TOML at it with a '#:schema ./sessions.schema.json' first line.",
+    )
+    schema.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
+    )
+    schema.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="a simulated plant controller healing injected faults (no server needed)",
+        description=_demo.DESCRIPTION,
+        epilog="exit codes: 0 no call was lost (also after Ctrl-C); 1 a call was lost (or the "
+        "demo's own code raised); 2 invalid --config",
+    )
+    _demo.add_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _report(message: str, verbose: int) -> None:
+    """One line for the operator; the traceback of the exception being handled with -v."""
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    hint = "" if verbose else " (run with -v for the traceback)"
+    print(f"sessions: error: {message}{hint}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Show the library's log on stderr for this command, then leave logging as it was.
+
+    Warnings (faults, restarts) by default; nothing below errors for the demo, whose
+    view shows faults already; INFO with -v, DEBUG with -vv.
+    """
+    logger = logging.getLogger("sessions")
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = logging.CRITICAL + 1 if quiet else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handler.setLevel(level)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, old_level) if old_level else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (``sys.exit(main())``)."""
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    verbose: int = args.verbose
+    with _logging(verbose, quiet=args.command == "demo"):
+        try:
+            code: int = args.func(args)
+            return code
+        except ConfigError as err:
+            where = getattr(args, "config", None)
+            prefix = f"{where}: " if where else ""
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+            for path, message in err.errors:
+                location = f"{path}: " if path else ""
+                if not path and where and where in message:
+                    location, lead = "", ""  # the message names the file already
+                else:
+                    lead = prefix
+                print(f"sessions: {lead}{location}{message}", file=sys.stderr)
+            return EXIT_CONFIG
+        except CLIError as err:
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+            print(f"sessions: error: {err}", file=sys.stderr)
+            return err.code
+        except KeyboardInterrupt:
+            print("sessions: interrupted", file=sys.stderr)
+            return EXIT_FORCED
+        except Exception as exc:
+            _report(f"{type(exc).__name__}: {redact(exc)}", verbose)
+            return EXIT_FAILED

@@ -1,0 +1,228 @@
+"""The read-only HTTP endpoints of ``sessions run``: ``/healthz``, ``/status``, ``/metrics``.
+
+Why the standard library's ``ThreadingHTTPServer``: the endpoints are three small
+GETs for probes and scrapers, and the core must not grow a web framework
+dependency for them. Each request gets a short-lived thread, so a slow scraper
+never delays a health probe; the serving loop runs on one daemon thread named
+``sessions-http`` that :meth:`StatusServer.stop` shuts down and joins.
+
+Nothing here writes: there is no endpoint that restarts or stops anything, so
+exposing it to a monitoring network does not expose control of the system.
+
+``[server]`` is a top-level table of the config file (``bind``, ``port``). Until the
+core ``SystemConfig`` has a ``server`` field, the CLI pops the table from the raw
+TOML and validates it with :func:`parse_server`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from sessions._config import ServerConfig, errors_from
+from sessions._errors import ConfigError
+from sessions._metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable
+from sessions._redact import redact
+
+if TYPE_CHECKING:
+    from sessions._system import System
+
+__all__ = ["ServerConfig", "StatusServer", "health", "parse_server"]
+
+log = logging.getLogger("sessions.http")
+
+ENDPOINTS = ("/healthz", "/status", "/metrics")
+
+
+def parse_server(raw: Any, path: str = "server") -> ServerConfig:
+    """Validate a ``[server]`` table; ``ConfigError`` with ``server.*`` paths otherwise."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([(path, f"expected a table, got {raw!r}")])
+    try:
+        return ServerConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(errors_from(exc, path)) from None
+
+
+def health(system: System) -> tuple[int, dict[str, Any]]:
+    """``/healthz``: 200 when every permanent resource is running, else 503 and why.
+
+    ``transient`` and ``temporary`` resources may legitimately be stopped, so they do
+    not make the system unhealthy. A pool counts as running while any member is (its
+    handle serves calls).
+    """
+    reasons: list[dict[str, Any]] = []
+    if system.state != "running":
+        reasons.append(
+            {
+                "system": system.state,
+                "reason": redact(system.failure or f"the system is {system.state}"),
+            }
+        )
+    faults = {entry["name"]: entry.get("last_fault") for entry in _entries(system.status())}
+    for name, spec in system.config.resources.items():
+        if spec.restart != "permanent":
+            continue
+        try:
+            state = system.get(name).state
+        except KeyError:  # a resource terminated and removed meanwhile
+            continue
+        if state != "running":
+            reasons.append({"resource": name, "state": state, "last_fault": faults.get(name)})
+    if reasons:
+        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "reasons": reasons}
+    return HTTPStatus.OK, {"status": "ok"}
+
+
+def _entries(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [tree]
+    for child in tree.get("children", ()):
+        out += _entries(child)
+    return out
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    system: System
+    metrics: MetricsCollector
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "sessions"
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        system = self.server.system
+        try:
+            if path == "/healthz":
+                code, body = health(system)
+                self._send(code, _json(body), "application/json", send_body)
+            elif path == "/status":
+                self._send(HTTPStatus.OK, _json(system.status()), "application/json", send_body)
+            elif path == "/metrics":
+                try:
+                    data = self.server.metrics.exposition()
+                except MetricsUnavailable as err:
+                    self._send(
+                        HTTPStatus.NOT_IMPLEMENTED,
+                        f"{err}\n".encode(),
+                        "text/plain; charset=utf-8",
+                        send_body,
+                    )
+                    return
+                self._send(HTTPStatus.OK, data, CONTENT_TYPE, send_body)
+            else:
+                self._send(
+                    HTTPStatus.NOT_FOUND,
+                    f"not found; endpoints: {', '.join(ENDPOINTS)}\n".encode(),
+                    "text/plain; charset=utf-8",
+                    send_body,
+                )
+        except Exception as exc:  # a bug must answer 500, not kill the connection silently
+            log.exception("GET %s failed", path)
+            self._send(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                f"{redact(exc)}\n".encode(),
+                "text/plain; charset=utf-8",
+                send_body,
+            )
+
+    def _refuse(self) -> None:
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            b"read-only: GET and HEAD only\n",
+            "text/plain; charset=utf-8",
+            True,
+            allow="GET, HEAD",
+        )
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+    def _send(
+        self, code: int, body: bytes, content_type: str, send_body: bool, **headers: str
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in headers.items():
+            self.send_header(key.title(), value)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access log to the ``sessions.http`` logger (debug), not to stderr."""
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=str) + "\n").encode()
+
+
+class StatusServer:
+    """The endpoints of one system on one address.
+
+    Binding happens in the constructor, so a port in use is reported before any
+    resource is started; serving starts with :meth:`start`.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        try:
+            self._httpd = _HTTPServer((config.bind, config.port), _Handler, bind_and_activate=True)
+        except OSError as err:
+            raise ConfigError(
+                [("server", f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}")]
+            ) from None
+        self._thread: threading.Thread | None = None
+        self._metrics: MetricsCollector | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (differs from the config's when it was 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.bind
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def start(self, system: System) -> None:
+        """Serve ``system`` on the ``sessions-http`` thread."""
+        self._metrics = MetricsCollector(system)
+        self._httpd.system = system
+        self._httpd.metrics = self._metrics
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="sessions-http",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and join the thread; idempotent."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None

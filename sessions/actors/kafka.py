@@ -1,0 +1,1281 @@
+"""Kafka resources: ``kafka_producer`` and ``kafka_consumer`` (kafka-python 3.x).
+
+A ``kafka_producer`` owns one ``KafkaProducer``. ``send`` hands the record to the driver
+and returns a ``Deferred``: the actor thread moves on at once and the caller's future
+resolves on the driver's thread when the broker acknowledges, so the records of all
+callers are in flight together (the driver batches and pipelines them). The poll hook
+watches the records in flight: no acknowledgement within ``ack_timeout``, or no broker
+connection for ``fault_after``, is a fault.
+
+A ``kafka_consumer`` owns one ``KafkaConsumer`` (not thread-safe: the actor is its only
+user). It polls from the runtime's ``poll()`` hook between calls. With a handler
+(``handler = "module:function"`` or ``consume(callback)``) it runs the handler per
+record and commits after the handler returned (at-least-once); without one, callers
+pull records with ``fetch()`` and ``commit()`` themselves ("manual mode"; the issue
+calls it ``poll``, but ``poll`` is the runtime's hook name).
+
+What is a fault (the resource is broken: the caller gets ``ResourceFault`` with the
+driver error as ``__cause__``, outcome unknown, and the actor restarts) and what goes to
+the caller (the actor keeps running):
+
+=========================================================  ================================
+error                                                      outcome
+=========================================================  ================================
+``KafkaConnectionError``, ``NodeNotReadyError``            fault
+no broker connection for ``fault_after`` seconds while     fault (``KafkaConnectionError``)
+acks are awaited or a consumer has a subscription
+(a dead broker raises nothing by itself)
+no acknowledgement within ``ack_timeout`` (the driver      fault (``AckTimeout``)
+retries inside one producer instance for 2 minutes)
+``KafkaTimeoutError`` with no live broker connection       fault
+``KafkaTimeoutError`` while connected (a topic's           caller
+metadata not found within ``max_block_ms``)
+any error once the client is closed                        fault
+``UnknownProducerIdError``, ``OutOfOrderSequenceNumber``,  fault (a new producer gets a
+``InvalidProducerEpoch``, ``ProducerFenced``, any error    new producer id)
+while the producer's idempotence state is fatal
+non-retriable record errors: ``MessageSizeTooLarge``,      caller
+``InvalidTopic``, authorization, ...
+``CommitFailedError`` (the group rebalanced)               caller (records come again)
+``TypeError``/``ValueError`` (value, key, topic, header),  caller
+``RecordDecodeError``
+a handler exception                                        ``on_handler_error`` applies
+=========================================================  ================================
+
+A broker that cannot be reached at start is a failed start: the driver's bootstrap is
+bounded by ``bootstrap_timeout_ms`` (default 5 s here instead of kafka-python's 30 s)
+and retried by the supervisor with backoff.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
+from kafka.net.compat import KafkaNetClient
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+from sessions._errors import ResourceFault
+from sessions._redact import redact
+from sessions._registry import SessionManager
+from sessions.actors._base import Deferred, ResourceActor
+
+__all__ = [
+    "AckTimeout",
+    "ConsumerOptions",
+    "KafkaConsumerActor",
+    "KafkaProducerActor",
+    "KafkaSessionManager",
+    "ProducerOptions",
+    "Record",
+    "RecordDecodeError",
+    "SendResult",
+]
+
+log = logging.getLogger("sessions.kafka")
+
+_LINK_CHECK = 0.2
+"""Seconds between broker-connection checks while acknowledgements are awaited."""
+
+_PRODUCER_STATE_ERRORS: tuple[type[BaseException], ...] = (
+    kerr.UnknownProducerIdError,
+    kerr.OutOfOrderSequenceNumberError,
+    kerr.InvalidProducerEpochError,
+    kerr.ProducerFencedError,
+)
+"""Errors that leave an idempotent producer's id/sequence state unusable."""
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Where the broker stored a record: returned by ``send`` once it is acknowledged."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Milliseconds since the epoch (the broker's LogAppendTime or the record's
+    CreateTime), -1 if unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record, fully materialized (safe to keep and pass between threads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Milliseconds since the epoch, -1 if unknown."""
+    key: bytes | None
+    value: Any
+    """``bytes`` (deserializer ``raw``), ``str`` (``str``), any JSON value (``json``);
+    ``None`` for a tombstone."""
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class AckTimeout(kerr.KafkaTimeoutError):  # type: ignore[misc]  # kafka is untyped
+    """No acknowledgement within ``ack_timeout``: a fault, whatever the connection says.
+
+    The driver retries every retriable error itself (lost connections, leader changes,
+    and after a broker restart ``UnknownProducerIdError`` in a loop that only ends at
+    ``delivery_timeout_ms``, 2 minutes), so a record that gets no answer in time means
+    this producer instance is not making progress: replace it. The record may still be
+    written (outcome unknown), which is what ``ResourceFault`` says.
+    """
+
+
+class RecordDecodeError(ValueError):
+    """A record's value could not be decoded with the consumer's ``deserializer``.
+
+    ``fetch()`` returns the records before it; the next ``fetch()`` raises again until
+    the caller moves past it with ``seek(topic, partition, offset + 1)``.
+    """
+
+    def __init__(self, message: str, topic: str, partition: int, offset: int) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.topic, self.partition, self.offset))
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _to_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)  # a copy: the caller's buffer may change after the call
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"{what} must be bytes or str, got {type(value).__name__}")
+
+
+def _headers(
+    headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+) -> list[tuple[str, bytes]]:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out: list[tuple[str, bytes]] = []
+    for item in items:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"headers must be a mapping or (name, value) pairs, got {item!r}"
+            ) from None
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__}")
+        out.append((name, _to_bytes(value, f"header {name!r}")))
+    return out
+
+
+def _resolve_handler(spec: str) -> Callable[[Record], Any]:
+    """``"package.module:function"`` -> the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import {module_name!r}: {err}") from err
+    fn: Any = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ValueError(f"{module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ValueError(f"{spec!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+class _ClientTrap:
+    """A ``kafka_client`` factory that keeps the network client it builds.
+
+    kafka-python 3.0.12 starts a consumer's IO thread before bootstrapping and leaves
+    it running when the bootstrap fails (the constructor raises, so the caller never
+    gets the object to close). Keeping the client lets ``connect`` close it. It also
+    gives the actor the connection table to watch (a dead broker raises nothing).
+    """
+
+    def __init__(self, base: Callable[..., Any]) -> None:
+        self.base = base
+        self.clients: list[Any] = []
+
+    def __call__(self, **configs: Any) -> Any:
+        client = self.base(**configs)
+        self.clients.append(client)
+        return client
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            try:
+                client.close()
+            except Exception as exc:  # best effort: we are already failing
+                log.debug("closing a kafka client after a failed start: %r", exc)
+
+
+def _link_up(client: Any) -> bool:
+    """Whether the client has at least one live broker connection.
+
+    kafka-python 3.0.12's ``bootstrap_connected()`` is only true while a bootstrap is
+    in progress, so it cannot tell a dead broker from a live one; the connection table
+    can. An unknown client implementation counts as connected (no false faults).
+    """
+    conns = getattr(getattr(client, "_manager", None), "_conns", None)
+    if conns is None:
+        return True
+    return any(getattr(conn, "connected", False) for conn in list(conns.values()))
+
+
+def _is_link_fault(exc: BaseException, client: Any, closed: bool) -> bool:
+    """The fault rules shared by producer and consumer (see the module table)."""
+    if closed:
+        return True
+    if isinstance(exc, (kerr.KafkaConnectionError, kerr.NodeNotReadyError)):
+        return True
+    if isinstance(exc, kerr.KafkaTimeoutError):
+        return not _link_up(client)
+    return False
+
+
+def _await_acks(
+    futures: Sequence[Any], timeout: float, fault_after: float, client: Any
+) -> BaseException | None:
+    """Wait until every kafka future is done; at most ``timeout`` seconds, and give up
+    early once no broker connection has been up for ``fault_after`` seconds.
+
+    Returns None when all are done, else the error for the ones still pending. Waiting
+    on each future in turn (``get`` in slices, so the link is checked in between) costs
+    no callbacks on the driver's thread: records of one request resolve together.
+    """
+    deadline = time.monotonic() + timeout
+    down_since: float | None = None
+    for future in futures:
+        while not future.is_done:
+            now = time.monotonic()
+            if now >= deadline:
+                return AckTimeout(
+                    f"no acknowledgement from the broker within ack_timeout={timeout}s"
+                )
+            # Raises when the wait times out, or when the record failed (is_done then).
+            with contextlib.suppress(Exception):
+                future.get(min(deadline - now, _LINK_CHECK))
+            if future.is_done:
+                break
+            if _link_up(client):
+                down_since = None
+                continue
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+            elif now - down_since >= fault_after:
+                error: BaseException = kerr.KafkaConnectionError(
+                    f"no connection to any broker for fault_after={fault_after}s while "
+                    f"waiting for acknowledgements"
+                )
+                return error
+    return None
+
+
+def _close_producer(producer: Any, timeout: float) -> None:
+    """Close a KafkaProducer within about ``timeout`` seconds, whatever state it is in.
+
+    kafka-python 3.0.12's ``close(timeout)`` flushes first and *raises* when records
+    cannot be delivered in time (dead broker), leaving its sender thread running and
+    ``__del__`` to raise again later. Then we force the sender down ourselves.
+    """
+    try:
+        producer.close(timeout=timeout)
+        return
+    except Exception as exc:
+        log.debug("KafkaProducer.close() gave up (%r); forcing it", exc)
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()  # fails the pending records, closes the network client
+        sender.join(timeout)
+    metrics = getattr(producer, "_metrics", None)
+    if metrics is not None:
+        metrics.close()
+    producer._closed = True  # so that __del__ does not try (and raise) again
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+class _KafkaOptions(BaseModel):
+    """Common shape: our own keys as fields, kafka-python settings as extra keys.
+
+    Extra keys are checked against the driver's own settings so a typo is a
+    ``ConfigError`` naming the key (never echoing its value: it may be a password).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    _driver_keys: ClassVar[frozenset[str]] = frozenset()
+    _reserved: ClassVar[Mapping[str, str]] = {}
+
+    bootstrap_servers: str | list[str] = Field(
+        description="Broker addresses, 'host:port' or a list of them."
+    )
+    fault_after: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds without any broker connection (while there is work: acks "
+            "awaited, a subscription) after which the resource counts as broken "
+            "and is restarted. A dead broker makes kafka-python retry silently."
+        ),
+    )
+    close_timeout: float = Field(
+        2.0, ge=0, description="Seconds a disconnect may spend flushing/leaving the group."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_driver_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        errors: list[InitErrorDetails] = []
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key in cls._reserved:  # serializer-like keys: their values are no secret
+                shown = value if isinstance(value, (str, bool, int, type(None))) else "..."
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("reserved_key", cls._reserved[key]),
+                        loc=(key,),
+                        input=shown,
+                    )
+                )
+            elif key not in cls._driver_keys:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=None))
+        if data.get("on_handler_error") == "dead_letter" and not data.get("dead_letter_topic"):
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "dead_letter_topic", "on_handler_error = 'dead_letter' needs it"
+                    ),
+                    loc=("dead_letter_topic",),
+                    input=None,
+                )
+            )
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+
+class ProducerOptions(_KafkaOptions):
+    """Options of a ``kafka_producer``. Any other ``KafkaProducer`` setting (``acks``,
+    ``linger_ms``, ``compression_type``, ``security_protocol``, ``sasl_*``, ``ssl_*``,
+    ``bootstrap_timeout_ms``, ``max_block_ms``, ...) may be given too and is passed
+    through; idempotence stays on unless those settings turn it off."""
+
+    _driver_keys = frozenset(KafkaProducer.DEFAULT_CONFIG)
+    _reserved = {
+        "key_serializer": "not accepted: keys are bytes or str (UTF-8)",
+        "value_serializer": 'not accepted: use serializer = "raw" or "json"',
+    }
+
+    fault_after: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Seconds without any broker connection while acknowledgements are awaited "
+            "after which the producer counts as broken (its callers get ResourceFault) "
+            "and is replaced. A dead broker makes kafka-python retry silently."
+        ),
+    )
+    serializer: Literal["raw", "json"] = Field(
+        "raw",
+        description=(
+            "'raw': values are bytes (str is encoded as UTF-8); 'json': values "
+            "are encoded with json.dumps. None is always a tombstone (null value)."
+        ),
+    )
+    ack_timeout: float = Field(
+        4.0,
+        gt=0,
+        description=(
+            "Longest wait for a record's acknowledgement (and for flush()); a "
+            "timeout is a fault (outcome unknown) and replaces the producer. "
+            "Also the default max_block_ms (wait for a topic's metadata). Keep it "
+            "below call_timeout (default 5 s) so callers see the fault."
+        ),
+    )
+
+
+class ConsumerOptions(_KafkaOptions):
+    """Options of a ``kafka_consumer``. Any other ``KafkaConsumer`` setting
+    (``auto_offset_reset``, ``session_timeout_ms``, ``max_poll_interval_ms``,
+    ``security_protocol``, ...) may be given too and is passed through."""
+
+    _driver_keys = frozenset(KafkaConsumer.DEFAULT_CONFIG)
+    _reserved = {
+        "key_deserializer": "not accepted: keys are returned as bytes",
+        "value_deserializer": 'not accepted: use deserializer = "raw", "str" or "json"',
+        "enable_auto_commit": (
+            "not accepted: the actor commits after the handler returns "
+            "(at-least-once); in manual mode call commit()"
+        ),
+    }
+
+    fault_after: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a subscribed consumer may have no broker connection before "
+            "it counts as broken and is restarted (a dead broker makes poll() "
+            "return nothing, silently)."
+        ),
+    )
+    group_id: str = Field(description="Consumer group (offsets are committed to it).")
+    topics: list[str] = Field(
+        [], description="Topics to subscribe to at start; subscribe() can change them."
+    )
+    handler: str | None = Field(
+        None,
+        description=(
+            "'package.module:function' called with each Record on the actor "
+            "thread; omitted: manual mode (fetch/commit) unless consume() is called."
+        ),
+    )
+    on_handler_error: Literal["retry", "skip", "dead_letter"] = Field(
+        "retry",
+        description=(
+            "What a handler exception does: 'retry' the record (seek back, pause "
+            "its partition for a backoff), 'skip' it, or 'dead_letter' it."
+        ),
+    )
+    dead_letter_topic: str | None = Field(
+        None,
+        description=(
+            "Topic that receives failed records (needed for 'dead_letter'; "
+            "with 'retry' it receives records that exhausted max_retries)."
+        ),
+    )
+    dead_letter_options: dict[str, Any] = Field(
+        {}, description="Extra KafkaProducer settings for the dead-letter producer."
+    )
+    max_retries: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "'retry': attempts after the first failure before giving up on a "
+            "record (then dead-lettered if dead_letter_topic is set, else "
+            "skipped); omitted: retry forever."
+        ),
+    )
+    retry_backoff: float = Field(
+        0.5, ge=0, description="Seconds before the first retry; doubles per attempt."
+    )
+    retry_backoff_max: float = Field(30.0, ge=0, description="Cap on the retry backoff (s).")
+    deserializer: Literal["raw", "str", "json"] = Field(
+        "raw", description="How Record.value is decoded: bytes, UTF-8 str, or JSON."
+    )
+    max_records: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Records taken per poll: the handler's batch (committed together "
+            "after it), and in manual mode the most records buffered ahead of "
+            "fetch(). max_records x handler time must stay well below "
+            "max_poll_interval_ms."
+        ),
+    )
+    poll_interval: float = Field(
+        0.05, gt=0, description="Seconds between polls of the broker (between calls)."
+    )
+    rebalance_poll_timeout: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "While the consumer (re)joins its group, one poll may wait this long "
+            "(kafka-python 3.0.12 drops a join result that arrives while nobody "
+            "is inside poll(), so joins need long polls)."
+        ),
+    )
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _one_topic(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("handler")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            _resolve_handler(value)
+        return value
+
+    @field_validator("dead_letter_options")
+    @classmethod
+    def _producer_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(k for k in value if k not in KafkaProducer.DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"unknown KafkaProducer settings: {', '.join(unknown)}")
+        return value
+
+
+def _bounded(driver: Mapping[str, Any]) -> dict[str, Any]:
+    """Driver settings with our fail-fast default for the bootstrap."""
+    return {"bootstrap_timeout_ms": 5000, **driver}
+
+
+# -- producer -----------------------------------------------------------------------------
+
+
+class KafkaProducerActor(ResourceActor):
+    """One ``KafkaProducer``; sends are in flight together (see the module docstring)."""
+
+    kind = "kafka_producer"
+    Options: ClassVar[type[BaseModel]] = ProducerOptions
+    poll_interval = 0.1
+    """How often the poll hook checks the records in flight (ack age, broker link)."""
+
+    resource: Any
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        serializer: Literal["raw", "json"] = "raw",
+        ack_timeout: float = 4.0,
+        fault_after: float = 2.0,
+        close_timeout: float = 2.0,
+        **driver_options: Any,
+    ) -> None:
+        super().__init__()
+        self.serializer = serializer
+        self.ack_timeout = ack_timeout
+        self.fault_after = fault_after
+        self.close_timeout = close_timeout
+        # A send must not block the actor for kafka-python's default 60 s when the topic
+        # metadata cannot be fetched.
+        self._driver = {
+            "max_block_ms": int(ack_timeout * 1000),
+            **_bounded(driver_options),
+            "bootstrap_servers": bootstrap_servers,
+        }
+        self._client: Any = None
+        self._in_flight: deque[tuple[float, Any]] = deque()
+        """(handed to the driver at, kafka future) of the current producer, oldest first."""
+        self._down_since: float | None = None
+        self._broken: BaseException | None = None
+        """Why the poll hook declared the producer broken (for its in-flight callers)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """A new KafkaProducer (a new producer id: idempotence state starts fresh)."""
+        trap = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
+        try:
+            producer = KafkaProducer(**{**self._driver, "kafka_client": trap})
+        except BaseException:
+            trap.close_all()
+            raise
+        self._client = trap.clients[-1] if trap.clients else None
+        self._in_flight.clear()
+        self._down_since = None
+        self._broken = None
+        return producer
+
+    def disconnect(self, resource: Any) -> None:
+        """Flush and close; records still unacknowledged then fail (their callers get
+        ``ResourceFault``: the producer they were handed to is gone)."""
+        _close_producer(resource, self.close_timeout)
+
+    def is_fault(self, exc: BaseException) -> bool:
+        producer = self.resource
+        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout)):
+            return True
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is not None and manager.has_fatal_error():
+            return True  # e.g. InitProducerId failed: this instance will never send again
+        return _is_link_fault(exc, self._client, bool(getattr(producer, "_closed", False)))
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        """Faults, and in-flight sends failed because their producer was replaced."""
+        return isinstance(exc, ResourceFault) or self.is_fault(exc)
+
+    def poll(self) -> None:
+        """Runtime hook: a dead broker or a stuck producer raises nothing by itself, so
+        watch the records in flight. A fault here restarts the producer."""
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][1].is_done:
+            in_flight.popleft()
+        if not in_flight:
+            self._down_since = None
+            return
+        now = time.monotonic()
+        broken: BaseException | None = None
+        if now - in_flight[0][0] >= self.ack_timeout:
+            broken = AckTimeout(
+                f"no acknowledgement from the broker within ack_timeout={self.ack_timeout}s"
+            )
+        elif _link_up(self._client):
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
+        elif now - self._down_since >= self.fault_after:
+            broken = kerr.KafkaConnectionError(
+                f"no connection to any broker for fault_after={self.fault_after}s while "
+                f"records were waiting for acknowledgements"
+            )
+        if broken is not None:
+            self._broken = broken
+            raise broken
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: bytes | str | None = None,
+        headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> Deferred:
+        """Send one record; the caller's future resolves to its :class:`SendResult` once
+        the broker acknowledged it.
+
+        The record is handed to the driver and the actor moves on at once (``Deferred``):
+        the driver batches and pipelines the records of all callers, many in flight
+        together (handed over in call order; idempotence keeps that order per
+        partition). Errors the driver finds at once (a value too large, a bad topic
+        name) raise here; the broker's verdict arrives on the driver's thread.
+        """
+        sent = self._submit(topic, value, key, headers, partition, timestamp_ms=timestamp_ms)
+        done: concurrent.futures.Future[SendResult] = concurrent.futures.Future()
+        self._in_flight.append((time.monotonic(), sent))
+        sent.add_callback(_acknowledged, done)
+        sent.add_errback(self._send_failed, done, self.resource)
+        return Deferred(done)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record handed to the driver is acknowledged (or failed).
+
+        ``timeout`` defaults to ``ack_timeout``; not flushed in time is a fault.
+        """
+        wait = timeout if timeout is not None else self.ack_timeout
+        try:
+            self.resource.flush(wait)
+        except kerr.KafkaTimeoutError as err:  # the same stuck producer as a late ack
+            raise AckTimeout(f"records not acknowledged within {wait}s") from err
+
+    def partitions_for(self, topic: str) -> list[int]:
+        """The partition ids of ``topic`` (fetches its metadata if needed)."""
+        return sorted(self.resource.partitions_for(topic) or ())
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _send_failed(
+        self, done: concurrent.futures.Future[SendResult], producer: Any, exc: BaseException
+    ) -> None:
+        """The broker (or the closing driver) failed a record; on the driver's thread.
+
+        A record of a producer that has been replaced meanwhile must not crash the new
+        one: its caller gets ``ResourceFault`` directly (outcome unknown).
+        """
+        if producer is self.resource:
+            done.set_exception(exc)  # a fault restarts the producer, via the runtime
+            return
+        reason = self._broken or exc
+        err = ResourceFault(
+            f"call send() on resource {self.name!r}: the producer broke before the broker "
+            f"acknowledged the record ({redact(repr(reason))}); its outcome is unknown",
+            resource=self.name,
+            method="send",
+        )
+        err.__cause__ = reason  # why it broke, rather than the closing driver's own error
+        done.set_exception(err)
+
+    def _submit(
+        self,
+        topic: str,
+        value: Any = None,
+        key: bytes | str | None = None,
+        headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> Any:
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if value is None:
+            payload = None
+        elif self.serializer == "json":
+            payload = json.dumps(value, separators=(",", ":")).encode("utf-8")
+        else:
+            try:
+                payload = _to_bytes(value, "value")
+            except TypeError as err:
+                raise TypeError(f'{err} (serializer = "json" sends other values)') from None
+        key_bytes = None if key is None else _to_bytes(key, "key")
+        return self.resource.send(
+            topic,
+            value=payload,
+            key=key_bytes,
+            headers=_headers(headers),
+            partition=partition,
+            timestamp_ms=timestamp_ms,
+        )
+
+
+def _acknowledged(done: concurrent.futures.Future[SendResult], md: Any) -> None:
+    timestamp = md.timestamp if md.timestamp is not None else -1
+    done.set_result(SendResult(md.topic, md.partition, md.offset, timestamp))
+
+
+# -- consumer -----------------------------------------------------------------------------
+
+
+class KafkaConsumerActor(ResourceActor):
+    """One ``KafkaConsumer`` in a group; handler mode or manual mode (module docstring)."""
+
+    kind = "kafka_consumer"
+    Options: ClassVar[type[BaseModel]] = ConsumerOptions
+
+    resource: Any
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        group_id: str,
+        *,
+        topics: Sequence[str] | str = (),
+        handler: str | Callable[[Record], Any] | None = None,
+        on_handler_error: Literal["retry", "skip", "dead_letter"] = "retry",
+        dead_letter_topic: str | None = None,
+        dead_letter_options: Mapping[str, Any] | None = None,
+        max_retries: int | None = None,
+        retry_backoff: float = 0.5,
+        retry_backoff_max: float = 30.0,
+        deserializer: Literal["raw", "str", "json"] = "raw",
+        max_records: int = 100,
+        poll_interval: float = 0.05,
+        rebalance_poll_timeout: float = 2.0,
+        fault_after: float = 10.0,
+        close_timeout: float = 2.0,
+        **driver_options: Any,
+    ) -> None:
+        super().__init__()
+        if on_handler_error == "dead_letter" and not dead_letter_topic:
+            raise ValueError("on_handler_error = 'dead_letter' needs dead_letter_topic")
+        self.group_id = group_id
+        self._handler = _resolve_handler(handler) if isinstance(handler, str) else handler
+        self.on_handler_error = on_handler_error
+        self.dead_letter_topic = dead_letter_topic
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.deserializer = deserializer
+        self.max_records = max_records
+        self.poll_interval = poll_interval
+        self.rebalance_poll_timeout = rebalance_poll_timeout
+        self.fault_after = fault_after
+        self.close_timeout = close_timeout
+        self._driver = {
+            "auto_offset_reset": "earliest",
+            **_bounded(driver_options),
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+        }
+        self._dlq_driver: dict[str, Any] | None = None
+        if dead_letter_topic:
+            shared = {
+                k: v
+                for k, v in self._driver.items()
+                if k in KafkaProducer.DEFAULT_CONFIG
+                and k not in ("client_id", "kafka_client", "max_in_flight_requests_per_connection")
+            }
+            self._dlq_driver = {**shared, **(dead_letter_options or {})}
+        self._client: Any = None
+        self._dlq: Any = None
+        self._dlq_client: Any = None
+        # Per-connection state (reset by connect):
+        self._buffer: deque[Any] = deque()
+        """Records polled but not yet handled/fetched, in poll order."""
+        self._delivered: dict[TopicPartition, int] = {}
+        """Manual mode: next offset per partition after the records fetch() returned."""
+        self._retry_at: dict[TopicPartition, float] = {}
+        """Partitions paused until a failed record's retry is due (monotonic time)."""
+        self._down_since: float | None = None
+        # Survives restarts: a record keeps its attempt count.
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._stats = {
+            "handled": 0,
+            "handler_errors": 0,
+            "retries": 0,
+            "skipped": 0,
+            "dead_lettered": 0,
+            "commits": 0,
+            "commit_failures": 0,
+        }
+        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        if topic_list:
+            self.replay("subscribe", self._subscribe_step(topic_list))
+
+    @classmethod
+    def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
+        return 1, (
+            "a call (subscribe, fetch, commit) would reach one member only; for "
+            "parallel consumption configure several kafka_consumer resources "
+            "with the same group_id"
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """A new KafkaConsumer (joins the group on its first poll) and, for dead
+        letters, a producer. Subscriptions come back through replay."""
+        trap = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
+        try:
+            consumer = KafkaConsumer(**{**self._driver, "kafka_client": trap})
+        except BaseException:
+            trap.close_all()
+            raise
+        self._client = trap.clients[-1] if trap.clients else None
+        if self._dlq_driver is not None:
+            dlq_trap = _ClientTrap(self._dlq_driver.get("kafka_client", KafkaNetClient))
+            try:
+                self._dlq = KafkaProducer(**{**self._dlq_driver, "kafka_client": dlq_trap})
+            except BaseException:
+                dlq_trap.close_all()
+                consumer.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
+                raise
+            self._dlq_client = dlq_trap.clients[-1] if dlq_trap.clients else None
+        self._buffer.clear()
+        self._delivered.clear()
+        self._retry_at.clear()
+        self._down_since = None
+        return consumer
+
+    def disconnect(self, resource: Any) -> None:
+        """Leave the group without committing (only handled records were committed)."""
+        self._buffer.clear()
+        dlq, self._dlq = self._dlq, None
+        try:
+            resource.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
+        finally:
+            if dlq is not None:
+                _close_producer(dlq, self.close_timeout)
+
+    def is_fault(self, exc: BaseException) -> bool:
+        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout)):  # dead-letter producer
+            return True
+        closed = bool(getattr(self.resource, "_closed", False))
+        return _is_link_fault(exc, self._client, closed)
+
+    def poll(self) -> None:
+        """Runtime hook, every ``poll_interval``: watch the link, poll the broker
+        (keeps group membership), and in handler mode run the handler."""
+        consumer = self.resource
+        if consumer is None:
+            return
+        if not consumer.subscription() and not consumer.assignment():
+            self._down_since = None
+            return  # nothing to consume, nothing that could be broken
+        self._check_link()
+        self._resume_due(consumer)
+        self._take(consumer, self._poll_timeout(consumer))
+        if self._handler is not None:
+            self._run_handler(consumer)
+
+    # -- calls: subscription --------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str] | str) -> list[str]:
+        """Subscribe to ``topics`` (replacing the current subscription); replayed after
+        every restart. Returns the subscribed topics."""
+        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
+            raise ValueError(f"topics must be non-empty strings, got {topics!r}")
+        step = self._subscribe_step(topic_list)
+        step(self.resource)
+        self.replay("subscribe", step)
+        return sorted(topic_list)
+
+    def unsubscribe(self) -> None:
+        """Drop the subscription (and its replay); buffered records are discarded."""
+        self.forget("subscribe")
+        self.resource.unsubscribe()
+        self._buffer.clear()
+        self._delivered.clear()
+        self._retry_at.clear()
+
+    def subscription(self) -> list[str]:
+        """The subscribed topics."""
+        return sorted(self.resource.subscription() or ())
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The partitions assigned to this consumer by its group, as (topic, partition)."""
+        return sorted((tp.topic, tp.partition) for tp in self.resource.assignment())
+
+    def consume(self, callback: Callable[[Record], Any] | str | None) -> None:
+        """Set the handler (a callable, or 'module:function'), run on the actor thread
+        for each record; None returns to manual mode. Kept across restarts."""
+        self._handler = _resolve_handler(callback) if isinstance(callback, str) else callback
+
+    # -- calls: manual mode ---------------------------------------------------------------
+
+    def fetch(self, max_records: int = 100, timeout: float = 0.0) -> list[Record]:
+        """Manual mode: up to ``max_records`` records, waiting up to ``timeout`` seconds
+        for the first. Their offsets are committed by ``commit()``, not before.
+
+        (The issue's ``poll(max_records, timeout)``: ``poll`` is the runtime's hook.)
+        """
+        if self._handler is not None:
+            raise RuntimeError(
+                "this consumer has a handler: records go to it; fetch() is "
+                "for manual mode (consume(None) switches to it)"
+            )
+        consumer = self.resource
+        if not consumer.subscription() and not consumer.assignment():
+            raise RuntimeError("not subscribed: configure topics or call subscribe(topics)")
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        if not self._buffer and timeout > 0:
+            deadline = time.monotonic() + timeout
+            while not self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # Short polls back to back: no gap for a join result to get lost in.
+                self._take(consumer, min(left, 0.1), limit=max_records)
+        out: list[Record] = []
+        while self._buffer and len(out) < max_records:
+            raw = self._buffer[0]
+            try:
+                record = self._decode(raw)
+            except RecordDecodeError:
+                if out:
+                    break
+                raise
+            self._buffer.popleft()
+            out.append(record)
+            self._delivered[TopicPartition(raw.topic, raw.partition)] = raw.offset + 1
+        return out
+
+    def commit(
+        self, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Commit the offsets after the records ``fetch()`` returned (or ``offsets``:
+        {(topic, partition): next offset to read}). Returns what was committed."""
+        if offsets is None:
+            assigned = self.resource.assignment()
+            chosen = {tp: off for tp, off in self._delivered.items() if tp in assigned}
+        else:
+            chosen = {TopicPartition(t, p): int(o) for (t, p), o in offsets.items()}
+        if chosen:
+            self._commit(chosen)
+            for tp, off in chosen.items():
+                if self._delivered.get(tp) == off:
+                    del self._delivered[tp]
+        return {(tp.topic, tp.partition): off for tp, off in chosen.items()}
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset for a partition (None if nothing committed)."""
+        result = self.resource.committed(
+            TopicPartition(topic, partition), timeout_ms=int(self.fault_after * 1000)
+        )
+        return None if result is None else int(result)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read an assigned partition from ``offset`` next (drops its buffered records)."""
+        tp = TopicPartition(topic, partition)
+        self.resource.seek(tp, offset)
+        self._drop_buffered(tp)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since the resource was created (they survive restarts)."""
+        return dict(self._stats)
+
+    # -- internals ------------------------------------------------------------------------
+
+    @staticmethod
+    def _subscribe_step(topics: list[str]) -> Callable[[Any], None]:
+        def step(consumer: Any) -> None:
+            consumer.subscribe(topics=list(topics))
+
+        return step
+
+    def _check_link(self) -> None:
+        if _link_up(self._client):
+            self._down_since = None
+            return
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        elif now - self._down_since >= self.fault_after:
+            raise kerr.KafkaConnectionError(
+                f"no connection to any broker for {now - self._down_since:.1f}s "
+                f"(fault_after={self.fault_after}s)"
+            )
+
+    def _joining(self, consumer: Any) -> bool:
+        return bool(consumer.group_metadata().state != MemberState.STABLE)
+
+    def _poll_timeout(self, consumer: Any) -> float:
+        """0 when the group is stable; while joining, long polls (see Options)."""
+        return self.rebalance_poll_timeout if self._joining(consumer) else 0.0
+
+    def _take(self, consumer: Any, timeout: float, limit: int | None = None) -> None:
+        """Poll the driver into the buffer (bounded by max_records)."""
+        room = (limit if limit is not None else self.max_records) - len(self._buffer)
+        deadline = time.monotonic() + timeout
+        while True:
+            # Short polls, back to back while joining (kafka-python 3.0.12 drops a join
+            # result that completes while nobody is inside poll()).
+            timeout_ms = int(min(timeout, 0.1) * 1000)
+            if room > 0:
+                batch = consumer.poll(timeout_ms=timeout_ms, max_records=room)
+            else:  # buffer full: keep the membership alive without fetching more
+                batch = self._poll_paused(consumer, timeout_ms)
+            for records in batch.values():
+                self._buffer.extend(records)
+                room -= len(records)
+            left = deadline - time.monotonic()
+            if batch or left <= 0 or not self._joining(consumer):
+                break
+            timeout = left
+        self._forget_revoked(consumer)
+
+    def _poll_paused(self, consumer: Any, timeout_ms: int) -> Any:
+        """A poll that fetches nothing (every partition paused; fetched data stays parked
+        in the driver): it only keeps the group membership alive."""
+        assigned = set(consumer.assignment())
+        consumer.pause(*assigned)
+        try:
+            return consumer.poll(timeout_ms=timeout_ms, max_records=1)
+        finally:
+            still = set(consumer.assignment()) & assigned
+            consumer.resume(*(still - set(self._retry_at)))
+
+    def _forget_revoked(self, consumer: Any) -> None:
+        """Drop state of partitions this member no longer owns (their records go to the
+        new owner from the last commit)."""
+        assigned = consumer.assignment()
+        if self._buffer and any(
+            TopicPartition(r.topic, r.partition) not in assigned for r in self._buffer
+        ):
+            self._buffer = deque(
+                r for r in self._buffer if TopicPartition(r.topic, r.partition) in assigned
+            )
+        for table in (self._delivered, self._retry_at):
+            for tp in [tp for tp in table if tp not in assigned]:
+                del table[tp]
+
+    def _resume_due(self, consumer: Any) -> None:
+        if not self._retry_at:
+            return
+        now = time.monotonic()
+        assigned = consumer.assignment()
+        for tp, due in list(self._retry_at.items()):
+            if due <= now:
+                del self._retry_at[tp]
+                if tp in assigned:
+                    consumer.resume(tp)
+
+    def _drop_buffered(self, tp: TopicPartition) -> None:
+        self._buffer = deque(
+            r for r in self._buffer if (r.topic, r.partition) != (tp.topic, tp.partition)
+        )
+
+    def _decode(self, raw: Any) -> Record:
+        value = raw.value
+        if value is not None and self.deserializer != "raw":
+            try:
+                text = value.decode("utf-8")
+                value = json.loads(text) if self.deserializer == "json" else text
+            except (UnicodeDecodeError, ValueError) as err:
+                raise RecordDecodeError(
+                    f"cannot decode the value of {raw.topic}[{raw.partition}]@{raw.offset} "
+                    f"as {self.deserializer}: {err}",
+                    raw.topic,
+                    raw.partition,
+                    raw.offset,
+                ) from err
+        timestamp = raw.timestamp if raw.timestamp is not None else -1
+        return Record(
+            raw.topic,
+            raw.partition,
+            raw.offset,
+            timestamp,
+            raw.key,
+            value,
+            tuple((k, bytes(v) if v is not None else b"") for k, v in (raw.headers or ())),
+        )
+
+    def _run_handler(self, consumer: Any) -> None:
+        """Run the handler over the buffered records, in order, then commit what it
+        finished (at-least-once: a crash before the commit means they come again)."""
+        handler = self._handler
+        assert handler is not None
+        handled: dict[TopicPartition, int] = {}
+        try:
+            while self._buffer:
+                raw = self._buffer[0]
+                tp = TopicPartition(raw.topic, raw.partition)
+                try:
+                    handler(self._decode(raw))
+                except Exception as exc:
+                    self._stats["handler_errors"] += 1
+                    if not self._after_failure(consumer, tp, raw, exc):
+                        continue  # retry later: its partition's records left the buffer
+                else:
+                    self._stats["handled"] += 1
+                self._buffer.popleft()
+                self._attempts.pop((raw.topic, raw.partition, raw.offset), None)
+                handled[tp] = raw.offset + 1
+        finally:
+            if handled:
+                try:
+                    self._commit(handled)
+                except Exception as exc:
+                    if self.is_fault(exc):
+                        raise
+                    self._stats["commit_failures"] += 1
+                    log.warning(
+                        "kafka consumer %r: commit failed, its records will be delivered again: %s",
+                        self.name,
+                        redact(repr(exc)),
+                    )
+
+    def _after_failure(self, consumer: Any, tp: TopicPartition, raw: Any, exc: Exception) -> bool:
+        """Apply on_handler_error; True: move past the record, False: retry it later."""
+        where = f"{raw.topic}[{raw.partition}]@{raw.offset}"
+        policy = self.on_handler_error
+        if policy == "retry":
+            key = (raw.topic, raw.partition, raw.offset)
+            attempts = self._attempts.get(key, 0) + 1
+            if self.max_retries is None or attempts <= self.max_retries:
+                self._attempts[key] = attempts
+                delay = min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
+                log.warning(
+                    "kafka consumer %r: handler failed on %s (attempt %d), retrying in %.2fs: %s",
+                    self.name,
+                    where,
+                    attempts,
+                    delay,
+                    redact(repr(exc)),
+                )
+                self._stats["retries"] += 1
+                self._retry_later(consumer, tp, raw.offset, delay)
+                return False
+            self._attempts.pop(key, None)
+            policy = "dead_letter" if self.dead_letter_topic else "skip"
+            log.error(
+                "kafka consumer %r: giving up on %s after %d retries (%s)",
+                self.name,
+                where,
+                self.max_retries,
+                policy,
+            )
+        if policy == "dead_letter":
+            try:
+                self._dead_letter(raw, exc)
+            except Exception as dlq_exc:
+                if self.is_fault(dlq_exc):
+                    raise
+                log.error(
+                    "kafka consumer %r: cannot dead-letter %s (%s); retrying it in %.2fs",
+                    self.name,
+                    where,
+                    redact(repr(dlq_exc)),
+                    self.retry_backoff_max,
+                )
+                self._retry_later(consumer, tp, raw.offset, self.retry_backoff_max)
+                return False
+            self._stats["dead_lettered"] += 1
+            return True
+        log.warning(
+            "kafka consumer %r: handler failed on %s, skipped: %s",
+            self.name,
+            where,
+            redact(repr(exc)),
+        )
+        self._stats["skipped"] += 1
+        return True
+
+    def _retry_later(self, consumer: Any, tp: TopicPartition, offset: int, delay: float) -> None:
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+        self._retry_at[tp] = time.monotonic() + delay
+        self._drop_buffered(tp)
+
+    def _dead_letter(self, raw: Any, exc: Exception) -> None:
+        headers = [
+            *(raw.headers or ()),
+            ("dlq.original.topic", raw.topic.encode()),
+            ("dlq.original.partition", str(raw.partition).encode()),
+            ("dlq.original.offset", str(raw.offset).encode()),
+            ("dlq.error", redact(repr(exc))[:1000].encode()),
+        ]
+        future = self._dlq.send(
+            self.dead_letter_topic, value=raw.value, key=raw.key, headers=headers
+        )
+        stuck = _await_acks([future], 10.0, self.fault_after, self._dlq_client)
+        if stuck is not None:
+            raise stuck
+        if future.exception is not None:
+            raise future.exception
+
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.resource.commit(
+            offsets={tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+            timeout_ms=int(self.fault_after * 1000),
+        )
+        self._stats["commits"] += 1
+
+
+# -- seed-compatible session manager ------------------------------------------------------
+
+
+class KafkaSessionManager(SessionManager):
+    """``KafkaSessionManager(bootstrap_servers=..., **options)``: a supervised producer;
+    with ``group_id=...`` a supervised consumer instead. ``with``/``async with`` yields
+    the handle."""
+
+    kind = "kafka_producer"
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        group_id: str | None = None,
+        name: str | None = None,
+        supervisor: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if group_id is not None:
+            options["group_id"] = group_id
+        super().__init__(
+            "kafka_consumer" if group_id is not None else "kafka_producer",
+            name=name,
+            supervisor=supervisor,
+            bootstrap_servers=bootstrap_servers,
+            **options,
+        )
