@@ -35,6 +35,7 @@ logging.getLogger("sessions").addHandler(logging.NullHandler())
 # so `import sessions` never needs an optional extra.
 _LAZY = {
     "DatabaseSessionManager": "sessions.actors.database",
+    "KafkaSessionManager": "sessions.actors.kafka",
     "RedisSessionManager": "sessions.actors.redis",
 }
 
@@ -58,6 +59,7 @@ __all__ = [
     "HTTPSessionManager",
     "Handle",
     "I2CSessionManager",
+    "KafkaSessionManager",
     "RedisSessionManager",
     "ResourceActor",
     "ResourceConfig",
