@@ -10,7 +10,7 @@ _URL_PASSWORD = re.compile(
 )
 # password=secret, password='a b', {'password': 'secret'} in DSNs and kwarg dumps
 _KV_PASSWORD = re.compile(
-    r"(?i)(?P<head>\b(?:password|passwd|pwd)['\"]?\s*[=:]\s*)"
+    r"(?i)(?P<head>\b\w*(?:password|passwd|pwd|secret)['\"]?\s*[=:]\s*)"
     r"(?P<pw>'[^']*'|\"[^\"]*\"|[^'\"\s,;&)}]+)"
 )
 

@@ -361,8 +361,8 @@ class Runner(pykka.ThreadingActor):
         mailbox.stats.record("fault" if fault else "error", elapsed)
         if fault:
             future.set_exception(self._fault_error(exc, future.method))
-            if deferred:  # resolved on some other thread: ask the actor to crash
-                self.actor.report_fault(exc)
+            if deferred:  # resolved on some other thread: ask this incarnation to crash
+                self.report(exc)  # (a no-op if it has already ended)
             else:
                 self._crash(exc, future.method)
         else:
@@ -404,11 +404,13 @@ class Runner(pykka.ThreadingActor):
         calls = claimed
         if not calls:
             return
+        mailbox.running = 1
         try:
             outcomes = self.actor.run_batch(
                 [(c.future.method, c.args, c.kwargs) for c in calls]
             )
         except BaseException as exc:
+            mailbox.running = 0
             fault = self._is_fault(exc)
             if self.breaker is not None:
                 self.breaker.record(not (fault or self._counts(exc)), exc)
@@ -417,6 +419,7 @@ class Runner(pykka.ThreadingActor):
             if fault:
                 self._crash(exc, "batch")
             return
+        mailbox.running = 0
         broken: BaseException | None = None
         now = time.monotonic() + mailbox.call_timeout
         for c, (ok, value) in zip(calls, outcomes, strict=True):
