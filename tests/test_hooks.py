@@ -253,3 +253,36 @@ def test_call_statistics_count_every_outcome() -> None:
         status = system.status()["children"][0]
         assert status["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 1, "refused": 1}
         assert status["latency_p99_ms"] >= status["latency_p50_ms"] > 0
+
+
+class EarlyReporter(sessions.ResourceActor):
+    """Its first connection is reported broken by a thread started inside connect()."""
+
+    kind = "early"
+    fault_types = (Broken,)
+    connects = 0
+
+    def connect(self) -> object:
+        type(self).connects += 1
+        conn = object()
+        if type(self).connects == 1:
+            thread = threading.Thread(
+                target=self.report_fault, args=(Broken("dead on arrival"), conn)
+            )
+            thread.start()
+            thread.join()
+        return conn
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_a_fault_reported_while_connecting_takes_effect_once_serving() -> None:
+    rec = Recorder()
+    EarlyReporter.connects = 0
+    with _start("EarlyReporter") as system:
+        system.subscribe(rec)
+        wait_until(lambda: system.get("r").restarts == 1, what="the restart")
+        assert "dead on arrival" in (system.status()["children"][0]["last_fault"] or "")
+        assert system.get("r").ping().result(5) == "pong"
+        assert EarlyReporter.connects == 2

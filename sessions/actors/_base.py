@@ -145,11 +145,15 @@ class ResourceActor:
     def report_fault(self, error: BaseException, resource: Any = None) -> None:
         """Crash this resource from another thread (e.g. its own reader thread).
 
-        Thread-safe. If ``resource`` is given and is no longer the current connection
-        (a stale reader of an earlier incarnation), the report is ignored.
+        Thread-safe, also while ``connect()`` is still running (the report then takes
+        effect as soon as the resource serves). If ``resource`` is given and is not the
+        current connection of a serving resource (a stale reader of an earlier
+        incarnation), the report is ignored.
         """
         runner = self._runner
-        if runner is None or (resource is not None and resource is not self.resource):
+        if runner is None:
+            return
+        if resource is not None and resource is not self.resource and runner.view.serving:
             return
         runner.report(error)
 

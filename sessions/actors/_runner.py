@@ -270,6 +270,9 @@ class Runner(pykka.ThreadingActor):
     def on_start(self) -> None:
         self.thread = threading.current_thread()
         self.thread.name = f"sessions-{self.actor.name}"
+        # Set before connect(): a reader thread started by connect() may report a fault
+        # at once; it is queued and crashes this incarnation as soon as it serves.
+        self.actor._runner = self
         try:
             resource = self.actor.connect()
             self.actor.resource = resource
@@ -286,7 +289,6 @@ class Runner(pykka.ThreadingActor):
             self._disconnect()
             self.stop()
             return
-        self.actor._runner = self
         self.view.start_serving()
         self.started.set_result(None)
 
