@@ -347,10 +347,15 @@ class Runner(pykka.ThreadingActor):
                     lambda inner: self._settle(future, inner)
                 )
                 return
-            future.set_result(result)
-            mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
-            if self.breaker is not None:
-                self.breaker.record(True)
+            self._succeeded(future, result)
+
+    def _succeeded(self, future: SessionFuture[Any], value: Any) -> None:
+        """A call returned ``value`` (directly or through a ``Deferred``)."""
+        mailbox = self.view.mailbox
+        future.set_result(value)
+        mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
+        if self.breaker is not None:
+            self.breaker.record(True)
 
     def _failed(self, future: SessionFuture[Any], exc: BaseException,
                 deferred: bool = False) -> None:
@@ -380,12 +385,8 @@ class Runner(pykka.ThreadingActor):
         exc = inner.exception()
         if exc is not None:
             self._failed(future, exc, deferred=True)
-            return
-        mailbox = self.view.mailbox
-        future.set_result(inner.result())
-        mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
-        if self.breaker is not None:
-            self.breaker.record(True)
+        else:
+            self._succeeded(future, inner.result())
 
     def _counts(self, exc: BaseException) -> bool:
         try:
@@ -451,27 +452,25 @@ class Runner(pykka.ThreadingActor):
         return err
 
     def _poll(self) -> None:
-        try:
-            self.actor.poll()
-        except BaseException as exc:
-            if self._is_fault(exc):
-                self._crash(exc, "poll")
-                return
-            log.warning("poll of %r raised a non-fault: %s", self.actor.name, redact(repr(exc)))
+        self._periodic(self.actor.poll, "poll")
         if self.view.poll_interval is not None:
             self.view.next_poll = time.monotonic() + self.view.poll_interval
 
     def _health(self) -> None:
-        try:
-            self.actor.health_check()
-        except BaseException as exc:
-            if self._is_fault(exc):
-                self._crash(exc, "health_check")
-                return
-            log.warning("health check of %r raised a non-fault: %s", self.actor.name,
-                        redact(repr(exc)))
+        self._periodic(self.actor.health_check, "health_check")
         if self.view.health_interval:
             self.view.next_health = time.monotonic() + self.view.health_interval
+
+    def _periodic(self, hook: Callable[[], None], where: str) -> None:
+        """Run a periodic hook: a fault crashes the actor, anything else is logged."""
+        try:
+            hook()
+        except BaseException as exc:
+            if self._is_fault(exc):
+                self._crash(exc, where)
+                return
+            log.warning("%s of %r raised a non-fault: %s", where, self.actor.name,
+                        redact(repr(exc)))
 
     def _is_fault(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception):
