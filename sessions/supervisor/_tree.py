@@ -118,7 +118,6 @@ class Pool:
         self.members = members
         self.cls = members[0].cls
         self.kind = members[0].kind
-        self.spec = members[0].spec
         self.breaker = members[0].breaker
         self._turn = itertools.count()
 
@@ -501,7 +500,7 @@ class Kernel:
             if runner.thread.is_alive():
                 log.error("resource %r did not stop within shutdown_timeout=%ss; its thread "
                           "is abandoned", child.name, child.spec.shutdown_timeout)
-        if child.state != "stopped" or final is None:
+        if child.state != "stopped" or final is None:  # a child already ended stays "stopped"
             child.state = state
 
     def shutdown(self, reason: str = "the system is stopping") -> None:
