@@ -468,16 +468,16 @@ class Kernel:
         message = f"supervisor {sup.name!r} gave up: {reason}"
         for child in reversed(sup.children):
             self._stop_child(child, message, "failed")
-        sup.state = "failed"
         sup.last_fault = reason
+        if sup.parent is None:
+            self.failure = message  # before the state: readers of "failed" expect a reason
+        sup.state = "failed"
         self.events.emit(SupervisorGaveUp(sup.name, reason))
         log.error("%s", message)
         if sup.parent is not None:
             self.fault(sup.parent, sup, message, during_start=False)
-        else:
-            self.failure = message
-            if not self.booted.done():
-                self.booted.set_exception(ResourceUnavailable(message, resource=sup.name))
+        elif not self.booted.done():
+            self.booted.set_exception(ResourceUnavailable(message, resource=sup.name))
 
     def _stop_child(self, child: Node, final: str | None, state: str) -> None:
         """Stop ``child`` (reverse order for a subtree). ``final``: refuse its calls
