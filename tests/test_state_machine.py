@@ -44,7 +44,10 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         self.ordered: dict[tuple[str, int], list[tuple[int, concurrent.futures.Future[Any]]]] = {}
         self.all: list[concurrent.futures.Future[Any]] = []
         self.resolutions: dict[int, int] = {}
-        self.lock = threading.Lock()
+        # Reentrant: add_done_callback() runs the counting callback at once, in the
+        # caller's thread, when the future is already resolved (refused, expired), and
+        # _track() is called with the lock held.
+        self.lock = threading.RLock()
 
     def _track(self, future: concurrent.futures.Future[Any]) -> concurrent.futures.Future[Any]:
         self.resolutions[id(future)] = 0
