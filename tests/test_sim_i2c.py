@@ -723,3 +723,24 @@ def test_eeprom_address_race_between_threads() -> None:
 def test_eeprom_no_race_with_a_lock_across_both_calls() -> None:
     lock = threading.Lock()
     assert pointer_then_read(eeprom_bus(), EE, EEPROM_TARGETS, lock, LOCKED_ITERATIONS) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "error", "match"),
+    [
+        ("read_byte_data", (True, 0), TypeError, "i2c_addr must be an int, got bool"),
+        ("write_byte_data", (REG, 0, 256), ValueError, "value=256"),
+        ("write_i2c_block_data", (REG, 0, "ab"), TypeError, "data must be a sequence"),
+        ("write_block_data", (REG, 0, [0] * 33), ValueError, "33 bytes"),
+    ],
+)
+def test_bad_arguments_fail_as_on_the_actor(
+    method: str, args: tuple[Any, ...], error: type[Exception], match: str
+) -> None:
+    """The simulator checks arguments with the same rules and messages as the I2C
+    actor (one shared set of checks), so a test on a bare ``SimBus`` sees what a
+    handle caller would."""
+    bus = fast_bus(RegisterDevice(REG))
+    with pytest.raises(error, match=match):
+        getattr(bus, method)(*args)
+    assert bus.read_byte_data(REG, 0) == 0  # nothing was written

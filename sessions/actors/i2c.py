@@ -86,7 +86,7 @@ import importlib.util
 import os
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -104,6 +104,17 @@ from pydantic_core import PydanticCustomError
 
 from sessions._errors import DeviceError
 from sessions._registry import SessionManager
+from sessions._smbus import (
+    ADDRESS_MAX,
+    ADDRESS_MIN,
+    BLOCK_MAX,
+    I2C_M_RD,
+    MSG_MAX_LEN,
+    RDWR_MAX_MSGS,
+    check_address,
+    check_block,
+    check_int,
+)
 from sessions.actors._base import ResourceActor
 from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
 
@@ -119,13 +130,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-ADDRESS_MIN, ADDRESS_MAX = 0x03, 0x77
-"""7-bit addresses not reserved by the I2C specification (the range ``scan()`` probes)."""
-
-BLOCK_MAX = 32  # longest SMBus block (linux/i2c.h)
-RDWR_MAX_MSGS = 42  # most messages one I2C_RDWR ioctl accepts (i2c-dev)
-MSG_MAX_LEN = 8192  # longest i2c_msg i2c-dev accepts
-I2C_M_RD = 0x0001  # i2c_msg flag: read message
 _FUNC_SMBUS_QUICK = 0x00010000  # I2C_FUNCS bits (linux/i2c.h)
 _FUNC_SMBUS_READ_BYTE = 0x00020000
 
@@ -476,36 +480,6 @@ def sim_adapter(name: str) -> SimAdapter:
 # --------------------------------------------------------------------------- arguments
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is out of range {low}..{high}")
-    return value
-
-
-def _check_address(value: Any, name: str = "i2c_addr") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not ADDRESS_MIN <= value <= ADDRESS_MAX:
-        raise ValueError(
-            f"{name}={value:#04x} is not a usable 7-bit I2C address "
-            f"({ADDRESS_MIN:#04x}..{ADDRESS_MAX:#04x})"
-        )
-    return value
-
-
-def _check_block(name: str, data: Sequence[int] | bytes | bytearray, limit: int) -> list[int]:
-    if isinstance(data, (str, Mapping)) or not isinstance(data, Iterable):
-        raise TypeError(f"{name} must be a sequence of bytes, got {type(data).__name__}")
-    values = list(data)
-    if len(values) > limit:
-        raise ValueError(f"{name} has {len(values)} bytes; the limit is {limit}")
-    for i, value in enumerate(values):
-        _check_int(f"{name}[{i}]", value, 0, 0xFF)
-    return values
-
-
 @dataclass
 class _SimMsg:
     """An ``i2c_msg`` for the simulator, built from a plain-data message."""
@@ -549,90 +523,90 @@ class _SMBusSurface:
 
     def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
         """SMBus quick command: only the address byte; ``DeviceError`` unless ACKed."""
-        _check_address(i2c_addr)
+        check_address(i2c_addr)
         self._io("write_quick", i2c_addr, (i2c_addr,), force)
 
     def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
         """SMBus receive byte: one byte at the device's current pointer."""
-        _check_address(i2c_addr)
+        check_address(i2c_addr)
         return int(self._io("read_byte", i2c_addr, (i2c_addr,), force))
 
     def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None:
         """SMBus send byte (on most devices: sets the pointer register)."""
-        _check_address(i2c_addr)
-        _check_int("value", value, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("value", value, 0, 0xFF)
         self._io("write_byte", i2c_addr, (i2c_addr, value), force)
 
     def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         """SMBus read byte: write ``register``, repeated START, read one byte."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         return int(self._io("read_byte_data", i2c_addr, (i2c_addr, register), force))
 
     def write_byte_data(
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> None:
         """SMBus write byte: ``[register, value]``."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFF)
         self._io("write_byte_data", i2c_addr, (i2c_addr, register, value), force)
 
     def read_word_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         """SMBus read word (little-endian on the wire), 0..65535."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         return int(self._io("read_word_data", i2c_addr, (i2c_addr, register), force))
 
     def write_word_data(
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> None:
         """SMBus write word: ``[register, LSB, MSB]``."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFFFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFFFF)
         self._io("write_word_data", i2c_addr, (i2c_addr, register, value), force)
 
     def process_call(
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> int:
         """SMBus process call: write a word, read a word back, one transfer."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFFFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFFFF)
         return int(self._io("process_call", i2c_addr, (i2c_addr, register, value), force))
 
     def read_block_data(self, i2c_addr: int, register: int, force: bool | None = None) -> list[int]:
         """SMBus block read: the device sends a count, then that many bytes."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         return list(self._io("read_block_data", i2c_addr, (i2c_addr, register), force))
 
     def write_block_data(
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> None:
         """SMBus block write: ``[register, count, data...]`` (at most 32 bytes)."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        values = _check_block("data", data, BLOCK_MAX)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        values = check_block("data", data, BLOCK_MAX)
         self._io("write_block_data", i2c_addr, (i2c_addr, register, values), force)
 
     def block_process_call(
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> list[int]:
         """SMBus block process call: block write, then block read, one transfer."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        values = _check_block("data", data, BLOCK_MAX)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        values = check_block("data", data, BLOCK_MAX)
         return list(self._io("block_process_call", i2c_addr, (i2c_addr, register, values), force))
 
     def read_i2c_block_data(
         self, i2c_addr: int, register: int, length: int, force: bool | None = None
     ) -> list[int]:
         """I2C block read: write ``register``, read ``length`` (0..32) bytes."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("length", length, 0, BLOCK_MAX)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("length", length, 0, BLOCK_MAX)
         args = (i2c_addr, register, length)
         return list(self._io("read_i2c_block_data", i2c_addr, args, force))
 
@@ -640,9 +614,9 @@ class _SMBusSurface:
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> None:
         """I2C block write: ``[register, data...]`` (no count byte, at most 32 bytes)."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        values = _check_block("data", data, BLOCK_MAX)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        values = check_block("data", data, BLOCK_MAX)
         self._io("write_i2c_block_data", i2c_addr, (i2c_addr, register, values), force)
 
     def i2c_rdwr(self, *msgs: Any) -> list[bytes]:
@@ -994,7 +968,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
                         f"i2c_rdwr message {i} must be {{'addr', 'read' | 'write'}} or an "
                         f"smbus2.i2c_msg, got {type(msg).__name__}"
                     )
-                _check_address(msg.addr, f"msgs[{i}].addr")
+                check_address(msg.addr, f"msgs[{i}].addr")
                 out.append(msg)
                 continue
             keys = set(msg)
@@ -1003,15 +977,15 @@ class I2CActor(_SMBusSurface, ResourceActor):
                     f"i2c_rdwr message {i} must have 'addr' and one of 'read' (a length) "
                     f"or 'write' (bytes), got keys {sorted(keys)}"
                 )
-            addr = _check_address(msg["addr"], f"msgs[{i}].addr")
+            addr = check_address(msg["addr"], f"msgs[{i}].addr")
             if "read" in msg:
-                length = _check_int(f"msgs[{i}].read", msg["read"], 0, MSG_MAX_LEN)
+                length = check_int(f"msgs[{i}].read", msg["read"], 0, MSG_MAX_LEN)
                 if self._smbus2 is not None:
                     out.append(self._smbus2.i2c_msg.read(addr, length))
                 else:
                     out.append(_SimMsg(addr, I2C_M_RD, length, bytearray(length)))
             else:
-                data = bytes(_check_block(f"msgs[{i}].write", msg["write"], MSG_MAX_LEN))
+                data = bytes(check_block(f"msgs[{i}].write", msg["write"], MSG_MAX_LEN))
                 if self._smbus2 is not None:
                     out.append(self._smbus2.i2c_msg.write(addr, data))
                 else:

@@ -59,6 +59,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
+from sessions._smbus import (
+    BLOCK_MAX,
+    I2C_M_RD,
+    MSG_MAX_LEN,
+    RDWR_MAX_MSGS,
+    check_address,
+    check_block,
+    check_int,
+)
+
 __all__ = [
     "EEPROM24C02",
     "TMP102",
@@ -76,45 +86,13 @@ FaultKind = Literal["nack", "eio", "timeout", "disconnect"]
 _FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 _FAULT_ERRNO = {"nack": errno.ENXIO, "eio": errno.EIO, "timeout": errno.ETIMEDOUT}
 
-I2C_M_RD = 0x0001  # i2c_msg flag: read message (linux/i2c.h)
 I2C_M_TEN = 0x0010  # i2c_msg flag: 10-bit address, not simulated
-I2C_SMBUS_BLOCK_MAX = 32  # longest SMBus block (linux/i2c.h)
-I2C_RDWR_IOCTL_MAX_MSGS = 42  # most messages one I2C_RDWR ioctl accepts (i2c-dev)
-I2C_MSG_MAX_LEN = 8192  # longest i2c_msg i2c-dev accepts
-_ADDRESS_MIN, _ADDRESS_MAX = 0x03, 0x77  # 7-bit addresses not reserved by the spec
 _BITS_PER_BYTE = 9  # 8 data bits + ACK/NACK
 
 
 def _os_error(code: int) -> OSError:
     """An OSError as the kernel's ioctl would raise it."""
     return OSError(code, os.strerror(code))
-
-
-def _check_int(name: str, value: int, low: int, high: int) -> int:
-    if not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is out of range {low}..{high}")
-    return value
-
-
-def _check_address(value: int, name: str = "i2c_addr") -> int:
-    if not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not _ADDRESS_MIN <= value <= _ADDRESS_MAX:
-        raise ValueError(
-            f"{name}={value:#04x} is not a usable 7-bit I2C address "
-            f"({_ADDRESS_MIN:#04x}..{_ADDRESS_MAX:#04x})"
-        )
-    return value
-
-
-def _check_block(name: str, data: Sequence[int]) -> bytes:
-    if len(data) > I2C_SMBUS_BLOCK_MAX:
-        raise ValueError(f"{name} has {len(data)} bytes; the limit is {I2C_SMBUS_BLOCK_MAX}")
-    for i, value in enumerate(data):
-        _check_int(f"{name}[{i}]", value, 0, 0xFF)
-    return bytes(data)
 
 
 # --------------------------------------------------------------------------- devices
@@ -133,7 +111,7 @@ class SimDevice(ABC):
     """
 
     def __init__(self, address: int) -> None:
-        self._address = _check_address(address, "address")
+        self._address = check_address(address, "address")
 
     @property
     def address(self) -> int:
@@ -180,7 +158,7 @@ class RegisterDevice(SimDevice):
         initial: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__(address)
-        _check_int("registers", registers, 1, 256)
+        check_int("registers", registers, 1, 256)
         if width not in (8, 16):
             raise ValueError(f"width={width!r} must be 8 or 16")
         self.width = width
@@ -204,12 +182,12 @@ class RegisterDevice(SimDevice):
 
     def __getitem__(self, register: int) -> int:
         """Read a register directly, bypassing the bus (for tests)."""
-        return self._values[_check_int("register", register, 0, self.registers - 1)]
+        return self._values[check_int("register", register, 0, self.registers - 1)]
 
     def __setitem__(self, register: int, value: int) -> None:
         """Set a register directly, bypassing the bus (for tests)."""
-        _check_int("register", register, 0, self.registers - 1)
-        self._values[register] = _check_int("value", value, 0, self._max)
+        check_int("register", register, 0, self.registers - 1)
+        self._values[register] = check_int("value", value, 0, self._max)
 
     def start(self, read: bool) -> bool:
         """Each phase starts at the first byte of the pointed register."""
@@ -344,7 +322,7 @@ class TMP102(SimDevice):
 
     def register(self, index: int) -> int:
         """A register's current 16-bit value, bypassing the bus (for tests)."""
-        _check_int("index", index, 0, 3)
+        check_int("index", index, 0, 3)
         return self._word(self.temperature) if index == 0 else self._registers[index]
 
     def start(self, read: bool) -> bool:
@@ -407,8 +385,8 @@ class EEPROM24C02(SimDevice):
         initial: bytes | None = None,
     ) -> None:
         super().__init__(address)
-        _check_int("size", size, 1, 256)
-        _check_int("page_size", page_size, 1, size)
+        check_int("size", size, 1, 256)
+        check_int("page_size", page_size, 1, size)
         if size & (size - 1) or page_size & (page_size - 1) or size % page_size:
             raise ValueError(f"size={size} and page_size={page_size} must be powers of 2")
         if not write_cycle_s >= 0:
@@ -560,7 +538,7 @@ class SimAdapter:
         if kind not in _FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {_FAULT_KINDS}")
         if address is not None:
-            _check_address(address, "address")
+            check_address(address, "address")
         if kind == "disconnect":
             if address is not None:
                 raise ValueError("'disconnect' affects the whole adapter; address must be None")
@@ -622,7 +600,7 @@ class _Transfer:
         """An SMBus block read phase: a count byte, then that many data bytes."""
         device = self._address_phase(address, read=True)
         count = self._receive(device, 1)[0]
-        if count > I2C_SMBUS_BLOCK_MAX:
+        if count > BLOCK_MAX:
             raise _os_error(errno.EPROTO)  # as the kernel rejects a bad block count
         return self._receive(device, count)
 
@@ -783,27 +761,27 @@ class SimBus:
 
     def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
         """SMBus quick command: just the address byte (write bit); raises unless ACKed."""
-        _check_address(i2c_addr)
+        check_address(i2c_addr)
         with self._transfer(i2c_addr, force, pec=False) as t:
             t.write(i2c_addr, b"")
 
     def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
         """SMBus receive byte: read 1 byte at the device's current pointer."""
-        _check_address(i2c_addr)
+        check_address(i2c_addr)
         with self._transfer(i2c_addr, force, pec=True) as t:
             return t.read(i2c_addr, 1)[0]
 
     def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None:
         """SMBus send byte: write ``[value]`` (sets the pointer on most devices)."""
-        _check_address(i2c_addr)
-        data = bytes([_check_int("value", value, 0, 0xFF)])
+        check_address(i2c_addr)
+        data = bytes([check_int("value", value, 0, 0xFF)])
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, data)
 
     def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         """SMBus read byte: write ``[register]``, repeated START, read 1 byte."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register]))
             return t.read(i2c_addr, 1)[0]
@@ -812,16 +790,16 @@ class SimBus:
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> None:
         """SMBus write byte: write ``[register, value]``."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register, value]))
 
     def read_word_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         """SMBus read word: write ``[register]``, repeated START, read 2 bytes LSB first."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register]))
             return int.from_bytes(t.read(i2c_addr, 2), "little")
@@ -830,9 +808,9 @@ class SimBus:
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> None:
         """SMBus write word: write ``[register, LSB, MSB]``."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFFFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFFFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register]) + value.to_bytes(2, "little"))
 
@@ -840,9 +818,9 @@ class SimBus:
         self, i2c_addr: int, register: int, value: int, force: bool | None = None
     ) -> int:
         """SMBus process call: write ``[register, LSB, MSB]``, repeated START, read a word."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("value", value, 0, 0xFFFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("value", value, 0, 0xFFFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register]) + value.to_bytes(2, "little"))
             return int.from_bytes(t.read(i2c_addr, 2), "little")
@@ -852,8 +830,8 @@ class SimBus:
 
         A count above 32 raises ``OSError(EPROTO)`` as the kernel does.
         """
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register]))
             return list(t.read_counted(i2c_addr))
@@ -862,9 +840,9 @@ class SimBus:
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> None:
         """SMBus block write: write ``[register, count, data...]``."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        payload = _check_block("data", data)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        payload = bytes(check_block("data", data))
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register, len(payload)]) + payload)
 
@@ -872,9 +850,9 @@ class SimBus:
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> list[int]:
         """SMBus block process call: block write, repeated START, block read."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        payload = _check_block("data", data)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        payload = bytes(check_block("data", data))
         with self._transfer(i2c_addr, force, pec=True) as t:
             t.write(i2c_addr, bytes([register, len(payload)]) + payload)
             return list(t.read_counted(i2c_addr))
@@ -883,9 +861,9 @@ class SimBus:
         self, i2c_addr: int, register: int, length: int, force: bool | None = None
     ) -> list[int]:
         """I2C block read: write ``[register]``, repeated START, read ``length`` bytes."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        _check_int("length", length, 0, I2C_SMBUS_BLOCK_MAX)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        check_int("length", length, 0, BLOCK_MAX)
         with self._transfer(i2c_addr, force, pec=False) as t:
             t.write(i2c_addr, bytes([register]))
             return list(t.read(i2c_addr, length))
@@ -894,9 +872,9 @@ class SimBus:
         self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
     ) -> None:
         """I2C block write: write ``[register, data...]`` (no count byte)."""
-        _check_address(i2c_addr)
-        _check_int("register", register, 0, 0xFF)
-        payload = _check_block("data", data)
+        check_address(i2c_addr)
+        check_int("register", register, 0, 0xFF)
+        payload = bytes(check_block("data", data))
         with self._transfer(i2c_addr, force, pec=False) as t:
             t.write(i2c_addr, bytes([register]) + payload)
 
@@ -907,13 +885,13 @@ class SimBus:
         ``buf`` filled. Messages may address different devices; if one fails, the
         earlier ones have already reached their devices, as on the wire.
         """
-        if not 1 <= len(i2c_msgs) <= I2C_RDWR_IOCTL_MAX_MSGS:
+        if not 1 <= len(i2c_msgs) <= RDWR_MAX_MSGS:
             raise ValueError(
-                f"i2c_msgs has {len(i2c_msgs)} messages; expected 1..{I2C_RDWR_IOCTL_MAX_MSGS}"
+                f"i2c_msgs has {len(i2c_msgs)} messages; expected 1..{RDWR_MAX_MSGS}"
             )
         for i, msg in enumerate(i2c_msgs):
-            _check_address(msg.addr, f"i2c_msgs[{i}].addr")
-            _check_int(f"i2c_msgs[{i}].len", msg.len, 0, I2C_MSG_MAX_LEN)
+            check_address(msg.addr, f"i2c_msgs[{i}].addr")
+            check_int(f"i2c_msgs[{i}].len", msg.len, 0, MSG_MAX_LEN)
             if msg.flags & I2C_M_TEN:
                 raise ValueError(f"i2c_msgs[{i}]: 10-bit addressing is not simulated")
         with self._transfer(None, None, pec=False) as t:
