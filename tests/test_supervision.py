@@ -348,3 +348,17 @@ def test_status_is_json_and_never_shows_passwords() -> None:
         assert all("hunter2" not in repr(e) for e in rec.events)
         tree: dict[str, Any] = system.status()
         assert tree["children"][0]["kind"] == "probe"
+
+
+def test_state_and_restarts_are_current_once_the_new_incarnation_answers() -> None:
+    """A restarted resource serves only after the supervisor recorded the restart, so a
+    caller answered by the new incarnation never sees ``restarting`` or a stale count."""
+    cfg = config(["a"], max_restarts=100, period=1,
+                 backoff={"initial": 0.0, "max": 0.0, "jitter": 0.0})
+    with sessions.start(cfg) as system:
+        a = system.get("a")
+        for n in range(1, 31):
+            with pytest.raises(sessions.ResourceFault):
+                a.break_it().result(5)
+            assert a.generation().result(5) == n + 1
+            assert (a.state, a.restarts) == ("running", n)

@@ -141,6 +141,8 @@ class _InboxView:
         self.mailbox = mailbox
         self.control: deque[Any] = deque()
         self.serving = False
+        self.ended = False
+        """Set when the incarnation stops serving for good (crash or stop)."""
         self.health_interval = health_interval
         self.poll_interval = poll_interval
         self.next_health = math.inf
@@ -213,8 +215,13 @@ class _InboxView:
         return not self.control
 
     def start_serving(self) -> None:
+        """Begin serving calls (from the supervision thread, once it has recorded the
+        start), unless the incarnation has already ended."""
         with self.mailbox.cond:
+            if self.ended:
+                return
             self.serving = True
+            self.mailbox.cond.notify_all()
             now = time.monotonic()
             if self.health_interval:
                 self.next_health = now + self.health_interval
@@ -224,6 +231,7 @@ class _InboxView:
     def stop_serving(self) -> None:
         with self.mailbox.cond:
             self.serving = False
+            self.ended = True
 
 
 class Runner(pykka.ThreadingActor):
@@ -289,8 +297,14 @@ class Runner(pykka.ThreadingActor):
             self._disconnect()
             self.stop()
             return
-        self.view.start_serving()
+        # Connected. Calls are served once the supervisor has recorded the (re)start
+        # (serve()), so a caller answered by this incarnation sees the handle's state
+        # "running" and its restart counted.
         self.started.set_result(None)
+
+    def serve(self) -> None:
+        """Start serving calls (called by the supervision thread after the start)."""
+        self.view.start_serving()
 
     def on_stop(self) -> None:
         if self.actor._runner is self:
@@ -301,7 +315,7 @@ class Runner(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         if message is _SERVE:
             self._serve()
-        elif type(message) is _Fault and self.view.serving:
+        elif type(message) is _Fault and not self.view.ended:
             self._crash(message.error, "reported fault")
 
     # -- work -------------------------------------------------------------------------

@@ -332,6 +332,8 @@ class Kernel:
         child.ever_started = True
         child.started_at = self.clock()
         self.events.emit(ChildStarted(sup.name, child.name, child.kind, child.restarts))
+        if isinstance(child, ResourceChild) and child.runner is not None:
+            child.runner.serve()  # only now: the state and counters above are current
 
     def start_resource(self, child: ResourceChild) -> BaseException | None:
         """Start one incarnation and wait until it has connected; the error if it failed."""
