@@ -7,9 +7,10 @@ Measures, in one run (the machine is noisy; compare the ratios, not the times):
 3. handle: a ``sessions`` handle call, ``.get()``;
 4. contention: 8 threads calling one resource at once (handle vs. raw queue worker).
 
-Each figure is the best of several interleaved rounds, with the process pinned to one
-CPU (``--no-pin`` to disable). Targets (issue 2): handle/raw <= 1.25 and
-handle/pykka <= 1.0. Run: ``python bench/call_overhead.py [--calls N] [--rounds R]``.
+Each wall figure is the best of several interleaved rounds, with the process pinned to
+one CPU (``--no-pin`` to disable); beside it, the user and system CPU time per call.
+Targets (issue 2): handle/raw <= 1.25 and handle/pykka <= 1.0.
+Run: ``python bench/call_overhead.py [--calls N] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -79,11 +81,21 @@ def raw_worker(
     return call, stop
 
 
-def timed(fn: Callable[[int], Any], calls: int) -> float:
+def timed(fn: Callable[[int], Any], calls: int) -> tuple[float, float, float]:
+    """Seconds per call: wall clock, and the process's user and system CPU time.
+
+    User CPU is the Python work of both threads; system CPU and the rest of the wall
+    time are the thread hand-offs (futex wake-ups, context switches), whose cost
+    differs several-fold between hosts. The split shows which one a ratio measures.
+    """
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for i in range(calls):
         fn(i)
-    return (time.perf_counter() - t0) / calls
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return (wall / calls, (r1.ru_utime - r0.ru_utime) / calls,
+            (r1.ru_stime - r0.ru_stime) / calls)
 
 
 def contended(fn: Callable[[int], Any], calls: int, threads: int = 8) -> float:
@@ -131,9 +143,13 @@ def main() -> None:
             "handle": lambda x: handle.echo(x).get(),
         }
         best = {name: float("inf") for name in cases}
+        cpu = {name: [0.0, 0.0] for name in cases}  # user, system: mean over rounds
         for _ in range(args.rounds):  # interleaved rounds: noise hits every case alike
             for name, fn in cases.items():
-                best[name] = min(best[name], timed(fn, args.calls))
+                wall, user, system_cpu = timed(fn, args.calls)
+                best[name] = min(best[name], wall)
+                cpu[name][0] += user / args.rounds
+                cpu[name][1] += system_cpu / args.rounds
         tput = {"raw": 0.0, "handle": 0.0}
         for _ in range(max(1, args.rounds // 4)):
             tput["raw"] = max(tput["raw"], contended(raw_call, args.calls * 4))
@@ -143,9 +159,11 @@ def main() -> None:
     raw_stop()
     reuse_stop()
 
-    print(f"{'round trip (best of rounds)':<32}{'us/call':>10}")
+    print(f"{'round trip':<32}{'us/call':>10}{'user CPU':>10}{'sys CPU':>10}")
+    print(f"{'(wall: best of rounds; CPU: mean)':<32}")
     for name, secs in best.items():
-        print(f"  {name:<30}{secs * 1e6:>10.2f}")
+        user, system_cpu = cpu[name]
+        print(f"  {name:<30}{secs * 1e6:>10.2f}{user * 1e6:>10.2f}{system_cpu * 1e6:>10.2f}")
     print(f"{'8-thread contention':<32}{'calls/s':>10}")
     for name, rate in tput.items():
         print(f"  {name:<30}{rate:>10.0f}")
@@ -154,6 +172,9 @@ def main() -> None:
     print(f"handle/raw (reused) = {best['handle'] / best['raw, reused reply queue']:.2f}"
           "   (reference: one reply queue per thread)")
     print(f"8-thread throughput handle/raw = {tput['handle'] / tput['raw']:.2f}")
+    print(f"user CPU handle/raw (reused) = "
+          f"{cpu['handle'][0] / cpu['raw, reused reply queue'][0]:.2f}"
+          "   (the Python work alone, without the hand-off cost)")
 
 
 if __name__ == "__main__":
