@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -249,3 +251,22 @@ def test_handle_is_stable_and_a_context_manager() -> None:
         assert system.get("a") is h1
         assert h1.echo("same").result(5) == "same"
         assert h1.queued == 0 and h1.kind == "probe" and h1.name == "a"
+
+
+def test_a_finished_call_keeps_no_argument_alive() -> None:
+    """Once a call has run, nothing in the runtime pins its arguments (a large payload)
+    in memory while the resource waits for the next call."""
+
+    class Payload:
+        def __call__(self, probe: Any) -> int:
+            return 7
+
+    with sessions.start(config(["a"])) as system:
+        payload = Payload()
+        ref = weakref.ref(payload)
+        future = system.get("a").apply(payload)
+        assert future.result(5) == 7
+        del payload
+        # The actor is idle now; it lets go of the call just after resolving it.
+        wait_until(lambda: gc.collect() >= 0 and ref() is None, timeout=5,
+                   what="the finished call's argument to be released")

@@ -340,6 +340,7 @@ class Runner(pykka.ThreadingActor):
             if actor._exit_reason is not None and self.view.serving:
                 reason, actor._exit_reason = actor._exit_reason, None
                 self._crash(None, reason)
+            work = None  # an idle actor must not pin the last call's arguments
 
     def _run(self, call: Call) -> None:
         future = call.future
