@@ -286,3 +286,52 @@ def test_a_fault_reported_while_connecting_takes_effect_once_serving() -> None:
         assert "dead on arrival" in (system.status()["children"][0]["last_fault"] or "")
         assert system.get("r").ping().result(5) == "pong"
         assert EarlyReporter.connects == 2
+
+
+class StaleReporter(sessions.ResourceActor):
+    """After a restart, a reader of the previous connection reports it broken while the
+    new connection is being set up (here: from inside a replay step)."""
+
+    kind = "stale"
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections: list[object] = []
+        self.replay("stale-reader", self._stale_reader)
+
+    def connect(self) -> object:
+        conn = object()
+        self.connections.append(conn)
+        return conn
+
+    def _stale_reader(self, conn: object) -> None:
+        if len(self.connections) >= 2:
+            old = self.connections[-2]
+            thread = threading.Thread(
+                target=self.report_fault, args=(Broken("old reader saw EOF"), old)
+            )
+            thread.start()
+            thread.join()
+
+    def ping(self) -> str:
+        return "pong"
+
+    def break_it(self) -> None:
+        raise Broken("link lost")
+
+
+def test_a_stale_report_while_the_new_connection_is_set_up_is_ignored() -> None:
+    """Connected but not yet serving: a report naming an earlier connection is stale and
+    must not crash the new incarnation."""
+    rec = Recorder()
+    with _start("StaleReporter") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        with pytest.raises(sessions.ResourceFault):
+            r.break_it().result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        # A report accepted before serving crashes the incarnation before its first
+        # call, so this ping would be answered only after a second (counted) restart.
+        assert r.ping().result(5) == "pong"
+        assert r.restarts == 1

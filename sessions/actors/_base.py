@@ -147,13 +147,13 @@ class ResourceActor:
 
         Thread-safe, also while ``connect()`` is still running (the report then takes
         effect as soon as the resource serves). If ``resource`` is given and is not the
-        current connection of a serving resource (a stale reader of an earlier
+        current connection of a connected resource (a stale reader of an earlier
         incarnation), the report is ignored.
         """
         runner = self._runner
         if runner is None:
             return
-        if resource is not None and resource is not self.resource and runner.view.serving:
+        if resource is not None and resource is not self.resource and runner.connected:
             return
         runner.report(error)
 

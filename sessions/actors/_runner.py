@@ -288,14 +288,12 @@ class Runner(pykka.ThreadingActor):
             for step in list(self.actor._replays.values()):
                 step(resource)
         except BaseException as exc:  # a failed start, whatever it raised
-            self._disconnect()
+            self._abandon()
             if self.started.set_running_or_notify_cancel():
                 self.started.set_exception(exc)
-            self.stop()
             return
         if not self.started.set_running_or_notify_cancel():  # abandoned: took too long
-            self._disconnect()
-            self.stop()
+            self._abandon()
             return
         # Connected. Calls are served once the supervisor has recorded the (re)start
         # (serve()), so a caller answered by this incarnation sees the handle's state
@@ -305,6 +303,13 @@ class Runner(pykka.ThreadingActor):
     def serve(self) -> None:
         """Start serving calls (called by the supervision thread after the start)."""
         self.view.start_serving()
+
+    def _abandon(self) -> None:
+        """End an incarnation that never served: a fault reported while it connected
+        is moot (the supervisor already sees the failed start)."""
+        self.view.stop_serving()
+        self._disconnect()
+        self.stop()
 
     def on_stop(self) -> None:
         if self.actor._runner is self:
