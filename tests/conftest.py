@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,15 @@ import pykka
 import pytest
 
 from tests import kinds
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"pytest got signal {signum}")
+
+
+# A killed run (a CI time limit, ``timeout``) still tears its fixtures down, so the
+# throwaway PostgreSQL, Redis and Kafka servers do not outlive it.
+signal.signal(signal.SIGTERM, _terminate)
 
 
 def _library_threads() -> list[threading.Thread]:
