@@ -142,9 +142,9 @@ class DriveState(IntEnum):
     STOPPED = 0
     """Setpoint and speed are both zero."""
     RAMPING = 1
-    """The speed is moving toward the setpoint."""
+    """The speed (as reported, whole rpm) is moving toward the setpoint."""
     AT_SPEED = 2
-    """The speed equals a non-zero setpoint."""
+    """The speed (as reported, whole rpm) equals a non-zero setpoint."""
 
 
 class Reply(NamedTuple):
@@ -616,7 +616,9 @@ class MotorDriveSim:
             self._speed += math.copysign(step, diff)
 
     def _state(self) -> DriveState:
-        if self._speed != self._setpoint:
+        # Judged on the reported (rounded) speed: a drive never reports the setpoint
+        # as its speed while saying it is still ramping.
+        if round(self._speed) != self._setpoint:
             return DriveState.RAMPING
         return DriveState.STOPPED if self._setpoint == 0 else DriveState.AT_SPEED
 
