@@ -162,6 +162,23 @@ def test_cancelled_call_never_runs() -> None:
         assert [c for c, _, _ in controls("a").log] == ["kept"]
 
 
+def test_cancelling_a_call_queued_during_a_restart_keeps_supervision_alive() -> None:
+    """The supervision thread times out calls queued while nobody serves; a cancelled
+    one among them must not break it (it used to raise CancelledError there)."""
+    with sessions.start(config({"a": {"call_timeout": 0.3}})) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate  # hold the reconnect
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        assert a.echo(1).cancel()
+        with pytest.raises(sessions.CallTimeout):
+            a.echo(2).result(5)
+        gate.set()
+        assert a.echo(3).result(5) == 3
+        assert system.stats("a").outcomes["timeout"] == 1
+
+
 def test_6_give_up_fails_queued_and_new_calls_at_once() -> None:
     with sessions.start(config(["a"], max_restarts=0)) as system:
         a = system.get("a")

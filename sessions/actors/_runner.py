@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from sessions._errors import CallTimeout, ResourceFault, ResourceUnavailable
+from sessions._errors import ResourceFault, ResourceUnavailable
 from sessions._redact import redact
 from sessions.actors._base import Deferred
 from sessions.messages import Call, HealthCheck
@@ -107,7 +107,8 @@ class Mailbox:
                 if head.future.deadline > now and not head.future.done():
                     return head.future.deadline
                 self.calls.popleft()
-            if not head.future.claim() and isinstance(head.future.exception(0), CallTimeout):
+            head.future.expire()  # unless its caller expired it already, or cancelled it
+            if not head.future.cancelled():
                 self.stats.count_only("timeout")
 
     def __len__(self) -> int:
