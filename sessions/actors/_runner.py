@@ -289,12 +289,14 @@ class Runner(pykka.ThreadingActor):
             for step in list(self.actor._replays.values()):
                 step(resource)
         except BaseException as exc:  # a failed start, whatever it raised
-            self._abandon()
+            self._close()
+            self.stop()
             if self.started.set_running_or_notify_cancel():
                 self.started.set_exception(exc)
             return
         if not self.started.set_running_or_notify_cancel():  # abandoned: took too long
-            self._abandon()
+            self._close()
+            self.stop()
             return
         # Connected. Calls are served once the supervisor has recorded the (re)start
         # (serve()), so a caller answered by this incarnation sees the handle's state
@@ -305,14 +307,12 @@ class Runner(pykka.ThreadingActor):
         """Start serving calls (called by the supervision thread after the start)."""
         self.view.start_serving()
 
-    def _abandon(self) -> None:
-        """End an incarnation that never served: a fault reported while it connected
-        is moot (the supervisor already sees the failed start)."""
-        self.view.stop_serving()
-        self._disconnect()
-        self.stop()
-
     def on_stop(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Stop serving for good (a fault reported later is moot) and close the
+        resource. Idempotent: a crash does it at once, Pykka's stop again."""
         if self.actor._runner is self:
             self.actor._runner = None
         self.view.stop_serving()
@@ -508,10 +508,7 @@ class Runner(pykka.ThreadingActor):
 
         ``exc`` is None for a normal exit (``stop_normally``); ``where`` then says why.
         """
-        if self.actor._runner is self:
-            self.actor._runner = None
-        self.view.stop_serving()
-        self._disconnect()
+        self._close()
         self.stop()
         self.on_fault(self, exc, where)
 
