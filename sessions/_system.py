@@ -277,10 +277,9 @@ class System:
         if node is None:
             raise KeyError(f"no resource named {name!r}")
         if isinstance(node, SupervisorNode) and node.pool is not None:
-            members = [m.mailbox.stats for m in node.pool.members]
-            return members[0].merge(members[1:])
+            return node.pool.stats
         assert isinstance(node, ResourceChild)
-        return node.mailbox.stats
+        return node.stats
 
     def which_children(self, supervisor: str | None = None) -> list[ChildInfo]:
         """The children of ``supervisor`` (default: the root), in start order."""
@@ -448,18 +447,16 @@ def _node_status(node: Node) -> dict[str, Any]:
     }
     if isinstance(node, SupervisorNode):
         if node.pool is not None:
-            members = [m.mailbox.stats for m in node.pool.members]
             base.update(type="pool", kind=node.pool.kind, queued=node.pool.queued,
-                        circuit=_circuit(node.pool.breaker),
-                        **members[0].merge(members[1:]).snapshot())
+                        circuit=_circuit(node.pool.breaker), **node.pool.stats.snapshot())
         else:
             base.update(type="supervisor", strategy=node.config.strategy)
         base["children"] = [_node_status(c) for c in list(node.children)]
     else:
         assert isinstance(node, ResourceChild)
         base.update(type="resource", kind=node.kind, restart=node.spec.restart,
-                    queued=len(node.mailbox), circuit=_circuit(node.breaker),
-                    **node.mailbox.stats.snapshot())
+                    queued=node.queued, circuit=_circuit(node.breaker),
+                    **node.stats.snapshot())
     return base
 
 

@@ -25,7 +25,7 @@ not start within call_timeout; refused: failed at once (stopped, gave up, circui
 class CallStats:
     """Counters of one resource (or pool member)."""
 
-    __slots__ = ("buckets", "count", "outcomes", "recent", "sum")
+    __slots__ = ("buckets", "outcomes", "recent", "sum")
 
     # ``buckets[i]`` counts calls with latency in (BUCKETS[i-1], BUCKETS[i]] (the last:
     # above every bound): per-bucket counts, which exporters accumulate themselves.
@@ -33,7 +33,6 @@ class CallStats:
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.buckets = [0] * (len(BUCKETS) + 1)
-        self.count = 0
         self.sum = 0.0
         self.recent: deque[float] = deque(maxlen=2048)
 
@@ -41,7 +40,6 @@ class CallStats:
         """One call ended with ``outcome`` after ``seconds`` (queue wait included)."""
         self.outcomes[outcome] += 1
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.count += 1
         self.sum += seconds
         self.recent.append(seconds)
 
@@ -65,14 +63,14 @@ class CallStats:
             "latency_p99_ms": None if p99 is None else round(p99 * 1000, 3),
         }
 
-    def merge(self, others: list[CallStats]) -> CallStats:
+    @staticmethod
+    def total(parts: list[CallStats]) -> CallStats:
         """A pool's figures: the sum of its members'."""
         total = CallStats()
-        for s in [self, *others]:
+        for s in parts:
             for k, v in s.outcomes.items():
                 total.outcomes[k] += v
             total.buckets = [a + b for a, b in zip(total.buckets, s.buckets, strict=True)]
-            total.count += s.count
             total.sum += s.sum
             total.recent.extend(s.recent)
         return total

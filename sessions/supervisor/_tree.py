@@ -45,6 +45,7 @@ from sessions.messages import (
 from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._policy import Backoff, RestartIntensity
+from sessions.supervisor._stats import CallStats
 
 log = logging.getLogger("sessions.supervisor")
 
@@ -107,6 +108,10 @@ class ResourceChild(Node):
     def queued(self) -> int:
         return len(self.mailbox)
 
+    @property
+    def stats(self) -> CallStats:
+        return self.mailbox.stats
+
 
 class Pool:
     """``pool_size`` members behind one handle: each call goes to the least-loaded
@@ -155,7 +160,12 @@ class Pool:
 
     @property
     def queued(self) -> int:
-        return sum(len(m.mailbox) for m in self.members)
+        return sum(m.queued for m in self.members)
+
+    @property
+    def stats(self) -> CallStats:
+        """The members' statistics summed."""
+        return CallStats.total([m.stats for m in self.members])
 
 
 class SupervisorNode(Node):
