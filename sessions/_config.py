@@ -106,6 +106,7 @@ class SystemConfig(_Model):
 # -- loading --------------------------------------------------------------------------
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_NAME_RULE = "names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -219,8 +220,7 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
     for name in [*sups, *config.resources]:
         if not _NAME.fullmatch(name):
             kind = "supervisors" if name in sups else "resources"
-            errors.append((f"{kind}.{name}", "names are letters, digits, '_', '-' and '.', "
-                                             "starting with a letter or '_'"))
+            errors.append((f"{kind}.{name}", _NAME_RULE))
     for name, res in config.resources.items():
         if res.supervisor is not None and res.supervisor != ROOT and res.supervisor not in sups:
             errors.append((f"resources.{name}.supervisor",
@@ -237,8 +237,7 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
         return spec
     errors: list[tuple[str, str]] = []
     if not _NAME.fullmatch(name):
-        errors.append((f"resources.{name}", "names are letters, digits, '_', '-' and '.', "
-                                            "starting with a letter or '_'"))
+        errors.append((f"resources.{name}", _NAME_RULE))
     raw = _substitute(spec, path or f"resources.{name}", errors)
     try:
         res = ResourceConfig.model_validate(raw)
