@@ -46,7 +46,7 @@ from typing import Any, TextIO
 
 import sessions
 from sessions import _config
-from sessions._config import ROOT, ResourceConfig, ServerConfig, SupervisorConfig, SystemConfig
+from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig
 from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._redact import redact
 from sessions._server import StatusServer
@@ -93,13 +93,14 @@ class CLIError(Exception):
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A config file read for the command line: the core config and ``[server]``."""
+    """A config file read and validated for the command line."""
 
     path: str
     raw: dict[str, Any]
-    """The TOML without ``[server]``, before ``${VAR}`` substitution (``start()`` input)."""
+    """The TOML as read, before ``${VAR}`` substitution (``start()`` input)."""
     config: SystemConfig
-    server: ServerConfig | None
+    tree: dict[str, Any]
+    """The tree it would start, as ``System.status()`` shows it (see ``plan``)."""
 
 
 def read_config(path: str) -> LoadedConfig:
@@ -115,22 +116,18 @@ def read_config(path: str) -> LoadedConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         _config.load(path)  # raises the ConfigError worded as the library words it
         raise
-    errors: list[tuple[str, str]] = []
-    order = list(raw)
     try:
         config = _config.load(raw)
     except ConfigError as err:
         # Still check the kinds of the resource tables that are valid on their own, so
         # one run lists every problem rather than one layer at a time.
-        errors = [*err.errors, *errors, *_kind_errors(raw)]
-        raise ConfigError(_in_file_order(errors, raw, order)) from None
+        errors = [*err.errors, *_kind_errors(raw)]
+        raise ConfigError(_in_file_order(errors, raw)) from None
     try:
-        plan(config)
+        tree = plan(config)
     except ConfigError as err:
-        errors = [*err.errors, *errors]
-    if errors:
-        raise ConfigError(_in_file_order(errors, raw, order))
-    return LoadedConfig(path, raw, config, config.server)
+        raise ConfigError(_in_file_order(list(err.errors), raw)) from None
+    return LoadedConfig(path, raw, config, tree)
 
 
 def _kind_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -158,11 +155,9 @@ def _kind_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def _in_file_order(
-    errors: list[tuple[str, str]], raw: dict[str, Any], order: list[str]
-) -> list[tuple[str, str]]:
+def _in_file_order(errors: list[tuple[str, str]], raw: dict[str, Any]) -> list[tuple[str, str]]:
     """Sort problems by where their table appears in the file (stable otherwise)."""
-    top = {key: i for i, key in enumerate(order)}
+    top = {key: i for i, key in enumerate(raw)}
 
     def key(item: tuple[str, str]) -> tuple[int, int]:
         parts = item[0].split(".")
@@ -198,10 +193,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = read_config(args.config)
     out = sys.stdout
     print(f"{loaded.path}: valid; it would start:", file=out)
-    for line in render_tree(plan(loaded.config), loaded.config):
+    for line in render_tree(loaded.tree, loaded.config):
         print(line, file=out)
-    if loaded.server is not None:
-        server = loaded.server
+    if loaded.config.server is not None:
+        server = loaded.config.server
         print(
             f"server: http://{server.bind}:{server.port} (GET /healthz, /status, /metrics)",
             file=out,
@@ -474,7 +469,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``sessions run CONFIG [--app module:function]``."""
     loaded = read_config(args.config)
     app = _load_app(args.app) if args.app else None
-    server = StatusServer(loaded.server) if loaded.server is not None else None
+    server = StatusServer(loaded.config.server) if loaded.config.server is not None else None
     interrupts = _Interrupts()
     system: System | None = None
     outcome = "returned"
