@@ -472,9 +472,10 @@ def test_bus_off_restarts_the_bus_and_error_frames_are_data(
 
 class BusOffWhileConnecting(CANBusActor):
     """Its first connect sees a bus-off frame before the actor serves: the reader's
-    report_fault (or, failing that, poll()) must still restart the bus."""
+    report_fault must still restart the bus."""
 
     armed = True
+    reported = threading.Event()
 
     def connect(self) -> can.BusABC:
         bus = super().connect()
@@ -482,8 +483,12 @@ class BusOffWhileConnecting(CANBusActor):
             type(self).armed = False
             with can.Bus(interface="virtual", channel=self._channel) as other:
                 other.send(bus_off_frame())
-            wait_until(lambda: self._reader_fault is not None, what="the reader to see it")
+            assert type(self).reported.wait(10), "the reader did not see the bus-off"
         return bus
+
+    def report_fault(self, error: BaseException, resource: Any = None) -> None:
+        super().report_fault(error, resource)
+        type(self).reported.set()
 
 
 def test_a_bus_off_seen_while_connecting_still_restarts(channel: str) -> None:
@@ -493,6 +498,7 @@ def test_a_bus_off_seen_while_connecting_still_restarts(channel: str) -> None:
         "resources": {"bus": {"kind": kind, "channel": channel}},
     }
     BusOffWhileConnecting.armed = True
+    BusOffWhileConnecting.reported.clear()
     with sessions.start(config) as system:  # the fault may come before a subscriber could
         bus = system.get("bus")
         wait_until(lambda: bus.restarts == 1 and bus.state == "running", what="the restart")

@@ -344,10 +344,6 @@ class CANBusActor(ResourceActor):
     kind: ClassVar[str] = "canbus"
     fault_types: ClassVar[tuple[type[BaseException], ...]] = (BusOffError,)
 
-    poll_interval = 0.5
-    """``poll`` raises a fault the reader saw while the actor was still connecting (a
-    ``report_fault`` then has no serving incarnation to reach and is dropped)."""
-
     class Options(BaseModel):
         """Config keys of ``kind = "canbus"``; any other key is passed to ``can.Bus``."""
 
@@ -446,7 +442,6 @@ class CANBusActor(ResourceActor):
         self._waiters: list[_Waiter] = []
         self._reader: threading.Thread | None = None
         self._reader_stop = threading.Event()
-        self._reader_fault: tuple[Any, BaseException] | None = None
         self._tx_lock = threading.Lock()
         self._delivering = False
 
@@ -467,7 +462,6 @@ class CANBusActor(ResourceActor):
             **kwargs,
         )
         try:
-            self._reader_fault = None
             self._tx_lock = threading.Lock()
             # python-can's thread-based periodic tasks serialize their sends with this
             # lock (created lazily); sharing it keeps our sends from interleaving with
@@ -582,17 +576,9 @@ class CANBusActor(ResourceActor):
             return exc.errno in FAULT_ERRNOS
         return False
 
-    def poll(self) -> None:
-        """Raise a fault the reader recorded that ``report_fault`` could not deliver."""
-        fault = self._reader_fault
-        if fault is not None and fault[0] is self.resource:
-            self._reader_fault = None
-            raise fault[1]
-
     def health_check(self) -> None:
         """A controller reporting ``BusState.ERROR`` (where the interface reports it) is
         a fault; runs only when ``health_interval`` is configured."""
-        self.poll()
         if self.resource is not None and self.resource.state == can.BusState.ERROR:
             raise BusOffError(f"CAN bus {self.name!r} reports state ERROR")
 
@@ -885,7 +871,7 @@ class CANBusActor(ResourceActor):
                     return
                 if self.is_fault(err):
                     log.warning("CAN bus %r: receive failed: %r", self.name, err)
-                    self._fault_from_reader(bus, err)
+                    self.report_fault(err, bus)
                     return
                 log.warning("CAN bus %r: receive error (not a fault, retrying): %r", self.name, err)
                 stop.wait(_ERROR_PAUSE)
@@ -896,10 +882,6 @@ class CANBusActor(ResourceActor):
                 self._expire_waiters()
             except Exception:
                 log.exception("CAN bus %r: dispatching a frame failed", self.name)
-
-    def _fault_from_reader(self, bus: can.BusABC, err: BaseException) -> None:
-        self._reader_fault = (bus, err)  # poll() raises it if this report is dropped
-        self.report_fault(err, bus)
 
     def _recv_wait(self) -> float:
         with self._lock:
@@ -912,11 +894,11 @@ class CANBusActor(ResourceActor):
         """Hand one frame to its request and subscribers; True if it was a bus-off."""
         self._received += 1
         if msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF:
-            self._fault_from_reader(
-                bus,
+            self.report_fault(
                 BusOffError(
                     f"CAN bus {self.name!r} went bus-off (error frame {msg.arbitration_id:#x})"
                 ),
+                bus,
             )
             return True
         if self._waiters and not msg.is_error_frame and msg.is_rx:
