@@ -83,6 +83,11 @@ log = logging.getLogger(__name__)
 CAN_ERR_BUSOFF = 0x00000040
 """SocketCAN error class "bus off" (linux/can/error.h), carried in an error frame's id."""
 
+
+def is_bus_off_frame(msg: can.Message) -> bool:
+    """True if ``msg`` reports bus-off (from a SocketCAN interface or the simulator)."""
+    return bool(msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF)
+
 FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF})
 """``error_code``/``errno`` values of a receive or send error that mean the bus is gone."""
 
@@ -443,7 +448,6 @@ class CANBusActor(ResourceActor):
         self._reader: threading.Thread | None = None
         self._reader_stop = threading.Event()
         self._tx_lock = threading.Lock()
-        self._delivering = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -485,7 +489,6 @@ class CANBusActor(ResourceActor):
                 daemon=True,
             )
             self._reader.start()
-            self._delivering = True
             for sub in self._sub_list:
                 if sub.callback is not None:
                     self._start_delivery(sub)
@@ -503,7 +506,6 @@ class CANBusActor(ResourceActor):
         self._teardown(resource)
 
     def _teardown(self, bus: can.BusABC) -> None:
-        self._delivering = False
         # 1. Periodic tasks first, so nothing sends on a bus about to close.
         threads, self._retired_tasks = self._retired_tasks, []
         for spec in self._periodic.values():
@@ -717,8 +719,7 @@ class CANBusActor(ResourceActor):
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         sub = self._add_subscription(filters, queue_size, callback, None)
-        if self._delivering:
-            self._start_delivery(sub)
+        self._start_delivery(sub)  # handle calls run only while connected
         return sub.id
 
     def subscribe_queue(
@@ -893,7 +894,7 @@ class CANBusActor(ResourceActor):
     def _dispatch(self, bus: can.BusABC, msg: can.Message) -> bool:
         """Hand one frame to its request and subscribers; True if it was a bus-off."""
         self._received += 1
-        if msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF:
+        if is_bus_off_frame(msg):
             self.report_fault(
                 BusOffError(
                     f"CAN bus {self.name!r} went bus-off (error frame {msg.arbitration_id:#x})"

@@ -69,6 +69,8 @@ from typing import Any, Final, NamedTuple
 
 import can
 
+from sessions.actors.canbus import CAN_ERR_BUSOFF, is_bus_off_frame
+
 __all__ = [
     "CAN_ERR_BUSOFF",
     "CMD_ERROR",
@@ -120,9 +122,6 @@ STATUS_OK: Final = 0x00
 STATUS_OUT_OF_RANGE: Final = 0x01
 ERR_UNKNOWN_COMMAND: Final = 0x01
 ERR_MALFORMED: Final = 0x02
-
-CAN_ERR_BUSOFF: Final = 0x00000040
-"""SocketCAN error class "bus off" (linux/can/error.h), carried in the error frame's id."""
 
 NODE_ID_MIN: Final = 1
 NODE_ID_MAX: Final = 0x7F
@@ -252,11 +251,6 @@ def bus_off_frame() -> can.Message:
     return can.Message(
         arbitration_id=CAN_ERR_BUSOFF, is_extended_id=False, is_error_frame=True, data=bytes(8)
     )
-
-
-def is_bus_off_frame(msg: can.Message) -> bool:
-    """True if ``msg`` reports bus-off, from this simulator or a real SocketCAN interface."""
-    return bool(msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF)
 
 
 class MotorDriveSim:
