@@ -12,6 +12,7 @@ import pytest
 import sessions
 from sessions.actors._base import BatchItem, Outcome
 from sessions.messages import ChildFaulted, ChildStarted
+from sessions.supervisor._stats import RECENT, CallStats
 from tests.support import Recorder, wait_until
 
 
@@ -335,3 +336,15 @@ def test_a_stale_report_while_the_new_connection_is_set_up_is_ignored() -> None:
         # call, so this ping would be answered only after a second (counted) restart.
         assert r.ping().result(5) == "pong"
         assert r.restarts == 1
+
+
+def test_pool_percentiles_weigh_every_member() -> None:
+    """A pool's p50/p99 come from all its members' recent latencies, not from the last
+    member's alone (a full member used to push the others out)."""
+    slow, fast = CallStats(), CallStats()
+    for _ in range(RECENT):
+        slow.record("ok", 1.0)
+        fast.record("ok", 0.001)
+    total = CallStats.total([slow, fast])
+    assert total.outcomes["ok"] == 2 * RECENT
+    assert total.percentile(0.25) == 0.001 and total.percentile(0.75) == 1.0

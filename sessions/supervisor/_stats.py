@@ -17,6 +17,9 @@ BUCKETS: tuple[float, ...] = (
     2.5, 5.0, 10.0,
 )
 
+RECENT = 2048
+"""Latencies kept per resource for the percentiles of status views."""
+
 OUTCOMES = ("ok", "error", "fault", "timeout", "refused")
 """ok: returned; error: raised a caller error; fault: broke the resource; timeout: did
 not start within call_timeout; refused: failed at once (stopped, gave up, circuit open)."""
@@ -34,7 +37,7 @@ class CallStats:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
-        self.recent: deque[float] = deque(maxlen=2048)
+        self.recent: deque[float] = deque(maxlen=RECENT)
 
     def record(self, outcome: str, seconds: float) -> None:
         """One call ended with ``outcome`` after ``seconds`` (queue wait included)."""
@@ -49,14 +52,12 @@ class CallStats:
 
     def percentile(self, q: float) -> float | None:
         """The q-quantile (0..1) of recent latencies, or None before any call."""
-        recent = sorted(self.recent)
-        if not recent:
-            return None
-        return recent[min(len(recent) - 1, int(q * len(recent)))]
+        return _quantile(sorted(self.recent), q)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready figures for status views."""
-        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        recent = sorted(self.recent)  # once for both quantiles
+        p50, p99 = _quantile(recent, 0.5), _quantile(recent, 0.99)
         return {
             "calls": dict(self.outcomes),
             "latency_p50_ms": None if p50 is None else round(p50 * 1000, 3),
@@ -65,8 +66,9 @@ class CallStats:
 
     @staticmethod
     def total(parts: list[CallStats]) -> CallStats:
-        """A pool's figures: the sum of its members'."""
+        """A pool's figures: the sum of its members' (all their recent latencies)."""
         total = CallStats()
+        total.recent = deque(maxlen=RECENT * max(1, len(parts)))
         for s in parts:
             for k, v in s.outcomes.items():
                 total.outcomes[k] += v
@@ -74,3 +76,9 @@ class CallStats:
             total.sum += s.sum
             total.recent.extend(s.recent)
         return total
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
