@@ -127,7 +127,8 @@ class ResourceActor:
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         """Run several queued calls of ``batch_methods`` at once (e.g. as one pipeline).
 
-        Return one outcome per call, in order. Raising fails every call of the batch
+        Called with two or more calls (a lone call runs as itself). Return one outcome
+        per call, in order. Raising fails every call of the batch
         (a fault also restarts the resource). Default: run them one by one.
         """
         outcomes: list[Outcome] = []

@@ -339,9 +339,11 @@ class Runner(pykka.ThreadingActor):
                 self._health()
             elif work is _POLL:
                 self._poll()
-            elif batch_fns and work.fn in batch_fns:
-                self._run_batch([work, *self.view.take_batch(batch_fns, actor.max_batch - 1)])
-            else:
+            elif batch_fns and work.fn in batch_fns and (
+                more := self.view.take_batch(batch_fns, actor.max_batch - 1)
+            ):
+                self._run_batch([work, *more])
+            else:  # a lone call, batchable or not, runs as itself
                 run(work)
             if actor._exit_reason is not None and self.view.serving:
                 reason, actor._exit_reason = actor._exit_reason, None

@@ -660,12 +660,6 @@ class RedisActor(ResourceActor):
         Redis error reply goes to its own caller; a connection error fails the whole batch
         (every command was sent, so every outcome is unknown).
         """
-        if len(calls) == 1:
-            method, args, kwargs = calls[0]
-            try:
-                return [(True, getattr(self, method)(*args, **kwargs))]
-            except Exception as exc:
-                return [(False, exc)]
         pipe = self.resource.pipeline(transaction=False)
         stack: list[Any] = pipe.command_stack
         outcomes: list[Outcome | None] = [None] * len(calls)
