@@ -75,7 +75,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import redis
 import redis.client
@@ -693,12 +693,9 @@ class RedisActor(ResourceActor):
         except redis.DataError:
             # An argument redis-py cannot encode: raised while packing, before anything
             # was sent. Run the commands one by one so only the bad one fails.
-            for i in sent:
-                method, args, kwargs = calls[i]
-                try:
-                    outcomes[i] = (True, getattr(self, method)(*args, **kwargs))
-                except Exception as exc:
-                    outcomes[i] = (False, exc)
+            one_by_one = super().run_batch([calls[i] for i in sent])
+            for i, outcome in zip(sent, one_by_one, strict=True):
+                outcomes[i] = outcome
         except Exception as exc:
             error: BaseException = exc
             if not self.is_fault(exc):
@@ -715,7 +712,7 @@ class RedisActor(ResourceActor):
             self._batches += 1
             self._batched_calls += len(sent)
             self._largest_batch = max(self._largest_batch, len(sent))
-        return [o for o in outcomes if o is not None]
+        return cast("list[Outcome]", outcomes)  # every slot is filled by now
 
     def batch_stats(self) -> dict[str, int]:
         """Automatic pipelining so far (this actor; survives restarts): ``batches`` sent
