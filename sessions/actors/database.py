@@ -220,14 +220,8 @@ class DatabaseActor(ResourceActor):
         except BaseException:
             conn.close()
             raise
-        self._explicit = False
         self._expected_connects = self._connects
         return conn
-
-    def disconnect(self, resource: Connection) -> None:
-        """Close the connection (rolling back whatever was open)."""
-        self._explicit = False
-        resource.close()
 
     def is_fault(self, exc: BaseException) -> bool:
         """A lost connection is a fault; every other error is the caller's."""
