@@ -182,6 +182,25 @@ def test_sqlite_caller_errors_go_to_the_caller_and_the_actor_keeps_running(
         assert db.restarts == 0 and db.state == "running"
 
 
+def test_a_call_that_invalidates_the_connection_gets_the_fault_not_the_next_caller(
+    tmp_path: Path,
+) -> None:
+    """The connection found broken after a call faults that call; the next caller's
+    call runs on the new connection instead of being failed for it."""
+    with sessions.start(db_config(sqlite_url(tmp_path))) as system:
+        db = system.get("db")
+
+        def invalidate(conn: Connection) -> int:
+            conn.invalidate()
+            return 1
+
+        breaker = db.transaction(invalidate)
+        innocent = db.scalar("SELECT 2")
+        with pytest.raises(ResourceFault):
+            breaker.result()
+        assert innocent.result() == 2
+
+
 def test_sqlite_memory_pool_is_lowered_to_one(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="sessions"):
         cfg = db_config("sqlite:///:memory:", pool_size=3)

@@ -354,12 +354,13 @@ class DatabaseActor(ResourceActor):
             raise
         finally:
             self._explicit = False
-        if self._connects != self._expected_connects:
-            # fn reconnected by itself (rollback after a disconnect, then more SQL):
-            # on_connect did not run and whatever came before the cut is lost.
+        if not self._healthy():
+            # fn swallowed a disconnect, invalidated the connection, or reconnected by
+            # itself (on_connect did not run and whatever came before the cut is lost):
+            # this call faults, not the next caller's.
             raise ConnectionLost(
-                f"the connection to {self.url} was lost and silently replaced during the "
-                f"call; its outcome is unknown"
+                f"the connection to {self.url} was lost or replaced during the call; "
+                f"its outcome is unknown"
             )
         return result
 
