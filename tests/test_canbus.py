@@ -578,3 +578,12 @@ def test_registry_can_channel_is_a_canbus(channel: str) -> None:
         assert registry.can.kind == "canbus"
         reply = reply_of(registry.can.request(set_speed(1, 9), response_id(1)))
         assert decode_reply(reply.data).value == 9
+
+
+def test_a_pool_is_lowered_to_one_bus_owner(
+    channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One actor per bus: pool_size > 1 is lowered to 1 with a warning naming why."""
+    with start(channel, pool_size=3) as system:
+        assert system.status()["children"][0]["type"] == "resource"
+        assert "pool_size = 3 lowered to 1: a CAN bus has one owner" in caplog.text

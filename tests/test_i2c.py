@@ -804,3 +804,12 @@ def test_process_lock_default_path_for_the_simulator(tmp_path: Path) -> None:
     with sessions.start(config) as system:
         assert system.get("bus").read_byte(REG).result(5) == 0
     assert Path(tempfile.gettempdir(), "sessions-i2c-sim-lock-default.lock").exists()
+
+
+def test_a_pool_is_lowered_to_one_bus_owner(caplog: pytest.LogCaptureFixture) -> None:
+    """One actor per bus: pool_size > 1 is lowered to 1 with a warning naming why."""
+    devices = [{"type": "registers", "address": REG}]
+    with sessions.start(i2c_config(devices=devices, pool_size=2)) as system:
+        assert system.status()["children"][0]["type"] == "resource"
+        assert "pool_size = 2 lowered to 1: an I2C bus has one owner" in caplog.text
+        assert system.get("bus").read_byte_data(REG, 0).result(5) == 0

@@ -449,6 +449,14 @@ class CANBusActor(ResourceActor):
         self._reader_stop = threading.Event()
         self._tx_lock = threading.Lock()
 
+    @classmethod
+    def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str]:
+        """One actor per bus: it runs the only reader of the bus."""
+        return 1, (
+            "a CAN bus has one owner: one reader thread receives every frame, and a pool "
+            "would split requests, replies and subscriptions across several readers"
+        )
+
     # -- lifecycle --------------------------------------------------------------------
 
     def connect(self) -> can.BusABC:

@@ -743,6 +743,14 @@ class I2CActor(_SMBusSurface, ResourceActor):
         for index, write in enumerate(opts.init):
             self.replay(f"init:{index}", write.apply)
 
+    @classmethod
+    def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str]:
+        """One actor per bus: it is what makes a write-pointer-then-read atomic."""
+        return 1, (
+            "an I2C bus has one owner: one actor serializes every transfer on it, and a "
+            "pool would interleave them again"
+        )
+
     # -- lifecycle ------------------------------------------------------------------
 
     def connect(self) -> Any:
