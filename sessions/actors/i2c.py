@@ -672,7 +672,7 @@ class GuardedBus(_SMBusSurface):
         return self._live()._transfer(method, address, args, force)
 
     def _probe(self, address: int) -> bool:
-        return self._live()._probe_unlocked(address)
+        return self._live()._probe(address)
 
     def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
         return self._live()._make_msgs(msgs)
@@ -736,7 +736,6 @@ class I2CActor(_SMBusSurface, ResourceActor):
             )
         )
         self._lock_fd: int | None = None
-        self._lock_depth = 0
         self._strikes = 0
         self._fault: BaseException | None = None
         self._smbus2: Any = None
@@ -761,7 +760,6 @@ class I2CActor(_SMBusSurface, ResourceActor):
         """
         self._strikes = 0
         self._fault = None
-        self._lock_depth = 0
         opts = self.options
         bus: Any
         if self._sim is not None:
@@ -792,7 +790,6 @@ class I2CActor(_SMBusSurface, ResourceActor):
             resource.close()
         finally:
             fd, self._lock_fd = self._lock_fd, None
-            self._lock_depth = 0
             if fd is not None:
                 os.close(fd)
 
@@ -855,7 +852,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
     def _io(
         self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
     ) -> Any:
-        if self._lock_fd is None or self._lock_depth:
+        if self._lock_fd is None:
             return self._transfer(method, address, args, force)
         self._lock()
         try:
@@ -882,16 +879,8 @@ class I2CActor(_SMBusSurface, ResourceActor):
         return result
 
     def _probe(self, address: int) -> bool:
-        if self._lock_fd is None or self._lock_depth:
-            return self._probe_unlocked(address)
-        self._lock()
-        try:
-            return self._probe_unlocked(address)
-        finally:
-            self._unlock()
-
-    def _probe_unlocked(self, address: int) -> bool:
-        """Does ``address`` answer? NACKs and device errors are just 'no'."""
+        """Does ``address`` answer? NACKs and device errors are just 'no'. Runs inside
+        ``scan()`` or a transaction, which already hold the bus lock."""
         bus = self.resource
         funcs = getattr(bus, "funcs", None)  # smbus2: the adapter's I2C_FUNCS; sim: all
         use_read = address in _READ_PROBED
@@ -907,11 +896,9 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 bus.write_quick(address)
         except OSError as exc:
             err = self._classify(exc, "scan", address, None)
-            if err is exc:
-                raise
             if isinstance(err, DeviceError):
                 return bool(getattr(err, "claimed", False))
-            raise err from exc
+            raise  # a fault, or an error the caller gets unchanged: _classify returned exc
         self._strikes = 0
         return True
 
@@ -1001,22 +988,19 @@ class I2CActor(_SMBusSurface, ResourceActor):
         return out
 
     def _lock(self) -> None:
-        """Take the process lock (blocking, reentrant within this actor) if enabled."""
+        """Take the process lock (blocking) if enabled. Never nested: a handle call,
+        ``scan()`` or a transaction takes it once; what runs inside goes straight to
+        ``_transfer``/``_probe``."""
         if self._lock_fd is None:
             return
-        if self._lock_depth == 0:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                self._fault = exc  # our lock file handle is broken: reopen everything
-                raise
-        self._lock_depth += 1
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._fault = exc  # our lock file handle is broken: reopen everything
+            raise
 
     def _unlock(self) -> None:
-        if self._lock_fd is None or self._lock_depth == 0:
-            return
-        self._lock_depth -= 1
-        if self._lock_depth == 0:
+        if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 

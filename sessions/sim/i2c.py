@@ -656,7 +656,6 @@ class SimBus:
         self.address: int | None = None
         """The address of the last SMBus transfer, as smbus2 keeps it."""
         self.force = force
-        self._force_last: bool | None = None
 
     # -- handle lifecycle, as smbus2 ------------------------------------------------
 
@@ -679,7 +678,6 @@ class SimBus:
         self._epoch = None
         self._pec = 0
         self.address = None
-        self._force_last = None
 
     @property
     def closed(self) -> bool:
@@ -749,7 +747,6 @@ class SimBus:
                 raise _os_error(errno.ENODEV)  # the adapter went away: reopen
             if i2c_addr is not None:
                 self.address = i2c_addr
-                self._force_last = self.force if force is None else force
             transfer = _Transfer(adapter)
             try:
                 yield transfer
