@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -813,3 +814,18 @@ def test_a_pool_is_lowered_to_one_bus_owner(caplog: pytest.LogCaptureFixture) ->
         assert system.status()["children"][0]["type"] == "resource"
         assert "pool_size = 2 lowered to 1: an I2C bus has one owner" in caplog.text
         assert system.get("bus").read_byte_data(REG, 0).result(5) == 0
+
+
+def test_ebusy_of_a_combined_transfer_is_a_bus_error_not_a_claimed_address() -> None:
+    """On a hardware bus an EBUSY means 'a kernel driver owns the address' only for the
+    SMBus calls that claim it (I2C_SLAVE); i2c_rdwr claims nothing, so its EBUSY is a
+    busy bus and counts toward a restart. (No hardware here: the classifier directly.)"""
+    actor = I2CActor(bus=1)  # a hardware bus; never connected
+    actor.resource = types.SimpleNamespace(address=0x10)  # smbus2's last claimed address
+    busy = OSError(errno.EBUSY, "Device or resource busy")
+    combined = actor._classify(busy, "i2c_rdwr", 0x48, None)
+    assert isinstance(combined, sessions.DeviceError)
+    assert not getattr(combined, "claimed", False)
+    assert "bus errors in a row" in str(combined)
+    claimed = actor._classify(busy, "read_byte", 0x48, None)
+    assert isinstance(claimed, sessions.DeviceError) and getattr(claimed, "claimed", False)

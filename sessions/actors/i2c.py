@@ -927,11 +927,13 @@ class I2CActor(_SMBusSurface, ResourceActor):
         if (
             code == errno.EBUSY
             and self._sim is None
+            and method != "i2c_rdwr"
             and address is not None
             and getattr(bus, "address", address) != address
         ):
             # smbus2 only records the address once the I2C_SLAVE ioctl succeeded, so the
-            # EBUSY came from claiming the address: a kernel driver owns it.
+            # EBUSY came from claiming the address: a kernel driver owns it. (i2c_rdwr
+            # claims no address: its EBUSY is the bus's.)
             return DeviceError(
                 f"{method}(): address {address:#04x} is in use by a kernel driver; "
                 "pass force=True (or force = true in the config) to use it anyway",
