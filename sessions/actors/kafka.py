@@ -554,8 +554,6 @@ class KafkaProducerActor(ResourceActor):
     poll_interval = 0.1
     """How often the poll hook checks the records in flight (ack age, broker link)."""
 
-    resource: Any
-
     def __init__(
         self,
         bootstrap_servers: str | list[str],
@@ -667,7 +665,26 @@ class KafkaProducerActor(ResourceActor):
         partition). Errors the driver finds at once (a value too large, a bad topic
         name) raise here; the broker's verdict arrives on the driver's thread.
         """
-        sent = self._submit(topic, value, key, headers, partition, timestamp_ms=timestamp_ms)
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        if value is None:
+            payload = None
+        elif self.serializer == "json":
+            payload = json.dumps(value, separators=(",", ":")).encode("utf-8")
+        else:
+            try:
+                payload = _to_bytes(value, "value")
+            except TypeError as err:
+                raise TypeError(f'{err} (serializer = "json" sends other values)') from None
+        key_bytes = None if key is None else _to_bytes(key, "key")
+        sent = self.resource.send(
+            topic,
+            value=payload,
+            key=key_bytes,
+            headers=_headers(headers),
+            partition=partition,
+            timestamp_ms=timestamp_ms,
+        )
         done: concurrent.futures.Future[SendResult] = concurrent.futures.Future()
         self._in_flight.append((time.monotonic(), sent))
         sent.add_callback(_acknowledged, done)
@@ -712,37 +729,6 @@ class KafkaProducerActor(ResourceActor):
         err.__cause__ = reason  # why it broke, rather than the closing driver's own error
         done.set_exception(err)
 
-    def _submit(
-        self,
-        topic: str,
-        value: Any = None,
-        key: bytes | str | None = None,
-        headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-        partition: int | None = None,
-        *,
-        timestamp_ms: int | None = None,
-    ) -> Any:
-        if not isinstance(topic, str) or not topic:
-            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
-        if value is None:
-            payload = None
-        elif self.serializer == "json":
-            payload = json.dumps(value, separators=(",", ":")).encode("utf-8")
-        else:
-            try:
-                payload = _to_bytes(value, "value")
-            except TypeError as err:
-                raise TypeError(f'{err} (serializer = "json" sends other values)') from None
-        key_bytes = None if key is None else _to_bytes(key, "key")
-        return self.resource.send(
-            topic,
-            value=payload,
-            key=key_bytes,
-            headers=_headers(headers),
-            partition=partition,
-            timestamp_ms=timestamp_ms,
-        )
-
 
 def _acknowledged(done: concurrent.futures.Future[SendResult], md: Any) -> None:
     timestamp = md.timestamp if md.timestamp is not None else -1
@@ -757,8 +743,6 @@ class KafkaConsumerActor(ResourceActor):
 
     kind = "kafka_consumer"
     Options: ClassVar[type[BaseModel]] = ConsumerOptions
-
-    resource: Any
 
     def __init__(
         self,
@@ -893,9 +877,7 @@ class KafkaConsumerActor(ResourceActor):
     def poll(self) -> None:
         """Runtime hook, every ``poll_interval``: watch the link, poll the broker
         (keeps group membership), and in handler mode run the handler."""
-        consumer = self.resource
-        if consumer is None:
-            return
+        consumer = self.resource  # set: the runtime polls only while connected
         if not consumer.subscription() and not consumer.assignment():
             self._down_since = None
             return  # nothing to consume, nothing that could be broken
