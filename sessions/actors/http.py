@@ -259,12 +259,7 @@ class HTTPActor(ResourceActor):
         session.cert = self.cert
         session.auth = _auth(self._auth)
         # One thread uses this Session, so one connection per host is all it needs.
-        retry = self._build_retry()
-        adapter = (
-            HTTPAdapter(pool_maxsize=1)
-            if retry is None
-            else HTTPAdapter(pool_maxsize=1, max_retries=retry)
-        )
+        adapter = HTTPAdapter(pool_maxsize=1, max_retries=self._build_retry())
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -298,15 +293,15 @@ class HTTPActor(ResourceActor):
             exc, (requests.ConnectionError, requests.Timeout, ChunkedEncodingError, RetryError)
         )
 
-    def _build_retry(self) -> Retry | None:
-        """The urllib3 ``Retry`` for the adapter; None keeps requests' default (no retry
-        once a request has reached the server)."""
+    def _build_retry(self) -> Retry | int:
+        """The urllib3 ``Retry`` for the adapter; 0 is requests' default (no retry once
+        a request has reached the server)."""
         from urllib3.util.retry import Retry  # noqa: PLC0415
 
         spec = self.retries
         if isinstance(spec, int):
             if spec == 0:
-                return None
+                return 0
             spec = RetryOptions(total=spec)
         return Retry(
             total=spec.total,
