@@ -9,9 +9,9 @@ never delays a health probe; the serving loop runs on one daemon thread named
 Nothing here writes: there is no endpoint that restarts or stops anything, so
 exposing it to a monitoring network does not expose control of the system.
 
-``[server]`` is a top-level table of the config file (``bind``, ``port``). Until the
-core ``SystemConfig`` has a ``server`` field, the CLI pops the table from the raw
-TOML and validates it with :func:`parse_server`.
+``[server]`` is a top-level table of the config file (``bind``, ``port``), validated
+with the rest as ``SystemConfig.server``; :func:`parse_server` validates a table on its
+own.
 """
 
 from __future__ import annotations
