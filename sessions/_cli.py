@@ -50,7 +50,7 @@ from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfi
 from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._redact import redact
 from sessions._server import StatusServer
-from sessions._system import System
+from sessions._system import System, status_rows
 from sessions.actors import resolve_kind
 from sessions.messages import Event, SupervisorGaveUp
 
@@ -209,20 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def render_tree(tree: dict[str, Any], config: SystemConfig) -> list[str]:
     """A text tree of supervisors (strategy, intensity, backoff) and resources (kind,
     restart type, pool size, breaker, timeouts), in start order."""
-    lines: list[str] = []
-
-    def visit(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
-        branch = "" if top else ("└── " if last else "├── ")
-        lines.append(f"{prefix}{branch}{_describe_node(node, config)}")
-        if node.get("type") != "supervisor":
-            return
-        children = node.get("children", [])
-        inner = prefix + ("" if top else ("    " if last else "│   "))
-        for i, child in enumerate(children):
-            visit(child, inner, i == len(children) - 1, False)
-
-    visit(tree, "", True, True)
-    return lines
+    return [prefix + _describe_node(node, config) for prefix, node in status_rows(tree)]
 
 
 def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:

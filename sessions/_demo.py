@@ -54,7 +54,7 @@ from typing import Any, TextIO
 from sessions._config import SystemConfig, load
 from sessions._errors import ConfigError, SessionsError
 from sessions._redact import redact
-from sessions._system import Handle, System, start
+from sessions._system import Handle, System, start, status_rows
 from sessions.sim.i2c import TMP102
 
 if sys.version_info >= (3, 11):
@@ -574,14 +574,12 @@ class _Rates:
 
 def _tree_rows(tree: dict[str, Any], rates: _Rates, now: float) -> list[Row]:
     rows: list[Row] = []
-
-    def visit(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
-        branch = "" if top else ("└─ " if last else "├─ ")
+    for prefix, node in status_rows(tree, ("├─ ", "└─ ", "│  ", "   ")):
         kind = node.get("kind") or node.get("strategy") or ""
         if node.get("type") == "supervisor":
             rows.append(
                 Row(
-                    prefix + branch,
+                    prefix,
                     node["name"],
                     str(kind),
                     node["state"],
@@ -593,11 +591,7 @@ def _tree_rows(tree: dict[str, Any], rates: _Rates, now: float) -> list[Row]:
                     node.get("last_fault"),
                 )
             )
-            inner = prefix + ("" if top else ("   " if last else "│  "))
-            children = node.get("children", [])
-            for i, child in enumerate(children):
-                visit(child, inner, i == len(children) - 1, False)
-            return
+            continue
         calls = node.get("calls") or {}
         total = sum(int(v) for v in calls.values())
         restarts = int(node.get("restarts") or 0)
@@ -605,7 +599,7 @@ def _tree_rows(tree: dict[str, Any], rates: _Rates, now: float) -> list[Row]:
             restarts += sum(int(m.get("restarts") or 0) for m in node.get("children", ()))
         rows.append(
             Row(
-                prefix + branch,
+                prefix,
                 node["name"],
                 str(kind),
                 node["state"],
@@ -617,8 +611,6 @@ def _tree_rows(tree: dict[str, Any], rates: _Rates, now: float) -> list[Row]:
                 node.get("last_fault"),
             )
         )
-
-    visit(tree, "", True, True)
     return rows
 
 

@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -436,6 +436,27 @@ def _order_children(sup: SupervisorNode, resource_order: list[str]) -> None:
     for node in walk(sup):
         if isinstance(node, SupervisorNode):
             node.children.sort(key=first)
+
+
+def status_rows(
+    tree: dict[str, Any], glyphs: tuple[str, str, str, str] = ("├── ", "└── ", "│   ", "    ")
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each node of a ``System.status()`` tree, in start order, with the prefix that
+    draws its branch; ``glyphs`` are (branch, last branch, bar, gap). Pools and
+    resources are leaves."""
+    branch, last_branch, bar, gap = glyphs
+
+    def visit(node: dict[str, Any], prefix: str, last: bool,
+              top: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield prefix + ("" if top else (last_branch if last else branch)), node
+        if node.get("type") != "supervisor":
+            return
+        inner = prefix + ("" if top else (gap if last else bar))
+        children = node.get("children", [])
+        for i, child in enumerate(children):
+            yield from visit(child, inner, i == len(children) - 1, False)
+
+    return visit(tree, "", True, True)
 
 
 def _node_status(node: Node) -> dict[str, Any]:
