@@ -235,6 +235,18 @@ class _ClientTrap:
                 log.debug("closing a kafka client after a failed start: %r", exc)
 
 
+def _open(cls: Callable[..., Any], driver: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``cls(**driver)`` (a KafkaProducer or KafkaConsumer) and the network client it
+    built; that client is closed if the constructor fails (see ``_ClientTrap``)."""
+    trap = _ClientTrap(driver.get("kafka_client", KafkaNetClient))
+    try:
+        made = cls(**{**driver, "kafka_client": trap})
+    except BaseException:
+        trap.close_all()
+        raise
+    return made, (trap.clients[-1] if trap.clients else None)
+
+
 def _link_up(client: Any) -> bool:
     """Whether the client has at least one live broker connection.
 
@@ -259,6 +271,29 @@ def _is_link_fault(exc: BaseException, client: Any, closed: bool) -> bool:
     return False
 
 
+class _LinkWatch:
+    """How long no broker connection has been up: a dead broker makes kafka-python
+    retry silently, so the producer, the consumer and the dead-letter wait watch it."""
+
+    __slots__ = ("down_since",)
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def down_for(self, client: Any, now: float) -> float:
+        """Seconds without any broker connection as of ``now`` (0 while one is up, and
+        at the first look that finds none)."""
+        if _link_up(client):
+            self.down_since = None
+            return 0.0
+        if self.down_since is None:
+            self.down_since = now
+        return now - self.down_since
+
+    def reset(self) -> None:
+        self.down_since = None
+
+
 def _await_acks(
     futures: Sequence[Any], timeout: float, fault_after: float, client: Any
 ) -> BaseException | None:
@@ -270,7 +305,7 @@ def _await_acks(
     no callbacks on the driver's thread: records of one request resolve together.
     """
     deadline = time.monotonic() + timeout
-    down_since: float | None = None
+    link = _LinkWatch()
     for future in futures:
         while not future.is_done:
             now = time.monotonic()
@@ -283,13 +318,7 @@ def _await_acks(
                 future.get(min(deadline - now, _LINK_CHECK))
             if future.is_done:
                 break
-            if _link_up(client):
-                down_since = None
-                continue
-            now = time.monotonic()
-            if down_since is None:
-                down_since = now
-            elif now - down_since >= fault_after:
+            if link.down_for(client, time.monotonic()) >= fault_after:
                 error: BaseException = kerr.KafkaConnectionError(
                     f"no connection to any broker for fault_after={fault_after}s while "
                     f"waiting for acknowledgements"
@@ -578,7 +607,7 @@ class KafkaProducerActor(ResourceActor):
         self._client: Any = None
         self._in_flight: deque[tuple[float, Any]] = deque()
         """(handed to the driver at, kafka future) of the current producer, oldest first."""
-        self._down_since: float | None = None
+        self._link = _LinkWatch()
         self._broken: BaseException | None = None
         """Why the poll hook declared the producer broken (for its in-flight callers)."""
 
@@ -586,15 +615,9 @@ class KafkaProducerActor(ResourceActor):
 
     def connect(self) -> Any:
         """A new KafkaProducer (a new producer id: idempotence state starts fresh)."""
-        trap = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
-        try:
-            producer = KafkaProducer(**{**self._driver, "kafka_client": trap})
-        except BaseException:
-            trap.close_all()
-            raise
-        self._client = trap.clients[-1] if trap.clients else None
+        producer, self._client = _open(KafkaProducer, self._driver)
         self._in_flight.clear()
-        self._down_since = None
+        self._link.reset()
         self._broken = None
         return producer
 
@@ -623,7 +646,7 @@ class KafkaProducerActor(ResourceActor):
         while in_flight and in_flight[0][1].is_done:
             in_flight.popleft()
         if not in_flight:
-            self._down_since = None
+            self._link.reset()
             return
         now = time.monotonic()
         broken: BaseException | None = None
@@ -631,11 +654,7 @@ class KafkaProducerActor(ResourceActor):
             broken = AckTimeout(
                 f"no acknowledgement from the broker within ack_timeout={self.ack_timeout}s"
             )
-        elif _link_up(self._client):
-            self._down_since = None
-        elif self._down_since is None:
-            self._down_since = now
-        elif now - self._down_since >= self.fault_after:
+        elif self._link.down_for(self._client, now) >= self.fault_after:
             broken = kerr.KafkaConnectionError(
                 f"no connection to any broker for fault_after={self.fault_after}s while "
                 f"records were waiting for acknowledgements"
@@ -807,7 +826,7 @@ class KafkaConsumerActor(ResourceActor):
         """Manual mode: next offset per partition after the records fetch() returned."""
         self._retry_at: dict[TopicPartition, float] = {}
         """Partitions paused until a failed record's retry is due (monotonic time)."""
-        self._down_since: float | None = None
+        self._link = _LinkWatch()
         # Survives restarts: a record keeps its attempt count.
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._stats = {
@@ -836,26 +855,17 @@ class KafkaConsumerActor(ResourceActor):
     def connect(self) -> Any:
         """A new KafkaConsumer (joins the group on its first poll) and, for dead
         letters, a producer. Subscriptions come back through replay."""
-        trap = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
-        try:
-            consumer = KafkaConsumer(**{**self._driver, "kafka_client": trap})
-        except BaseException:
-            trap.close_all()
-            raise
-        self._client = trap.clients[-1] if trap.clients else None
+        consumer, self._client = _open(KafkaConsumer, self._driver)
         if self._dlq_driver is not None:
-            dlq_trap = _ClientTrap(self._dlq_driver.get("kafka_client", KafkaNetClient))
             try:
-                self._dlq = KafkaProducer(**{**self._dlq_driver, "kafka_client": dlq_trap})
+                self._dlq, self._dlq_client = _open(KafkaProducer, self._dlq_driver)
             except BaseException:
-                dlq_trap.close_all()
                 consumer.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
                 raise
-            self._dlq_client = dlq_trap.clients[-1] if dlq_trap.clients else None
         self._buffer.clear()
         self._delivered.clear()
         self._retry_at.clear()
-        self._down_since = None
+        self._link.reset()
         return consumer
 
     def disconnect(self, resource: Any) -> None:
@@ -879,7 +889,7 @@ class KafkaConsumerActor(ResourceActor):
         (keeps group membership), and in handler mode run the handler."""
         consumer = self.resource  # set: the runtime polls only while connected
         if not consumer.subscription() and not consumer.assignment():
-            self._down_since = None
+            self._link.reset()
             return  # nothing to consume, nothing that could be broken
         self._check_link()
         self._resume_due(consumer)
@@ -1005,16 +1015,10 @@ class KafkaConsumerActor(ResourceActor):
         return step
 
     def _check_link(self) -> None:
-        if _link_up(self._client):
-            self._down_since = None
-            return
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-        elif now - self._down_since >= self.fault_after:
+        down = self._link.down_for(self._client, time.monotonic())
+        if down >= self.fault_after:
             raise kerr.KafkaConnectionError(
-                f"no connection to any broker for {now - self._down_since:.1f}s "
-                f"(fault_after={self.fault_after}s)"
+                f"no connection to any broker for {down:.1f}s (fault_after={self.fault_after}s)"
             )
 
     def _joining(self, consumer: Any) -> bool:
