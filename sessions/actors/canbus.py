@@ -942,11 +942,14 @@ class CANBusActor(ResourceActor):
         if not self._waiters:
             return
         now = time.monotonic()
+        expired: list[_Waiter] = []
+        kept: list[_Waiter] = []
         with self._lock:
-            expired = [w for w in self._waiters if w.deadline <= now or w.future.done()]
+            for w in self._waiters:  # one pass: a waiter cancelled meanwhile is in one list
+                (expired if w.deadline <= now or w.future.done() else kept).append(w)
             if not expired:
                 return
-            self._waiters = [w for w in self._waiters if not (w.deadline <= now or w.future.done())]
+            self._waiters = kept
         for waiter in expired:
             reply = waiter.future
             self._settle(
