@@ -53,6 +53,7 @@ from sessions._server import StatusServer
 from sessions._system import System, status_rows
 from sessions.actors import resolve_kind
 from sessions.messages import Event, SupervisorGaveUp
+from sessions.supervisor._tree import make_actor
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,12 +147,9 @@ def _kind_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
         path = f"resources.{name}"
         try:
             cls = resolve_kind(spec.kind, f"{path}.kind")
-            options = _config.check_options(cls, spec.options, path)
-            cls(**options)  # constructing is side-effect free by the ResourceActor contract
+            make_actor(cls, _config.check_options(cls, spec.options, path), spec.kind, path)
         except ConfigError as err:
             errors += err.errors
-        except (TypeError, ValueError) as err:
-            errors.append((path, f"kind {spec.kind!r} rejected its options: {err}"))
     return errors
 
 

@@ -73,6 +73,16 @@ class Node:
         self.last_fault: str | None = None
 
 
+def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
+               path: str) -> ResourceActor:
+    """Construct a kind's actor object (side-effect free by the ResourceActor contract:
+    ``connect()`` does the I/O); a constructor rejecting its options is a config error."""
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError([(path, f"kind {kind!r} rejected its options: {err}")]) from err
+
+
 class ResourceChild(Node):
     """A resource: its actor object, its mailbox, and its current incarnation."""
 
@@ -80,11 +90,7 @@ class ResourceChild(Node):
                  cls: type[ResourceActor], options: dict[str, Any], *,
                  breaker: Breaker | None = None) -> None:
         super().__init__(name, parent)
-        path = f"resources.{name.partition('#')[0]}"
-        try:
-            actor = cls(**options)
-        except (TypeError, ValueError) as err:
-            raise ConfigError([(path, f"kind {spec.kind!r} rejected its options: {err}")]) from err
+        actor = make_actor(cls, options, spec.kind, f"resources.{name.partition('#')[0]}")
         actor.name = name
         self.spec = spec
         self.cls = cls
