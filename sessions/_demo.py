@@ -51,10 +51,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
-from sessions._config import SystemConfig, load
+from sessions._config import SystemConfig, check_options, load
 from sessions._errors import ConfigError, SessionsError
 from sessions._redact import redact
 from sessions._system import Handle, System, start, status_rows
+from sessions.actors.canbus import CANBusActor
+from sessions.actors.i2c import I2CActor
 from sessions.sim.i2c import TMP102
 
 if sys.version_info >= (3, 11):
@@ -191,7 +193,6 @@ def _positive(text: str) -> float:
 class Plant:
     """The three resources the control loop uses and the simulators behind them."""
 
-    config: SystemConfig
     sensors: str
     drive: str
     log: str
@@ -218,18 +219,20 @@ def _plant(config: SystemConfig) -> Plant:
                 )
             ]
         )
-    i2c = config.resources[by_kind["i2c"]].options
-    can = config.resources[by_kind["canbus"]].options
+    # Options as the kinds resolve them, defaults included (not repeated here).
+    i2c = check_options(I2CActor, config.resources[by_kind["i2c"]].options,
+                        f"resources.{by_kind['i2c']}")
+    can = check_options(CANBusActor, config.resources[by_kind["canbus"]].options,
+                        f"resources.{by_kind['canbus']}")
     return Plant(
-        config=config,
         sensors=by_kind["i2c"],
         drive=by_kind["canbus"],
         log=by_kind["database"],
         i2c_sim_name=i2c.get("sim_name") if i2c.get("bus") == "sim" else None,
         i2c_is_sim=i2c.get("bus") == "sim",
-        fault_threshold=int(i2c.get("fault_threshold", 3)),
+        fault_threshold=int(i2c["fault_threshold"]),
         can_channel=can.get("channel"),
-        can_virtual=can.get("interface", "virtual") == "virtual",
+        can_virtual=can["interface"] == "virtual",
     )
 
 
