@@ -19,6 +19,7 @@ and not "0"/"false"), where it fails them: CI must never skip server tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -53,40 +54,28 @@ def server_unavailable(exc: ServerUnavailable) -> NoReturn:
     pytest.skip(reason)
 
 
-def _started(factory: Callable[..., S], **kwargs: Any) -> S:
+def _new(factory: Callable[..., S], **kwargs: Any) -> S:
+    """A server not started yet; a missing binary skips (fails in CI)."""
     try:
-        server = factory(**kwargs)
+        return factory(**kwargs)
     except ServerUnavailable as exc:
         server_unavailable(exc)
-    try:
-        server.start()
-    except BaseException:
-        server.close()
-        raise
-    return server
 
 
 def _shared(factory: Callable[..., S]) -> Generator[S, None, None]:
-    server = _started(factory)
-    try:
+    with _new(factory) as server:  # started on entry, closed (even if start fails) on exit
         yield server
-    finally:
-        server.close()
 
 
 def _factory(factory: Callable[..., S]) -> Generator[Callable[..., S], None, None]:
-    made: list[S] = []
+    """Make servers on demand; all are closed, newest first, when the fixture ends."""
+    with contextlib.ExitStack() as stack:
 
-    def make(**kwargs: Any) -> S:
-        server = _started(factory, **kwargs)
-        made.append(server)
-        return server
+        def make(**kwargs: Any) -> S:
+            server: S = stack.enter_context(_new(factory, **kwargs))
+            return server
 
-    try:
         yield make
-    finally:
-        for server in reversed(made):
-            server.close()
 
 
 # ------------------------------------------------------------------------ PostgreSQL
