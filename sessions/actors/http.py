@@ -49,6 +49,7 @@ while the API is down; calls then fail with ``ConnectionError`` until it is back
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -535,15 +536,8 @@ def _detached(response: requests.Response) -> requests.Response:
     content is consumed); redirect history is detached too. The original is closed,
     which returns its connection to the Session's pool.
     """
-    import requests  # noqa: PLC0415
-
     try:
-        _ = response.content  # reads the whole body
-        out = requests.Response()
-        for name in requests.Response.__attrs__:  # what requests keeps when pickling
-            setattr(out, name, getattr(response, name, None))
-        out._content_consumed = True  # type: ignore[attr-defined]
-        out.raw = None
+        out = copy.copy(response)  # via Response.__getstate__: reads the body, drops raw
         out.history = [_detached(r) for r in response.history]
         return out
     finally:
