@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from sessions._config import ServerConfig, errors_from
 from sessions._errors import ConfigError
-from sessions._metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable
+from sessions._metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable, resources
 from sessions._redact import redact
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def health(system: System) -> tuple[int, dict[str, Any]]:
                 "reason": redact(system.failure or f"the system is {system.state}"),
             }
         )
-    faults = {entry["name"]: entry.get("last_fault") for entry in _entries(system.status())}
+    down: list[tuple[str, str]] = []
     for name, spec in system.config.resources.items():
         if spec.restart != "permanent":
             continue
@@ -75,17 +75,14 @@ def health(system: System) -> tuple[int, dict[str, Any]]:
         except KeyError:  # a resource terminated and removed meanwhile
             continue
         if state != "running":
-            reasons.append({"resource": name, "state": state, "last_fault": faults.get(name)})
+            down.append((name, state))
+    if down:  # the status tree (with the faults) only when there is something to explain
+        faults = {entry["name"]: entry.get("last_fault") for entry in resources(system.status())}
+        reasons += [{"resource": name, "state": state, "last_fault": faults.get(name)}
+                    for name, state in down]
     if reasons:
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "reasons": reasons}
     return HTTPStatus.OK, {"status": "ok"}
-
-
-def _entries(tree: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [tree]
-    for child in tree.get("children", ()):
-        out += _entries(child)
-    return out
 
 
 class _HTTPServer(ThreadingHTTPServer):
