@@ -726,7 +726,8 @@ class CANBusActor(ResourceActor):
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        sub = self._add_subscription(filters, queue_size, callback, None)
+        size = self._check_size(queue_size, "queue_size")
+        sub = self._add_subscription(filters, size, callback, None)
         self._start_delivery(sub)  # handle calls run only while connected
         return sub.id
 
@@ -738,8 +739,9 @@ class CANBusActor(ResourceActor):
         """Pull-style subscription: ``(subscription id, queue.Queue)`` that receives
         every frame passing ``filters``. The queue holds ``maxsize`` frames (default
         ``subscriber_queue_size``); when full, the oldest frame is dropped and counted."""
-        out: queue.Queue[can.Message] = queue.Queue(self._check_size(maxsize, "maxsize"))
-        sub = self._add_subscription(filters, maxsize, None, out)
+        size = self._check_size(maxsize, "maxsize")
+        out: queue.Queue[can.Message] = queue.Queue(size)
+        sub = self._add_subscription(filters, size, None, out)
         return sub.id, out
 
     def unsubscribe(self, sub_id: str) -> None:
@@ -769,14 +771,14 @@ class CANBusActor(ResourceActor):
     def _add_subscription(
         self,
         filters: FilterList | None,
-        size: int | None,
+        size: int,
         callback: Callable[[can.Message], Any] | None,
         out: queue.Queue[can.Message] | None,
     ) -> _Subscription:
         sub = _Subscription(
             f"sub-{next(self._sub_ids)}",
             _normalize_filters(filters),
-            self._check_size(size, "queue_size"),
+            size,
             callback,
             out,
         )
