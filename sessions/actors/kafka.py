@@ -862,9 +862,7 @@ class KafkaConsumerActor(ResourceActor):
             except BaseException:
                 consumer.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
                 raise
-        self._buffer.clear()
-        self._delivered.clear()
-        self._retry_at.clear()
+        self._forget_partitions()
         self._link.reset()
         return consumer
 
@@ -914,6 +912,11 @@ class KafkaConsumerActor(ResourceActor):
         """Drop the subscription (and its replay); buffered records are discarded."""
         self.forget("subscribe")
         self.resource.unsubscribe()
+        self._forget_partitions()
+
+    def _forget_partitions(self) -> None:
+        """Drop buffered records and per-partition progress (new connection, or no
+        subscription any more)."""
         self._buffer.clear()
         self._delivered.clear()
         self._retry_at.clear()
@@ -1063,13 +1066,9 @@ class KafkaConsumerActor(ResourceActor):
     def _forget_revoked(self, consumer: Any) -> None:
         """Drop state of partitions this member no longer owns (their records go to the
         new owner from the last commit)."""
-        assigned = consumer.assignment()
-        if self._buffer and any(
-            TopicPartition(r.topic, r.partition) not in assigned for r in self._buffer
-        ):
-            self._buffer = deque(
-                r for r in self._buffer if TopicPartition(r.topic, r.partition) in assigned
-            )
+        assigned = consumer.assignment()  # TopicPartitions: plain tuples compare equal
+        if self._buffer and any((r.topic, r.partition) not in assigned for r in self._buffer):
+            self._keep_buffered(lambda r: (r.topic, r.partition) in assigned)
         for table in (self._delivered, self._retry_at):
             for tp in [tp for tp in table if tp not in assigned]:
                 del table[tp]
@@ -1086,9 +1085,10 @@ class KafkaConsumerActor(ResourceActor):
                     consumer.resume(tp)
 
     def _drop_buffered(self, tp: TopicPartition) -> None:
-        self._buffer = deque(
-            r for r in self._buffer if (r.topic, r.partition) != (tp.topic, tp.partition)
-        )
+        self._keep_buffered(lambda r: (r.topic, r.partition) != tp)
+
+    def _keep_buffered(self, keep: Callable[[Any], bool]) -> None:
+        self._buffer = deque(r for r in self._buffer if keep(r))
 
     def _decode(self, raw: Any) -> Record:
         value = raw.value
