@@ -70,6 +70,10 @@ class ResourceConfig(BaseModel):
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
     call_timeout: float = Field(5.0, gt=0, description="Max wait for a call to complete (s).")
     connect_timeout: float = Field(30.0, gt=0, description="Max time for one connect (s).")
+    stall_timeout: float | None = Field(
+        None, gt=0, description="A call (or health check, poll) still running after this "
+        "is a fault: its caller gets ResourceFault, the connection is aborted and the "
+        "resource restarted (s); omitted: twice call_timeout.")
     health_interval: float | None = Field(None, gt=0, description="Seconds between checks.")
     shutdown_timeout: float = Field(5.0, gt=0, description="Time to finish and disconnect (s).")
     pool_size: int = Field(1, ge=1, description="Actors (connections) behind one handle.")

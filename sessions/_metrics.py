@@ -26,6 +26,8 @@ Metric names (labels in braces):
 * ``sessions_call_latency_seconds{resource,kind}``: histogram of the time from queueing
   a call to its result (queue wait included).
 * ``sessions_queued_calls{resource,kind}``: calls waiting in the mailbox.
+* ``sessions_abandoned_threads{resource,kind}``: threads of abandoned incarnations
+  still blocked in a driver call after ``abort()`` (stalls); should be 0.
 * ``sessions_circuit_state{resource,state}``: 1 for the breaker's state (closed, open,
   half_open); only resources with a ``breaker``.
 * ``sessions_supervisor_state{supervisor,state}`` and
@@ -164,6 +166,11 @@ class MetricsCollector:
         queued = GaugeMetricFamily(
             "sessions_queued_calls", "Calls waiting in the mailbox.", labels=["resource", "kind"]
         )
+        abandoned = GaugeMetricFamily(
+            "sessions_abandoned_threads",
+            "Threads of abandoned incarnations still blocked in a driver call.",
+            labels=["resource", "kind"],
+        )
         circuit = GaugeMetricFamily(
             "sessions_circuit_state",
             "1 for the circuit breaker's current state.",
@@ -177,6 +184,7 @@ class MetricsCollector:
             restarts.add_metric(labels, float(_restarts(entry)))
             fault_count.add_metric(labels, float(faults.get(name, 0)))
             queued.add_metric(labels, float(entry.get("queued") or 0))
+            abandoned.add_metric(labels, float(entry.get("abandoned") or 0))
             if entry.get("circuit") is not None:
                 for s in CIRCUIT_STATES:
                     circuit.add_metric([name, s], 1.0 if entry["circuit"] == s else 0.0)
@@ -194,7 +202,8 @@ class MetricsCollector:
             cumulative += per_bucket[-1]  # the +Inf bucket is the count, consistently
             buckets.append(("+Inf", float(cumulative)))
             latency.add_metric(labels, buckets, sum_value=float(stats.sum))
-        yield from (res_state, restarts, fault_count, calls, latency, queued, circuit)
+        yield from (res_state, restarts, fault_count, calls, latency, queued, abandoned,
+                    circuit)
 
         sup_state = GaugeMetricFamily(
             "sessions_supervisor_state",

@@ -307,60 +307,38 @@ class System:
                                 "(restart_child restarts an existing child)")])
         parsed = _config.resource_spec(name, dict(spec))
         sup = self._supervisor(supervisor if supervisor is not None else parsed.supervisor)
-        node: Node = self._kernel.call(self._start_child, name, parsed, sup)
-        return self._handles[node.name]
+        waiter = self._kernel.call(self._begin_add, name, parsed, sup)
+        try:
+            waiter.result()
+        except BaseException:
+            self._kernel.call(self._forget, name)
+            raise
+        return self._handles[name]
 
-    def _start_child(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> Node:
-        if sup.state not in ("starting", "running", "restarting"):
-            raise ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}", resource=name)
-        kernel = self._kernel
-        node = self._add(name, spec, sup)
-        if isinstance(node, ResourceChild):
-            err = kernel.start_resource(node)
-        else:  # a pool: its members start in order under their own supervisor
-            assert isinstance(node, SupervisorNode)
-            kernel.begin(node)
-            err = None if node.state == "running" else RuntimeError(node.last_fault or "")
-        if err is not None:
-            kernel._stop_child(node, f"resource {name!r} failed to start", "stopped")
-            sup.children.remove(node)
-            del self._resources[name], self._handles[name]
-            raise ResourceUnavailable(f"resource {name!r} failed to start: {err!r}",
-                                      resource=name) from err
-        kernel._started(sup, node)
-        return node
+    def _begin_add(self, name: str, spec: ResourceConfig,
+                   sup: SupervisorNode) -> concurrent.futures.Future[None]:
+        """Supervision thread: build the child and start it (the tree changes only here)."""
+        if name in self._resources or name in self._supervisors:  # raced another add
+            raise ConfigError([(f"resources.{name}", "name is already in use")])
+        return self._kernel.add_child(sup, self._add(name, spec, sup))
+
+    def _forget(self, name: str) -> None:
+        """Supervision thread: drop a child whose add failed (already out of the tree)."""
+        self._resources.pop(name, None)
+        self._handles.pop(name, None)
 
     def terminate_child(self, name: str) -> None:
-        """Stop child ``name`` (a resource or a supervisor) until ``restart_child``."""
+        """Stop child ``name`` (a resource or a supervisor) until ``restart_child``;
+        returns once it has stopped (each resource within its shutdown_timeout)."""
         node = self._node(name)
-        self._kernel.call(self._kernel.stop_one, node, "terminated")
+        self._kernel.call(self._kernel.stop_one, node, "terminated").result()
 
     def restart_child(self, name: str) -> None:
-        """(Re)start child ``name`` now; raises ``ResourceUnavailable`` if its connect
-        fails (the supervisor then keeps retrying it per policy)."""
+        """(Re)start child ``name`` now; returns once it serves. Raises
+        ``ResourceUnavailable`` if its connect fails (the supervisor then keeps retrying
+        it per policy)."""
         node = self._node(name)
-        self._kernel.call(self._restart_child, node)
-
-    def _restart_child(self, node: Node) -> None:
-        kernel, sup = self._kernel, node.parent
-        assert sup is not None
-        if sup.state not in ("starting", "running", "restarting"):
-            raise ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}", resource=node.name)
-        if node.state in ("starting", "running", "restarting"):
-            kernel._stop_child(node, None, "restarting")
-        if isinstance(node, SupervisorNode):
-            node.ever_started = True
-            kernel.begin(node)
-            return
-        assert isinstance(node, ResourceChild)
-        node.mailbox.reopen()
-        node.pending = False
-        err = kernel.start_resource(node)
-        if err is not None:
-            kernel.fault(sup, node, err, during_start=True)
-            raise ResourceUnavailable(f"resource {node.name!r} failed to restart: {err!r}",
-                                      resource=node.name) from err
-        kernel._started(sup, node)
+        self._kernel.call(self._kernel.restart_child, node).result()
 
     def _node(self, name: str) -> Node:
         node: Node | None = self._resources.get(name) or self._supervisors.get(name)
@@ -384,8 +362,10 @@ class System:
             if self._stopped:
                 return
             self._stopped = True
-        if self._kernel._thread.is_alive():
-            self._kernel.call(self._kernel.shutdown)
+        if self._kernel.alive:
+            # Bounded by the kernel: the largest shutdown_timeout, then what still runs
+            # is aborted (plus a short grace); every future is resolved by then.
+            self._kernel.call(self._kernel.shutdown).result()
             self._kernel.join()
         else:  # never booted: nothing runs but the event thread
             self._kernel.root.state = "stopped"
@@ -469,6 +449,7 @@ def _node_status(node: Node) -> dict[str, Any]:
     if isinstance(node, SupervisorNode):
         if node.pool is not None:
             base.update(type="pool", kind=node.pool.kind, queued=node.pool.queued,
+                        abandoned=node.pool.abandoned,
                         circuit=_circuit(node.pool.breaker), **node.pool.stats.snapshot())
         else:
             base.update(type="supervisor", strategy=node.config.strategy)
@@ -477,6 +458,7 @@ def _node_status(node: Node) -> dict[str, Any]:
         assert isinstance(node, ResourceChild)
         base.update(type="resource", kind=node.kind, restart=node.spec.restart,
                     queued=node.queued, circuit=_circuit(node.breaker),
+                    abandoned=node.abandoned,
                     **node.stats.snapshot())
     return base
 

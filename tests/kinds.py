@@ -8,6 +8,7 @@ which call. Faults are ``ProbeBroken``; anything else a call raises is a caller 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ class Controls:
     threads: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     resources: list[object] = field(default_factory=list)
+    aborts: int = 0
+    connect_aborted: threading.Event = field(default_factory=threading.Event)
+    """Set by abort(None): a connect blocked on ``connect_gate`` gives up."""
 
 
 CONTROLS: dict[str, Controls] = {}
@@ -47,13 +51,15 @@ class Conn:
         self.generation = generation
         self.closed = False
         self.settings: list[Any] = []
+        self.aborted = threading.Event()
+        """Set by ``Probe.abort``: what ``stall`` waits on, like a socket shut down."""
 
 
 class Probe(ResourceActor):
     kind = "probe"
     fault_types = (ProbeBroken,)
 
-    def __init__(self, label: str = "", unhealthy: bool = False, url: str = "") -> None:
+    def __init__(self, label: str = "", unhealthy: bool | str = False, url: str = "") -> None:
         super().__init__()
         self.label = label
         self.url = url
@@ -67,7 +73,10 @@ class Probe(ResourceActor):
     def connect(self) -> Conn:
         ctl = self.ctl
         if ctl.connect_gate is not None:
-            ctl.connect_gate.wait(30)
+            deadline = time.monotonic() + 30
+            while not ctl.connect_gate.wait(0.01) and time.monotonic() < deadline:
+                if ctl.connect_aborted.is_set():
+                    raise ProbeBroken("connect aborted")
         with ctl.lock:
             ctl.connects += 1
             if ctl.fail_connects > 0:
@@ -84,8 +93,19 @@ class Probe(ResourceActor):
         LIFECYCLE.append(("disconnect", self.name))
 
     def health_check(self) -> None:
+        if self.unhealthy == "stall":
+            self.resource.aborted.wait(30)
         if self.unhealthy:
             raise ProbeBroken("health check failed")
+
+    def abort(self, resource: Conn | None) -> None:
+        ctl = self.ctl
+        with ctl.lock:
+            ctl.aborts += 1
+        if resource is None:
+            ctl.connect_aborted.set()
+        else:
+            resource.aborted.set()
 
     # -- callable methods -------------------------------------------------------------
 
@@ -128,7 +148,22 @@ class Probe(ResourceActor):
         release.wait(30)
         return "released"
 
-    def set_unhealthy(self, flag: bool = True) -> None:
+    def stall(self, started: threading.Event) -> str:
+        """Hang like a call to a frozen peer: until abort() tears the connection down."""
+        started.set()
+        if self.resource.aborted.wait(30):
+            raise ProbeBroken("connection aborted")
+        return "not aborted"
+
+    def stubborn(self, started: threading.Event, release: threading.Event) -> int:
+        """Hang, and ignore abort() (a driver abort cannot reach); returns the generation
+        of the connection it started on."""
+        conn = self.resource
+        started.set()
+        release.wait(30)
+        return int(conn.generation)
+
+    def set_unhealthy(self, flag: bool | str = True) -> None:
         self.unhealthy = flag
 
     def remember_broken(self) -> None:

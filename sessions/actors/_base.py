@@ -45,7 +45,7 @@ LIFECYCLE = frozenset(
     {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
      "resource", "name", "kind", "fault_types", "Options", "stop_normally", "report_fault",
      "poll", "poll_interval", "run_batch", "batch_methods", "max_batch", "counts_as_failure",
-     "max_pool_size"}
+     "max_pool_size", "abort"}
 )
 
 
@@ -119,6 +119,26 @@ class ResourceActor:
 
     def health_check(self) -> None:
         """Raise a fault if the resource is broken. Default: nothing to check."""
+
+    def abort(self, resource: Any) -> None:
+        """Make whatever is blocked on ``resource`` return now; called from ANOTHER thread.
+
+        The runtime calls it when an incarnation is abandoned: a call, ``connect()``,
+        ``health_check()``, ``poll()`` or ``disconnect()`` ran past its bound (a frozen
+        or black-holed peer, a hung bus), at ``system.stop()`` for a resource that did
+        not stop within ``shutdown_timeout``, and for ``shutdown = "brutal_kill"``.
+        A thread blocked in a driver cannot be killed in Python, but its connection can
+        be torn down under it: shut the driver's own socket down (``shutdown(SHUT_RDWR)``
+        wakes a blocked ``recv()``; ``close()`` alone does not), close a bus's file
+        descriptor. The blocked call then raises, the abandoned incarnation's thread
+        disconnects and ends, and nothing it does afterwards reaches a caller.
+
+        ``resource`` is the abandoned incarnation's connection, or None if ``connect()``
+        has not returned yet (a kind that can abort a pending connect keeps what it
+        needs on ``self``). Must not block, must tolerate being called more than once
+        and concurrently with the blocked call, and must not raise (errors are logged).
+        Default: nothing (the driver's own timeouts are then the only bound).
+        """
 
     def poll(self) -> None:
         """Periodic work in the actor thread when ``poll_interval`` is set (e.g. a Kafka

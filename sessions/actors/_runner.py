@@ -238,7 +238,15 @@ class _InboxView:
 class Runner(pykka.ThreadingActor):
     """One incarnation of a resource: connects, replays, serves calls until told to stop
     or until a fault, then disconnects. Never raises into Pykka (which would stop or,
-    for a ``BaseException``, kill every actor)."""
+    for a ``BaseException``, kill every actor).
+
+    The supervision thread may give up on an incarnation at any time (a stalled call,
+    a connect past ``connect_timeout``, a stop past ``shutdown_timeout``):
+    :meth:`abandon` fails every future it still owes and sets ``abandoned``. Whatever
+    the actor thread does afterwards (a blocked driver call returning late) resolves
+    nothing and reports nothing: every resolution goes through ``_resolve``, which
+    yields to a future already failed by ``abandon``.
+    """
 
     # A driver call stuck past shutdown_timeout must not keep the process alive.
     use_daemon_thread = True
@@ -261,7 +269,24 @@ class Runner(pykka.ThreadingActor):
         self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
         """Resolved once connect and replay finished (or failed); cancelled if abandoned."""
         self.thread: threading.Thread | None = None
+        self.entered = threading.Event()
+        """Set once the actor thread runs (``thread`` is known from then on)."""
         self.connected = False
+        self.conn: Any = None
+        """This incarnation's own connection. ``actor.resource`` is the current
+        incarnation's, which an abandoned one must never touch again."""
+        # Stall watchdog: written by the actor thread around each piece of work, read
+        # by the supervision thread. busy_since is 0.0 while idle.
+        self.busy_since = 0.0
+        self.busy_what = ""
+        self.current: SessionFuture[Any] | list[SessionFuture[Any]] | None = None
+        """The future(s) of the call or batch in progress (actor thread writes)."""
+        self.deferred: set[SessionFuture[Any]] = set()
+        """Calls that returned a ``Deferred`` still waiting for their reply. Added on
+        the actor thread, discarded on whichever thread resolves the reply."""
+        self.abandoned = False
+        """Set once, by the supervision or a stopper thread, when the runtime gives up
+        on this incarnation; never cleared."""
         self.batch_fns = frozenset(
             getattr(type(actor), name) for name in actor.batch_methods
         )
@@ -279,15 +304,24 @@ class Runner(pykka.ThreadingActor):
     def on_start(self) -> None:
         self.thread = threading.current_thread()
         self.thread.name = f"sessions-{self.actor.name}"
+        self.entered.set()
+        if self.abandoned:  # given up on before its thread even ran
+            self.stop()
+            return
         # Set before connect(): a reader thread started by connect() may report a fault
         # at once; it is queued and crashes this incarnation as soon as it serves.
         self.actor._runner = self
         try:
+            self.busy_what = "connect()"
             resource = self.actor.connect()
+            self.conn, self.connected = resource, True
+            if self.abandoned:  # given up on while connecting: never publish it
+                raise _Abandoned()
             self.actor.resource = resource
-            self.connected = True
             for step in list(self.actor._replays.values()):
                 step(resource)
+                if self.abandoned:
+                    raise _Abandoned()
         except BaseException as exc:  # a failed start, whatever it raised
             self._close()
             self.stop()
@@ -324,6 +358,48 @@ class Runner(pykka.ThreadingActor):
         elif type(message) is _Fault and not self.view.ended:
             self._crash(message.error, "reported fault")
 
+    # -- giving up (supervision or stopper thread) ------------------------------------
+
+    def abandon(self, reason: str) -> int:
+        """Give up on this incarnation: it serves no more calls, and every future it
+        still owes (the call in progress, replies it deferred) fails now with
+        ``ResourceFault`` naming ``reason``. Returns how many futures it failed.
+
+        Safe against the actor thread finishing the same call at the same moment:
+        whoever resolves a future first wins, the other side's resolution is dropped.
+        """
+        self.abandoned = True
+        self.view.stop_serving()
+        self.started.cancel()  # a connect still running will not be published
+        owed: list[SessionFuture[Any]] = []
+        current = self.current
+        if isinstance(current, list):
+            owed += current
+        elif current is not None:
+            owed.append(current)
+        owed += list(self.deferred)  # list() of a set is atomic under the GIL
+        failed = 0
+        mailbox = self.view.mailbox
+        for future in owed:
+            err = ResourceFault(
+                f"call {future.method}() on resource {self.actor.name!r} was in progress "
+                f"when {reason}; its outcome is unknown",
+                resource=self.actor.name, method=future.method,
+            )
+            if _try_fail(future, err):
+                failed += 1
+                mailbox.stats.record("fault", self._elapsed(future))
+        return failed
+
+    def abort(self) -> None:
+        """Tear this incarnation's connection down under a blocked call (kind's hook).
+        Called from a stopper thread; errors are logged, never raised."""
+        try:
+            self.actor.abort(self.conn)
+        except Exception as exc:
+            log.warning("abort() of %r raised (ignored): %s", self.actor.name,
+                        redact(repr(exc)))
+
     # -- work -------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -358,14 +434,19 @@ class Runner(pykka.ThreadingActor):
                 mailbox.stats.count_only("timeout")
             return
         mailbox.running = 1
+        self.current, self.busy_what = future, future.method
+        self.busy_since = time.monotonic()
         try:
             result = call.fn(self.actor, *call.args, **call.kwargs)
         except BaseException as exc:
+            self.busy_since, self.current = 0.0, None
             mailbox.running = 0
             self._failed(future, exc)
         else:
+            self.busy_since, self.current = 0.0, None
             mailbox.running = 0
             if type(result) is Deferred:
+                self.deferred.add(future)
                 result.future.add_done_callback(
                     lambda inner: self._settle(future, inner)
                 )
@@ -374,33 +455,34 @@ class Runner(pykka.ThreadingActor):
 
     def _succeeded(self, future: SessionFuture[Any], value: Any) -> None:
         """A call returned ``value`` (directly or through a ``Deferred``)."""
-        mailbox = self.view.mailbox
-        future.set_result(value)
-        mailbox.stats.record("ok", time.monotonic() - future.deadline + mailbox.call_timeout)
+        if self.abandoned or not _try_set(future, value):
+            return  # failed already by abandon(): the caller has its answer
+        self.view.mailbox.stats.record("ok", self._elapsed(future))
         if self.breaker is not None:
             self.breaker.record(True)
 
     def _failed(self, future: SessionFuture[Any], exc: BaseException,
                 deferred: bool = False) -> None:
         """A call raised ``exc``: a fault (restart) or the caller's own error."""
-        mailbox = self.view.mailbox
+        if self.abandoned:
+            return  # e.g. the error an abort() caused; abandon() failed the future
         fault = self._is_fault(exc)
+        error = self._fault_error(exc, future.method) if fault else exc
+        if not _try_fail(future, error):
+            return
         if self.breaker is not None:
             self.breaker.record(not (fault or self._counts(exc)), exc)
-        elapsed = time.monotonic() - future.deadline + mailbox.call_timeout
-        mailbox.stats.record("fault" if fault else "error", elapsed)
+        self.view.mailbox.stats.record("fault" if fault else "error", self._elapsed(future))
         if fault:
-            future.set_exception(self._fault_error(exc, future.method))
             if deferred:  # resolved on some other thread: ask this incarnation to crash
                 self.report(exc)  # (a no-op if it has already ended)
             else:
                 self._crash(exc, future.method)
-        else:
-            future.set_exception(exc)
 
     def _settle(self, future: SessionFuture[Any],
                 inner: concurrent.futures.Future[Any]) -> None:
         """A ``Deferred`` result arrived (on whatever thread resolved it)."""
+        self.deferred.discard(future)
         if inner.cancelled():
             self._failed(future, concurrent.futures.CancelledError(
                 f"{future.method}() was cancelled by resource {self.actor.name!r}"), True)
@@ -410,6 +492,10 @@ class Runner(pykka.ThreadingActor):
             self._failed(future, exc, deferred=True)
         else:
             self._succeeded(future, inner.result())
+
+    def _elapsed(self, future: SessionFuture[Any]) -> float:
+        """Seconds since the call was queued (its deadline minus call_timeout)."""
+        return time.monotonic() - future.deadline + self.view.mailbox.call_timeout
 
     def _counts(self, exc: BaseException) -> bool:
         try:
@@ -431,34 +517,42 @@ class Runner(pykka.ThreadingActor):
         if not calls:
             return
         mailbox.running = 1
+        self.current, self.busy_what = [c.future for c in calls], "run_batch()"
+        self.busy_since = time.monotonic()
         try:
             outcomes = self.actor.run_batch(
                 [(c.future.method, c.args, c.kwargs) for c in calls]
             )
         except BaseException as exc:
+            self.busy_since, self.current = 0.0, None
             mailbox.running = 0
+            if self.abandoned:
+                return
             fault = self._is_fault(exc)
             if self.breaker is not None:
                 self.breaker.record(not (fault or self._counts(exc)), exc)
             for c in calls:
-                c.future.set_exception(self._fault_error(exc, c.future.method) if fault else exc)
+                _try_fail(c.future, self._fault_error(exc, c.future.method) if fault else exc)
             if fault:
                 self._crash(exc, "batch")
             return
+        self.busy_since, self.current = 0.0, None
         mailbox.running = 0
+        if self.abandoned:
+            return
         broken: BaseException | None = None
         now = time.monotonic() + mailbox.call_timeout
         for c, (ok, value) in zip(calls, outcomes, strict=True):
             if ok:
-                c.future.set_result(value)
-                mailbox.stats.record("ok", now - c.future.deadline)
+                outcome = "ok" if _try_set(c.future, value) else ""
             elif self._is_fault(value):
                 broken = value
-                c.future.set_exception(self._fault_error(value, c.future.method))
-                mailbox.stats.record("fault", now - c.future.deadline)
+                error = self._fault_error(value, c.future.method)
+                outcome = "fault" if _try_fail(c.future, error) else ""
             else:
-                c.future.set_exception(value)
-                mailbox.stats.record("error", now - c.future.deadline)
+                outcome = "error" if _try_fail(c.future, value) else ""
+            if outcome:
+                mailbox.stats.record(outcome, now - c.future.deadline)
         if self.breaker is not None:
             self.breaker.record(broken is None, broken)
         if broken is not None:
@@ -475,25 +569,31 @@ class Runner(pykka.ThreadingActor):
         return err
 
     def _poll(self) -> None:
-        self._periodic(self.actor.poll, "poll")
+        self._periodic(self.actor.poll, "poll()")
         if self.view.poll_interval is not None:
             self.view.next_poll = time.monotonic() + self.view.poll_interval
 
     def _health(self) -> None:
-        self._periodic(self.actor.health_check, "health_check")
+        self._periodic(self.actor.health_check, "health_check()")
         if self.view.health_interval:
             self.view.next_health = time.monotonic() + self.view.health_interval
 
     def _periodic(self, hook: Callable[[], None], where: str) -> None:
         """Run a periodic hook: a fault crashes the actor, anything else is logged."""
+        self.busy_what, self.busy_since = where, time.monotonic()
         try:
             hook()
         except BaseException as exc:
+            self.busy_since = 0.0
+            if self.abandoned:
+                return
             if self._is_fault(exc):
-                self._crash(exc, where)
+                self._crash(exc, where.removesuffix("()"))
                 return
             log.warning("%s of %r raised a non-fault: %s", where, self.actor.name,
                         redact(repr(exc)))
+        else:
+            self.busy_since = 0.0
 
     def _is_fault(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception):
@@ -509,18 +609,47 @@ class Runner(pykka.ThreadingActor):
         """Stop serving, close the resource, tell the supervisor, end this incarnation.
 
         ``exc`` is None for a normal exit (``stop_normally``); ``where`` then says why.
+        An abandoned incarnation only closes: the supervisor has moved on.
         """
         self._close()
         self.stop()
-        self.on_fault(self, exc, where)
+        if not self.abandoned:
+            self.on_fault(self, exc, where)
 
     def _disconnect(self) -> None:
         if not self.connected:
             return
         self.connected = False
-        resource, self.actor.resource = self.actor.resource, None
+        resource = self.conn  # kept until closed: abort() needs it if disconnect() hangs
+        if self.actor.resource is resource:
+            self.actor.resource = None
+        self.busy_what, self.busy_since = "disconnect()", time.monotonic()
         try:
             self.actor.disconnect(resource)
         except Exception as exc:
             log.warning("disconnect of %r failed (ignored): %s", self.actor.name,
                         redact(repr(exc)))
+        finally:
+            self.busy_since, self.conn = 0.0, None
+
+
+class _Abandoned(Exception):
+    """Internal: the supervisor gave up on an incarnation while it was connecting."""
+
+
+def _try_set(future: SessionFuture[Any], value: Any) -> bool:
+    """Resolve ``future`` with ``value`` unless it is resolved already (abandon())."""
+    try:
+        future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True
+
+
+def _try_fail(future: SessionFuture[Any], error: BaseException) -> bool:
+    """Fail ``future`` with ``error`` unless it is resolved already."""
+    try:
+        future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True

@@ -17,6 +17,7 @@ delay; children (re)start in order, each connected before the next starts.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import logging
@@ -27,6 +28,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import pykka
 
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig
 from sessions._errors import ConfigError, ResourceUnavailable
@@ -68,9 +71,16 @@ class Node:
         """Monotonic time before which a pending child must not start (backoff)."""
         self.attempt = 0
         """Consecutive failures (the backoff's ``n``)."""
+        self.wake_at = 0.0
+        """The ``not_before`` a backoff timer is already set for (no duplicate timers)."""
         self.started_at = 0.0
         self.ever_started = False
         self.last_fault: str | None = None
+        self.waiters: list[concurrent.futures.Future[None]] = []
+        """API callers (start_child, restart_child) waiting for this child's next start:
+        resolved by its start, failed by its failed start. Supervision thread only."""
+        self.adding = False
+        """Being added by start_child: a failed start removes it instead of retrying."""
 
 
 def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
@@ -98,7 +108,16 @@ class ResourceChild(Node):
         self.actor = actor
         self.mailbox = Mailbox(name, spec.call_timeout)
         self.runner: Runner | None = None
+        """The current incarnation (connecting or serving), or None. Supervision thread."""
+        self.connecting = False
+        """``runner`` is still in connect()/replay. Supervision thread."""
+        self.retired: list[Runner] = []
+        """Earlier incarnations a stopper thread is still ending; a new one connects only
+        once this is empty, so two incarnations never use the resource at once."""
+        self.lost: list[Runner] = []
+        """Abandoned incarnations whose thread did not end even after abort()."""
         self.call_timeout = spec.call_timeout
+        self.stall_timeout = stall_timeout(spec)
         self.breaker = breaker
 
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
@@ -117,6 +136,29 @@ class ResourceChild(Node):
     @property
     def stats(self) -> CallStats:
         return self.mailbox.stats
+
+    @property
+    def abandoned(self) -> int:
+        """Threads of abandoned incarnations still alive (blocked in a driver call that
+        abort() could not end). Read by status views; zero in a healthy system."""
+        self.lost = [r for r in self.lost if _alive(r)]
+        return sum(1 for r in [*self.retired, *self.lost] if r.abandoned and _alive(r))
+
+
+def stall_timeout(spec: ResourceConfig) -> float:
+    """The effective ``stall_timeout``: as configured, else twice ``call_timeout``.
+
+    Past ``call_timeout`` the caller has its ``CallTimeout`` already; twice that is long
+    enough that a call merely slow is not cut, short enough that calls queued behind a
+    frozen peer are served by a new connection soon.
+    """
+    return spec.stall_timeout if spec.stall_timeout is not None else 2.0 * spec.call_timeout
+
+
+def _alive(runner: Runner) -> bool:
+    """Whether an incarnation's thread may still run (not started yet counts as alive)."""
+    thread = runner.thread
+    return thread is None or thread.is_alive()
 
 
 class Pool:
@@ -169,6 +211,10 @@ class Pool:
         return sum(m.queued for m in self.members)
 
     @property
+    def abandoned(self) -> int:
+        return sum(m.abandoned for m in self.members)
+
+    @property
     def stats(self) -> CallStats:
         """The members' statistics summed."""
         return CallStats.total([m.stats for m in self.members])
@@ -203,8 +249,24 @@ def walk(node: Node) -> list[Node]:
     return out
 
 
+STALL_TICK = 0.1
+"""Seconds between two looks of the stall watchdog at every busy incarnation."""
+
+ABORT_GRACE = 1.0
+"""Seconds an aborted incarnation gets to end before it is counted as lost."""
+
+_Entry = tuple[ResourceChild, Runner]
+
+
 class Kernel:
-    """The supervision thread: runs every decision of the tree, one at a time."""
+    """The supervision thread: runs every decision of the tree, one at a time.
+
+    It never waits on a resource. A connect runs on the incarnation's own thread and
+    reports back (``_start_done``); stopping incarnations (ask, wait up to
+    ``shutdown_timeout``, abort, wait a little more) happens on short-lived stopper
+    threads that report back (``_reaped``). Meanwhile the kernel keeps serving every
+    other child's faults, timers and API requests.
+    """
 
     def __init__(self, root: SupervisorNode, events: EventBus,
                  clock: Callable[[], float] = time.monotonic,
@@ -215,11 +277,17 @@ class Kernel:
         self.rng = rng or random.Random()
         self.booted: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.failure: str | None = None
+        self.hurry = math.inf
+        """Monotonic time by which every stopper must be done (set by shutdown); read
+        by stopper threads, written once by the supervision thread."""
         self._cond = threading.Condition()
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._timers: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._exit = False
+        self._next_stall_check = 0.0
+        self._stoppers: set[threading.Thread] = set()  # supervision thread only
+        self._shutdown: concurrent.futures.Future[None] | None = None
         self._thread = threading.Thread(target=self._loop, name="sessions-supervisor",
                                         daemon=True)
 
@@ -227,6 +295,10 @@ class Kernel:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the supervision thread (from any thread)."""
@@ -261,7 +333,7 @@ class Kernel:
 
     def _loop(self) -> None:
         while not self._exit:
-            next_deadline = self._expire_unserved()
+            wake_by = self._tick()
             with self._cond:
                 now = time.monotonic()
                 if self._queue:
@@ -269,7 +341,7 @@ class Kernel:
                 elif self._timers and self._timers[0][0] <= now:
                     _, _, fn, args = heapq.heappop(self._timers)
                 else:
-                    wake = min(self._timers[0][0] if self._timers else math.inf, next_deadline)
+                    wake = min(self._timers[0][0] if self._timers else math.inf, wake_by)
                     self._cond.wait(None if wake == math.inf else wake - now)
                     continue
             try:
@@ -277,13 +349,27 @@ class Kernel:
             except Exception:  # a bug here must not kill supervision of everything else
                 log.critical("supervision step %r failed", fn, exc_info=True)
 
-    def _expire_unserved(self) -> float:
-        """Time out queued calls of resources that no incarnation is serving."""
+    def _tick(self) -> float:
+        """Time out queued calls nobody serves, and (every STALL_TICK) find incarnations
+        stalled in a call; returns when to look again."""
         now, nearest = time.monotonic(), math.inf
+        watch = now >= self._next_stall_check
         for node in walk(self.root):
-            if isinstance(node, ResourceChild) and node.state != "running" and node.mailbox.calls:
+            if not isinstance(node, ResourceChild):
+                continue
+            runner = node.runner
+            serving = node.state == "running" and runner is not None
+            if node.mailbox.calls and (watch or not serving):
+                # While serving, the runner expires overdue calls itself as it reaches
+                # them; behind a stuck call that could be late, hence the watchdog look.
                 nearest = min(nearest, node.mailbox.expire_overdue(now))
-        return nearest
+            if watch and serving and runner is not None:
+                since = runner.busy_since
+                if since and now - since > node.stall_timeout:
+                    self._stalled(node, runner, now - since)
+        if watch:
+            self._next_stall_check = now + STALL_TICK
+        return min(nearest, self._next_stall_check)
 
     # -- start cursor -----------------------------------------------------------------
 
@@ -306,33 +392,46 @@ class Kernel:
         self.advance(sup)
 
     def advance(self, sup: SupervisorNode, epoch: int | None = None) -> None:
-        """Start the pending children of ``sup`` in order, as far as backoff allows."""
+        """Start the pending children of ``sup`` as far as backoff allows.
+
+        Re-entered whenever something it waits for happens: a backoff timer, a connect
+        finishing (``_start_done``), an old incarnation ended (``_reaped``), a
+        sub-supervisor up. While the supervisor starts as a whole (``in_progress``) and
+        in a group restart (one_for_all, rest_for_one), children start strictly in
+        order, each serving before the next connects. A one_for_one restart is one
+        child's business: another child's pending restart never waits behind it."""
         if (epoch is not None and epoch != sup.epoch) or sup.state not in ACTIVE:
             return
         epoch = sup.epoch
+        ordered = sup.in_progress or sup.config.strategy != "one_for_one"
+        waiting = False
         for child in sup.children:
             if not child.pending:
                 continue
             wait = child.not_before - time.monotonic()
             if wait > 0:
-                self.at(wait, self.advance, sup, epoch)
-                return
-            if isinstance(child, SupervisorNode):
-                if child.state != "running":
-                    if child.in_progress:
-                        return  # it posts advance(sup) when it completes
+                if child.wake_at != child.not_before:  # one timer per backoff
+                    child.wake_at = child.not_before
+                    self.at(wait, self.advance, sup, epoch)
+            elif isinstance(child, SupervisorNode):
+                if child.state != "running" and not child.in_progress:
                     self.begin(child)
-                    if sup.epoch != epoch or child.state != "running":
+                    if sup.epoch != epoch:
                         return
+                if child.state == "running":
+                    self._started(sup, child)
+                    continue
+                # else: it posts advance(sup) when it completes
             else:
                 assert isinstance(child, ResourceChild)
-                err = self.start_resource(child)
-                if sup.epoch != epoch:
-                    return
-                if err is not None:
-                    self.fault(sup, child, err, during_start=True)
-                    return
-            self._started(sup, child)
+                if not (child.connecting or child.retired):
+                    self.start_resource(child)
+                # _start_done (or _reaped) re-enters
+            if ordered:
+                return
+            waiting = True
+        if waiting:
+            return
         sup.in_progress = False
         if sup.state != "running":
             sup.state = "running"
@@ -343,6 +442,7 @@ class Kernel:
 
     def _started(self, sup: SupervisorNode, child: Node) -> None:
         child.pending = False
+        child.adding = False
         if child.ever_started:
             child.restarts += 1
         child.ever_started = True
@@ -350,58 +450,77 @@ class Kernel:
         self.events.emit(ChildStarted(sup.name, child.name, child.kind, child.restarts))
         if isinstance(child, ResourceChild) and child.runner is not None:
             child.runner.serve()  # only now: the state and counters above are current
+        waiters, child.waiters = child.waiters, []
+        for waiter in waiters:
+            waiter.set_result(None)
 
-    def start_resource(self, child: ResourceChild) -> BaseException | None:
-        """Start one incarnation and wait until it has connected; the error if it failed."""
-        old = child.runner
-        if old is not None and old.thread is not None and old.thread.is_alive():
-            old.thread.join(child.spec.shutdown_timeout)
-            if old.thread.is_alive():
-                return RuntimeError("the previous incarnation is still stuck in a driver call")
+    def start_resource(self, child: ResourceChild) -> None:
+        """Start one incarnation. Its connect runs on its own thread; ``_start_done``
+        (or ``_connect_overdue`` at ``connect_timeout``) carries on from there."""
         child.state = "restarting" if child.ever_started else "starting"
 
         def register(runner: Runner) -> None:
             child.runner = runner
 
         try:
-            runner_ref = Runner.start(
+            Runner.start(
                 child.actor, child.mailbox, child.spec.health_interval,
                 lambda r, e, w: self._runner_ended(child, r, e, w), register,
                 breaker=child.breaker,
             )
         except Exception as exc:  # pragma: no cover - thread creation failed
-            return exc
+            child.runner = None
+            self._start_failed(child, exc)
+            return
         runner = child.runner
         assert runner is not None
-        try:
-            self._await_start(runner, child.spec.connect_timeout)
-        except concurrent.futures.TimeoutError:
-            if runner.started.cancel():
-                runner_ref.stop(block=False)
-                return TimeoutError(
-                    f"connect() did not finish within connect_timeout={child.spec.connect_timeout}s"
-                )
-            try:
-                runner.started.result()
-            except BaseException as exc:
-                return exc
-        except BaseException as exc:
-            return exc
-        child.state = "running"
-        return None
+        child.connecting = True
+        runner.started.add_done_callback(lambda _: self.post(self._start_done, child, runner))
+        self.at(child.spec.connect_timeout, self._connect_overdue, child, runner)
 
-    def _await_start(self, runner: Runner, timeout: float) -> None:
-        """Wait for a connect, still timing out calls that queue up meanwhile."""
-        give_up = time.monotonic() + timeout
-        while True:
-            next_deadline = self._expire_unserved()
-            wait = min(give_up, next_deadline) - time.monotonic()
-            try:
-                runner.started.result(max(wait, 0.0))
-                return
-            except concurrent.futures.TimeoutError:
-                if time.monotonic() >= give_up:
-                    raise
+    def _start_done(self, child: ResourceChild, runner: Runner) -> None:
+        if child.runner is not runner or not child.connecting:
+            return  # given up on meanwhile (connect_timeout, a stop): already retired
+        child.connecting = False
+        err = None if runner.started.cancelled() else runner.started.exception()
+        if runner.started.cancelled() or err is not None:
+            child.runner = None
+            self._reap(self._retire(child, runner, []))
+            self._start_failed(child, err or RuntimeError("the start was abandoned"))
+            return
+        child.state = "running"
+        sup = child.parent
+        assert sup is not None
+        self._started(sup, child)
+        self.advance(sup)
+
+    def _connect_overdue(self, child: ResourceChild, runner: Runner) -> None:
+        if child.runner is not runner or not child.connecting:
+            return
+        timeout = child.spec.connect_timeout
+        child.runner, child.connecting = None, False
+        runner.abandon(f"connect() ran past connect_timeout={timeout}s")
+        self._reap(self._retire(child, runner, []), abort_first=True)
+        self._start_failed(child, TimeoutError(
+            f"connect() did not finish within connect_timeout={timeout}s"))
+
+    def _start_failed(self, child: ResourceChild, err: BaseException) -> None:
+        """A connect failed: undo a start_child, else apply the supervisor's policy."""
+        adding = child if child.adding else child.parent if (
+            child.parent is not None and child.parent.adding) else None
+        if adding is not None:
+            self._abort_add(adding, err)
+            return
+        sup = child.parent
+        assert sup is not None
+        self.fault(sup, child, err, during_start=True)
+        error = ResourceUnavailable(
+            f"resource {child.name!r} failed to start: {redact(repr(err))}",
+            resource=child.name)
+        error.__cause__ = err
+        waiters, child.waiters = child.waiters, []
+        for waiter in waiters:
+            waiter.set_exception(error)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -416,6 +535,8 @@ class Kernel:
                          exc: BaseException | None, where: str) -> None:
         if child.runner is not runner or child.pending or child.state in ("stopped", "failed"):
             return  # stale: already restarted, stopping, or stopped
+        child.runner = None
+        self._reap(self._retire(child, runner, []))
         sup = child.parent
         assert sup is not None
         if exc is None:
@@ -429,6 +550,24 @@ class Kernel:
             return
         self.fault(sup, child, f"{where}: {exc!r}", during_start=False)
 
+    def _stalled(self, child: ResourceChild, runner: Runner, elapsed: float) -> None:
+        """The watchdog found ``runner`` stuck in one piece of work past stall_timeout:
+        fail what it owes, abort it, and treat it as a fault of the resource."""
+        what = runner.busy_what or "a call"
+        if not what.endswith(")"):
+            what = f"call {what}()"  # a handle call: busy_what is its bare method name
+        reason = (f"{what} stalled: still running after {elapsed:.3g}s "
+                  f"(stall_timeout={child.stall_timeout:g}s)")
+        child.runner = None
+        runner.abandon(f"resource {child.name!r} stalled ({what} ran past "
+                       f"stall_timeout={child.stall_timeout:g}s)")
+        if child.breaker is not None:
+            child.breaker.record(False, reason)
+        self._reap(self._retire(child, runner, []), abort_first=True)
+        sup = child.parent
+        assert sup is not None
+        self.fault(sup, child, reason, during_start=False)
+
     def fault(self, sup: SupervisorNode, child: Node, error: str | BaseException,
               during_start: bool) -> None:
         """Apply ``sup``'s policy to a child that broke (or failed to start)."""
@@ -440,9 +579,11 @@ class Kernel:
             child.breaker.record(False, msg)
         self.events.emit(ChildFaulted(sup.name, child.name, msg, during_start))
         log.warning("%s %r faulted under %r: %s", child.kind, child.name, sup.name, msg)
+        entries: list[_Entry] = []
         if isinstance(child, ResourceChild) and child.spec.restart == "temporary":
             self._stop_child(child, f"temporary resource {child.name!r} is not restarted "
-                                    f"after a fault: {msg}", "stopped")
+                                    f"after a fault: {msg}", "stopped", entries)
+            self._reap(entries)
             self.events.emit(ChildStopped(sup.name, child.name, "temporary child faulted"))
             self.post(self.advance, sup)
             return
@@ -458,16 +599,17 @@ class Kernel:
         group = [child] if during_start else self._group(sup, child)
         for sibling in reversed(group):
             if sibling is not child:
-                self._stop_child(sibling, None, "restarting")
+                self._stop_child(sibling, None, "restarting", entries)
         wake = time.monotonic() + delay
         for member in group:
             if (member is not child and isinstance(member, ResourceChild)
                     and member.spec.restart == "temporary"):
                 self._stop_child(member, f"temporary resource {member.name!r} stopped "
-                                         f"because {child.name!r} faulted", "stopped")
+                                         f"because {child.name!r} faulted", "stopped", entries)
                 continue
             member.pending, member.not_before, member.state = True, wake, "restarting"
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
+        self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
 
     def _group(self, sup: SupervisorNode, child: Node) -> list[Node]:
@@ -484,61 +626,241 @@ class Kernel:
         sup.epoch += 1
         sup.in_progress = False
         message = f"supervisor {sup.name!r} gave up: {reason}"
+        entries: list[_Entry] = []
         for child in reversed(sup.children):
-            self._stop_child(child, message, "failed")
+            self._stop_child(child, message, "failed", entries)
+        self._reap(entries)
         sup.last_fault = reason
         if sup.parent is None:
             self.failure = message  # before the state: readers of "failed" expect a reason
         sup.state = "failed"
         self.events.emit(SupervisorGaveUp(sup.name, reason))
         log.error("%s", message)
+        self._fail_waiters(sup, ResourceUnavailable(message, resource=sup.name))
         if sup.parent is not None:
             self.fault(sup.parent, sup, message, during_start=False)
         elif not self.booted.done():
             self.booted.set_exception(ResourceUnavailable(message, resource=sup.name))
 
-    def _stop_child(self, child: Node, final: str | None, state: str) -> None:
+    def _fail_waiters(self, node: Node, error: BaseException) -> None:
+        for n in walk(node):
+            waiters, n.waiters = n.waiters, []
+            for waiter in waiters:
+                waiter.set_exception(error)
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def _stop_child(self, child: Node, final: str | None, state: str,
+                    entries: list[_Entry]) -> None:
         """Stop ``child`` (reverse order for a subtree). ``final``: refuse its calls
-        with this reason; None: a stop before a restart, queued calls are kept."""
+        with this reason; None: a stop before a restart, queued calls are kept.
+
+        Bookkeeping only: the incarnations to end are appended to ``entries``, in
+        order, for ``_reap`` to end on a stopper thread."""
         child.pending = child.pending and final is None
         if isinstance(child, SupervisorNode):
             child.epoch += 1
             child.in_progress = False
             for grandchild in reversed(child.children):
-                self._stop_child(grandchild, final, state)
+                self._stop_child(grandchild, final, state, entries)
             child.state = state
             return
         assert isinstance(child, ResourceChild)
         if final is not None:
             child.mailbox.close(final)
-        runner = child.runner
-        if runner is not None and runner.thread is not None:
-            runner.actor_ref.stop(block=False)
-            runner.thread.join(child.spec.shutdown_timeout)
-            if runner.thread.is_alive():
-                log.error("resource %r did not stop within shutdown_timeout=%ss; its thread "
-                          "is abandoned", child.name, child.spec.shutdown_timeout)
+        runner, child.runner, child.connecting = child.runner, None, False
+        if runner is not None:
+            self._retire(child, runner, entries)
         if child.state != "stopped" or final is None:  # a child already ended stays "stopped"
             child.state = state
 
-    def shutdown(self, reason: str = "the system is stopping") -> None:
-        """Stop the whole tree in reverse start order, then end the supervision thread."""
-        for node in reversed(walk(self.root)):
+    def _retire(self, child: ResourceChild, runner: Runner,
+                entries: list[_Entry]) -> list[_Entry]:
+        """``runner`` serves no more calls; a stopper will end it (appended to entries)."""
+        runner.view.stop_serving()
+        runner.started.cancel()  # a connect still running will not be published
+        child.mailbox.running = 0
+        child.retired.append(runner)
+        entries.append((child, runner))
+        return entries
+
+    def _reap(self, entries: list[_Entry], *, abort_first: bool = False
+              ) -> concurrent.futures.Future[None]:
+        """End ``entries`` in order on a stopper thread; the future resolves when done."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if not entries:
+            done.set_result(None)
+            return done
+        thread = threading.Thread(target=self._stopper, args=(entries, abort_first, done),
+                                  name="sessions-stopper", daemon=True)
+        self._stoppers.add(thread)
+        thread.start()
+        return done
+
+    def _stopper(self, entries: list[_Entry], abort_first: bool,
+                 done: concurrent.futures.Future[None]) -> None:
+        """Stopper thread: end each incarnation in order. Ask it to stop and wait up to
+        its shutdown_timeout (none if ``abort_first``); if it is still running, fail
+        what it owes, abort() its connection and wait ABORT_GRACE more. Bounded by
+        ``hurry`` once the system is stopping."""
+        try:
+            for child, runner in entries:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    runner.actor_ref.stop(block=False)
+                if not abort_first:
+                    self._wait_end(runner, time.monotonic() + child.spec.shutdown_timeout)
+                if _alive(runner):
+                    what = runner.busy_what or "its work"
+                    runner.abandon(f"resource {child.name!r} was stopped ({what} did not "
+                                   f"finish within shutdown_timeout)" if not abort_first
+                                   else f"resource {child.name!r} was abandoned")
+                    runner.abort()
+                    self._wait_end(runner, time.monotonic() + ABORT_GRACE, grace=True)
+                else:  # ended: replies it still owed (Deferred) will never come
+                    runner.abandon(f"resource {child.name!r} stopped")
+                self.post(self._reaped, child, runner)
+        finally:
+            done.set_result(None)
+            self.post(self._stopper_done, threading.current_thread())
+
+    def _wait_end(self, runner: Runner, deadline: float, grace: bool = False) -> None:
+        """Wait for ``runner``'s thread to end, until ``deadline`` or ``hurry`` (plus a
+        quarter second for an aborted one, so that stop() stays bounded)."""
+        while True:
+            limit = min(deadline, self.hurry + (0.25 if grace else 0.0))
+            left = limit - time.monotonic()
+            if left <= 0 or not _alive(runner):
+                return
+            thread = runner.thread
+            if thread is None:
+                runner.entered.wait(min(left, 0.05))
+            else:
+                thread.join(min(left, 0.05))
+
+    def _reaped(self, child: ResourceChild, runner: Runner) -> None:
+        if runner in child.retired:
+            child.retired.remove(runner)
+        if _alive(runner):
+            child.lost.append(runner)
+            log.error("resource %r: an abandoned incarnation's thread is still blocked "
+                      "(in %s) after abort(); it is left behind", child.name,
+                      runner.busy_what or "a driver call")
+        sup = child.parent
+        if child.pending and sup is not None:
+            self.advance(sup)  # a restart may have waited for this incarnation to end
+
+    def _stopper_done(self, thread: threading.Thread) -> None:
+        self._stoppers.discard(thread)
+        if self._shutdown is not None and not self._stoppers:
+            self._exit = True
+            if not self._shutdown.done():
+                self._shutdown.set_result(None)
+
+    def shutdown(self, reason: str = "the system is stopping"
+                 ) -> concurrent.futures.Future[None]:
+        """Stop the whole tree in reverse start order, then end the supervision thread.
+
+        Every resource gets its shutdown_timeout, and the whole stop at most the largest
+        of them (``hurry``): what is still running then is aborted. The future resolves
+        once every stopper is done, queued calls refused and running ones failed."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._shutdown is not None:
+            return self._shutdown
+        self._shutdown = done
+        nodes = walk(self.root)
+        self.hurry = time.monotonic() + max(
+            (n.spec.shutdown_timeout for n in nodes if isinstance(n, ResourceChild)),
+            default=0.0)
+        for node in reversed(nodes):
             if isinstance(node, ResourceChild) and node.state in ACTIVE:
                 assert node.parent is not None
                 self.events.emit(ChildStopped(node.parent.name, node.name, reason))
-        self._stop_child(self.root, reason, "stopped")
+        entries: list[_Entry] = []
+        self._stop_child(self.root, reason, "stopped", entries)
         self.root.state = "stopped"
-        self._exit = True
+        self._reap(entries)
+        self._fail_waiters(self.root, ResourceUnavailable(reason, resource=ROOT))
         if not self.booted.done():
             self.booted.set_exception(ResourceUnavailable(reason, resource=ROOT))
+        if not self._stoppers:
+            self._exit = True
+            done.set_result(None)
+        return done
 
     # -- dynamic children -------------------------------------------------------------
 
-    def stop_one(self, child: Node, reason: str) -> None:
-        """terminate_child: stop for good (until restart_child)."""
+    def add_child(self, sup: SupervisorNode, node: Node) -> concurrent.futures.Future[None]:
+        """start_child: ``node`` (already in ``sup.children``) starts now; the future
+        resolves once it serves, or fails, the node removed, if its first start fails."""
+        waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if sup.state not in ACTIVE:
+            sup.children.remove(node)
+            waiter.set_exception(ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}",
+                                                     resource=node.name))
+            return waiter
+        node.adding, node.waiters = True, [waiter]
+        if isinstance(node, SupervisorNode):  # a pool: its members start under it
+            node.pending = True
+            self.begin(node)
+            self.advance(sup)
+        else:
+            node.pending = True
+            self.advance(sup)
+        return waiter
+
+    def _abort_add(self, node: Node, err: BaseException) -> None:
+        """A child being added failed its first start: stop it and take it out."""
+        sup = node.parent
+        assert sup is not None
+        entries: list[_Entry] = []
+        self._stop_child(node, f"{node.kind} {node.name!r} failed to start", "stopped",
+                         entries)
+        self._reap(entries)
+        if node in sup.children:
+            sup.children.remove(node)
+        error = ResourceUnavailable(f"resource {node.name!r} failed to start: "
+                                    f"{redact(repr(err))}", resource=node.name)
+        error.__cause__ = err
+        waiters, node.waiters = node.waiters, []
+        for waiter in waiters:
+            waiter.set_exception(error)
+        self.advance(sup)  # children after it may be pending
+
+    def restart_child(self, node: Node) -> concurrent.futures.Future[None]:
+        """restart_child: stop ``node`` if it runs, then start it; the future resolves
+        once it serves (fails if its connect fails; the policy then retries)."""
+        sup = node.parent
+        assert sup is not None
+        waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if sup.state not in ACTIVE:
+            waiter.set_exception(ResourceUnavailable(f"supervisor {sup.name!r} is {sup.state}",
+                                                     resource=node.name))
+            return waiter
+        entries: list[_Entry] = []
+        if node.state in ACTIVE:
+            self._stop_child(node, None, "restarting", entries)
+        self._reap(entries)
+        node.waiters.append(waiter)
+        node.pending, node.not_before = True, 0.0
+        if isinstance(node, SupervisorNode):
+            node.ever_started = True
+            self.begin(node)
+        else:
+            assert isinstance(node, ResourceChild)
+            node.mailbox.reopen()
+            node.state = "restarting" if node.ever_started else "starting"
+        self.advance(sup)
+        return waiter
+
+    def stop_one(self, child: Node, reason: str) -> concurrent.futures.Future[None]:
+        """terminate_child: stop for good (until restart_child); the future resolves
+        once its incarnations have ended."""
         assert child.parent is not None
+        entries: list[_Entry] = []
         self._stop_child(child, f"{child.kind} {child.name!r} was terminated ({reason})",
-                         "stopped")
+                         "stopped", entries)
         child.pending = False
         self.events.emit(ChildStopped(child.parent.name, child.name, reason))
+        self._fail_waiters(child, ResourceUnavailable(
+            f"{child.kind} {child.name!r} was terminated ({reason})", resource=child.name))
+        return self._reap(entries)

@@ -1,0 +1,229 @@
+"""Hangs are faults: stalled calls, hanging connects and stops, through the public API.
+
+The probe kind's ``stall`` hangs until ``abort()`` tears its connection down (a call to
+a frozen peer); ``stubborn`` hangs and ignores abort (a driver abort cannot reach).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions import CallTimeout, ResourceFault, ResourceUnavailable
+from sessions.messages import ChildFaulted, ChildRestarting, ChildStarted, CircuitChanged
+from tests.kinds import controls
+from tests.support import Recorder, config, wait_until
+
+
+class Resolutions:
+    """Counts how often each future resolves (it must be exactly once)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.lock = threading.Lock()
+
+    def track(self, future: Any) -> Any:
+        def done(_: Any) -> None:
+            with self.lock:
+                self.counts[id(future)] += 1
+
+        future.add_done_callback(done)
+        return future
+
+    def assert_once(self, *futures: Any) -> None:
+        for f in futures:
+            assert f.done(), f"{f.method}() never resolved"
+            assert self.counts[id(f)] == 1, f"{f.method}() resolved {self.counts[id(f)]} times"
+
+
+def test_a_stalled_call_is_a_fault_its_connection_aborted_and_queued_calls_served_anew() -> None:
+    rec, seen = Recorder(), Resolutions()
+    cfg = config({"a": {"call_timeout": 0.3, "stall_timeout": 0.5}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started = threading.Event()
+        stuck = seen.track(a.stall(started))
+        assert started.wait(5)
+        queued = seen.track(a.generation())
+        with pytest.raises(ResourceFault) as info:
+            stuck.exception(10)
+            raise stuck.exception(0)  # type: ignore[misc]
+        err = info.value
+        assert err.resource == "a" and err.method == "stall"
+        assert "stall_timeout=0.5s" in str(err) and "outcome is unknown" in str(err)
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert fault.name == "a" and not fault.during_start
+        assert fault.error.startswith("call stall() stalled: still running after")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert controls("a").aborts >= 1
+        # The call queued behind the stalled one either timed out unstarted (it waited
+        # past call_timeout) or ran on the new connection: never on the frozen one.
+        try:
+            assert queued.result() == 2
+        except CallTimeout as timeout:
+            assert timeout.started is False
+        assert a.generation().result() == 2
+        assert system.status()["children"][0]["abandoned"] == 0
+        seen.assert_once(stuck, queued)
+        assert system.stats("a").outcomes["fault"] == 1
+
+
+def test_a_late_return_of_an_abandoned_call_reaches_nobody() -> None:
+    """abort() cannot reach the stubborn call: the incarnation is abandoned, counted,
+    and when the call finally returns, its value reaches no caller and no event fires."""
+    rec, seen = Recorder(), Resolutions()
+    with sessions.start(config({"a": {"call_timeout": 0.2, "stall_timeout": 0.3}})) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        stuck = seen.track(a.stubborn(started, release))
+        assert started.wait(5)
+        assert isinstance(stuck.exception(10), ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 1,
+                   what="the abandoned thread counted")
+        assert a.generation().result() == 2  # the new connection serves meanwhile
+        faults_before = len(rec.of(ChildFaulted))
+        release.set()
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 0,
+                   what="the abandoned thread ended")
+        assert a.generation().result() == 2
+        assert len(rec.of(ChildFaulted)) == faults_before == 1
+        assert isinstance(stuck.exception(0), ResourceFault)
+        seen.assert_once(stuck)
+
+
+def test_a_stalled_health_check_is_a_fault() -> None:
+    rec = Recorder()
+    cfg = config({"a": {"health_interval": 0.05, "call_timeout": 0.2, "stall_timeout": 0.3}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        a.set_unhealthy("stall").result()
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert fault.error.startswith("health_check() stalled")
+        assert controls("a").aborts >= 1
+
+
+def test_a_stall_counts_toward_the_breaker() -> None:
+    rec = Recorder()
+    cfg = config({"a": {"call_timeout": 0.2, "stall_timeout": 0.3,
+                        "breaker": {"failures": 1, "reset_timeout": 30}}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started = threading.Event()
+        stuck = a.stall(started)
+        assert isinstance(stuck.exception(10), ResourceFault)
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")[0]
+        assert "stalled" in opened.reason
+        with pytest.raises(ResourceUnavailable):
+            a.echo(1).result()
+
+
+def test_a_hanging_connect_never_delays_another_childs_restart() -> None:
+    """The supervision thread does not wait on a connect: while a's connect hangs, b
+    faults and is restarted, and a's connect_timeout is still enforced."""
+    rec = Recorder()
+    cfg = config({"a": {"connect_timeout": 30}, "b": {}}, max_restarts=10)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        with pytest.raises(ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildRestarting) and e.name == "a")
+        wait_until(lambda: controls("a").connects == 1 and system.get("a").state == "restarting",
+                   what="a reconnecting")
+        with pytest.raises(ResourceFault):
+            system.get("b").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b" and e.restarts == 1)
+        assert system.get("b").echo("fine").result() == "fine"
+        assert not gate.is_set() and system.get("a").state == "restarting"
+        gate.set()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "a" and e.restarts == 1)
+
+
+def test_connect_past_connect_timeout_is_aborted_and_retried() -> None:
+    rec = Recorder()
+    with sessions.start(config({"a": {"connect_timeout": 0.3}}, max_restarts=10)) as system:
+        system.subscribe(rec)
+        controls("a").connect_gate = threading.Event()  # never set: every connect hangs
+        with pytest.raises(ResourceFault):
+            system.get("a").break_it().result()
+        failed = rec.wait_for(lambda e: isinstance(e, ChildFaulted) and e.during_start)[0]
+        assert "connect_timeout=0.3" in failed.error
+        wait_until(lambda: controls("a").aborts >= 1, what="the pending connect aborted")
+        controls("a").connect_gate.set()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert system.get("a").generation().result() >= 2
+
+
+def test_stop_resolves_every_future_and_leaves_no_thread_while_a_call_hangs() -> None:
+    """stop() with a call stuck on a frozen peer: the running call fails with
+    ResourceFault, queued ones with ResourceUnavailable, all before stop() returns; the
+    leak-checking fixture then finds no library thread."""
+    seen = Resolutions()
+    cfg = config({"a": {"call_timeout": 30, "stall_timeout": 60, "shutdown_timeout": 0.2},
+                  "b": {}})
+    system = sessions.start(cfg)
+    a = system.get("a")
+    started = threading.Event()
+    stuck = seen.track(a.stall(started))
+    assert started.wait(5)
+    queued = [seen.track(a.echo(i)) for i in range(3)]
+    system.stop()
+    assert isinstance(stuck.exception(0), ResourceFault)
+    assert "outcome is unknown" in str(stuck.exception(0))
+    for q in queued:
+        assert isinstance(q.exception(0), ResourceUnavailable)
+    seen.assert_once(stuck, *queued)
+    assert controls("a").aborts >= 1
+    assert system.get("b").state == "stopped"
+
+
+def test_stop_aborts_a_hanging_disconnect() -> None:
+    """A disconnect that hangs (a close handshake to a frozen peer) is aborted after
+    shutdown_timeout; stop() returns and the thread ends."""
+    system = sessions.start(config({"a": {"shutdown_timeout": 0.2}}))
+    hang = threading.Event()
+
+    def slow_disconnect(probe: Any) -> None:
+        original = type(probe).disconnect
+
+        def disconnect(resource: Any) -> None:
+            hang.set()
+            resource.aborted.wait(30)
+            original(probe, resource)
+
+        probe.disconnect = disconnect
+
+    system.get("a").apply(slow_disconnect).result()
+    system.stop()
+    assert hang.is_set() and controls("a").aborts == 1
+    assert controls("a").disconnects == 1  # the disconnect finished once aborted
+
+
+def test_a_one_for_all_restart_does_not_wait_on_a_hung_sibling_to_serve_others() -> None:
+    """one_for_all: a sibling stuck in a call is stopped within its shutdown_timeout
+    (then aborted), and the group restarts."""
+    rec, seen = Recorder(), Resolutions()
+    cfg = config({"a": {}, "b": {"call_timeout": 30, "stall_timeout": 60,
+                                 "shutdown_timeout": 0.2}},
+                 strategy="one_for_all", max_restarts=10)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        started = threading.Event()
+        stuck = seen.track(system.get("b").stall(started))
+        assert started.wait(5)
+        with pytest.raises(ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b" and e.restarts == 1)
+        assert isinstance(stuck.exception(5), ResourceFault)
+        assert system.get("b").generation().result() == 2
+        seen.assert_once(stuck)
