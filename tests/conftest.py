@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -42,6 +43,32 @@ def no_leaked_threads() -> Iterator[None]:
         pykka.ActorRegistry.stop_all(block=True, timeout=5)
     assert not leaked, f"test leaked library threads: {[t.name for t in leaked]}"
     assert not actors, f"test leaked Pykka actors: {actors}"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.CRITICAL)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "sessions" or record.name.startswith("sessions."):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_critical_logs() -> Iterator[None]:
+    """Fail the test if the library logged CRITICAL: the supervision loop logs (and
+    survives) an unexpected exception in one of its steps, which is always a bug."""
+    handler = _Collect()
+    logger = logging.getLogger()  # the root: the library's own logger keeps only NullHandler
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    formatter = logging.Formatter()
+    assert not handler.records, "the library logged CRITICAL: " + "; ".join(
+        formatter.format(r) for r in handler.records)
 
 
 @pytest.fixture(autouse=True)

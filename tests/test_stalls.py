@@ -227,3 +227,48 @@ def test_a_one_for_all_restart_does_not_wait_on_a_hung_sibling_to_serve_others()
         assert isinstance(stuck.exception(5), ResourceFault)
         assert system.get("b").generation().result() == 2
         seen.assert_once(stuck)
+
+
+def test_no_future_resolves_after_stop_returned() -> None:
+    """A call abort() cannot reach is failed by stop(); when it finally returns, after
+    stop() returned, its value reaches nobody."""
+    seen = Resolutions()
+    system = sessions.start(config({"a": {"call_timeout": 30, "stall_timeout": 60,
+                                          "shutdown_timeout": 0.1}}))
+    started, release = threading.Event(), threading.Event()
+    stuck = seen.track(system.get("a").stubborn(started, release))
+    assert started.wait(5)
+    system.stop()
+    error = stuck.exception(0)
+    assert isinstance(error, ResourceFault) and "outcome is unknown" in str(error)
+    lost = [t for t in threading.enumerate() if t.name == "sessions-a"]
+    assert lost, "the stubborn call's thread is still blocked (abort cannot reach it)"
+    release.set()
+    for thread in lost:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert stuck.exception(0) is error
+    seen.assert_once(stuck)
+
+
+def test_a_deferred_reply_still_owed_at_stop_fails_with_resource_fault() -> None:
+    seen = Resolutions()
+    system = sessions.start(config(["a"]))
+    never: Any = None
+
+    def defer(probe: Any) -> Any:
+        import concurrent.futures  # noqa: PLC0415
+
+        from sessions import Deferred  # noqa: PLC0415
+
+        nonlocal never
+        never = concurrent.futures.Future()
+        return Deferred(never)
+
+    owed = seen.track(system.get("a").apply(defer))
+    wait_until(lambda: never is not None, what="the call ran")
+    system.stop()
+    error = owed.exception(0)
+    assert isinstance(error, ResourceFault) and "stopped" in str(error)
+    never.set_result("too late")
+    seen.assert_once(owed)

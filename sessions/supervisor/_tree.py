@@ -285,6 +285,8 @@ class Kernel:
         self._timers: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._exit = False
+        self._ended = False
+        """The loop has finished (under ``_cond``): ``call`` runs inline from then on."""
         self._next_stall_check = 0.0
         self._stoppers: set[threading.Thread] = set()  # supervision thread only
         self._shutdown: concurrent.futures.Future[None] | None = None
@@ -301,14 +303,18 @@ class Kernel:
         return self._thread.is_alive()
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the supervision thread (from any thread)."""
+        """Run ``fn(*args)`` on the supervision thread (from any thread); dropped once
+        the thread has ended (everything is stopped by then)."""
         with self._cond:
             self._queue.append((fn, args))
             self._cond.notify()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the supervision thread and return its result."""
-        if threading.current_thread() is self._thread:
+        """Run ``fn(*args)`` on the supervision thread and return its result; inline
+        on the calling thread once the supervision thread has ended (or never ran)."""
+        with self._cond:
+            inline = self._ended or not self._thread.is_alive()
+        if inline or threading.current_thread() is self._thread:
             return fn(*args)
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -344,10 +350,19 @@ class Kernel:
                     wake = min(self._timers[0][0] if self._timers else math.inf, wake_by)
                     self._cond.wait(None if wake == math.inf else wake - now)
                     continue
-            try:
-                fn(*args)
-            except Exception:  # a bug here must not kill supervision of everything else
-                log.critical("supervision step %r failed", fn, exc_info=True)
+            self._step(fn, args)
+        with self._cond:  # calls queued meanwhile run now; later ones run inline
+            self._ended = True
+            leftover, self._queue = list(self._queue), deque()
+        for fn, args in leftover:
+            self._step(fn, args)
+
+    @staticmethod
+    def _step(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a bug here must not kill supervision of everything else
+            log.critical("supervision step %r failed", fn, exc_info=True)
 
     def _tick(self) -> float:
         """Time out queued calls nobody serves, and (every STALL_TICK) find incarnations
