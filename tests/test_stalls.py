@@ -15,7 +15,7 @@ import pytest
 import sessions
 from sessions import CallTimeout, ResourceFault, ResourceUnavailable
 from sessions.messages import ChildFaulted, ChildRestarting, ChildStarted, CircuitChanged
-from tests.kinds import controls
+from tests.kinds import LIFECYCLE, controls
 from tests.support import Recorder, config, wait_until
 
 
@@ -61,6 +61,8 @@ def test_a_stalled_call_is_a_fault_its_connection_aborted_and_queued_calls_serve
         assert fault.error.startswith("call stall() stalled: still running after")
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert controls("a").aborts >= 1
+        # The new connection is opened only once the aborted one is closed.
+        assert LIFECYCLE == [("connect", "a"), ("disconnect", "a"), ("connect", "a")]
         # The call queued behind the stalled one either timed out unstarted (it waited
         # past call_timeout) or ran on the new connection: never on the frozen one.
         try:

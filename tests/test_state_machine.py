@@ -1,8 +1,10 @@
 """Random interleavings of calls, faults, failed connects and restarts from several threads.
 
-Invariants: every future resolves exactly once; each caller's executed calls ran in its
-order; a call that timed out before starting never ran; a successful call ran exactly
-once; restarts never exceed the intensity without the supervisor giving up.
+Calls may also hang until aborted (a frozen peer) or past abort (returning late, after
+their incarnation was abandoned). Invariants: every future resolves exactly once; each
+caller's executed calls ran in its order; a call that timed out before starting never
+ran; a successful call ran exactly once; restarts never exceed the intensity without
+the supervisor giving up.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         LIFECYCLE.clear()
         self.recorder = Recorder()
         cfg = config(
-            {"a": {}, "b": {"call_timeout": 0.05}},
+            {"a": {"stall_timeout": 0.2, "shutdown_timeout": 0.5},
+             "b": {"call_timeout": 0.05, "shutdown_timeout": 0.5}},
             strategy="one_for_one",
             max_restarts=MAX_RESTARTS,
             period=600,
@@ -98,6 +101,18 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         """Hold b's thread so calls queued behind it can time out before starting."""
         started, release = threading.Event(), threading.Event()
         self._track(self.system.get("b").block(started, release))
+        threading.Timer(delay, release.set).start()
+
+    @rule(name=st.sampled_from("ab"))
+    def hang_until_aborted(self, name: str) -> None:
+        """A call to a frozen peer: the stall watchdog fails it and aborts the link."""
+        self._track(self.system.get(name).stall(threading.Event()))
+
+    @rule(name=st.sampled_from("ab"), delay=st.floats(0.0, 0.4))
+    def hang_past_abort(self, name: str, delay: float) -> None:
+        """A call abort() cannot reach, returning late (maybe after it was abandoned)."""
+        release = threading.Event()
+        self._track(self.system.get(name).stubborn(threading.Event(), release))
         threading.Timer(delay, release.set).start()
 
     @rule(name=st.sampled_from("ab"))

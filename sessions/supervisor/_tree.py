@@ -720,23 +720,30 @@ class Kernel:
         ``hurry`` once the system is stopping."""
         try:
             for child, runner in entries:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    runner.actor_ref.stop(block=False)
-                if not abort_first:
-                    self._wait_end(runner, time.monotonic() + child.spec.shutdown_timeout)
-                if _alive(runner):
-                    what = runner.busy_what or "its work"
-                    runner.abandon(f"resource {child.name!r} was stopped ({what} did not "
-                                   f"finish within shutdown_timeout)" if not abort_first
-                                   else f"resource {child.name!r} was abandoned")
-                    runner.abort()
-                    self._wait_end(runner, time.monotonic() + ABORT_GRACE, grace=True)
-                else:  # ended: replies it still owed (Deferred) will never come
-                    runner.abandon(f"resource {child.name!r} stopped")
-                self.post(self._reaped, child, runner)
+                try:
+                    self._end(child, runner, abort_first)
+                except Exception:  # a bug here must not leave a restart waiting for ever
+                    log.critical("stopping %r failed", child.name, exc_info=True)
+                finally:
+                    self.post(self._reaped, child, runner)
         finally:
             done.set_result(None)
             self.post(self._stopper_done, threading.current_thread())
+
+    def _end(self, child: ResourceChild, runner: Runner, abort_first: bool) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            runner.actor_ref.stop(block=False)
+        if not abort_first:
+            self._wait_end(runner, time.monotonic() + child.spec.shutdown_timeout)
+        if _alive(runner):
+            what = runner.busy_what or "its work"
+            runner.abandon(f"resource {child.name!r} was stopped ({what} did not finish "
+                           "within shutdown_timeout)" if not abort_first
+                           else f"resource {child.name!r} was abandoned")
+            runner.abort()
+            self._wait_end(runner, time.monotonic() + ABORT_GRACE, grace=True)
+        else:  # ended: replies it still owed (Deferred) will never come
+            runner.abandon(f"resource {child.name!r} stopped")
 
     def _wait_end(self, runner: Runner, deadline: float, grace: bool = False) -> None:
         """Wait for ``runner``'s thread to end, until ``deadline`` or ``hurry`` (plus a
