@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import operator
 import os
 import re
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+
+from pydantic import BaseModel
 
 import sessions
 from sessions import _config
@@ -199,9 +202,42 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"server: http://{server.bind}:{server.port} (GET /healthz, /status, /metrics)",
             file=out,
         )
+    for name, path, message in unbounded_waits(loaded.config):
+        log.warning("resources.%s.%s %s", name, path, message)
     if not args.connect:
         return EXIT_OK
     return connect_all(loaded.config, out, args.verbose)
+
+
+def unbounded_waits(config: SystemConfig) -> list[tuple[str, str, str]]:
+    """``(resource, config path, message)`` for every timeout a resource sets to an
+    unbounded wait: ``stall_timeout = inf`` (no watchdog), and the kind's own timeouts
+    (``connect_timeout = 0`` for libpq, ``socket_timeout = None`` for redis, ...), with
+    which a peer that stops answering wedges the resource until the stall watchdog aborts
+    it. The kind's are asked of its ``Options`` model (its ``unbounded_waits()``), which
+    knows what its driver makes of each value; kinds without one are not checked."""
+    found: list[tuple[str, str, str]] = []
+    for name, spec in config.resources.items():
+        if spec.stall_timeout is not None and math.isinf(spec.stall_timeout):
+            found.append(
+                (
+                    name,
+                    "stall_timeout",
+                    "= inf turns the stall watchdog off: a call blocked on a peer that "
+                    "stopped answering is bounded only by the driver's own timeouts",
+                )
+            )
+        try:
+            cls = resolve_kind(spec.kind, f"resources.{name}.kind")
+            model = getattr(cls, "Options", None)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                continue
+            check = getattr(model.model_validate(dict(spec.options)), "unbounded_waits", None)
+            if callable(check):
+                found += [(name, path, message) for path, message in check()]
+        except Exception as exc:  # validated already: a warning must not break check
+            log.debug("resources.%s: cannot check for unbounded waits: %r", name, exc)
+    return found
 
 
 def render_tree(tree: dict[str, Any], config: SystemConfig) -> list[str]:

@@ -220,6 +220,88 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in sessions_cli("-v", "check", path).stderr
 
 
+def test_check_warns_about_timeouts_set_to_unbounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wait set to unbounded is valid but named, with why, in a warning (exit 0)."""
+    path = write(
+        tmp_path,
+        """
+[resources.db]
+kind = "database"
+url = "postgresql+psycopg://plant:hunter2@db.example/plant?tcp_user_timeout=0"
+connect_args = { connect_timeout = 0, keepalives = 0, keepalives_idle = 30 }
+
+[resources.cache]
+kind = "redis"
+url = "redis://cache.example:6379/0"
+socket_keepalive = false
+
+[resources.lite]
+kind = "database"
+url = "sqlite:///plant.db"
+connect_args = { timeout = 0 }
+
+[resources.fine]
+kind = "database"
+url = "postgresql+psycopg://db.example/plant?connect_timeout=30"
+
+[resources.api]
+kind = "http"
+base_url = "http://api.example"
+
+[resources.report]
+kind = "tests.kinds:Probe"
+stall_timeout = inf
+""",
+    )
+    assert main(["check", path]) == 0
+    captured = capsys.readouterr()
+    assert "valid; it would start" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 5, captured.err
+    expected = [
+        "resources.db.connect_args.connect_timeout = 0 is unbounded: libpq then waits forever",
+        "resources.db.connect_args.keepalives = 0 is unbounded: TCP keepalive is then off",
+        "resources.db.url?tcp_user_timeout = '0' is unbounded: the kernel default applies",
+        "resources.cache.socket_keepalive = false is unbounded: an idle connection",
+        "resources.report.stall_timeout = inf turns the stall watchdog off",
+    ]
+    for line, text in zip(warnings, expected, strict=True):
+        assert text in line, (line, text)
+    assert "hunter2" not in captured.err
+
+    defaults = write(
+        tmp_path,
+        '[resources.db]\nkind = "database"\nurl = "postgresql+psycopg://db.example/p"\n'
+        '[resources.cache]\nkind = "redis"\nurl = "redis://cache.example:6379/0"\n',
+        "defaults.toml",
+    )
+    assert main(["check", defaults]) == 0
+    assert "unbounded" not in capsys.readouterr().err
+
+
+def test_unbounded_libpq_waits_are_found_in_connect_args_and_the_url() -> None:
+    from sessions.actors.database import DatabaseActor  # noqa: PLC0415
+
+    options = DatabaseActor.Options
+    assert options(url="postgresql+psycopg://h/db").unbounded_waits() == []
+    assert options(url="sqlite:///x.db", connect_args={"timeout": 0}).unbounded_waits() == []
+    found = options(
+        url="postgresql://h/db?connect_timeout=-1&keepalives_idle=0",
+        connect_args={"tcp_user_timeout": None, "keepalives": None},
+    ).unbounded_waits()
+    assert [path for path, _ in found] == [
+        "url?connect_timeout",
+        "url?keepalives_idle",
+        "connect_args.tcp_user_timeout",
+    ]
+    # connect_args win over the query string, as they do for the driver
+    assert options(
+        url="postgresql://h/db?connect_timeout=0", connect_args={"connect_timeout": 5}
+    ).unbounded_waits() == []
+
+
 class Leaky(ResourceActor):
     """A kind whose connect error quotes its URL, password and all."""
 

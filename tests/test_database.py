@@ -11,6 +11,8 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +20,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sessions
 from sessions import CallTimeout, ConfigError, ResourceFault, ResourceUnavailable
-from sessions.actors.database import DatabaseActor, DatabaseSessionManager
+from sessions.actors.database import ConnectionLost, DatabaseActor, DatabaseSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.servers import PostgresServer
 from tests.support import FakeClock, Recorder, wait_until
@@ -657,3 +659,258 @@ def test_pg_breaker_opens_against_a_stopped_server_and_closes_after_restart(
         rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "closed")
         assert db.circuit == "closed"
         assert db.scalar("SELECT 2").result() == 2
+
+
+# ------------------------------------------------- abort and bounded waits (issue 9)
+
+
+class OnItsThread:
+    """The actor driven as its runtime drives it: every hook and call on one thread of
+    its own (a plain executor thread), ``abort()`` from the test's thread."""
+
+    def __init__(self, actor: DatabaseActor) -> None:
+        self.actor = actor
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="db-actor")
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        return self._thread.submit(fn, *args)
+
+    def connect(self) -> Connection:
+        def connect() -> Connection:
+            self.actor.resource = self.actor.connect()
+            return self.actor.resource
+
+        conn: Connection = self.run(connect).result(timeout=30)
+        return conn
+
+    def disconnect(self) -> None:
+        resource, self.actor.resource = self.actor.resource, None
+        self.run(self.actor.disconnect, resource).result(timeout=30)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+def _backend_running(server: PostgresServer, dbname: str, query: str) -> bool:
+    rows = server.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active'"
+        " AND query = %s",
+        (dbname, query),
+    )
+    return int(rows[0][0]) >= 1
+
+
+def _socket_of(conn: Connection) -> Any:
+    """A duplicate of the psycopg connection's socket (close it)."""
+    import socket  # noqa: PLC0415
+
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return socket.socket(fileno=os.dup(raw.pgconn.socket))
+
+
+def test_pg_abort_wakes_a_query_blocked_in_the_driver_and_disconnect_works(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    actor = DatabaseActor(url=postgres_url)
+    runner = OnItsThread(actor)
+    try:
+        conn = runner.connect()
+        blocked = runner.run(actor.execute, "select pg_sleep(30)")
+        wait_until(
+            lambda: _backend_running(postgres_server, dbname(postgres_url), "select pg_sleep(30)"),
+            what="pg_sleep to run",
+        )
+        assert not blocked.done()
+        actor.abort(conn)  # from this thread, as the runtime does
+        with pytest.raises(OperationalError) as info:
+            blocked.result(timeout=10)
+        assert info.value.connection_invalidated
+        assert actor.is_fault(info.value)
+        actor.abort(conn)  # idempotent
+        # Nothing more is sent on an aborted connection: a fault at once.
+        with pytest.raises(ConnectionLost) as lost:
+            runner.run(actor.execute, "select 1").result(timeout=10)
+        assert actor.is_fault(lost.value)
+        runner.disconnect()
+        assert conn.closed
+        actor.abort(conn)  # after disconnect: nothing to do, no error
+        # The next incarnation is a normal connection.
+        runner.connect()
+        assert runner.run(actor.scalar, "select 41 + 1").result(timeout=10) == 42
+        runner.disconnect()
+    finally:
+        runner.close()
+
+
+def test_pg_abort_frees_a_call_on_a_frozen_server(
+    make_postgres_server: Callable[..., PostgresServer],
+) -> None:
+    """SIGSTOP: the server's kernel still acknowledges, so no TCP timeout ends the call;
+    abort does. A connect to the frozen server is bounded by connect_timeout."""
+    server = own_postgres(make_postgres_server)
+    actor = DatabaseActor(url=server.url)
+    quick = DatabaseActor(url=server.url, connect_args={"connect_timeout": 2})
+    runner, other = OnItsThread(actor), OnItsThread(quick)
+    try:
+        conn = runner.connect()
+        assert runner.run(actor.scalar, "select 1").result(timeout=10) == 1
+        pids = server.process_ids()  # the postmaster and every backend, ours included
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            blocked = runner.run(actor.scalar, "select 2")
+            # the query is sent (the server's kernel takes it) and no reply comes
+            done, _ = concurrent.futures.wait([blocked], timeout=0.5)
+            assert not done
+            actor.abort(conn)
+            with pytest.raises(OperationalError) as info:
+                blocked.result(timeout=10)
+            assert actor.is_fault(info.value)
+            runner.disconnect()  # no round trip to the frozen server
+            with pytest.raises(OperationalError, match="timeout"):
+                other.connect()  # bounded: connect_timeout, not forever
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        runner.close()
+        other.close()
+
+
+def test_pg_abort_of_a_pending_connect(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """abort(None): connect() has not returned (here: its on_connect statements)."""
+    statement = "select pg_sleep(29)"
+    actor = DatabaseActor(url=postgres_url, on_connect=[statement])
+    runner = OnItsThread(actor)
+    try:
+        pending = runner.run(actor.connect)
+        wait_until(
+            lambda: _backend_running(postgres_server, dbname(postgres_url), statement),
+            what="on_connect to run",
+        )
+        actor.abort(None)
+        with pytest.raises(OperationalError):
+            pending.result(timeout=10)
+        actor.abort(None)  # nothing pending any more: no error
+    finally:
+        runner.close()
+
+
+def test_pg_gets_bounded_libpq_defaults(postgres_url: str) -> None:
+    """The libpq parameters reach psycopg (its parameters) and the kernel (the socket)."""
+    import socket  # noqa: PLC0415
+
+    from sessions.actors.database import LIBPQ_DEFAULTS  # noqa: PLC0415
+
+    actor = DatabaseActor(url=postgres_url)
+    assert actor.connect_args == dict(LIBPQ_DEFAULTS)
+    runner = OnItsThread(actor)
+    try:
+        conn = runner.connect()
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        params = raw.info.get_parameters()
+        assert {k: params.get(k) for k in LIBPQ_DEFAULTS} == {
+            "connect_timeout": "10",
+            "keepalives": "1",
+            "keepalives_idle": "10",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+            "tcp_user_timeout": "30000",
+        }
+        with _socket_of(conn) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+        runner.disconnect()
+    finally:
+        runner.close()
+
+
+def test_pg_defaults_yield_to_the_url_connect_args_and_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+psycopg://u@db.example/plant"
+    actor = DatabaseActor(url=f"{url}?connect_timeout=3", connect_args={"keepalives_idle": 60})
+    assert actor.connect_args["keepalives_idle"] == 60
+    assert "connect_timeout" not in actor.connect_args  # the URL's own value reaches libpq
+    assert actor.engine.dialect.create_connect_args(actor.engine.url)[1]["connect_timeout"] == "3"
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "20")
+    assert "connect_timeout" not in DatabaseActor(url=url).connect_args
+    assert DatabaseActor(url=url).connect_args["tcp_user_timeout"] == 30_000
+
+
+def test_sqlite_gets_no_libpq_arguments_and_works_with_the_defaults(tmp_path: Path) -> None:
+    """The libpq parameters are for PostgreSQL only: sqlite3.connect() would refuse them."""
+    seen: list[dict[str, Any]] = []
+    for url in (sqlite_url(tmp_path), "sqlite://"):
+        actor = DatabaseActor(url=url)
+        assert actor.connect_args == {}
+        event.listen(actor.engine, "do_connect", lambda d, r, a, kw: seen.append(dict(kw)))
+        actor.resource = actor.connect()
+        try:
+            assert actor.scalar("select 1") == 1
+        finally:
+            actor.disconnect(actor.resource)
+    assert seen and all("connect_timeout" not in kw and "keepalives" not in kw for kw in seen)
+    with sessions.start(db_config(sqlite_url(tmp_path))) as system:
+        assert system.get("db").scalar("select 2").result() == 2
+
+
+def test_sqlite_abort_interrupts_a_running_query(tmp_path: Path) -> None:
+    actor = DatabaseActor(url=sqlite_url(tmp_path))
+    runner = OnItsThread(actor)
+    started = threading.Event()
+    endless = (
+        "WITH RECURSIVE c(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM c) "
+        "SELECT count(*) FROM c"
+    )
+    try:
+        conn = runner.connect()
+
+        def flag() -> int:
+            started.set()
+            return 1
+
+        runner.run(
+            lambda: conn.connection.driver_connection.create_function("started", 0, flag)
+        ).result(timeout=10)
+        blocked = runner.run(actor.scalar, endless)
+        assert started.wait(10)
+        actor.abort(conn)
+        with pytest.raises(OperationalError, match="interrupted"):
+            blocked.result(timeout=10)
+        assert actor.is_fault(blocked.exception() or Exception())
+        # sqlite3 interrupts only what runs at the time: later statements are refused.
+        with pytest.raises(ConnectionLost):
+            runner.run(actor.scalar, "select 1").result(timeout=10)
+        with pytest.raises(ConnectionLost):
+            runner.run(lambda: conn.exec_driver_sql("select 1")).result(timeout=10)
+        runner.disconnect()
+        actor.abort(conn)
+    finally:
+        runner.close()
+
+
+def test_abort_before_any_connect_does_nothing(tmp_path: Path) -> None:
+    actor = DatabaseActor(url=sqlite_url(tmp_path))
+    actor.abort(None)
+    actor.abort(object())
+
+
+def test_pg_a_stalled_call_is_aborted_and_the_resource_serves_again(postgres_url: str) -> None:
+    """End to end: the runtime's stall watchdog calls abort(); the stuck thread ends at
+    once (the autouse fixture fails the test if it outlives it) instead of in 30 s."""
+    cfg = db_config(postgres_url, call_timeout=10.0, stall_timeout=0.5)
+    with sessions.start(cfg) as system:
+        db = system.get("db")
+        with pytest.raises(ResourceFault, match="stalled"):
+            db.execute("select pg_sleep(30)").result()
+        assert db.scalar("select 1").result() == 1
+        assert db.restarts == 1
+        assert system.status()["children"][0]["abandoned"] == 0

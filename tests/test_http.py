@@ -565,3 +565,126 @@ def test_module_imports_without_requests() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ImportError True"
+
+
+# -- abort and bounded waits (issue 9) ----------------------------------------------------
+
+
+class OnItsThread:
+    """The actor driven as its runtime drives it: every hook and call on one thread of
+    its own (a plain executor thread), ``abort()`` from the test's thread."""
+
+    def __init__(self, actor: HTTPActor) -> None:
+        self.actor = actor
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="http-actor")
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._thread.submit(fn, *args, **kwargs)
+
+    def connect(self) -> requests.Session:
+        def connect() -> requests.Session:
+            self.actor.resource = self.actor.connect()
+            return self.actor.resource
+
+        session: requests.Session = self.run(connect).result(timeout=30)
+        return session
+
+    def disconnect(self) -> None:
+        resource, self.actor.resource = self.actor.resource, None
+        self.run(self.actor.disconnect, resource).result(timeout=30)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("retries", [0, {"total": 3, "allowed_methods": ["GET"]}])
+def test_abort_wakes_a_request_in_flight_and_disconnect_works(
+    make_http_server: MakeServer, retries: Any
+) -> None:
+    server = make_http_server()
+    actor = HTTPActor(server.url, timeout=(3.05, 60.0), retries=retries)
+    runner = OnItsThread(actor)
+    try:
+        session = runner.connect()
+        assert runner.run(actor.get, "/echo").result(timeout=10).status_code == 200
+        blocked = runner.run(actor.get, "/slow", params={"seconds": 30})
+        wait_until(lambda: server.active_requests == 1, what="the request to reach the server")
+        actor.abort(session)  # from this thread, as the runtime does
+        with pytest.raises(requests.ConnectionError) as info:
+            blocked.result(timeout=10)
+        assert actor.counts_as_failure(info.value)
+        assert server.counts["/slow"] == 1  # a retry, if allowed, never reached the server
+        actor.abort(session)  # idempotent
+        # The aborted Session reaches the server no more: its pools are closed, a fault.
+        with pytest.raises(requests.ConnectionError) as closed:
+            runner.run(actor.get, "/echo").result(timeout=10)
+        assert actor.is_fault(closed.value)
+        runner.disconnect()
+        actor.abort(session)  # after disconnect: no error
+        runner.connect()  # the next incarnation is a normal Session
+        assert runner.run(actor.get, "/echo").result(timeout=10).status_code == 200
+        runner.disconnect()
+    finally:
+        runner.close()
+        server.kill()  # ends the slow handler at once
+
+
+def test_abort_reaches_a_request_through_a_proxy(make_http_server: MakeServer) -> None:
+    """Connections of the adapter's proxy managers are tracked too (the test server
+    serves a proxied request line, ``GET http://origin/slow``, as its own path)."""
+    proxy = make_http_server()
+    actor = HTTPActor("http://api.invalid", timeout=(3.05, 60.0), trust_env=False)
+    runner = OnItsThread(actor)
+    try:
+        session = runner.connect()
+        blocked = runner.run(
+            actor.get, "/slow", params={"seconds": 30}, proxies={"http": proxy.url}
+        )
+        wait_until(lambda: proxy.active_requests == 1, what="the request to reach the proxy")
+        actor.abort(session)
+        with pytest.raises(requests.ConnectionError):
+            blocked.result(timeout=10)
+        runner.disconnect()
+    finally:
+        runner.close()
+        proxy.kill()
+
+
+def test_abort_before_a_session_exists_does_nothing() -> None:
+    actor = HTTPActor("http://api.invalid")
+    actor.abort(None)
+    session = actor.connect()  # no I/O
+    actor.abort(session)
+    actor.abort(session)
+    actor.disconnect(session)
+
+
+def test_infinite_timeouts_are_refused_too(http_server: HttpServer) -> None:
+    with pytest.raises(sessions.ConfigError, match=r"resources\.api\.timeout"):
+        sessions.start(http_config(http_server.url, timeout=float("inf")))
+    with pytest.raises(sessions.ConfigError, match=r"resources\.api\.timeout"):
+        sessions.start(http_config(http_server.url, timeout=[3.05, float("inf")]))
+    with sessions.start(http_config(http_server.url)) as system:
+        with pytest.raises(ValueError, match="infinity"):
+            system.get("api").get("/echo", timeout=float("inf")).result()
+        with pytest.raises(ValueError, match="infinity"):
+            system.get("api").get("/echo", timeout=(1, float("inf"))).result()
+
+
+def test_a_stalled_request_is_aborted_and_the_resource_serves_again(
+    make_http_server: MakeServer,
+) -> None:
+    """End to end: the runtime's stall watchdog calls abort(); the stuck thread ends at
+    once (the autouse fixture fails the test if it outlives it) instead of in 30 s."""
+    server = make_http_server()
+    cfg = http_config(server.url, timeout=[3.05, 60.0], call_timeout=10.0, stall_timeout=0.5)
+    try:
+        with sessions.start(cfg) as system:
+            api = system.get("api")
+            with pytest.raises(sessions.ResourceFault, match="stalled"):
+                api.get("/slow?seconds=30").result()
+            assert api.get("/echo").result().status_code == 200
+            assert api.restarts == 1
+            assert system.status()["children"][0]["abandoned"] == 0
+    finally:
+        server.kill()

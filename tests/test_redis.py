@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import logging
+import os
 import queue
+import signal
+import socket
 import textwrap
 import threading
 import time
@@ -690,3 +694,199 @@ def test_session_registry_redis_url(redis_url: str) -> None:
     with sessions.SessionRegistry(redis_url=redis_url) as registry:
         assert registry.redis.set("r", 1).result(10) is True
         assert registry.redis.incr("r").result(10) == 2
+
+
+# -- abort and bounded waits (issue 9) -------------------------------------------------
+
+
+class OnItsThread:
+    """The actor driven as its runtime drives it: every hook and call on one thread of
+    its own (a plain executor thread), ``abort()`` from the test's thread."""
+
+    def __init__(self, actor: RedisActor) -> None:
+        self.actor = actor
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="redis-actor")
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._thread.submit(fn, *args, **kwargs)
+
+    def connect(self) -> redis.Redis:
+        def connect() -> redis.Redis:
+            self.actor.resource = self.actor.connect()
+            return self.actor.resource
+
+        client: redis.Redis = self.run(connect).result(timeout=30)
+        return client
+
+    def disconnect(self) -> None:
+        resource, self.actor.resource = self.actor.resource, None
+        self.run(self.actor.disconnect, resource).result(timeout=30)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+def _pubsub_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"sessions-{name}-pubsub")]
+
+
+def test_abort_wakes_a_blocked_blpop_and_disconnect_works(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    actor = RedisActor(url=redis_url, socket_timeout=60.0)  # above BLPOP's block time
+    runner = OnItsThread(actor)
+    watcher = redis_server.client()
+    try:
+        client = runner.connect()
+        blocked = runner.run(actor.blpop, ["empty"], timeout=30)
+        wait_until(lambda: watcher.info("clients")["blocked_clients"] >= 1, what="BLPOP")
+        actor.abort(client)  # from this thread, as the runtime does
+        with pytest.raises(redis.ConnectionError) as info:
+            blocked.result(timeout=10)
+        assert actor.is_fault(info.value)
+        actor.abort(client)  # idempotent
+        # The aborted client reaches the server no more: its pool refuses at once.
+        with pytest.raises(redis.ConnectionError, match="aborted"):
+            runner.run(actor.get, "k").result(timeout=10)
+        runner.disconnect()
+        actor.abort(client)  # after disconnect: no error
+        runner.connect()  # the next incarnation is a normal connection
+        assert runner.run(actor.set, "k", "v").result(timeout=10) is True
+        runner.disconnect()
+    finally:
+        runner.close()
+        watcher.close()
+
+
+def test_abort_frees_a_call_on_a_frozen_server_and_ends_the_pubsub_threads(
+    make_redis_server: MakeRedis,
+) -> None:
+    server = make_redis_server()
+    actor = RedisActor(url=server.url, socket_timeout=60.0)
+    actor.name = "frozen"
+    runner = OnItsThread(actor)
+    inbox, callback = collector()
+    try:
+        client = runner.connect()
+        runner.run(actor.subscribe, "news", callback).result(timeout=10)
+        assert runner.run(actor.publish, "news", "hello").result(timeout=10) == 1
+        assert inbox.get(timeout=10)[1]["data"] == b"hello"
+        threads = _pubsub_threads("frozen")
+        assert len(threads) == 2  # the reader and the callback's delivery thread
+        pids = server.process_ids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            blocked = runner.run(actor.get, "k")
+            done, _ = concurrent.futures.wait([blocked], timeout=0.5)
+            assert not done  # sent; the frozen server's kernel took it, nobody answers
+            actor.abort(client)
+            with pytest.raises(redis.ConnectionError):
+                blocked.result(timeout=10)
+            for thread in threads:  # woken, not left waiting for messages
+                thread.join(10)
+                assert not thread.is_alive(), thread.name
+            runner.disconnect()  # no round trip to the frozen server
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        runner.close()
+
+
+def test_abort_frees_a_subscribe_waiting_for_a_frozen_server(make_redis_server: MakeRedis) -> None:
+    server = make_redis_server()
+    actor = RedisActor(url=server.url, socket_timeout=60.0)
+    actor.name = "frozen-sub"
+    runner = OnItsThread(actor)
+    _, callback = collector()
+    try:
+        client = runner.connect()
+        runner.run(actor.subscribe, "news", callback).result(timeout=10)
+        pids = server.process_ids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            waiting = runner.run(actor.subscribe, "sports", callback)
+            done, _ = concurrent.futures.wait([waiting], timeout=0.5)
+            assert not done  # SUBSCRIBE sent, its confirmation never comes
+            actor.abort(client)
+            with pytest.raises(redis.ConnectionError):
+                waiting.result(timeout=10)
+            runner.disconnect()
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert not _pubsub_threads("frozen-sub")
+    finally:
+        runner.close()
+
+
+def test_abort_of_a_pending_connect_and_before_any_connect(redis_url: str) -> None:
+    actor = RedisActor(url=redis_url)
+    actor.abort(None)  # nothing pending: no error
+    runner = OnItsThread(actor)
+    try:
+        client = runner.connect()
+        actor.abort(None)  # connect() has returned: abort(None) leaves it alone
+        assert runner.run(actor.ping).result(timeout=10) is True
+        actor.abort(client)
+        runner.disconnect()
+    finally:
+        runner.close()
+
+
+def test_tcp_keepalive_is_on_by_default(redis_url: str) -> None:
+    actor = RedisActor(url=redis_url)
+    kwargs = actor._connection_kwargs()
+    assert kwargs["socket_timeout"] == 5.0 and kwargs["socket_connect_timeout"] == 2.0
+    assert kwargs["socket_keepalive"] is True
+    runner = OnItsThread(actor)
+    try:
+        client = runner.connect()
+        conn = client.connection_pool.get_connection()
+        try:
+            sock = conn._sock
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        finally:
+            client.connection_pool.release(conn)
+        runner.disconnect()
+    finally:
+        runner.close()
+    # Keepalive options by name (a TOML table's keys are strings); unix sockets get none.
+    named = RedisActor(url=redis_url, socket_keepalive_options={"TCP_KEEPIDLE": 30})
+    assert named._connection_kwargs()["socket_keepalive_options"] == {socket.TCP_KEEPIDLE: 30}
+    with pytest.raises(ValueError, match="TCP_NOSUCH"):
+        RedisActor(url=redis_url, socket_keepalive_options={"TCP_NOSUCH": 1})
+    assert "socket_keepalive" not in RedisActor(url="unix:///tmp/r.sock")._connection_kwargs()
+
+
+def test_unbounded_waits_are_named_for_sessions_check() -> None:
+    url = "redis://127.0.0.1:6379/0"
+    assert RedisOptions(url=url).unbounded_waits() == []
+    assert RedisOptions(url=url, socket_connect_timeout=None).unbounded_waits() == []
+    found = dict(
+        RedisOptions(
+            url=url, socket_timeout=None, socket_connect_timeout=None, socket_keepalive=False
+        ).unbounded_waits()
+    )
+    assert set(found) == {"socket_timeout", "socket_connect_timeout", "socket_keepalive"}
+    assert all("unbounded" in message for message in found.values())
+    assert dict(RedisOptions(url=f"{url}?socket_keepalive=false").unbounded_waits())
+    with pytest.raises(ValueError, match="finite"):
+        RedisOptions(url=url, socket_timeout=float("inf"))
+
+
+def test_a_stalled_command_is_aborted_and_the_resource_serves_again(redis_url: str) -> None:
+    """End to end: the runtime's stall watchdog calls abort(); the stuck thread ends at
+    once (the autouse fixture fails the test if it outlives it) instead of in 30 s."""
+    with sessions.start(redis_config(redis_url, socket_timeout=60.0, stall_timeout=0.5)) as system:
+        cache = system.get("cache")
+        with pytest.raises(sessions.ResourceFault, match="stalled"):
+            cache.blpop(["empty"], timeout=30).result(10)
+        assert cache.set("k", "v").result(10) is True
+        assert cache.restarts == 1
+        assert system.status()["children"][0]["abandoned"] == 0

@@ -36,12 +36,34 @@ statement timeout, SQLite "no such table" or      actor keeps running
 ``counts_as_failure`` (the circuit breaker) adds to the faults the ``OperationalError`` s
 that say the server cannot be reached (SQLSTATE class 08, admin/crash shutdown, too many
 connections, "connection refused", SQLite "unable to open database file").
+
+No unbounded wait on a dead peer
+--------------------------------
+
+By default libpq waits forever: for a connection that never completes, and for a reply
+(a query sent to a host that died is retransmitted for about 15 minutes by the kernel,
+an idle connection to it is probed only after 2 hours). Every PostgreSQL connection of a
+libpq driver (psycopg, psycopg2) therefore gets the libpq parameters of
+:data:`LIBPQ_DEFAULTS` (documented there, key by key) unless the URL's query string or
+``connect_args`` sets them: a host that vanished or a black-holed network is noticed in
+about 30 s even with no watchdog. SQLite and other drivers get none of them.
+
+TCP cannot tell a *frozen* server (SIGSTOP, a stuck backend: its kernel still
+acknowledges) from a slow one, nor a long query from a hung one. That is the runtime's
+stall watchdog's job, and :meth:`DatabaseActor.abort` is how it frees the actor: it shuts
+the driver's own socket down (PostgreSQL and any driver exposing ``fileno()``) or calls
+``sqlite3.Connection.interrupt()`` (SQLite), from another thread; the blocked call then
+raises a driver error and ``disconnect`` closes the connection without a round trip.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,9 +77,10 @@ from sqlalchemy.sql.elements import TextClause
 
 from sessions._redact import redact
 from sessions._registry import SessionManager
+from sessions.actors._abort import Cut, dup_socket, shutdown_socket
 from sessions.actors._base import ResourceActor
 
-__all__ = ["ConnectionLost", "DatabaseActor", "DatabaseSessionManager"]
+__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor", "DatabaseSessionManager"]
 
 log = logging.getLogger("sessions.database")
 
@@ -80,6 +103,57 @@ _UNREACHABLE_TEXT = (
     "no route to host",
     "unable to open database file",
 )
+
+LIBPQ_DEFAULTS: Mapping[str, int] = MappingProxyType(
+    {
+        # libpq's default is to wait forever for a connection: a black-holed host
+        # retransmits the SYN for about 2 min, a frozen server accepts the TCP connection
+        # (its kernel does) and never answers the startup packet. 10 s per host address
+        # leaves room for a slow TLS and authentication handshake (psycopg enforces 2 s at
+        # least).
+        "connect_timeout": 10,
+        # TCP keepalive on (libpq's default, said explicitly), probing after 10 s of
+        # silence, every 5 s, giving up after 3 unanswered probes: an idle connection
+        # (between calls, LISTEN) to a host that vanished is dropped after about 25 s
+        # instead of the kernel's 2 h 11 min.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        # Milliseconds that sent data may stay unacknowledged before the kernel drops the
+        # connection: a query sent to a host that died fails after 30 s instead of the
+        # kernel's ~15 min of retransmissions (tcp_retries2). It also caps keepalive.
+        # libpq 12 or later; dropped for an older libpq, which would refuse it.
+        "tcp_user_timeout": 30_000,
+    }
+)
+"""libpq parameters every PostgreSQL connection of a libpq driver (psycopg, psycopg2)
+gets unless the URL's query string or ``connect_args`` sets them (``connect_timeout``:
+also unless ``PGCONNECT_TIMEOUT`` is set in the environment). They bound what TCP can
+see: a dead host or network. Not a frozen server process (its kernel still acknowledges)
+nor a long query: those are the stall watchdog's, and ``statement_timeout``'s, job.
+Explicit parameters also override a ``service`` file's."""
+
+_LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg2cffi"})
+_LIBPQ_TCP_USER_TIMEOUT = 120_000
+"""The first libpq version (12) that knows ``tcp_user_timeout``."""
+
+#: What the libpq parameters of LIBPQ_DEFAULTS mean when set to 0 (or None: libpq's own
+#: default), for ``sessions check``.
+_LIBPQ_UNBOUNDED: Mapping[str, str] = {
+    "connect_timeout": "libpq then waits forever for a connection that never completes "
+    "(a black-holed host, a frozen server)",
+    "keepalives": "TCP keepalive is then off: an idle connection to a host that vanished "
+    "is never noticed",
+    "keepalives_idle": "the kernel default applies: an idle connection to a host that "
+    "vanished is first probed after 2 hours",
+    "tcp_user_timeout": "the kernel default applies: data a dead host never acknowledges "
+    "is retransmitted for about 15 minutes before the call fails",
+}
+
+_CUT_KEY = "sessions.abort"
+"""Key of a DBAPI connection's ``Cut`` in its pool record's ``info``."""
+
 #: Compiled ``text()`` clauses kept per actor (SQLAlchemy caches by statement too;
 #: this only saves re-parsing the string on the hot path).
 _TEXT_CACHE_SIZE = 512
@@ -106,6 +180,91 @@ def _is_memory_sqlite(url: str) -> bool:
         or database.startswith("file::memory:")
         or (query.get("mode") == "memory")
     )
+
+
+def _libpq_driver(url: Any) -> bool:
+    """True for a PostgreSQL URL whose driver is built on libpq (psycopg, psycopg2)."""
+    return bool(url.get_backend_name() == "postgresql" and url.get_driver_name() in _LIBPQ_DRIVERS)
+
+
+def _libpq_version(driver: str) -> int | None:
+    """The libpq version the driver is linked with (e.g. 170002), None if unknown."""
+    try:
+        if driver == "psycopg":
+            return int(importlib.import_module("psycopg").pq.version())
+        return int(importlib.import_module(f"{driver}.extensions").libpq_version())
+    except Exception:  # not installed (create_engine says so), or no such function
+        return None
+
+
+def libpq_defaults(url: Any, connect_args: Mapping[str, Any]) -> dict[str, int]:
+    """The parameters of :data:`LIBPQ_DEFAULTS` that ``url`` (a SQLAlchemy ``URL``) and
+    ``connect_args`` leave unset; nothing for a driver not built on libpq."""
+    if not _libpq_driver(url):
+        return {}
+    given = set(url.query) | set(connect_args)
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        given.add("connect_timeout")
+    version = _libpq_version(url.get_driver_name())
+    if version is not None and version < _LIBPQ_TCP_USER_TIMEOUT:
+        given.add("tcp_user_timeout")
+    return {k: v for k, v in LIBPQ_DEFAULTS.items() if k not in given}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def unbounded_libpq_waits(url: str, connect_args: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(config path, message)`` for each libpq parameter set to an unbounded wait
+    (``sessions check`` warns about them): 0, a negative number or None."""
+    try:
+        parsed = make_url(url)
+        if not _libpq_driver(parsed):
+            return []
+    except Exception:  # a bad URL or an unknown driver is reported by validation
+        return []
+    problems: list[tuple[str, str]] = []
+    for key, why in _LIBPQ_UNBOUNDED.items():
+        if key in connect_args:  # connect_args wins over the URL's query string
+            path, value = f"connect_args.{key}", connect_args[key]
+        elif key in parsed.query:
+            path, value = f"url?{key}", parsed.query[key]
+        else:
+            continue
+        number = _number(value)
+        if value is None and key == "keepalives":
+            continue  # libpq's own default: on
+        if value is None or (number is not None and number <= 0):
+            default = LIBPQ_DEFAULTS[key]
+            problems.append((path, f"= {value!r} is unbounded: {why} (default: {default})"))
+    return problems
+
+
+def _abort_target(raw: Any) -> tuple[Callable[[], object], Callable[[], object] | None] | None:
+    """How ``abort`` tears down the DBAPI connection ``raw`` from another thread.
+
+    A driver exposing its socket (``fileno()``: psycopg 3, psycopg2, mysqlclient): a
+    duplicate of that socket is taken now, on the thread that connected, and shut down
+    at abort (``shutdown`` wakes a blocked ``recv``, ``close`` would not). Holding our own
+    descriptor means the number can never be freed and reused by an unrelated socket
+    before the abort. SQLite: ``interrupt()``, which SQLite allows from any thread.
+    """
+    fileno = getattr(raw, "fileno", None)
+    if callable(fileno):
+        try:
+            sock = dup_socket(int(fileno()))
+        except Exception as exc:  # not a socket, or the driver lost it already
+            log.debug("cannot duplicate the socket of %r: %r", type(raw), exc)
+        else:
+            return (lambda: shutdown_socket(sock)), sock.close
+    interrupt = getattr(raw, "interrupt", None)
+    if callable(interrupt):
+        return interrupt, None
+    return None
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -147,9 +306,18 @@ class DatabaseActor(ResourceActor):
         )
         connect_args: dict[str, Any] = Field(
             default_factory=dict,
-            description="Keyword arguments for the DBAPI connect() (e.g. connect_timeout "
-            "for psycopg, timeout (the busy timeout, default 5 s) for SQLite).",
+            description="Keyword arguments for the DBAPI connect() (e.g. timeout, the busy "
+            "timeout, default 5 s, for SQLite). PostgreSQL via psycopg/psycopg2 gets by "
+            "default connect_timeout = 10 (s), keepalives = 1, keepalives_idle = 10, "
+            "keepalives_interval = 5, keepalives_count = 3 and tcp_user_timeout = 30000 "
+            "(ms), so that a dead host or network is noticed in about 30 s; a key given "
+            "here or in the URL's query string wins. 0 means unbounded for these "
+            "(sessions check warns).",
         )
+
+        def unbounded_waits(self) -> list[tuple[str, str]]:
+            """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
+            return unbounded_libpq_waits(self.url, self.connect_args)
 
     def __init__(
         self,
@@ -171,6 +339,9 @@ class DatabaseActor(ResourceActor):
         # wait on the busy timeout instead of failing at once on the lock upgrade.
         self._begin_sql = "BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN"
         try:
+            given = dict(connect_args or {})
+            self.connect_args: dict[str, Any] = {**libpq_defaults(parsed, given), **given}
+            """What the DBAPI connect() gets besides the URL (with LIBPQ_DEFAULTS)."""
             # NullPool: the engine's only connection is the one connect() keeps open.
             # AUTOCOMMIT: a lone statement needs one round trip; transactions BEGIN
             # explicitly in _on_begin.
@@ -179,7 +350,7 @@ class DatabaseActor(ResourceActor):
                 poolclass=NullPool,
                 isolation_level="AUTOCOMMIT",
                 echo=echo,
-                connect_args=dict(connect_args or {}),
+                connect_args=dict(self.connect_args),
             )
         except ImportError as err:
             extra = "postgres" if parsed.get_backend_name() == "postgresql" else "database"
@@ -195,8 +366,20 @@ class DatabaseActor(ResourceActor):
         """DBAPI connections opened by the engine (a change mid-life = silent reconnect)."""
         self._expected_connects = 0
         self._texts: dict[str, TextClause] = {}
+        self._local = threading.local()
+        """``cut``: the Cut of the incarnation running on this thread (set by connect)."""
+        self._cut_lock = threading.Lock()
+        self._connecting: list[Cut] = []
+        """Cuts of connect() calls that have not returned (what abort(None) tears down)."""
+        self._live: dict[int, tuple[Connection, Cut]] = {}
+        """id(connection) -> (connection, its Cut), from connect() to disconnect()."""
         event.listen(self.engine, "begin", self._on_begin)
         event.listen(self.engine, "connect", self._on_dbapi_connect)
+        event.listen(self.engine, "close", self._on_dbapi_close)
+        if self.is_sqlite:
+            # sqlite3's interrupt() stops only statements running at the time: refuse
+            # those an aborted incarnation would start afterwards.
+            event.listen(self.engine, "before_cursor_execute", self._refuse_if_aborted)
 
     @classmethod
     def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -212,16 +395,60 @@ class DatabaseActor(ResourceActor):
 
     def connect(self) -> Connection:
         """Open the one connection and run the ``on_connect`` statements on it."""
-        conn = self.engine.connect()
+        cut = Cut(f"the database connection to {self.url}")
+        self._local.cut = cut
+        with self._cut_lock:
+            self._connecting.append(cut)
         try:
-            for statement in self.on_connect:
-                conn.exec_driver_sql(statement)
-            conn.commit()
+            conn = self.engine.connect()
+            try:
+                for statement in self.on_connect:
+                    conn.exec_driver_sql(statement)
+                conn.commit()
+                if cut.aborted:
+                    raise ConnectionLost(f"connecting to {self.url} was aborted")
+            except BaseException:
+                self._close(conn, cut)
+                raise
         except BaseException:
-            conn.close()
+            with self._cut_lock:
+                self._connecting.remove(cut)
+            cut.close()
             raise
+        with self._cut_lock:  # one step: abort() finds the cut in one place or the other
+            self._connecting.remove(cut)
+            self._live[id(conn)] = (conn, cut)
         self._expected_connects = self._connects
         return conn
+
+    def disconnect(self, resource: Connection) -> None:
+        """Close the connection; after an abort, without a round trip to the server."""
+        with self._cut_lock:
+            entry = self._live.pop(id(resource), None)
+        self._close(resource, entry[1] if entry is not None and entry[0] is resource else None)
+
+    def abort(self, resource: Connection | None) -> None:
+        """Make a call blocked on ``resource`` return now (from another thread).
+
+        PostgreSQL (and any driver exposing ``fileno()``): the connection's socket is shut
+        down (through a duplicate taken when it was opened), so a blocked read returns and
+        the call raises ``OperationalError`` ("server closed the connection
+        unexpectedly"). SQLite: ``interrupt()``, and any later statement of the aborted
+        incarnation is refused. ``resource=None`` aborts a pending ``connect()``: its
+        ``on_connect`` statements, or, if the DBAPI connect itself is still in progress,
+        the connection as soon as it opens (the DBAPI connect is bounded by
+        ``connect_timeout``). Non-blocking, idempotent, never raises.
+        """
+        with self._cut_lock:
+            if resource is None:
+                cuts = list(self._connecting)
+            else:
+                entry = self._live.get(id(resource))
+                cuts = [entry[1]] if entry is not None and entry[0] is resource else []
+        if not cuts:
+            log.debug("abort of %s: no open connection of this actor to tear down", self.url)
+        for cut in cuts:
+            cut.abort()
 
     def is_fault(self, exc: BaseException) -> bool:
         """A lost connection is a fault; every other error is the caller's."""
@@ -314,6 +541,49 @@ class DatabaseActor(ResourceActor):
 
     def _on_dbapi_connect(self, dbapi_connection: Any, record: Any) -> None:
         self._connects += 1
+        cut: Cut | None = getattr(self._local, "cut", None)
+        if cut is None:
+            return  # opened outside connect() (e.g. engine.connect() by hand): not ours
+        raw = getattr(record, "driver_connection", None) or dbapi_connection
+        target = _abort_target(raw)
+        if target is None:
+            log.debug(
+                "abort() cannot tear down a %s connection (no fileno() or interrupt()); "
+                "its driver's own timeouts are the only bound",
+                type(raw).__name__,
+            )
+            return
+        record.info[_CUT_KEY] = cut
+        cut.add(dbapi_connection, *target)
+
+    def _on_dbapi_close(self, dbapi_connection: Any, record: Any) -> None:
+        """The pool is about to close a DBAPI connection: never abort it afterwards."""
+        cut = None if record is None else record.info.pop(_CUT_KEY, None)
+        if isinstance(cut, Cut):
+            cut.forget(dbapi_connection)
+
+    def _refuse_if_aborted(self, conn: Connection, *args: Any) -> None:
+        cut: Cut | None = getattr(self._local, "cut", None)
+        if cut is not None and cut.aborted:
+            raise ConnectionLost(f"the connection to {self.url} was aborted")
+
+    def _close(self, conn: Connection, cut: Cut | None) -> None:
+        """Close ``conn``: invalidated first if aborted (no rollback on a dead socket)."""
+        try:
+            if cut is not None and cut.aborted and not conn.invalidated:
+                conn.invalidate()
+            conn.close()
+        finally:
+            if cut is not None:
+                cut.close()
+
+    def _aborted(self, conn: Connection) -> bool:
+        """Whether ``conn``'s incarnation, or the one running on this thread, was aborted."""
+        current: Cut | None = getattr(self._local, "cut", None)
+        entry = self._live.get(id(conn))
+        return (current is not None and current.aborted) or (
+            entry is not None and entry[0] is conn and entry[1].aborted
+        )
 
     def _healthy(self) -> bool:
         conn: Connection | None = self.resource
@@ -322,6 +592,7 @@ class DatabaseActor(ResourceActor):
             and not conn.closed
             and not conn.invalidated
             and self._connects == self._expected_connects
+            and not self._aborted(conn)
         )
 
     def _statement(self, sql: Statement) -> Executable:

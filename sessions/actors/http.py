@@ -43,6 +43,15 @@ connection errors and makes calls fail at once while the API is down.
 ``connect()`` does no network I/O (it only builds the Session), so a system starts
 while the API is down; calls then fail with ``ConnectionError`` until it is back.
 
+No unbounded wait: every request has a (connect, read) timeout (default (3.05, 5.0) s; an
+unbounded one, ``None`` or infinity, is refused in the config and per call). The read
+timeout bounds the wait *between* bytes, so a server trickling a body, DNS resolution and
+retry backoff are not bounded by it: the runtime's stall watchdog is, and
+:meth:`HTTPActor.abort` is how it frees the actor. The Session's adapter remembers every
+connection urllib3 makes (an in-flight connection is not in its pool's idle queue), so
+``abort`` shuts down the socket of the request in flight from another thread, closes the
+pools (a retry then fails with ``ClosedPoolError``, a fault) and refuses new connections.
+
 ``requests`` is imported lazily (inside the methods) so that this module, and
 ``HTTPSessionManager`` with it, can be imported without the ``http`` extra.
 """
@@ -51,6 +60,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
+import math
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import urlsplit
@@ -68,13 +81,18 @@ from pydantic import (
 
 from sessions._redact import redact
 from sessions._registry import SessionManager
+from sessions.actors._abort import shutdown_socket
 from sessions.actors._base import ResourceActor
 
 if TYPE_CHECKING:
     import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3 import PoolManager
     from urllib3.util.retry import Retry
 
 __all__ = ["HTTPActor", "HTTPSessionManager"]
+
+log = logging.getLogger("sessions.http")
 
 DEFAULT_CONNECT_TIMEOUT = 3.05
 """Seconds to wait for a TCP connect: just over a multiple of 3 s, the initial TCP
@@ -87,7 +105,7 @@ by default the actor never waits on a socket longer than its caller waits for it
 DEFAULT_RETRY_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE")
 """urllib3's idempotent methods: POST and PATCH are never retried unless listed."""
 
-_Seconds = Annotated[float, Field(gt=0)]
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _Status = Annotated[int, Field(ge=100, le=599)]
 
 
@@ -181,7 +199,8 @@ class HTTPActor(ResourceActor):
         ] = Field(
             (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
             description="Seconds: one number for both, or [connect, read]. Never "
-            "unbounded. Keep the read timeout at or below call_timeout.",
+            "unbounded (None and infinity are refused). Keep the read timeout at or "
+            "below call_timeout.",
         )
         retries: Annotated[
             Annotated[Annotated[int, Field(ge=0, strict=True)], Tag("number")]
@@ -251,8 +270,6 @@ class HTTPActor(ResourceActor):
 
     def connect(self) -> requests.Session:
         """Build a fresh Session (no network I/O: the API may be down at start)."""
-        from requests.adapters import HTTPAdapter  # noqa: PLC0415  # optional extra
-
         session = _session_class()(frozenset(self.headers))
         session.trust_env = self.trust_env
         session.headers.update(self.headers)
@@ -260,7 +277,7 @@ class HTTPActor(ResourceActor):
         session.cert = self.cert
         session.auth = _auth(self._auth)
         # One thread uses this Session, so one connection per host is all it needs.
-        adapter = HTTPAdapter(pool_maxsize=1, max_retries=self._build_retry())
+        adapter: HTTPAdapter = _adapter_class()(pool_maxsize=1, max_retries=self._build_retry())
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -268,6 +285,29 @@ class HTTPActor(ResourceActor):
     def disconnect(self, resource: requests.Session) -> None:
         """Close the Session's pooled connections."""
         resource.close()
+
+    def abort(self, resource: requests.Session | None) -> None:
+        """Make a request blocked on ``resource`` return now (from another thread).
+
+        Shuts down the socket of every connection the Session's adapters made (the one
+        in flight included: a blocked read ends, the call raises ``ConnectionError``),
+        closes their pools and refuses new connections, so a urllib3 retry cannot reach
+        the server again (it fails with ``ClosedPoolError``). A connection still in its
+        TCP connect or DNS lookup has no socket yet: it is bounded by the connect
+        timeout (DNS only by the resolver). ``connect()`` does no I/O, so there is no
+        pending connect to abort. Non-blocking, idempotent, never raises.
+        """
+        if resource is None:
+            return
+        try:
+            adapters = list(resource.adapters.values())
+        except Exception as exc:  # mounted anew meanwhile: nothing of ours to find
+            log.debug("abort: cannot list the adapters: %r", exc)
+            return
+        for adapter in adapters:
+            tracker = getattr(adapter, "abort_tracker", None)
+            if isinstance(tracker, _Tracker):
+                tracker.abort()
 
     def is_fault(self, exc: BaseException) -> bool:
         """Only a closed connection pool: the Session itself is unusable. Connection
@@ -417,6 +457,102 @@ class HTTPSessionManager(SessionManager):
 # -- helpers ----------------------------------------------------------------------------
 
 
+class _Tracker:
+    """The pools and connections one adapter's urllib3 managers made (weakly held), so
+    that :meth:`abort` reaches the connection of the request in flight, which is not in
+    its pool's idle queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.aborted = False
+
+    def pool_made(self, pool: Any) -> None:
+        with self._lock:
+            self._pools.add(pool)
+            if self.aborted:
+                pool.close()
+
+    def connection_made(self, pool: Any, connection: Any) -> None:
+        from urllib3.exceptions import ClosedPoolError  # noqa: PLC0415
+
+        with self._lock:
+            if self.aborted:
+                raise ClosedPoolError(pool, "the resource was aborted")
+            self._connections.add(connection)
+
+    def abort(self) -> None:
+        """Shut every socket down, close every pool; from any thread, never blocks."""
+        with self._lock:
+            self.aborted = True
+            for connection in list(self._connections):
+                shutdown_socket(getattr(connection, "sock", None))
+            for pool in list(self._pools):
+                try:
+                    pool.close()  # idle connections closed; _get_conn: ClosedPoolError
+                except Exception as exc:
+                    log.debug("abort: closing %r failed: %r", pool, exc)
+
+
+@functools.cache
+def _tracking_pool(base: Any) -> Any:
+    """``base`` (a urllib3 connection pool class) telling a :class:`_Tracker` about itself
+    and every connection it makes (``_new_conn``: where urllib3 makes them)."""
+
+    class Abortable(base):  # type: ignore[misc]  # base is a urllib3 pool class
+        def __init__(self, *args: Any, abort_tracker: _Tracker, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.abort_tracker = abort_tracker
+            abort_tracker.pool_made(self)
+
+        def _new_conn(self) -> Any:
+            connection = super()._new_conn()
+            self.abort_tracker.connection_made(self, connection)
+            return connection
+
+    Abortable.__name__ = Abortable.__qualname__ = f"Abortable{base.__name__}"
+    return Abortable
+
+
+def _track(manager: PoolManager, tracker: _Tracker) -> None:
+    """Make ``manager`` (a urllib3 PoolManager or ProxyManager) build tracked pools:
+    ``pool_classes_by_scheme`` is urllib3's hook for the pool classes it instantiates."""
+    factories: dict[str, Any] = {  # factories, not classes: urllib3 only calls them
+        scheme: functools.partial(_tracking_pool(cls), abort_tracker=tracker)
+        for scheme, cls in manager.pool_classes_by_scheme.items()
+    }
+    manager.pool_classes_by_scheme = factories
+
+
+@functools.cache
+def _adapter_class() -> Callable[..., HTTPAdapter]:
+    """``HTTPAdapter`` whose every urllib3 pool (direct or through a proxy) is tracked for
+    :meth:`HTTPActor.abort`. Built on first use so that requests stays optional."""
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415
+
+    class _AbortableAdapter(HTTPAdapter):
+        @property
+        def abort_tracker(self) -> _Tracker:
+            tracker = self.__dict__.get("_abort_tracker")
+            if tracker is None:  # init_poolmanager runs inside HTTPAdapter.__init__
+                tracker = self.__dict__["_abort_tracker"] = _Tracker()
+            return tracker
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            _track(self.poolmanager, self.abort_tracker)
+
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            new = proxy not in self.proxy_manager
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if new:
+                _track(manager, self.abort_tracker)
+            return manager
+
+    return _AbortableAdapter
+
+
 @functools.cache
 def _session_class() -> Callable[[frozenset[str]], requests.Session]:
     """``requests.Session`` that also drops the configured headers on a redirect to
@@ -521,11 +657,12 @@ def _check_timeout(timeout: Any) -> None:
     """A per-call timeout must be bounded: a positive number or a (connect, read) pair."""
     values = timeout if isinstance(timeout, tuple | list) else (timeout,)
     if len(values) not in (1, 2) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
+        for v in values
     ):
         raise ValueError(
             f"timeout must be a positive number or a (connect, read) pair of "
-            f"positive numbers (None would wait forever), got {timeout!r}"
+            f"positive numbers (None or infinity would wait forever), got {timeout!r}"
         )
 
 

@@ -43,6 +43,20 @@ NOSCRIPT, READONLY, OOM, EXECABORT, ...),       automatic pipeline, only that co
 any other exception                             the caller
 ==============================================  ========================================
 
+No unbounded wait on a dead peer
+--------------------------------
+
+Every wait is bounded by default: ``socket_timeout`` (5 s) for a reply,
+``socket_connect_timeout`` (2 s) for a TCP connect, and TCP keepalive on for TCP
+connections (``socket_keepalive = true``, probing after 10 s of silence, every 5 s, 3
+probes: :data:`KEEPALIVE_DEFAULTS`), so an idle pub/sub connection to a host that vanished
+is dropped in about 25 s instead of never (a pub/sub reader waits for messages, not
+replies, so no socket timeout covers it). ``sessions check`` warns about a wait set to
+unbounded. A frozen server (its kernel still acknowledges) is the runtime's stall
+watchdog's job: :meth:`RedisActor.abort` shuts down, from another thread, the socket of
+every connection of the aborted incarnation (commands and pub/sub), makes its pools
+refuse new connections, and stops its pub/sub reader and delivery threads.
+
 Methods
 -------
 * Every command of redis-py's ``CoreCommands`` family (strings, hashes, lists, sets,
@@ -71,8 +85,10 @@ import functools
 import inspect
 import logging
 import math
+import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -94,11 +110,13 @@ from redis.retry import Retry
 
 from sessions._redact import redact
 from sessions._registry import SessionManager
+from sessions.actors._abort import shutdown_socket
 from sessions.actors._base import BatchItem, Outcome, ResourceActor
 
 __all__ = [
     "COMMANDS",
     "EXCLUDED",
+    "KEEPALIVE_DEFAULTS",
     "UNBATCHED",
     "PipelineBroken",
     "RedisActor",
@@ -274,6 +292,93 @@ def _passthrough_names() -> frozenset[str]:
 _PASSTHROUGH = _passthrough_names()
 
 
+def _keepalive_defaults() -> dict[int, int]:
+    names = (
+        ("TCP_KEEPIDLE", 10),  # Linux; macOS calls it TCP_KEEPALIVE
+        ("TCP_KEEPALIVE", 10),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+    )
+    options: dict[int, int] = {}
+    for name, value in names:
+        constant = getattr(socket, name, None)
+        if isinstance(constant, int) and (name != "TCP_KEEPALIVE" or not options):
+            options[constant] = value
+    return options
+
+
+KEEPALIVE_DEFAULTS: Mapping[int, int] = _keepalive_defaults()
+"""``socket_keepalive_options`` of a TCP connection unless configured: first probe after
+10 s of silence, then every 5 s, dropped after 3 unanswered probes (about 25 s), so an
+idle pub/sub connection to a host that vanished is noticed (redis-py 8's own default
+is 30/5/3; older redis-py left keepalive off). Options the platform lacks are skipped."""
+
+
+def _keepalive_options(value: Any) -> Any:
+    """``socket_keepalive_options`` with option names (a TOML table's keys are strings:
+    ``{ TCP_KEEPIDLE = 30 }``) or digit strings turned into the socket constants."""
+    if not isinstance(value, Mapping):
+        return value
+    options: dict[int, Any] = {}
+    for key, item in value.items():
+        constant: Any = key
+        if isinstance(key, str):
+            constant = int(key) if key.isdigit() else getattr(socket, key.upper(), None)
+        if not isinstance(constant, int) or isinstance(constant, bool):
+            raise ValueError(
+                f"socket_keepalive_options: unknown TCP option {key!r} on this platform "
+                "(use names like TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)"
+            )
+        options[constant] = item
+    return options
+
+
+def _tcp_url(url: str) -> bool:
+    """A redis:// or rediss:// url (TCP); unix:// has no keepalive options."""
+    return url.split(":", 1)[0].lower() in ("redis", "rediss")
+
+
+def unbounded_redis_waits(options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(config path, message)`` for each wait set to unbounded (``sessions check``)."""
+    url = options.get("url")
+    effective = dict(options)
+    if isinstance(url, str):
+        # query-string options win; a bad url is reported by validation, or at connect
+        with contextlib.suppress(Exception):
+            effective.update(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
+    problems: list[tuple[str, str]] = []
+    timeout = effective.get("socket_timeout", 5.0)
+    if timeout is None:
+        problems.append(
+            (
+                "socket_timeout",
+                "= None is unbounded: a reply is waited for forever, so a frozen server or a dead "
+                "host wedges the resource until the stall watchdog aborts it "
+                "(default: 5.0)",
+            )
+        )
+    connect_timeout = effective.get("socket_connect_timeout", 2.0)
+    if connect_timeout is None and timeout is None:  # redis-py: None -> socket_timeout
+        problems.append(
+            (
+                "socket_connect_timeout",
+                "= None (and socket_timeout = None) is unbounded: a TCP connect to a "
+                "black-holed host is waited for until the kernel gives up, about 2 "
+                "minutes (default: 2.0)",
+            )
+        )
+    if isinstance(url, str) and _tcp_url(url) and effective.get("socket_keepalive") is False:
+        problems.append(
+            (
+                "socket_keepalive",
+                "= false is unbounded: an idle connection (a pub/sub subscription) to a "
+                "host that vanished is never noticed, subscribers wait for messages "
+                "forever (default: true)",
+            )
+        )
+    return problems
+
+
 class RedisOptions(BaseModel):
     """The keys of a ``redis`` resource (constructor keywords of :class:`RedisActor`).
 
@@ -294,12 +399,18 @@ class RedisOptions(BaseModel):
     socket_timeout: float | None = Field(
         5.0,
         gt=0,
+        allow_inf_nan=False,
         description="Seconds to wait for a reply before the connection counts as broken "
         "(a fault). Keep it at most the resource's call_timeout, and above the block time "
-        "of blocking commands (BLPOP, XREAD BLOCK, ...). None waits forever.",
+        "of blocking commands (BLPOP, XREAD BLOCK, ...). None waits forever "
+        "(sessions check warns).",
     )
     socket_connect_timeout: float | None = Field(
-        2.0, gt=0, description="Seconds one TCP connect may take (a failed start after it)."
+        2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds one TCP connect may take (a failed start after it). None: "
+        "socket_timeout.",
     )
     pubsub_queue_size: int = Field(
         10_000,
@@ -307,6 +418,66 @@ class RedisOptions(BaseModel):
         description="Pub/sub messages buffered per callback; when a callback is that far "
         "behind, its oldest message is dropped (counted, logged), never another's.",
     )
+
+    def unbounded_waits(self) -> list[tuple[str, str]]:
+        """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
+        return unbounded_redis_waits({**self.model_dump(), **(self.model_extra or {})})
+
+
+class _AbortablePool(redis.ConnectionPool):
+    """A connection pool whose connections :meth:`abort` can shut down from any thread.
+
+    It keeps (weakly) every connection it makes and the socket each one connected with:
+    a connection in use is not in the pool's idle list, so tracking them as they are made
+    is the only way to reach the one a blocked command reads. Each connection's
+    ``_connect`` (where every redis-py connect and reconnect path opens its socket) is
+    wrapped: after an abort it refuses to connect, and a socket that finished connecting
+    just after the abort is shut down before its handshake can block. Nothing the aborted
+    incarnation does afterwards reaches the server again: the pool hands out no
+    connection, and a pub/sub reader's own reconnect attempt fails at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._abort_lock = threading.Lock()
+        self._sockets: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self.aborted = False
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()
+        inner: Any = getattr(connection, "_conn", connection)  # CacheProxyConnection wraps one
+        opener = getattr(inner, "_connect", None)
+        with self._abort_lock:
+            if self.aborted:
+                raise redis.ConnectionError("the connection was aborted")
+            self._sockets[inner] = None
+        if callable(opener):
+            inner._connect = functools.partial(self._open, inner, opener)
+        return connection
+
+    def _open(self, connection: Any, opener: Callable[[], Any]) -> Any:
+        if self.aborted:  # an OSError: redis-py turns it into its ConnectionError
+            raise OSError("the connection was aborted")
+        sock = opener()
+        with self._abort_lock:
+            self._sockets[connection] = sock
+            if self.aborted:
+                shutdown_socket(sock)
+        return sock
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.aborted:
+            raise redis.ConnectionError("the connection was aborted")
+        return super().get_connection(*args, **kwargs)
+
+    def abort(self) -> None:
+        """Shut down the socket of every connection made; never blocks, never raises.
+        A TCP connect in progress is bounded by ``socket_connect_timeout``; its socket is
+        shut down as soon as it connects."""
+        with self._abort_lock:
+            self.aborted = True
+            for connection, sock in list(self._sockets.items()):
+                shutdown_socket(sock or getattr(connection, "_sock", None))
 
 
 class PipelineBroken(redis.ConnectionError):
@@ -414,8 +585,8 @@ class _Listener:
 
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
         self._actor = actor
-        self._owner = owner  # the command client of this incarnation (stale reports ignored)
-        self._pool = redis.ConnectionPool.from_url(actor._url, **actor._connection_kwargs())
+        self.owner = owner  # the command client of this incarnation (stale reports ignored)
+        self._pool = _AbortablePool.from_url(actor._url, **actor._connection_kwargs())
         client = redis.Redis(connection_pool=self._pool)
         self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
         self._encode: Callable[[Any], bytes] = self._pubsub.encoder.encode
@@ -443,6 +614,18 @@ class _Listener:
                 return control.future
             self._controls.append(control)
         return control.future
+
+    def abort(self) -> None:
+        """From any thread, without blocking: stop reading, shut the pub/sub socket down
+        (a reader blocked on it wakes), and let delivery threads end once they have
+        handed out what they hold. The reader fails pending subscription requests as it
+        ends, so an actor waiting for a confirmation returns at once."""
+        self._stop.set()
+        self._pool.abort()
+        with self._lock:
+            deliveries = list(self._deliveries.values())
+        for delivery in deliveries:
+            delivery.close()
 
     def close(self) -> None:
         """Stop reading, close the connection, let delivery threads finish (bounded)."""
@@ -484,11 +667,15 @@ class _Listener:
                 if message is not None:
                     self._handle(message)
         except Exception as exc:
-            if self._stop.is_set():
+            if not self._stop.is_set():
+                self._fail_pending(exc)
+                log.warning(
+                    "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
+                )
+                self._actor.report_fault(exc, self.owner)
                 return
-            self._fail_pending(exc)
-            log.warning("pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc)))
-            self._actor.report_fault(exc, self._owner)
+        # Closed or aborted: whoever waits for a confirmation learns it now.
+        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
 
     def _apply_controls(self) -> None:
         while True:
@@ -508,9 +695,9 @@ class _Listener:
                 assert control.callback is not None
                 callback = control.callback
                 if callback not in self._deliveries:
-                    self._deliveries[callback] = _Delivery(
-                        self._actor.name, callback, self._actor._pubsub_queue_size
-                    )
+                    delivery = _Delivery(self._actor.name, callback, self._actor._pubsub_queue_size)
+                    with self._lock:  # abort() reads the deliveries from another thread
+                        self._deliveries[callback] = delivery
                 for name in names:
                     self._callbacks[(sub_kind, name)] = callback
             if not names:
@@ -601,9 +788,20 @@ class RedisActor(ResourceActor):
         self._socket_connect_timeout = socket_connect_timeout
         self._pubsub_queue_size = pubsub_queue_size
         self._redis_options = dict(redis_options)
+        if "socket_keepalive_options" in self._redis_options:
+            self._redis_options["socket_keepalive_options"] = _keepalive_options(
+                self._redis_options["socket_keepalive_options"]
+            )
+        if _tcp_url(url):
+            self._redis_options.setdefault("socket_keepalive", True)
+            self._redis_options.setdefault("socket_keepalive_options", dict(KEEPALIVE_DEFAULTS))
         self._subs: dict[tuple[str, bytes], Callback] = {}
         """(channel|pattern, name) -> callback; survives restarts (replayed)."""
-        self._listener: _Listener | None = None
+        self._listeners: dict[int, _Listener] = {}
+        """id(command client) -> the pub/sub listener of that incarnation."""
+        self._abort_lock = threading.Lock()
+        self._connecting: list[_AbortablePool] = []
+        """Pools of connect() calls that have not returned (what abort(None) tears down)."""
         self._batches = 0
         self._batched_calls = 0
         self._largest_batch = 0
@@ -624,23 +822,50 @@ class RedisActor(ResourceActor):
 
     def connect(self) -> redis.Redis:
         """A client on a one-connection pool, connected (PING) before it serves calls."""
-        pool = redis.ConnectionPool.from_url(self._url, **self._connection_kwargs())
+        pool = _AbortablePool.from_url(self._url, **self._connection_kwargs())
         client = redis.Redis(connection_pool=pool)
+        with self._abort_lock:
+            self._connecting.append(pool)
         try:
             client.ping()
         except BaseException:
             pool.disconnect()
             raise
+        finally:
+            with self._abort_lock:
+                self._connecting.remove(pool)
         return client
 
     def disconnect(self, resource: redis.Redis) -> None:
-        listener, self._listener = self._listener, None
+        listener = self._listeners.pop(id(resource), None)
         try:
-            if listener is not None:
+            if listener is not None and listener.owner is resource:
                 listener.close()
         finally:
             resource.close()
             resource.connection_pool.disconnect()
+
+    def abort(self, resource: redis.Redis | None) -> None:
+        """Make a command blocked on ``resource`` return now (from another thread).
+
+        Shuts down the socket of the incarnation's command connection and of its pub/sub
+        connection (a blocked read raises ``redis.ConnectionError``), makes their pools
+        refuse new connections, stops the pub/sub reader (it fails pending subscription
+        requests as it ends) and lets the delivery threads end. ``resource=None`` aborts
+        a pending ``connect()``. Non-blocking, idempotent, never raises.
+        """
+        if resource is None:
+            with self._abort_lock:
+                pools = list(self._connecting)
+            for pending in pools:
+                pending.abort()
+            return
+        pool = getattr(resource, "connection_pool", None)
+        if isinstance(pool, _AbortablePool):
+            pool.abort()
+        listener = self._listeners.get(id(resource))
+        if listener is not None and listener.owner is resource:
+            listener.abort()
 
     def is_fault(self, exc: BaseException) -> bool:
         """Connection and timeout errors (except credential and pool-size errors), and
@@ -790,7 +1015,7 @@ class RedisActor(ResourceActor):
         for key in keys:
             self._subs[(sub_kind, key)] = callback
         self.replay("pubsub", self._replay_pubsub)
-        self._wait(self._ensure_listener().request(kind, keys, callback), kind)
+        self._wait(self._ensure_listener(self.resource).request(kind, keys, callback), kind)
 
     def _unsubscribe(
         self, kind: str, sub_kind: str, names: str | bytes | Iterable[str | bytes] | None
@@ -804,11 +1029,11 @@ class RedisActor(ResourceActor):
             del self._subs[(sub_kind, key)]
         if not self._subs:
             self.forget("pubsub")
-        listener = self._listener
+        listener = self._listeners.get(id(self.resource))
         if listener is None or not keys:
             return
         if not self._subs:  # nothing left: free the connection and the threads
-            self._listener = None
+            del self._listeners[id(self.resource)]
             listener.close()
             return
         self._wait(listener.request(kind, keys), kind)
@@ -829,10 +1054,13 @@ class RedisActor(ResourceActor):
         encode = self.resource.get_encoder().encode
         return list(dict.fromkeys(bytes(encode(n)) for n in items))
 
-    def _ensure_listener(self) -> _Listener:
-        if self._listener is None:
-            self._listener = _Listener(self, self.resource)
-        return self._listener
+    def _ensure_listener(self, owner: redis.Redis) -> _Listener:
+        """The pub/sub listener of the incarnation whose command client is ``owner``
+        (kept per incarnation, so an aborted one's never serves its successor)."""
+        listener = self._listeners.get(id(owner))
+        if listener is None or listener.owner is not owner:
+            listener = self._listeners[id(owner)] = _Listener(self, owner)
+        return listener
 
     def _wait(self, future: concurrent.futures.Future[None], what: str) -> None:
         """Wait for Redis to confirm a subscription change (a fault if it never does)."""
@@ -852,7 +1080,7 @@ class RedisActor(ResourceActor):
         for (sub_kind, name), callback in self._subs.items():
             kind = "subscribe" if sub_kind == "channel" else "psubscribe"
             groups.setdefault((kind, callback), []).append(name)
-        listener = self._ensure_listener()
+        listener = self._ensure_listener(client)
         futures = [
             (kind, listener.request(kind, names, callback))
             for (kind, callback), names in groups.items()
