@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import math
 import queue
 import subprocess
 import sys
@@ -505,6 +506,132 @@ def test_a_bus_off_seen_while_connecting_still_restarts(channel: str) -> None:
         last_fault = system.status()["children"][0]["last_fault"]
         assert last_fault.startswith(("reported fault: BusOffError", "poll: BusOffError"))
         assert bus.bus_state().result(5) == "active"
+
+
+# -- abort (hangs) ----------------------------------------------------------------------
+
+JOIN = 10.0  # generous bound for threads to end and blocked calls to return after abort()
+
+
+def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def abort_from_another_thread(actor: CANBusActor, resource: Any) -> None:
+    aborter = threading.Thread(target=actor.abort, args=(resource,))
+    aborter.start()
+    aborter.join(JOIN)
+    assert not aborter.is_alive(), "abort() blocked"
+
+
+def threads_named(*prefixes: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefixes) and t.is_alive()]
+
+
+def test_abort_ends_the_reader_deliveries_requests_and_periodic_tasks(channel: str) -> None:
+    """abort() from another thread: every thread the connection runs ends (the reader,
+    the delivery threads, python-can's periodic senders), a request waiting for a reply
+    fails, a send fails at once with a fault, and disconnect() works after."""
+    actor = CANBusActor(channel=channel, request_timeout=60.0)
+    actor.name = "abortbus"
+    bus = actor.resource = actor.connect()
+    seen = Collector()
+    actor.subscribe(seen)
+    actor.send_periodic(can.Message(arbitration_id=0x3A1, data=b"\x01"), 0.01)
+    waiting = actor.request(request_message(encode_get_speed(), 1), response_id(1)).future
+    owned = threads_named("sessions-abortbus-", "Cyclic send task for 0x3A1")
+    assert len(owned) == 3  # the reader, one delivery thread, one periodic sender
+    abort_from_another_thread(actor, bus)
+    for thread in owned:
+        thread.join(JOIN)
+        assert not thread.is_alive(), f"{thread.name} still runs after abort()"
+    with pytest.raises(sessions.ResourceFault, match="aborted"):
+        waiting.result(JOIN)
+    with pytest.raises(can.CanOperationError, match="aborted") as info:
+        actor.send(arbitration_id=0x123, data=b"\x01")
+    assert info.value.error_code == errno.EBADF and actor.is_fault(info.value)
+    actor.abort(bus)  # idempotent
+    closer = in_thread(lambda: actor.disconnect(bus))
+    assert closer.result(JOIN) is None
+    with pytest.raises(can.CanOperationError, match="closed bus"):
+        bus.send(can.Message(arbitration_id=0x1))
+    assert actor.stats()["pending_requests"] == 0
+
+
+def test_a_send_blocked_on_a_frozen_node_returns_after_abort(channel: str) -> None:
+    """A node that hangs with a full receive queue blocks the actor thread inside the
+    driver's send. After abort() that send returns with an error (at its finite
+    send_timeout: nothing can cut python-can's wait short) and later sends fail at once."""
+    node = MotorDriveSim(channel, node_id=1, status_period=None, rx_queue_size=1)
+    with node:
+        node.freeze()
+        actor = CANBusActor(channel=channel, send_timeout=1.0)
+        bus = actor.resource = actor.connect()
+        actor.send(set_speed(1, 100))  # fills the frozen node's queue
+        blocked = in_thread(lambda: actor.send(set_speed(1, 200)))
+        abort_from_another_thread(actor, bus)
+        with pytest.raises(can.CanOperationError):
+            blocked.result(JOIN)
+        with pytest.raises(can.CanOperationError, match="aborted"):
+            actor.send(set_speed(1, 300))
+        assert in_thread(lambda: actor.disconnect(bus)).result(JOIN) is None
+        node.thaw()
+        assert not threads_named("sessions-CANBusActor-")
+
+
+def test_a_stalled_send_is_a_fault_and_the_late_disconnect_spares_the_new_bus(
+    channel: str,
+) -> None:
+    """Through the runtime: a send stuck on a frozen node past stall_timeout is a fault
+    and the bus is reopened while the old thread still waits in the driver (its send
+    ends at send_timeout or when the node thaws, well after the runtime's one-second
+    grace for an aborted incarnation). When it ends, its late disconnect
+    must not touch the new connection: its reader and deliveries keep working."""
+    rec = Recorder()
+    node = MotorDriveSim(channel, node_id=1, status_period=0.02, rx_queue_size=1)
+    options = {"send_timeout": 5.0, "call_timeout": 0.3, "stall_timeout": 0.5}
+    with node, start(channel, **options) as system:
+        system.subscribe(rec)
+        bus = system.get("bus")
+        seen = Collector()
+        bus.subscribe(seen, [{"can_id": status_id(1), "can_mask": ALL_IDS}]).result(5)
+        seen.wait_for(1)
+        node.freeze()
+        bus.send(set_speed(1, 100)).result(5)  # fills the frozen node's queue
+        with pytest.raises(sessions.ResourceFault, match="stall_timeout"):
+            bus.send(set_speed(1, 200)).result(JOIN)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1, timeout=JOIN)
+        # still blocked in the driver (until send_timeout or the thaw) and counted
+        assert system.status()["children"][0]["abandoned"] == 1
+        node.thaw()
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 0, JOIN,
+                   "the old incarnation's thread to end")
+        count = seen.count()
+        seen.wait_for(count + 3)  # the new bus still delivers after the late disconnect
+        def answer_700(msg: can.Message) -> bool:  # not a late answer to the frozen sends
+            return msg.arbitration_id == response_id(1) and msg.data[2:4] == b"\xbc\x02"
+
+        reply = reply_of(bus.request(set_speed(1, 700), answer_700))
+        assert decode_reply(reply.data) == Reply(CMD_SET_SPEED, STATUS_OK, 700)
+        assert bus.restarts == 1
+        assert len(threads_named("sessions-bus-reader")) == 1
+
+
+@pytest.mark.parametrize("key", ["send_timeout", "request_timeout"])
+def test_timeouts_must_be_finite(key: str) -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start({"resources": {"bus": {"kind": "canbus", key: math.inf}}})
+    assert info.value.path == f"resources.bus.{key}"
 
 
 # -- config and facades ---------------------------------------------------------------

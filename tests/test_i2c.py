@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
+import fcntl
 import itertools
 import math
 import multiprocessing
@@ -24,7 +26,7 @@ import sessions
 from sessions.actors.i2c import GuardedBus, I2CActor, I2CSessionManager, sim_adapter
 from sessions.messages import ChildRestarting, ChildStarted
 from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
-from tests.support import Recorder
+from tests.support import Recorder, wait_until
 
 TMP, EE, REG = 0x48, 0x50, 0x20
 FAST = math.inf  # clock_hz for tests that do not look at timing
@@ -829,3 +831,151 @@ def test_ebusy_of_a_combined_transfer_is_a_bus_error_not_a_claimed_address() -> 
     assert "bus errors in a row" in str(combined)
     claimed = actor._classify(busy, "read_byte", 0x48, None)
     assert isinstance(claimed, sessions.DeviceError) and getattr(claimed, "claimed", False)
+
+
+# --------------------------------------------------------------------------- abort (hangs)
+
+JOIN = 10.0  # generous bound for a blocked call to return after abort()
+
+
+def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would);
+    its outcome as a future."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def abort_from_another_thread(actor: Any, resource: Any) -> None:
+    """``actor.abort(resource)`` as the runtime calls it: on another thread; it must
+    return at once (never block)."""
+    aborter = threading.Thread(target=actor.abort, args=(resource,))
+    aborter.start()
+    aborter.join(JOIN)
+    assert not aborter.is_alive(), "abort() blocked"
+
+
+def test_abort_ends_a_call_stalled_on_a_hung_device() -> None:
+    """A device that hangs the bus (SCL held low): the actor thread is blocked inside a
+    transfer. abort() from another thread makes it fail at once with EBADF, a fault;
+    later transfers of that connection fail too, and disconnect() works after."""
+    adapter = SimAdapter([RegisterDevice(REG)])
+    actor = I2CActor(bus="sim", devices=adapter, clock_hz=FAST)
+    bus = actor.resource = actor.connect()
+    adapter.inject("hang", address=REG)
+    blocked = in_thread(lambda: actor.transaction(lambda b: [b.write_byte(REG, 1),
+                                                             b.read_byte(REG)]))
+    wait_until(lambda: adapter.stalled == 1, JOIN, "the transfer to hang")
+    abort_from_another_thread(actor, bus)
+    with pytest.raises(OSError) as info:
+        blocked.result(JOIN)
+    assert info.value.errno == errno.EBADF
+    assert actor.is_fault(info.value)
+    with pytest.raises(OSError) as info:
+        actor.read_byte(REG)
+    assert info.value.errno == errno.EBADF and actor.is_fault(info.value)
+    actor.abort(bus)  # idempotent
+    actor.disconnect(bus)
+    assert bus.closed and adapter.stalled == 0
+    fresh = actor.resource = actor.connect()  # the next incarnation's bus works
+    assert actor.read_byte_data(REG, 0) == 0
+    actor.disconnect(fresh)
+
+
+def test_a_hung_bus_is_a_stall_fault_and_the_bus_reopens() -> None:
+    """Through the runtime: a transfer stalled past stall_timeout is abandoned, abort()
+    ends it, the caller gets ResourceFault, and the reopened bus serves again."""
+    adapter = SimAdapter([RegisterDevice(REG)])
+    rec = Recorder()
+    config = i2c_config(devices=adapter, call_timeout=0.3, stall_timeout=0.5)
+    with sessions.start(config) as system:
+        system.subscribe(rec)
+        h = system.get("bus")
+        adapter.inject("hang", address=REG)
+        with pytest.raises(sessions.ResourceFault, match="stall_timeout"):
+            h.read_byte(REG).result(JOIN)
+        restarted(rec)
+        assert h.write_byte_data(REG, 2, 7).result(JOIN) is None
+        assert h.read_byte_data(REG, 2).result(JOIN) == 7
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 0, JOIN,
+                   "the aborted incarnation's thread to end")
+        assert adapter.stalled == 0
+
+
+def test_abort_ends_a_wait_for_the_process_lock(tmp_path: Path) -> None:
+    """Another process (here: another open file) holds the bus lock and hangs: the call
+    waits at most lock_timeout (TimeoutError, not a fault), and abort() ends the wait
+    at once (a fault)."""
+    lock_path = tmp_path / "bus.lock"
+    actor = I2CActor(bus="sim", devices=[{"type": "registers", "address": REG}],
+                     clock_hz=FAST, process_lock=True, lock_path=str(lock_path),
+                     lock_timeout=0.2)
+    bus = actor.resource = actor.connect()
+    holder = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match=r"lock_timeout=0\.2s") as timeout:
+            actor.read_byte(REG)
+        assert not actor.is_fault(timeout.value)
+        actor.options = actor.options.model_copy(update={"lock_timeout": 60.0})
+        waiting = in_thread(lambda: actor.transaction(lambda b: b.read_byte(REG)))
+        abort_from_another_thread(actor, bus)
+        with pytest.raises(OSError) as info:
+            waiting.result(JOIN)
+        assert info.value.errno == errno.EBADF and actor.is_fault(info.value)
+    finally:
+        os.close(holder)
+    actor.disconnect(bus)
+
+
+def test_abort_of_a_hardware_bus_swaps_its_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hardware path, without hardware: an smbus2 bus opened on /dev/null (its ioctls
+    fail with ENOTTY, an error for the caller). After abort() the same descriptor number
+    refers to an O_PATH file: every ioctl fails with EBADF (a fault), the number is
+    never freed for another file, and disconnect() closes it."""
+    smbus2 = pytest.importorskip("smbus2")
+    monkeypatch.setattr(smbus2.SMBus, "_get_funcs", lambda self: smbus2.I2cFunc(0))
+    actor = I2CActor(bus=os.devnull)
+    bus = actor.resource = actor.connect()
+    fd = bus.fd
+    with pytest.raises(OSError) as info:
+        actor.read_byte_data(TMP, 0)
+    assert info.value.errno == errno.ENOTTY and not actor.is_fault(info.value)
+    abort_from_another_thread(actor, bus)
+    assert bus.fd == fd and os.fstat(fd)  # still open: the number was not freed
+    with pytest.raises(OSError) as info:
+        actor.write_byte_data(TMP + 1, 0, 1)
+    assert info.value.errno == errno.EBADF and actor.is_fault(info.value)
+    actor.abort(bus)  # idempotent
+    actor.disconnect(bus)
+    assert bus.fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_an_abandoned_disconnect_leaves_the_new_connection_alone(tmp_path: Path) -> None:
+    """A late disconnect() of an aborted connection closes its own lock file and bus,
+    never those of the connection that replaced it."""
+    actor = I2CActor(bus="sim", devices=[{"type": "registers", "address": REG}],
+                     clock_hz=FAST, process_lock=True, lock_path=str(tmp_path / "bus.lock"))
+    old = actor.connect()
+    actor.abort(old)
+    new = actor.resource = actor.connect()
+    actor.disconnect(old)
+    assert old.closed and not new.closed
+    assert actor.read_byte(REG) == 0  # takes the new connection's lock file
+    actor.disconnect(new)
+
+
+@pytest.mark.parametrize("value", [math.inf, 0, -1])
+def test_lock_timeout_must_be_finite_and_positive(value: float) -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(i2c_config(process_lock=True, lock_timeout=value))
+    assert info.value.path == "resources.bus.lock_timeout"

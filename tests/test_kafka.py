@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import math
 import os
 import signal
 import threading
@@ -26,7 +28,12 @@ from kafka.structs import TopicPartition
 import sessions
 from sessions.actors.kafka import (
     AckTimeout,
+    ConsumerOptions,
+    KafkaAborted,
+    KafkaConsumerActor,
+    KafkaProducerActor,
     KafkaSessionManager,
+    ProducerOptions,
     Record,
     RecordDecodeError,
     SendResult,
@@ -375,6 +382,237 @@ def test_the_breaker_opens_against_a_stopped_broker_and_closes_after_it_is_back(
         wait_until(sends(p, topic, b"back"), 60, "the half-open probe to succeed")
         rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "closed")
         assert p.circuit == "closed"
+
+
+def test_sends_failed_by_a_broken_producer_are_counted_as_faults(make_kafka_server: Any) -> None:
+    """Issue 9's accounting bug: records in flight when the producer broke reached their
+    callers as ResourceFault but were counted as "error" (fault = 0) in status and
+    /metrics. The broker is killed with sends in flight; every ResourceFault a caller got
+    must be a "fault" in the call statistics, and nothing an "error"."""
+    server: KafkaServer = make_kafka_server()
+    topic = server.create_topic()
+    spec = producer_spec(
+        server, fault_after=0.5, ack_timeout=3.0, bootstrap_timeout_ms=500, call_timeout=8.0
+    )
+    with start({"p": spec}, max_restarts=1000) as system:
+        p = system.get("p")
+        p.send(topic, b"up").result(10)
+        server.kill()
+        in_flight = [p.send(topic, f"in-flight-{i}") for i in range(10)]
+        done, _ = concurrent.futures.wait(in_flight, timeout=30)
+        assert len(done) == len(in_flight)
+        errors = [f.exception() for f in in_flight]
+        faults = [e for e in errors if isinstance(e, sessions.ResourceFault)]
+        assert faults, errors
+        assert all(isinstance(e, CLEAR_ERRORS) for e in errors), errors
+        for err in faults:  # why the producer broke, as the cause
+            assert isinstance(err.__cause__, (kerr.KafkaConnectionError, AckTimeout)), err
+            assert "outcome is unknown" in str(err)
+        calls = system.stats("p").outcomes
+        assert calls["error"] == 0, calls
+        assert calls["fault"] == len(faults), calls
+        status = next(c for c in system.status()["children"] if c["name"] == "p")
+        assert status["calls"]["fault"] == len(faults) and status["calls"]["error"] == 0
+
+
+# -- abort: a frozen broker must not wedge a resource (issue 9) ---------------------------
+
+JOIN = 10.0
+"""Generous bound for a call blocked on a frozen broker to return after abort(): the
+driver's own bounds in these tests are 60 s."""
+
+
+@contextlib.contextmanager
+def frozen(server: KafkaServer) -> Iterator[None]:
+    """The broker stopped (SIGSTOP): connections stay up, nothing answers."""
+    pids = server.process_ids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def abort_from_another_thread(actor: Any, resource: Any) -> None:
+    aborter = threading.Thread(target=actor.abort, args=(resource,))
+    aborter.start()
+    aborter.join(JOIN)
+    assert not aborter.is_alive(), "abort() blocked"
+
+
+def test_abort_releases_a_producer_blocked_on_a_frozen_broker(make_kafka_server: Any) -> None:
+    """The driver's bounds are 60 s here; abort() from another thread makes a send()
+    waiting for a topic's metadata and a flush() waiting for acks return at once with
+    KafkaAborted (a fault), fails the record in flight the same way, and ends the
+    sender thread; disconnect() works after."""
+    server: KafkaServer = make_kafka_server()
+    topic = server.create_topic()
+    actor = KafkaProducerActor(
+        server.bootstrap, ack_timeout=60.0, fault_after=60.0, max_block_ms=60_000
+    )
+    producer = actor.resource = actor.connect()
+    assert isinstance(actor.send(topic, b"up").future.result(10), SendResult)
+    sender = producer._sender
+    with frozen(server):
+        in_flight = actor.send(topic, b"in flight").future
+        flushing = in_thread(actor.flush)
+        metadata = in_thread(lambda: actor.send(f"{topic}-new", b"x"))
+        abort_from_another_thread(actor, producer)
+        for blocked in (flushing, metadata, in_flight):
+            with pytest.raises(KafkaAborted) as info:
+                blocked.result(JOIN)
+            assert actor.is_fault(info.value)
+        sender.join(JOIN)
+        assert not sender.is_alive()
+        actor.abort(producer)  # idempotent
+        assert in_thread(lambda: actor.disconnect(producer)).result(JOIN) is None
+    assert producer._closed
+
+
+def test_abort_releases_a_consumer_blocked_on_a_frozen_broker(
+    make_kafka_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit() waiting on a frozen broker (bounded by 60 s here) returns at once with
+    KafkaAborted after abort(); the consumer's IO thread ends; disconnect() closes the
+    aborted consumer without waiting for the broker."""
+    server: KafkaServer = make_kafka_server()
+    topic = server.create_topic()
+    actor = KafkaConsumerActor(
+        server.bootstrap, "g-abort", commit_timeout=60.0, fault_after=60.0,
+        **FAST_GROUP_CONSUMER,
+    )
+    consumer = actor.resource = actor.connect()
+    actor.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not actor.assignment():  # join the group
+        assert time.monotonic() < deadline, "the consumer never got its partition"
+        actor.poll()
+    assert actor.commit({(topic, 0): 0}) == {(topic, 0): 0}
+    io_threads = [t for t in _kafka_threads() if t.name.startswith("kafka-io")]
+    assert io_threads
+    with frozen(server):
+        committing = in_thread(lambda: actor.commit({(topic, 0): 0}))
+        abort_from_another_thread(actor, consumer)
+        with pytest.raises(KafkaAborted) as info:
+            committing.result(JOIN)
+        assert actor.is_fault(info.value)
+        with pytest.raises(KafkaAborted):  # a later call on the aborted consumer: at once
+            in_thread(lambda: actor.committed(topic, 0)).result(JOIN)
+        actor.abort(consumer)  # idempotent
+        closer = in_thread(lambda: actor.disconnect(consumer))
+        assert closer.result(JOIN) is None
+    for thread in io_threads:
+        thread.join(JOIN)
+        assert not thread.is_alive()
+    assert "did not end after abort" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["producer", "consumer"])
+def test_abort_of_a_pending_connect_ends_its_bootstrap(make_kafka_server: Any, kind: str) -> None:
+    """abort(None): connect() is still bootstrapping against a frozen broker (bounded by
+    60 s here); it fails at once and leaves no client thread behind."""
+    server: KafkaServer = make_kafka_server()
+    actor: Any = (
+        KafkaProducerActor(server.bootstrap, bootstrap_timeout_ms=60_000)
+        if kind == "producer"
+        else KafkaConsumerActor(server.bootstrap, "g-abort-connect", bootstrap_timeout_ms=60_000)
+    )
+    with frozen(server):
+        connecting = in_thread(actor.connect)
+        wait_until(lambda: actor._opening is not None and actor._opening.clients, JOIN,
+                   "the constructor to build its client")
+        abort_from_another_thread(actor, None)
+        with pytest.raises((KafkaAborted, kerr.KafkaTimeoutError)):
+            connecting.result(JOIN)
+
+
+def test_a_send_stalled_on_a_frozen_broker_is_a_fault_and_its_thread_ends(
+    make_kafka_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the runtime: a send waiting for a topic's metadata past stall_timeout
+    (max_block_ms raised to 60 s by the user) is a fault; abort() ends the stuck thread
+    within the runtime's grace (it is not left behind), and the producer serves again
+    once the broker is back."""
+    server: KafkaServer = make_kafka_server()
+    topic = server.create_topic()
+    rec = Recorder()
+    spec = producer_spec(
+        server, max_block_ms=60_000, ack_timeout=4.0, bootstrap_timeout_ms=500,
+        call_timeout=0.5, stall_timeout=1.0,
+    )
+    with start({"p": spec}) as system:
+        system.subscribe(rec)
+        p = system.get("p")
+        p.send(topic, b"up").result(10)
+        with frozen(server):
+            with pytest.raises(sessions.ResourceFault, match="stall_timeout"):
+                p.send(f"{topic}-new", b"stuck").result(JOIN)
+            fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted) and e.name == "p")[0]
+            assert "stalled" in fault.error
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 0, JOIN,
+                   "the aborted incarnation's thread to end")
+        wait_until(sends(p, topic, b"after"), 60, "a send after the broker woke up")
+    assert "still blocked" not in caplog.text
+    assert b"after" in {r.value for r in read_topic(server, topic, 2)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "path"),
+    [
+        ("kafka_producer", {"ack_timeout": math.inf}, "resources.k.ack_timeout"),
+        ("kafka_producer", {"fault_after": math.nan}, "resources.k.fault_after"),
+        ("kafka_consumer", {"group_id": "g", "commit_timeout": math.inf},
+         "resources.k.commit_timeout"),
+        ("kafka_consumer", {"group_id": "g", "rebalance_poll_timeout": math.inf},
+         "resources.k.rebalance_poll_timeout"),
+        ("kafka_consumer", {"group_id": "g", "close_timeout": math.inf},
+         "resources.k.close_timeout"),
+    ],
+)
+def test_our_own_waits_must_be_finite(kind: str, options: dict[str, Any], path: str) -> None:
+    spec = {"kind": kind, "bootstrap_servers": "127.0.0.1:1", **options}
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start({"resources": {"k": spec}})
+    assert info.value.path == path
+
+
+def test_unbounded_driver_waits_are_reported_for_sessions_check() -> None:
+    """kafka-python takes None (or inf) as "wait forever": passed on, but reported."""
+    bounded = ProducerOptions(bootstrap_servers="b:9092", max_block_ms=2000)
+    assert bounded.unbounded_waits() == []
+    producer = ProducerOptions(
+        bootstrap_servers="b:9092", bootstrap_timeout_ms=None, max_block_ms=math.inf
+    )
+    assert [path for path, _ in producer.unbounded_waits()] == [
+        "bootstrap_timeout_ms",
+        "max_block_ms",
+    ]
+    assert all("unbounded" in message for _, message in producer.unbounded_waits())
+    consumer = ConsumerOptions(
+        bootstrap_servers="b:9092",
+        group_id="g",
+        dead_letter_topic="dead",
+        dead_letter_options={"max_block_ms": None},
+    )
+    assert [path for path, _ in consumer.unbounded_waits()] == [
+        "dead_letter_options.max_block_ms"
+    ]
 
 
 # -- consumer: handler mode -------------------------------------------------------------

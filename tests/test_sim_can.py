@@ -357,3 +357,40 @@ def test_bus_off_while_stopped_sends_nothing_and_persists(channel: str, client: 
         assert no_reply(client, encode_get_speed())
         sim.recover()
         assert request(client, encode_get_speed()).command == CMD_GET_SPEED
+
+
+# -- hang ----------------------------------------------------------------------------------
+
+
+def test_a_frozen_node_reads_nothing_and_blocks_senders_once_its_queue_is_full(
+    channel: str, client: can.BusABC
+) -> None:
+    """freeze(): the node hangs. Its bounded receive queue fills, and a sender on the
+    channel then waits for its send timeout and fails; thaw() answers what was queued."""
+    with MotorDriveSim(channel, node_id=NODE, status_period=0.02, rx_queue_size=1) as sim:
+        assert recv_until(client, is_status) is not None
+        sim.freeze()
+        assert sim.is_frozen
+        while client.recv(timeout=0) is not None:  # drain what it sent before the freeze
+            pass
+        send_raw(client, encode_set_speed(300))  # fills the node's queue (one frame)
+        with pytest.raises(can.CanOperationError, match="one or more recipients"):
+            client.send(request_message(encode_get_speed(), NODE), timeout=0.1)
+        assert recv_until(client, lambda m: True, 0.2) is None  # no reply, no broadcast
+        assert sim.requests_handled == 0
+
+        sim.thaw()
+        reply = recv_until(client, is_reply)  # the request queued while frozen, late
+        assert reply is not None
+        assert decode_reply(reply.data) == Reply(CMD_SET_SPEED, STATUS_OK, 300)
+        assert recv_until(client, is_status) is not None
+        assert request(client, encode_get_speed()).command == CMD_GET_SPEED
+    assert not sim_threads(sim)
+
+
+def test_a_frozen_node_stops_promptly(channel: str) -> None:
+    sim = MotorDriveSim(channel, node_id=NODE, status_period=None).start()
+    sim.freeze()
+    sim.stop()
+    assert not sim.is_running and not sim_threads(sim)
+    assert "frozen=True" in repr(sim)

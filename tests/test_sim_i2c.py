@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import math
 import os
@@ -26,6 +27,7 @@ from sessions.sim.i2c import (
     SimBus,
     SimDevice,
 )
+from tests.support import wait_until
 
 smbus2 = pytest.importorskip("smbus2")
 i2c_msg = smbus2.i2c_msg
@@ -591,6 +593,91 @@ def test_faults_on_a_shared_adapter_survive_a_reopen() -> None:
     with pytest.raises(OSError):
         bus.read_byte(REG)
     bus.read_byte(REG)
+
+
+# --------------------------------------------------------------------------- hangs
+
+JOIN = 10.0  # generous bound for a call that must return once released or aborted
+
+
+def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``call`` on a daemon thread of its own; its outcome as a future."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def wait_stalled(adapter: SimAdapter) -> None:
+    """Until a transfer is stalled (a state with no event of its own to wait on)."""
+    wait_until(lambda: adapter.stalled == 1, JOIN, "a stalled transfer")
+
+
+def test_a_hang_holds_the_bus_until_released() -> None:
+    """A hung device holds SCL low: the stalled transfer blocks, every other transfer on
+    the adapter waits behind it, and release() ends it with ETIMEDOUT (the bus driver's
+    timeout); the ones behind it then run."""
+    reg = RegisterDevice(REG)
+    adapter = SimAdapter([reg, TMP102(TMP, drift=0.0)])
+    hung, other = (SimBus(1, devices=adapter, clock_hz=FAST) for _ in range(2))
+    adapter.inject("hang", address=TMP)
+    stalled = in_thread(lambda: hung.read_byte(TMP))
+    wait_stalled(adapter)
+    behind = in_thread(lambda: other.write_byte_data(REG, 1, 9))
+    assert not stalled.done() and not behind.done()
+    adapter.release()
+    with pytest.raises(OSError) as exc_info:
+        stalled.result(JOIN)
+    assert_oserror(exc_info, errno.ETIMEDOUT)
+    assert behind.result(JOIN) is None and reg[1] == 9
+    assert adapter.stalled == 0
+    hung.read_byte(TMP)  # the hang was used up
+
+
+def test_abort_ends_a_stalled_transfer_at_once_with_ebadf() -> None:
+    """SimBus.abort() from another thread: the transfer stalled on that handle fails
+    with EBADF, later ones too until open(); close() works; another handle waits on."""
+    adapter = SimAdapter([RegisterDevice(REG)])
+    bus = SimBus(1, devices=adapter, clock_hz=FAST)
+    adapter.inject("hang", count=2)
+    stalled = in_thread(lambda: bus.read_byte_data(REG, 0))
+    wait_stalled(adapter)
+    aborter = threading.Thread(target=bus.abort)
+    aborter.start()
+    aborter.join(JOIN)
+    assert not aborter.is_alive()  # abort() never blocks
+    with pytest.raises(OSError) as exc_info:
+        stalled.result(JOIN)
+    assert_oserror(exc_info, errno.EBADF)
+    assert "aborted" in str(exc_info.value) and bus.aborted
+    with pytest.raises(OSError) as exc_info:
+        bus.write_quick(REG)
+    assert_oserror(exc_info, errno.EBADF)
+    bus.abort()  # idempotent
+    bus.close()
+    assert bus.closed and adapter.stalled == 0
+    bus.open(1)  # a reopened handle is no longer aborted: the second hang strikes it
+    assert not bus.aborted
+    stalled = in_thread(lambda: bus.read_byte(REG))
+    wait_stalled(adapter)
+    other = SimBus(1, devices=adapter, clock_hz=FAST)
+    behind = in_thread(lambda: other.read_byte(REG))
+    other.abort()  # the one waiting behind the hang fails; the stalled one stays
+    with pytest.raises(OSError) as exc_info:
+        behind.result(JOIN)
+    assert_oserror(exc_info, errno.EBADF)
+    assert not stalled.done()
+    adapter.clear_faults()  # also ends a hang in progress
+    with pytest.raises(OSError) as exc_info:
+        stalled.result(JOIN)
+    assert_oserror(exc_info, errno.ETIMEDOUT)
+    assert bus.read_byte(REG) == 0
 
 
 # --------------------------------------------------------------------------- timing

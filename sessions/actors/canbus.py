@@ -20,6 +20,15 @@ What outlives a restart: subscriptions are actor state and simply continue; peri
 tasks and bus filters live in the bus object, so they are re-created on the new bus
 by replay steps. Undelivered frames stay queued for their subscriber.
 
+Hangs: no wait is unbounded (``recv()`` in 50 ms slices, a send at most
+``send_timeout``, a request's reply ``timeout``; both keys finite). ``abort(bus)`` (the
+runtime gave up on a stalled call) ends, from another thread and without blocking,
+everything that connection runs: its reader, its waiting requests, its periodic tasks,
+its delivery threads (once their callback returns); later sends fail at once (EBADF, a
+fault). A send already inside python-can ends at its ``send_timeout``. Each connection
+keeps its own state, so the late ``disconnect()`` of an abandoned one never touches the
+bus that replaced it.
+
 python-can is imported lazily (in functions), so importing this module - and the
 ``CANBusSessionManager`` facade - works without the ``can`` extra installed; a config
 naming the kind without it fails validation with a hint to install it.
@@ -253,6 +262,9 @@ class _Subscription:
         self.stopping = True  # no delivery thread until a connection starts one
         self.removed = False
         self.thread: threading.Thread | None = None
+        self.owner: _Link | None = None
+        """The connection whose delivery this is; only it may stop the delivery (an
+        abandoned connection's late teardown must not stop its successor's)."""
         self.delivered = 0
         self.dropped = 0
         self.errors = 0
@@ -300,10 +312,10 @@ class _Subscription:
 
 
 class _Periodic:
-    """A periodic transmission: its spec (kept across restarts) and its task on the
-    current bus."""
+    """A periodic transmission's spec, kept across restarts (its task on a bus is in
+    that connection's ``_Link.tasks``)."""
 
-    __slots__ = ("end", "id", "msgs", "period", "task")
+    __slots__ = ("end", "id", "msgs", "period")
 
     def __init__(
         self, task_id: str, msgs: tuple[can.Message, ...], period: float, end: float | None
@@ -312,7 +324,41 @@ class _Periodic:
         self.msgs = msgs
         self.period = period
         self.end = end
-        self.task: CyclicSendTaskABC | None = None
+
+
+class _Link:
+    """One open bus and what belongs to that connection alone: its reader, the requests
+    waiting for a reply on it, its periodic tasks, its transmit lock.
+
+    Kept per connection, not on the actor, because an abandoned incarnation may still
+    be disconnecting (after ``abort()``) while its successor has connected: each
+    ``disconnect(resource)`` and ``abort(resource)`` touches its own connection only.
+    """
+
+    __slots__ = ("aborted", "bus", "reader", "stop", "tasks", "tx_lock", "waiters")
+
+    def __init__(self, bus: can.BusABC) -> None:
+        self.bus = bus
+        self.stop = threading.Event()
+        """Ends the reader (set by disconnect and by abort)."""
+        self.reader: threading.Thread | None = None
+        self.waiters: list[_Waiter] = []
+        """Requests waiting for a reply on this bus (guarded by the actor's ``_lock``)."""
+        self.tasks: dict[str, CyclicSendTaskABC] = {}
+        """python-can periodic tasks on this bus, by task id (the actor's ``_lock``)."""
+        self.tx_lock = threading.Lock()
+        self.aborted = False
+        """Set by abort(): sends fail at once from then on."""
+
+
+class _Opening:
+    """A ``connect()`` in progress, for ``abort(None)``."""
+
+    __slots__ = ("aborted", "link")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.link: _Link | None = None
 
 
 def _stop_task(task: CyclicSendTaskABC) -> threading.Thread | None:
@@ -375,10 +421,18 @@ class CANBusActor(ResourceActor):
         )
         fd: bool = Field(False, description="Open the bus in CAN FD mode.")
         send_timeout: float = Field(
-            1.0, gt=0, description="Max wait for room in the transmit queue per send (s)."
+            1.0,
+            gt=0,
+            allow_inf_nan=False,
+            description="Max wait for room in the transmit queue per send (s); on the "
+            "virtual interface per receiver. A send waits on the actor thread and abort() "
+            "cannot cut it short: keep it below call_timeout.",
         )
         request_timeout: float = Field(
-            1.0, gt=0, description="Default reply timeout of request() (s)."
+            1.0,
+            gt=0,
+            allow_inf_nan=False,
+            description="Default reply timeout of request() (s); the reader expires it.",
         )
         subscriber_queue_size: int = Field(
             1000, ge=1, description="Frames queued per subscriber before the oldest is dropped."
@@ -433,7 +487,8 @@ class CANBusActor(ResourceActor):
         self._bus_options = bus_options
 
         # Actor state: survives restarts.
-        self._lock = threading.Lock()  # guards _waiters and _subs (reader vs actor thread)
+        # Guards each link's waiters and tasks, and _subs (reader, actor and abort threads).
+        self._lock = threading.Lock()
         self._subs: dict[str, _Subscription] = {}
         self._sub_list: tuple[_Subscription, ...] = ()  # the reader's lock-free snapshot
         self._periodic: dict[str, _Periodic] = {}
@@ -443,11 +498,11 @@ class CANBusActor(ResourceActor):
         self._retired_tasks: list[threading.Thread] = []  # joined at disconnect
         self._retired_delivery: list[threading.Thread] = []  # joined at disconnect
 
-        # Connection state: rebuilt by connect().
-        self._waiters: list[_Waiter] = []
-        self._reader: threading.Thread | None = None
-        self._reader_stop = threading.Event()
-        self._tx_lock = threading.Lock()
+        # Connection state: one _Link per open bus, by id() of the bus object. The
+        # current one is the link of self.resource (never "the last connect()": a
+        # connect the runtime abandoned may return late).
+        self._links: dict[int, _Link] = {}
+        self._opening: _Opening | None = None
 
     @classmethod
     def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str]:
@@ -466,20 +521,33 @@ class CANBusActor(ResourceActor):
             kwargs["channel"] = self._channel
         if self._bitrate is not None:
             kwargs["bitrate"] = self._bitrate
-        bus = can.Bus(
-            interface=self._interface,
-            receive_own_messages=self._receive_own,
-            can_filters=_python_can_filters(self._config_filters),
-            fd=self._fd,
-            **kwargs,
-        )
+        opening = self._opening = _Opening()
         try:
-            self._tx_lock = threading.Lock()
+            bus = can.Bus(
+                interface=self._interface,
+                receive_own_messages=self._receive_own,
+                can_filters=_python_can_filters(self._config_filters),
+                fd=self._fd,
+                **kwargs,
+            )
+        except BaseException:
+            self._opening = None
+            raise
+        link = _Link(bus)
+        self._links[id(bus)] = link
+        try:
+            with self._lock:  # abort(None) looks under the same lock
+                opening.link = link
+                aborted = opening.aborted
+            if aborted:  # the runtime gave up on this connect while the bus opened
+                raise can.CanOperationError(
+                    f"the CAN bus of {self.name!r} was aborted while connecting", errno.EBADF
+                )
             # python-can's thread-based periodic tasks serialize their sends with this
             # lock (created lazily); sharing it keeps our sends from interleaving with
             # theirs on a bus without locks. Buses with their own scheduler ignore it.
             if not hasattr(bus, "_lock_send_periodic"):
-                setattr(bus, "_lock_send_periodic", self._tx_lock)  # noqa: B010
+                setattr(bus, "_lock_send_periodic", link.tx_lock)  # noqa: B010
             # Interfaces without hardware filters filter in recv() by id, error frames
             # included, so bus filters would hide a bus-off. SocketCAN never applies id
             # filters to error frames (they have their own mask, all enabled by
@@ -489,20 +557,21 @@ class CANBusActor(ResourceActor):
                 setattr(  # noqa: B010
                     bus, "_matches_filters", lambda m: m.is_error_frame or matches(m)
                 )
-            self._reader_stop = stop = threading.Event()
-            self._reader = threading.Thread(
+            link.reader = threading.Thread(
                 target=self._read_loop,
-                args=(bus, stop),
+                args=(link,),
                 name=f"sessions-{self.name}-reader",
                 daemon=True,
             )
-            self._reader.start()
+            link.reader.start()
             for sub in self._sub_list:
                 if sub.callback is not None:
-                    self._start_delivery(sub)
+                    self._start_delivery(sub, link)
         except BaseException:
-            self._teardown(bus)
+            self._teardown(link)
             raise
+        finally:
+            self._opening = None
         return bus
 
     def disconnect(self, resource: Any) -> None:
@@ -511,47 +580,81 @@ class CANBusActor(ResourceActor):
         Requests still waiting fail with ``ResourceFault``; queued frames stay with
         their subscribers for the next connection.
         """
-        self._teardown(resource)
+        link = self._links.get(id(resource))
+        self._teardown(link if link is not None else _Link(resource))
 
-    def _teardown(self, bus: can.BusABC) -> None:
+    def abort(self, resource: Any) -> None:
+        """From another thread, without blocking: end everything this connection runs.
+
+        The reader stops (within 50 ms: it never waits in ``recv()`` longer), requests
+        waiting for a reply fail with ``ResourceFault``, periodic tasks stop, delivery
+        threads end once their callback returns, and every later send fails at once
+        with ``CanOperationError`` (``EBADF``: a fault). A ``send()`` already inside
+        the driver ends at ``send_timeout`` (finite): python-can gives no way to wake
+        it (SocketCAN waits in ``select()``, which neither ``close()`` nor a
+        ``shutdown()`` of a CAN socket interrupts; ``virtual`` waits on the receivers'
+        queues). The bus is not shut down here: ``shutdown()`` is not thread-safe and
+        may block; ``disconnect()`` does it on the actor's thread.
+        ``resource`` None: a ``connect()`` in progress fails as soon as its bus opens.
+        """
+        if resource is None:
+            opening = self._opening
+            if opening is None:
+                return
+            with self._lock:
+                opening.aborted = True
+                link = opening.link
+            if link is None:
+                return
+        else:
+            found = self._links.get(id(resource))
+            if found is None:
+                return
+            link = found
+        link.aborted = True
+        link.stop.set()
+        with self._lock:
+            waiters, link.waiters = link.waiters, []
+            tasks = list(link.tasks.values())
+        for waiter in waiters:
+            self._settle(waiter.future, error=self._closed_error(waiter, "aborted"))
+        for task in tasks:
+            _stop_task(task)  # sets a flag (thread-based tasks) or deletes a BCM job
+        for sub in self._sub_list:
+            self._stop_delivery(sub, link)
+
+    def _teardown(self, link: _Link) -> None:
+        bus = link.bus
         # 1. Periodic tasks first, so nothing sends on a bus about to close.
         threads, self._retired_tasks = self._retired_tasks, []
-        for spec in self._periodic.values():
-            task, spec.task = spec.task, None
-            if task is not None and (thread := _stop_task(task)) is not None:
+        with self._lock:
+            tasks = list(link.tasks.values())
+            link.tasks.clear()
+        for task in tasks:
+            if (thread := _stop_task(task)) is not None:
                 threads.append(thread)
         deadline = time.monotonic() + _PERIODIC_JOIN
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         # 2. The reader (it must not be inside recv() when the bus closes).
-        reader, self._reader = self._reader, None
-        self._reader_stop.set()
+        reader, link.reader = link.reader, None
+        link.stop.set()
         if reader is not None and reader is not threading.current_thread():
             reader.join(_READER_JOIN)
             if reader.is_alive():
                 log.error("CAN bus %r: reader thread stuck in recv(); abandoned", self.name)
         # 3. Requests waiting for a reply will not get one from this bus.
         with self._lock:
-            waiters, self._waiters = self._waiters, []
+            waiters, link.waiters = link.waiters, []
         for waiter in waiters:
-            self._settle(
-                waiter.future,
-                error=ResourceFault(
-                    f"the bus of {self.name!r} was closed (restart or stop) while request() "
-                    f"waited for a reply matching {waiter.describe}; the request had been "
-                    "sent, so its outcome is unknown",
-                    resource=self.name,
-                    method="request",
-                ),
-            )
+            error = self._closed_error(waiter, "closed (restart or stop)")
+            self._settle(waiter.future, error=error)
         # 4. Delivery threads: undelivered frames stay queued for the next connection.
         delivery, self._retired_delivery = self._retired_delivery, []
         for sub in self._sub_list:
-            with sub.cond:
-                sub.stopping = True
-                sub.cond.notify_all()
-                if sub.thread is not None:
-                    delivery.append(sub.thread)
+            thread = self._stop_delivery(sub, link)
+            if thread is not None:
+                delivery.append(thread)
         deadline = time.monotonic() + _DELIVERY_JOIN
         for thread in delivery:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -567,6 +670,22 @@ class CANBusActor(ResourceActor):
             bus.shutdown()
         except Exception as exc:
             log.warning("CAN bus %r: shutdown failed (ignored): %r", self.name, exc)
+        finally:
+            if self._links.get(id(bus)) is link:
+                del self._links[id(bus)]
+
+    def _closed_error(self, waiter: _Waiter, how: str) -> ResourceFault:
+        return ResourceFault(
+            f"the bus of {self.name!r} was {how} while request() waited for a reply "
+            f"matching {waiter.describe}; the request had been sent, so its outcome is "
+            "unknown",
+            resource=self.name,
+            method="request",
+        )
+
+    def _current(self) -> _Link:
+        """The link of the open bus (calls run only while connected)."""
+        return self._links[id(self.resource)]
 
     def is_fault(self, exc: BaseException) -> bool:
         """Bus-off, a failed open, a closed bus, or an errno meaning the interface is gone.
@@ -639,14 +758,16 @@ class CANBusActor(ResourceActor):
     def stop_periodic(self, task_id: str) -> None:
         """Stop a periodic task for good (one more frame may already be on its way)."""
         try:
-            spec = self._periodic.pop(task_id)
+            self._periodic.pop(task_id)
         except KeyError:
             raise KeyError(
                 f"no periodic task {task_id!r} on {self.name!r} "
                 f"(tasks: {', '.join(self._periodic) or 'none'})"
             ) from None
         self.forget(f"periodic:{task_id}")
-        task, spec.task = spec.task, None
+        link = self._current()
+        with self._lock:
+            task = link.tasks.pop(task_id, None)
         if task is not None and (thread := _stop_task(task)) is not None:
             self._retired_tasks = [t for t in self._retired_tasks if t.is_alive()] + [thread]
 
@@ -657,7 +778,13 @@ class CANBusActor(ResourceActor):
             if duration <= 0:  # ran its course before this bus opened
                 self.forget(f"periodic:{spec.id}")
                 return
-        spec.task = bus.send_periodic(list(spec.msgs), spec.period, duration)
+        link = self._links[id(bus)]
+        task = bus.send_periodic(list(spec.msgs), spec.period, duration)
+        with self._lock:
+            link.tasks[spec.id] = task
+            aborted = link.aborted
+        if aborted:  # abort() ran meanwhile and did not see this task
+            _stop_task(task)
 
     # -- filters and state ------------------------------------------------------------
 
@@ -683,8 +810,10 @@ class CANBusActor(ResourceActor):
     def stats(self) -> dict[str, Any]:
         """Counters: frames received, pending requests, per-subscriber delivery and
         drops, periodic tasks. A snapshot; the reader keeps counting."""
+        link = self._links.get(id(self.resource))
         with self._lock:
-            pending = len(self._waiters)
+            pending = len(link.waiters) if link is not None else 0
+            active = set(link.tasks) if link is not None else set()
         return {
             "received": self._received,
             "pending_requests": pending,
@@ -702,7 +831,7 @@ class CANBusActor(ResourceActor):
                 spec.id: {
                     "arbitration_id": spec.msgs[0].arbitration_id,
                     "period": spec.period,
-                    "active": spec.task is not None,
+                    "active": spec.id in active,
                 }
                 for spec in self._periodic.values()
             },
@@ -728,7 +857,7 @@ class CANBusActor(ResourceActor):
             raise TypeError(f"callback must be callable, got {callback!r}")
         size = self._check_size(queue_size, "queue_size")
         sub = self._add_subscription(filters, size, callback, None)
-        self._start_delivery(sub)  # handle calls run only while connected
+        self._start_delivery(sub, self._current())  # handle calls run only while connected
         return sub.id
 
     def subscribe_queue(
@@ -754,6 +883,7 @@ class CANBusActor(ResourceActor):
             self._sub_list = tuple(self._subs.values())
         with sub.cond:
             sub.removed = sub.stopping = True
+            sub.owner = None
             sub.frames.clear()
             sub.cond.notify_all()
             thread = sub.thread
@@ -787,12 +917,13 @@ class CANBusActor(ResourceActor):
             self._sub_list = tuple(self._subs.values())
         return sub
 
-    def _start_delivery(self, sub: _Subscription) -> None:
-        """Give ``sub`` a delivery thread for this connection (a thread still inside a
-        callback from the last connection simply carries on instead)."""
+    def _start_delivery(self, sub: _Subscription, link: _Link) -> None:
+        """Give ``sub`` a delivery thread for ``link`` (a thread still inside a callback
+        from the last connection simply carries on instead)."""
         with sub.cond:
             if sub.removed:
                 return
+            sub.owner = link
             sub.stopping = False
             if sub.thread is None:
                 sub.thread = threading.Thread(
@@ -802,6 +933,18 @@ class CANBusActor(ResourceActor):
                     daemon=True,
                 )
                 sub.thread.start()
+
+    @staticmethod
+    def _stop_delivery(sub: _Subscription, link: _Link) -> threading.Thread | None:
+        """End ``sub``'s delivery if ``link`` runs it (never another connection's); the
+        thread to join. Does not block: a callback running now finishes first."""
+        with sub.cond:
+            if sub.owner is not link:
+                return None
+            sub.owner = None
+            sub.stopping = True
+            sub.cond.notify_all()
+            return sub.thread
 
     def _deliver_loop(self, sub: _Subscription) -> None:
         me = threading.current_thread()
@@ -860,23 +1003,26 @@ class CANBusActor(ResourceActor):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         reply = PendingReply(msg, float(timeout))
         waiter = _Waiter(reply, matches, describe, time.monotonic() + timeout)
+        link = self._current()
         with self._lock:  # registered before sending: a fast reply cannot be missed
-            self._waiters.append(waiter)
+            link.waiters.append(waiter)
         try:
-            self._send(msg)
+            self._send(msg, link)
         except BaseException:
             with self._lock, contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                link.waiters.remove(waiter)
             raise
         return Deferred(reply)
 
     # -- reader thread ----------------------------------------------------------------
 
-    def _read_loop(self, bus: can.BusABC, stop: threading.Event) -> None:
-        """The one reader of ``bus``: dispatch frames, expire requests, report faults."""
+    def _read_loop(self, link: _Link) -> None:
+        """The one reader of ``link``'s bus: dispatch frames, expire requests, report
+        faults."""
+        bus, stop = link.bus, link.stop
         while not stop.is_set():
             try:
-                msg = bus.recv(self._recv_wait())
+                msg = bus.recv(self._recv_wait(link))
             except Exception as err:
                 if stop.is_set():
                     return
@@ -888,20 +1034,20 @@ class CANBusActor(ResourceActor):
                 stop.wait(_ERROR_PAUSE)
                 continue
             try:
-                if msg is not None and self._dispatch(bus, msg):
+                if msg is not None and not stop.is_set() and self._dispatch(link, msg):
                     return
-                self._expire_waiters()
+                self._expire_waiters(link)
             except Exception:
                 log.exception("CAN bus %r: dispatching a frame failed", self.name)
 
-    def _recv_wait(self) -> float:
+    def _recv_wait(self, link: _Link) -> float:
         with self._lock:
-            if not self._waiters:
+            if not link.waiters:
                 return _RECV_SLICE
-            nearest = min(w.deadline for w in self._waiters)
+            nearest = min(w.deadline for w in link.waiters)
         return max(0.0, min(_RECV_SLICE, nearest - time.monotonic()))
 
-    def _dispatch(self, bus: can.BusABC, msg: can.Message) -> bool:
+    def _dispatch(self, link: _Link, msg: can.Message) -> bool:
         """Hand one frame to its request and subscribers; True if it was a bus-off."""
         self._received += 1
         if is_bus_off_frame(msg):
@@ -909,49 +1055,49 @@ class CANBusActor(ResourceActor):
                 BusOffError(
                     f"CAN bus {self.name!r} went bus-off (error frame {msg.arbitration_id:#x})"
                 ),
-                bus,
+                link.bus,
             )
             return True
-        if self._waiters and not msg.is_error_frame and msg.is_rx:
-            self._match_waiter(msg)
+        if link.waiters and not msg.is_error_frame and msg.is_rx:
+            self._match_waiter(link, msg)
         for sub in self._sub_list:
             if _passes(sub.filters, msg):
                 sub.offer(msg, self.name)
         return False
 
-    def _match_waiter(self, msg: can.Message) -> None:
+    def _match_waiter(self, link: _Link, msg: can.Message) -> None:
         with self._lock:
-            waiters = list(self._waiters)
+            waiters = list(link.waiters)
         for waiter in waiters:
             if waiter.future.done():
                 continue  # cancelled: dropped by _expire_waiters
             try:
                 hit = waiter.matches(msg)
             except Exception as exc:  # a broken predicate fails its own request
-                self._remove_waiter(waiter)
+                self._remove_waiter(link, waiter)
                 self._settle(waiter.future, error=exc)
                 continue
             if hit:
-                self._remove_waiter(waiter)
+                self._remove_waiter(link, waiter)
                 self._settle(waiter.future, result=msg)
                 return
 
-    def _remove_waiter(self, waiter: _Waiter) -> None:
+    def _remove_waiter(self, link: _Link, waiter: _Waiter) -> None:
         with self._lock, contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            link.waiters.remove(waiter)
 
-    def _expire_waiters(self) -> None:
-        if not self._waiters:
+    def _expire_waiters(self, link: _Link) -> None:
+        if not link.waiters:
             return
         now = time.monotonic()
         expired: list[_Waiter] = []
         kept: list[_Waiter] = []
         with self._lock:
-            for w in self._waiters:  # one pass: a waiter cancelled meanwhile is in one list
+            for w in link.waiters:  # one pass: a waiter cancelled meanwhile is in one list
                 (expired if w.deadline <= now or w.future.done() else kept).append(w)
             if not expired:
                 return
-            self._waiters = kept
+            link.waiters = kept
         for waiter in expired:
             reply = waiter.future
             self._settle(
@@ -978,9 +1124,17 @@ class CANBusActor(ResourceActor):
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _send(self, msg: can.Message) -> None:
-        with self._tx_lock:
-            self.resource.send(msg, timeout=self._send_timeout)
+    def _send(self, msg: can.Message, link: _Link | None = None) -> None:
+        if link is None:
+            link = self._current()
+        if link.aborted:
+            raise can.CanOperationError(
+                f"the CAN bus of {self.name!r} was aborted (the runtime gave up on a "
+                "stalled call)",
+                errno.EBADF,
+            )
+        with link.tx_lock:
+            link.bus.send(msg, timeout=self._send_timeout)
 
     @staticmethod
     def _message(

@@ -67,6 +67,18 @@ any other errno (EINVAL, ...)      the ``OSError`` to the caller, unchanged
 same mapping applies per operation, so ``fn`` may catch a ``DeviceError`` (an EEPROM
 ACK-poll); a fault is raised again after ``fn`` returns even if ``fn`` swallowed it.
 
+Hangs
+-----
+Nothing here waits without a bound but the kernel: one transfer is one ioctl, ended by
+the bus driver's own timeout (the adapter's; a device holding SCL low gives
+ETIMEDOUT). The ``process_lock`` is polled (non-blocking ``flock``) for at most
+``lock_timeout`` (5 s), never waited for in the kernel. ``abort(bus)`` (the runtime gave
+up on a stalled call) replaces the bus descriptor by an ``O_PATH`` one (``dup2``), so
+every later ioctl fails with EBADF (a fault) while the number stays taken until
+``disconnect()``; it ends a wait for the process lock; on the simulator it calls
+``SimBus.abort()``, which also ends a transfer stalled by ``inject("hang")``. An ioctl
+already in the kernel cannot be interrupted: it ends at the driver's timeout.
+
 The simulator
 -------------
 ``bus = "sim"`` uses :mod:`sessions.sim.i2c` (smbus2 is then not needed; it is only
@@ -83,8 +95,11 @@ import errno
 import fcntl
 import importlib
 import importlib.util
+import logging
 import os
 import tempfile
+import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +144,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _FUNC_SMBUS_QUICK = 0x00010000  # I2C_FUNCS bits (linux/i2c.h)
 _FUNC_SMBUS_READ_BYTE = 0x00020000
@@ -386,6 +403,15 @@ class I2COptions(BaseModel):
         3,
         ge=1,
         description="EIO/ETIMEDOUT/EBUSY this many times in a row is a bus fault (restart).",
+    )
+    lock_timeout: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="With process_lock: longest wait for another process to release the "
+        "lock (s); past it the call fails with TimeoutError (ETIMEDOUT), not a fault. A "
+        "blocking flock would wait forever for a process that hangs holding the bus. "
+        "Keep it below call_timeout.",
     )
 
     @model_validator(mode="before")
@@ -655,10 +681,11 @@ class GuardedBus(_SMBusSurface):
     a live bus can never leak out to another thread.
     """
 
-    __slots__ = ("_actor",)
+    __slots__ = ("_actor", "_conn")
 
-    def __init__(self, actor: I2CActor) -> None:
+    def __init__(self, actor: I2CActor, conn: _Conn) -> None:
         self._actor: I2CActor | None = actor
+        self._conn = conn  # the connection it was made for, even if a newer one opens
 
     def _live(self) -> I2CActor:
         actor = self._actor
@@ -669,10 +696,10 @@ class GuardedBus(_SMBusSurface):
     def _io(
         self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
     ) -> Any:
-        return self._live()._transfer(method, address, args, force)
+        return self._live()._transfer(self._conn, method, address, args, force)
 
     def _probe(self, address: int) -> bool:
-        return self._live()._probe(address)
+        return self._live()._probe_on(self._conn, address)
 
     def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
         return self._live()._make_msgs(msgs)
@@ -680,12 +707,39 @@ class GuardedBus(_SMBusSurface):
     @property
     def pec(self) -> bool:
         """Whether SMBus PEC is on for the open bus (the ``pec`` option)."""
-        return bool(self._live().resource.pec)
+        self._live()
+        return bool(self._conn.bus.pec)
 
     @property
     def force(self) -> bool:
         """The open bus's default ``force`` for every call (the ``force`` option)."""
-        return bool(self._live().resource.force)
+        self._live()
+        return bool(self._conn.bus.force)
+
+
+class _Conn:
+    """One open bus and what belongs to that connection alone.
+
+    Calls bind to the connection they started on (a ``transaction`` keeps using its
+    bus even if the runtime abandoned it and a new one opened meanwhile), and
+    ``disconnect``/``abort`` touch only their own connection: an abandoned
+    incarnation still disconnecting must not close its successor's lock file.
+    """
+
+    __slots__ = ("aborted", "bus", "closing", "fault", "lock_fd", "strikes")
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        self.lock_fd: int | None = None
+        self.strikes = 0
+        """EIO/ETIMEDOUT/EBUSY in a row on this bus."""
+        self.fault: BaseException | None = None
+        """The OSError this connection classified as a fault (recognised by identity)."""
+        self.aborted = threading.Event()
+        """Set by abort(): also wakes a wait for the process lock."""
+        self.closing = threading.Lock()
+        """Held while the bus descriptor is swapped (abort) or closed (disconnect), so
+        abort() never touches a descriptor number that close() has freed."""
 
 
 # --------------------------------------------------------------------------- the actor
@@ -735,9 +789,8 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 tempfile.gettempdir(), f"sessions-i2c-sim-{opts.sim_name or 'default'}.lock"
             )
         )
-        self._lock_fd: int | None = None
-        self._strikes = 0
-        self._fault: BaseException | None = None
+        self._conns: dict[int, _Conn] = {}
+        """Every connection not yet disconnected, by id() of its bus object."""
         self._smbus2: Any = None
         for index, write in enumerate(opts.init):
             self.replay(f"init:{index}", write.apply)
@@ -758,8 +811,6 @@ class I2CActor(_SMBusSurface, ResourceActor):
         The ``init`` writes follow as replay steps, at the first connect and after
         every reconnect.
         """
-        self._strikes = 0
-        self._fault = None
         opts = self.options
         bus: Any
         if self._sim is not None:
@@ -767,6 +818,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
         else:
             self._smbus2 = importlib.import_module("smbus2")
             bus = self._smbus2.SMBus(opts.bus, force=opts.force)
+        conn = _Conn(bus)
         try:
             if opts.pec:
                 try:
@@ -778,40 +830,84 @@ class I2CActor(_SMBusSurface, ResourceActor):
             if opts.process_lock:
                 create = self._sim is not None or opts.lock_path is not None
                 flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
-                self._lock_fd = os.open(self._lock_path, flags | os.O_CLOEXEC, 0o666)
+                conn.lock_fd = os.open(self._lock_path, flags | os.O_CLOEXEC, 0o666)
         except BaseException:
             bus.close()
             raise
+        self._conns[id(bus)] = conn
         return bus
 
     def disconnect(self, resource: Any) -> None:
         """Close the bus and the lock file (which drops the lock if a call held it)."""
+        conn = self._conns.pop(id(resource), None)
         try:
-            resource.close()
+            if conn is None:
+                resource.close()
+            else:
+                with conn.closing:  # not while abort() swaps the descriptor
+                    resource.close()
         finally:
-            fd, self._lock_fd = self._lock_fd, None
-            if fd is not None:
+            if conn is not None and conn.lock_fd is not None:
+                fd, conn.lock_fd = conn.lock_fd, None
                 os.close(fd)
 
+    def abort(self, resource: Any) -> None:
+        """From another thread: make every later transfer on ``resource`` fail at once
+        with ``EBADF`` (a fault), and end a wait for the process lock. Never blocks.
+
+        Simulator: :meth:`SimBus.abort`, which also ends a transfer stalled by a hang.
+        Hardware: the bus descriptor is replaced (``dup2``) by an ``O_PATH`` descriptor,
+        on which every ioctl fails with ``EBADF``; the number stays taken until
+        ``disconnect()`` closes it, so no other file can get it meanwhile. An ioctl
+        already inside the kernel cannot be interrupted by anything: it ends at the bus
+        driver's own timeout (the adapter's, typically a second or less), and a
+        ``transaction()`` stops at its next transfer. ``resource`` None (``connect()``
+        has not returned): opening a bus does not block, nothing to do.
+        """
+        if resource is None:
+            return
+        conn = self._conns.get(id(resource))
+        if conn is not None:
+            conn.aborted.set()
+        if isinstance(resource, SimBus):
+            resource.abort()
+            return
+        if conn is None or not conn.closing.acquire(blocking=False):
+            return  # unknown, or being closed right now by disconnect()
+        try:
+            fd = getattr(resource, "fd", None)
+            if isinstance(fd, int) and fd >= 0:
+                # O_PATH (Linux, as i2c-dev): any ioctl on it fails with EBADF.
+                dead = os.open("/", getattr(os, "O_PATH", os.O_RDONLY) | os.O_CLOEXEC)
+                try:
+                    os.dup2(dead, fd)  # atomic: the number never becomes free
+                finally:
+                    os.close(dead)
+        except Exception as exc:  # abort() must not raise
+            log.warning("i2c %r: abort could not swap the bus descriptor: %r", self.name, exc)
+        finally:
+            conn.closing.release()
+
     def is_fault(self, exc: BaseException) -> bool:
-        """True only for the very ``OSError`` this incarnation classified as a fault."""
-        return exc is self._fault
+        """True only for the very ``OSError`` a connection classified as a fault."""
+        return any(conn.fault is exc for conn in list(self._conns.values()))
 
     def health_check(self) -> None:
         """Fault if our bus handle was closed or, on hardware, the device node vanished
         (a USB adapter unplugged). Sends nothing on the bus."""
         bus = self.resource
+        conn = self._conn_of(bus)
         closed = bus is None or (
             bus.closed if isinstance(bus, SimBus) else getattr(bus, "fd", None) is None
         )
         if closed:
-            self._fault = OSError(errno.EBADF, "the I2C bus handle is closed")
+            conn.fault = OSError(errno.EBADF, "the I2C bus handle is closed")
         elif self._device_path is not None and not os.path.exists(self._device_path):
-            self._fault = FileNotFoundError(
+            conn.fault = FileNotFoundError(
                 errno.ENOENT, "the I2C adapter is gone", self._device_path
             )
-        if self._fault is not None:
-            raise self._fault
+        if conn.fault is not None:
+            raise conn.fault
 
     # -- calls ----------------------------------------------------------------------
 
@@ -823,65 +919,84 @@ class I2CActor(_SMBusSurface, ResourceActor):
         ``process_lock`` the file lock is held for the whole of ``fn``. Return plain
         data. A fault inside ``fn`` restarts the bus even if ``fn`` caught it.
         """
-        bus = GuardedBus(self)
-        self._lock()
+        conn = self._conn_of(self.resource)
+        bus = GuardedBus(self, conn)
+        self._lock(conn)
         try:
             result = fn(bus, *args, **kwargs)
         except BaseException as exc:
-            fault = self._fault
+            fault = conn.fault
             if fault is not None and exc is not fault:
                 raise fault  # noqa: B904 - the fault matters; exc stays its __context__
             raise
         finally:
             bus._actor = None
-            self._unlock()
-        if self._fault is not None:
-            raise self._fault
+            self._unlock(conn)
+        if conn.fault is not None:
+            raise conn.fault
         return result
 
     def scan(self) -> list[int]:
         """Addresses 0x03..0x77 that acknowledge (see :meth:`_SMBusSurface.scan`)."""
-        self._lock()
+        conn = self._conn_of(self.resource)
+        bus = GuardedBus(self, conn)  # every probe on the bus the scan started on
+        self._lock(conn)
         try:
-            return super().scan()
+            return bus.scan()
         finally:
-            self._unlock()
+            bus._actor = None
+            self._unlock(conn)
 
     # -- plumbing -------------------------------------------------------------------
+
+    def _conn_of(self, bus: Any) -> _Conn:
+        """The connection of ``bus`` (a detached one for a bus connect() did not open,
+        e.g. a test double)."""
+        conn = self._conns.get(id(bus))
+        return conn if conn is not None else _Conn(bus)
 
     def _io(
         self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None = None
     ) -> Any:
-        if self._lock_fd is None:
-            return self._transfer(method, address, args, force)
-        self._lock()
+        conn = self._conn_of(self.resource)
+        if conn.lock_fd is None:
+            return self._transfer(conn, method, address, args, force)
+        self._lock(conn)
         try:
-            return self._transfer(method, address, args, force)
+            return self._transfer(conn, method, address, args, force)
         finally:
-            self._unlock()
+            self._unlock(conn)
 
     def _transfer(
-        self, method: str, address: int | None, args: tuple[Any, ...], force: bool | None
+        self,
+        conn: _Conn,
+        method: str,
+        address: int | None,
+        args: tuple[Any, ...],
+        force: bool | None,
     ) -> Any:
-        """One bus operation, its error mapped (see the module's table)."""
-        bus = self.resource
+        """One bus operation on ``conn``'s bus, its error mapped (see the module's table)."""
+        bus = conn.bus
         try:
             if force is None:
                 result = getattr(bus, method)(*args)
             else:
                 result = getattr(bus, method)(*args, force=force)
         except OSError as exc:
-            err = self._classify(exc, method, address, force)
+            err = self._classify(exc, method, address, force, conn)
             if err is exc:
                 raise
             raise err from exc
-        self._strikes = 0
+        conn.strikes = 0
         return result
 
     def _probe(self, address: int) -> bool:
+        return self._probe_on(self._conn_of(self.resource), address)
+
+    def _probe_on(self, conn: _Conn, address: int) -> bool:
         """Does ``address`` answer? NACKs and device errors are just 'no'. Runs inside
         ``scan()`` or a transaction, which already hold the bus lock."""
-        bus = self.resource
+        bus = conn.bus
         funcs = getattr(bus, "funcs", None)  # smbus2: the adapter's I2C_FUNCS; sim: all
         use_read = address in _READ_PROBED
         if funcs is not None:
@@ -895,24 +1010,32 @@ class I2CActor(_SMBusSurface, ResourceActor):
             else:
                 bus.write_quick(address)
         except OSError as exc:
-            err = self._classify(exc, "scan", address, None)
+            err = self._classify(exc, "scan", address, None, conn)
             if isinstance(err, DeviceError):
                 return bool(getattr(err, "claimed", False))
             raise  # a fault, or an error the caller gets unchanged: _classify returned exc
-        self._strikes = 0
+        conn.strikes = 0
         return True
 
     def _classify(
-        self, exc: OSError, method: str, address: int | None, force: bool | None
+        self,
+        exc: OSError,
+        method: str,
+        address: int | None,
+        force: bool | None,
+        conn: _Conn | None = None,
     ) -> BaseException:
         """What a failed operation raises: a DeviceError, or ``exc`` itself (a fault,
-        remembered in ``_fault``, or an error the caller gets unchanged)."""
+        remembered in the connection's ``fault``, or an error the caller gets
+        unchanged). ``conn`` defaults to the current connection."""
+        if conn is None:
+            conn = self._conn_of(self.resource)
         code = exc.errno
         where = f"device {address:#04x}" if address is not None else "the devices addressed"
         text = exc.strerror or os.strerror(code or 0)
-        bus = self.resource
+        bus = conn.bus
         if code in FATAL_ERRNOS:
-            self._fault = exc
+            conn.fault = exc
             return exc
         if code in NACK_ERRNOS:
             return DeviceError(
@@ -942,13 +1065,13 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 claimed=True,
             )
         if code in TRANSIENT_ERRNOS:
-            self._strikes += 1
+            conn.strikes += 1
             threshold = self.options.fault_threshold
-            if self._strikes >= threshold:
-                self._fault = exc
+            if conn.strikes >= threshold:
+                conn.fault = exc
                 return exc
             return DeviceError(
-                f"{method}(): {where}: {text} ({self._strikes} of {threshold} bus errors "
+                f"{method}(): {where}: {text} ({conn.strikes} of {threshold} bus errors "
                 "in a row before the bus is restarted)",
                 address=address,
                 errno=code,
@@ -989,21 +1112,47 @@ class I2CActor(_SMBusSurface, ResourceActor):
                     out.append(_SimMsg(addr, 0, len(data), bytearray(data)))
         return out
 
-    def _lock(self) -> None:
-        """Take the process lock (blocking) if enabled. Never nested: a handle call,
-        ``scan()`` or a transaction takes it once; what runs inside goes straight to
-        ``_transfer``/``_probe``."""
-        if self._lock_fd is None:
-            return
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            self._fault = exc  # our lock file handle is broken: reopen everything
-            raise
+    def _lock(self, conn: _Conn) -> None:
+        """Take the process lock if enabled, waiting at most ``lock_timeout``. Never
+        nested: a handle call, ``scan()`` or a transaction takes it once; what runs
+        inside goes straight to ``_transfer``/``_probe_on``.
 
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        The wait polls a non-blocking ``flock`` rather than blocking in the kernel: a
+        process that hangs while it holds the bus must not hang us with it, and
+        ``abort()`` must be able to end the wait.
+        """
+        fd = conn.lock_fd
+        if fd is None:
+            return
+        deadline = time.monotonic() + self.options.lock_timeout
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass  # another process holds it
+            except OSError as exc:
+                conn.fault = exc  # our lock file handle is broken: reopen everything
+                raise
+            if conn.aborted.is_set():
+                conn.fault = OSError(
+                    errno.EBADF, "the I2C bus was aborted while waiting for the process lock"
+                )
+                raise conn.fault
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"another process held the bus lock {self._lock_path!r} for more than "
+                    f"lock_timeout={self.options.lock_timeout}s",
+                )
+            conn.aborted.wait(min(pause, left))
+            pause = min(pause * 2, 0.02)
+
+    def _unlock(self, conn: _Conn) -> None:
+        if conn.lock_fd is not None:
+            fcntl.flock(conn.lock_fd, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- seed facade

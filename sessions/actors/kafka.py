@@ -34,6 +34,11 @@ any error once the client is closed                        fault
 ``UnknownProducerIdError``, ``OutOfOrderSequenceNumber``,  fault (a new producer gets a
 ``InvalidProducerEpoch``, ``ProducerFenced``, any error    new producer id)
 while the producer's idempotence state is fatal
+a record in flight when its producer broke, was aborted    fault: why it broke
+or closed (its ack will never come)                        (``AckTimeout``, ...), else
+                                                           ``ProducerClosed``
+``KafkaAborted`` (``abort()``: the runtime gave up on a    fault
+stalled call and tore the connection down)
 non-retriable record errors: ``MessageSizeTooLarge``,      caller
 ``InvalidTopic``, authorization, ...
 ``CommitFailedError`` (the group rebalanced)               caller (records come again)
@@ -45,6 +50,30 @@ a handler exception                                        ``on_handler_error`` 
 A broker that cannot be reached at start is a failed start: the driver's bootstrap is
 bounded by ``bootstrap_timeout_ms`` (default 5 s here instead of kafka-python's 30 s)
 and retried by the supervisor with backoff.
+
+Bounded waits (issue 9, "hangs are faults"). Every wait on the actor thread has a
+finite default below ``call_timeout`` (5 s), so a frozen or black-holed broker makes the
+kind report the fault itself, with its cause, before the runtime's stall watchdog
+(``stall_timeout``, default twice ``call_timeout``) has to: ``connect()`` by
+``bootstrap_timeout_ms`` (5 s; passing ``api_version`` skips that bootstrap), a
+``send()`` waiting for a topic's metadata by ``max_block_ms`` (``ack_timeout``, 4 s;
+kafka-python: 60 s), ``flush()`` by ``ack_timeout``, a consumer poll by
+``rebalance_poll_timeout`` (2 s), ``fetch()`` by its own finite ``timeout``, commits,
+``committed()`` and dead-letter acks by ``commit_timeout`` (4 s), a disconnect by
+``close_timeout`` (2 s). The driver's other timeouts (``request_timeout_ms`` 30 s,
+``delivery_timeout_ms`` 2 min, ``connections_max_idle_ms``, ``session_timeout_ms``,
+``max_poll_interval_ms``) run on the driver's own thread, not the actor's; records in
+flight are watched by ``ack_timeout`` instead. None of our keys accepts ``inf``;
+``bootstrap_timeout_ms``/``max_block_ms`` set to None or inf (kafka-python: "forever")
+are reported by ``sessions check`` (``Options.unbounded_waits()``).
+
+``abort(resource)`` (the runtime gave up on a stalled incarnation) works from another
+thread without blocking: it shuts the client's broker sockets down, stops the
+producer's sender thread (every record in flight fails) or the consumer's IO thread,
+and fails every caller waiting on the driver (a ``send()`` waiting for metadata, a
+``flush()``, a consumer ``poll()``/``commit()``/``committed()``) with
+``KafkaAborted``. The disconnect that follows closes the aborted client without
+flushing or leaving the group.
 """
 
 from __future__ import annotations
@@ -54,6 +83,9 @@ import contextlib
 import importlib
 import json
 import logging
+import math
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -67,7 +99,6 @@ from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from sessions._errors import ResourceFault
 from sessions._redact import redact
 from sessions._registry import SessionManager
 from sessions.actors._base import Deferred, ResourceActor
@@ -75,9 +106,11 @@ from sessions.actors._base import Deferred, ResourceActor
 __all__ = [
     "AckTimeout",
     "ConsumerOptions",
+    "KafkaAborted",
     "KafkaConsumerActor",
     "KafkaProducerActor",
     "KafkaSessionManager",
+    "ProducerClosed",
     "ProducerOptions",
     "Record",
     "RecordDecodeError",
@@ -88,6 +121,11 @@ log = logging.getLogger("sessions.kafka")
 
 _LINK_CHECK = 0.2
 """Seconds between broker-connection checks while acknowledgements are awaited."""
+
+_ABORT_JOIN = 0.5
+"""Seconds a disconnect after ``abort()`` waits for the driver's own thread (the
+producer's sender, the consumer's IO thread) to end: abort() has told it to stop, and
+the runtime gives an aborted incarnation about a second to end."""
 
 _PRODUCER_STATE_ERRORS: tuple[type[BaseException], ...] = (
     kerr.UnknownProducerIdError,
@@ -138,6 +176,22 @@ class AckTimeout(kerr.KafkaTimeoutError):  # type: ignore[misc]  # kafka is unty
     this producer instance is not making progress: replace it. The record may still be
     written (outcome unknown), which is what ``ResourceFault`` says.
     """
+
+
+class KafkaAborted(kerr.KafkaError):  # type: ignore[misc]  # kafka is untyped
+    """The runtime aborted this connection (``abort()``: a call ran past
+    ``stall_timeout``, or a stop past ``shutdown_timeout``); what was blocked on it
+    fails with this. A fault. Not retriable, so that kafka-python's own retry loops
+    (a metadata wait in ``send()``) give up at once instead of retrying it."""
+
+    retriable = False
+
+
+class ProducerClosed(kerr.KafkaError):  # type: ignore[misc]  # kafka is untyped
+    """A record's producer was closed before the broker acknowledged the record: the
+    resource broke (for another reason than the one its ``__cause__`` may show) or was
+    stopped while the record was in flight. A fault: its caller gets ``ResourceFault``,
+    outcome unknown. ``__cause__`` is the closing driver's own error."""
 
 
 class RecordDecodeError(ValueError):
@@ -215,36 +269,178 @@ class _ClientTrap:
     kafka-python 3.0.12 starts a consumer's IO thread before bootstrapping and leaves
     it running when the bootstrap fails (the constructor raises, so the caller never
     gets the object to close). Keeping the client lets ``connect`` close it. It also
-    gives the actor the connection table to watch (a dead broker raises nothing).
+    gives the actor the connection table to watch (a dead broker raises nothing), and
+    ``abort()`` a client to tear down while the constructor still bootstraps.
     """
 
     def __init__(self, base: Callable[..., Any]) -> None:
         self.base = base
         self.clients: list[Any] = []
+        self.aborted: BaseException | None = None
 
     def __call__(self, **configs: Any) -> Any:
         client = self.base(**configs)
         self.clients.append(client)
+        if self.aborted is not None:  # abort() came while this client was being built
+            _abort_client(client, self.aborted)
         return client
+
+    def abort(self, error: BaseException) -> None:
+        """From another thread: make the constructor's bootstrap fail now."""
+        self.aborted = error
+        for client in list(self.clients):
+            _abort_client(client, error)
 
     def close_all(self) -> None:
         for client in self.clients:
             try:
-                client.close()
+                _close_client(client, aborted=self.aborted is not None)
             except Exception as exc:  # best effort: we are already failing
                 log.debug("closing a kafka client after a failed start: %r", exc)
 
 
-def _open(cls: Callable[..., Any], driver: Mapping[str, Any]) -> tuple[Any, Any]:
+def _open(
+    cls: Callable[..., Any], driver: Mapping[str, Any], trap: _ClientTrap | None = None
+) -> tuple[Any, Any]:
     """``cls(**driver)`` (a KafkaProducer or KafkaConsumer) and the network client it
     built; that client is closed if the constructor fails (see ``_ClientTrap``)."""
-    trap = _ClientTrap(driver.get("kafka_client", KafkaNetClient))
+    if trap is None:
+        trap = _ClientTrap(driver.get("kafka_client", KafkaNetClient))
     try:
         made = cls(**{**driver, "kafka_client": trap})
     except BaseException:
         trap.close_all()
         raise
     return made, (trap.clients[-1] if trap.clients else None)
+
+
+# -- abort: tearing a connection down under a blocked call -----------------------------
+#
+# kafka-python 3.0.12 does all its socket I/O in one event loop (kafka.net.selector)
+# over non-blocking sockets: the producer's sender thread drives it, the consumer runs
+# it on its own IO thread. A caller is never blocked in a socket call but waits for the
+# loop: in ``threading.Event.wait`` for a topic's metadata (producer ``send()``,
+# ``partitions_for()``), on a batch's latch (``flush()``), or, in the consumer, in
+# ``NetworkSelector.run()`` for a coroutine on the IO thread (``poll()``, ``commit()``,
+# ``committed()``, ``close()``). So abort() releases those waits and stops the loop
+# rather than relying on a socket error alone. It reaches into the driver's private
+# attributes (checked against 3.0.12, each with getattr so another version degrades to
+# "sockets shut down and the loop woken").
+
+
+def _client_sockets(client: Any) -> list[socket.socket]:
+    """Every socket of ``client``: established broker connections and the ones still
+    being set up (registered in the loop's selector), not the loop's wake-up pair."""
+    socks: list[socket.socket] = []
+    conns = getattr(getattr(client, "_manager", None), "_conns", None)
+    if isinstance(conns, dict):
+        for conn in list(conns.values()):  # list() of a dict: one step under the GIL
+            sock = getattr(getattr(conn, "transport", None), "_sock", None)
+            if isinstance(sock, socket.socket):
+                socks.append(sock)
+    net = getattr(client, "_net", None)
+    keys = getattr(getattr(net, "_selector", None), "_fd_to_key", None)
+    wake = getattr(net, "_wakeup_r", None)
+    if isinstance(keys, dict):
+        for key in list(keys.values()):
+            sock = getattr(key, "fileobj", None)
+            if isinstance(sock, socket.socket) and sock is not wake and sock not in socks:
+                socks.append(sock)
+    return socks
+
+
+def _abort_client(client: Any, error: BaseException) -> None:
+    """Tear ``client`` (a kafka-python network client) down under whoever waits on it,
+    from another thread, without blocking. Idempotent; never raises.
+
+    1. ``shutdown(SHUT_RDWR)`` every socket: the broker sees the connection end, and
+       the loop sees EOF and fails the requests in flight on it.
+    2. Fail the waits callers are blocked in: the bootstrap future (a constructor still
+       bootstrapping), the metadata future a producer's ``send()`` waits for (with a
+       non-retriable error, so its retry loop ends), and with an IO thread (consumer):
+       every caller blocked in ``NetworkSelector.run()``. ``_exception`` makes every
+       later ``run()`` raise at once, and ``_stop`` ends the IO thread.
+    3. Wake the loop's ``select()``.
+    """
+    manager: Any = getattr(client, "_manager", None)
+    net: Any = getattr(client, "_net", None)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("shut its sockets down", lambda: _shutdown_all(_client_sockets(client))),
+        ("fail its bootstrap", lambda: _fail_bootstrap(manager, error)),
+        ("release its callers", lambda: _release_callers(manager, net, error)),
+        ("wake its loop", lambda: net.wakeup() if net is not None else None),
+    ]
+    for what, step in steps:  # each on its own: abort() must do all it can, never raise
+        try:
+            step()
+        except Exception as exc:
+            log.warning("aborting a kafka client: could not %s: %r", what, exc)
+
+
+def _shutdown_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _fail_bootstrap(manager: Any, error: BaseException) -> None:
+    """A constructor still bootstrapping waits for this future (with or without an IO
+    thread); failing it ends the wait."""
+    bootstrap = getattr(manager, "_bootstrap_future", None)
+    if bootstrap is not None and not getattr(bootstrap, "is_done", True):
+        bootstrap.failure(error)
+
+
+def _release_callers(manager: Any, net: Any, error: BaseException) -> None:
+    if getattr(net, "_io_thread", None) is not None:
+        # The loop runs on its own thread (consumer): its coroutines must not be resumed
+        # from here. Fail the callers blocked in run() and stop the loop; later run()
+        # calls raise at once.
+        if getattr(net, "_exception", None) is None:
+            net._exception = error
+        net._stop = True
+        fail = getattr(net, "_fail_pending_waiters", None)
+        if callable(fail):
+            fail(error)
+    else:
+        # No IO thread (producer): a send() waits on a threading.Event that the metadata
+        # future's callbacks set; a non-retriable error ends its retry loop.
+        failed_update = getattr(getattr(manager, "cluster", None), "failed_update", None)
+        if callable(failed_update):
+            failed_update(error)
+
+
+def _close_client(client: Any, *, aborted: bool) -> None:
+    """Close a network client; after ``_abort_client`` first let its IO thread end
+    (``close()`` would otherwise block in a ``run()`` nobody serves, or raise the abort
+    error from ``call_soon_threadsafe`` half-way)."""
+    if aborted:
+        net: Any = getattr(client, "_net", None)
+        thread = getattr(net, "_io_thread", None)
+        if isinstance(thread, threading.Thread):
+            if thread is not threading.current_thread():
+                thread.join(_ABORT_JOIN)
+            if thread.is_alive():
+                log.warning("kafka IO thread %s did not end after abort(); left behind",
+                            thread.name)
+                return
+            net._io_thread = None
+            net._exception = None  # the loop is gone: close() may run it on this thread
+    client.close()
+
+
+def _abort_producer(producer: Any, client: Any, error: BaseException) -> None:
+    """``abort()`` of a KafkaProducer: its sender thread stops (failing every record
+    still in flight: their callers get the abort as a fault), and a ``send()`` waiting
+    for a topic's metadata or a ``flush()`` returns now. Never blocks or raises."""
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        try:
+            sender.force_close()  # flags and a wake-up: the sender ends its loop
+        except Exception as exc:
+            log.warning("aborting a kafka producer's sender failed: %r", exc)
+    if client is not None:
+        _abort_client(client, error)
 
 
 def _link_up(client: Any) -> bool:
@@ -327,26 +523,55 @@ def _await_acks(
     return None
 
 
-def _close_producer(producer: Any, timeout: float) -> None:
+def _close_producer(producer: Any, timeout: float, *, aborted: bool = False) -> None:
     """Close a KafkaProducer within about ``timeout`` seconds, whatever state it is in.
 
     kafka-python 3.0.12's ``close(timeout)`` flushes first and *raises* when records
     cannot be delivered in time (dead broker), leaving its sender thread running and
-    ``__del__`` to raise again later. Then we force the sender down ourselves.
+    ``__del__`` to raise again later. Then we force the sender down ourselves. An
+    aborted producer is not flushed at all (its sender is already told to stop).
     """
-    try:
-        producer.close(timeout=timeout)
-        return
-    except Exception as exc:
-        log.debug("KafkaProducer.close() gave up (%r); forcing it", exc)
+    if not aborted:
+        try:
+            producer.close(timeout=timeout)
+            return
+        except Exception as exc:
+            log.debug("KafkaProducer.close() gave up (%r); forcing it", exc)
     sender = getattr(producer, "_sender", None)
     if sender is not None:
         sender.force_close()  # fails the pending records, closes the network client
         sender.join(timeout)
+        if sender.is_alive():
+            log.warning("kafka producer sender thread did not end within %ss; left behind",
+                        timeout)
     metrics = getattr(producer, "_metrics", None)
     if metrics is not None:
         metrics.close()
+    unregister = getattr(producer, "_unregister_cleanup", None)
+    if callable(unregister):
+        unregister()  # its atexit hook would only find it closed
     producer._closed = True  # so that __del__ does not try (and raise) again
+
+
+def _close_consumer(consumer: Any, client: Any, timeout: float, *, aborted: bool) -> None:
+    """Close a KafkaConsumer: leave the group without committing, within ``timeout``.
+
+    An aborted consumer's IO thread is stopped and its broker may be frozen, so its
+    ``close()`` (which leaves the group through the IO thread) would wait for nothing:
+    close the network client directly instead (the group notices the member's absence
+    after ``session_timeout_ms``).
+    """
+    if not aborted:
+        consumer.close(autocommit=False, timeout_ms=int(timeout * 1000))
+        return
+    consumer._closed = True  # a late poll() raises IllegalStateError, close() is a no-op
+    metrics = getattr(consumer, "_metrics", None)
+    try:
+        if client is not None:
+            _close_client(client, aborted=True)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 # -- options ------------------------------------------------------------------------------
@@ -370,6 +595,7 @@ class _KafkaOptions(BaseModel):
     fault_after: float = Field(
         5.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Seconds without any broker connection (while there is work: acks "
             "awaited, a subscription) after which the resource counts as broken "
@@ -377,7 +603,13 @@ class _KafkaOptions(BaseModel):
         ),
     )
     close_timeout: float = Field(
-        2.0, ge=0, description="Seconds a disconnect may spend flushing/leaving the group."
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a disconnect may spend flushing/leaving the group. Keep it below "
+            "shutdown_timeout (default 5 s). An aborted connection is not flushed."
+        ),
     )
 
     @model_validator(mode="before")
@@ -414,6 +646,47 @@ class _KafkaOptions(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
 
+    def unbounded_waits(self) -> list[tuple[str, str]]:
+        """``(config path, message)`` per kafka-python setting that makes a wait on the
+        actor thread unbounded (``sessions check`` warns about each)."""
+        extra = self.model_extra or {}
+        found = [
+            (key, message)
+            for key, why in _BOUNDED_DRIVER_KEYS.items()
+            if key in extra and (message := _unbounded_message(extra[key], why)) is not None
+        ]
+        dead_letter = getattr(self, "dead_letter_options", None) or {}
+        value = dead_letter.get("max_block_ms")
+        if "max_block_ms" in dead_letter and (
+            message := _unbounded_message(value, _BOUNDED_DRIVER_KEYS["max_block_ms"])
+        ):
+            found.append(("dead_letter_options.max_block_ms", message))
+        return found
+
+
+_BOUNDED_DRIVER_KEYS: Mapping[str, str] = {
+    "bootstrap_timeout_ms": (
+        "the constructor's bootstrap in connect() then waits for a broker forever, until "
+        "connect_timeout abandons it (default here: 5000)"
+    ),
+    "max_block_ms": (
+        "send() and partitions_for() then wait on the actor thread for a topic's "
+        "metadata forever, until the stall watchdog aborts them (default here: "
+        "ack_timeout, or commit_timeout for the dead-letter producer)"
+    ),
+}
+"""kafka-python settings that bound a wait on the actor thread, and what it means when
+one is unbounded (``None``, ``inf``: kafka-python then waits forever)."""
+
+
+def _unbounded_message(value: Any, why: str) -> str | None:
+    """The warning for a setting of ``value`` if that is unbounded, else None."""
+    if value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and not value < math.inf
+    ):
+        return f"= {value!r} is unbounded: {why}"
+    return None
+
 
 class ProducerOptions(_KafkaOptions):
     """Options of a ``kafka_producer``. Any other ``KafkaProducer`` setting (``acks``,
@@ -430,6 +703,7 @@ class ProducerOptions(_KafkaOptions):
     fault_after: float = Field(
         2.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Seconds without any broker connection while acknowledgements are awaited "
             "after which the producer counts as broken (its callers get ResourceFault) "
@@ -446,11 +720,13 @@ class ProducerOptions(_KafkaOptions):
     ack_timeout: float = Field(
         4.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Longest wait for a record's acknowledgement (and for flush()); a "
             "timeout is a fault (outcome unknown) and replaces the producer. "
-            "Also the default max_block_ms (wait for a topic's metadata). Keep it "
-            "below call_timeout (default 5 s) so callers see the fault."
+            "Also the default max_block_ms (wait for a topic's metadata; "
+            "kafka-python: 60 s). Keep it below call_timeout (default 5 s) so "
+            "callers see the fault, and so below stall_timeout."
         ),
     )
 
@@ -473,6 +749,7 @@ class ConsumerOptions(_KafkaOptions):
     fault_after: float = Field(
         10.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Seconds a subscribed consumer may have no broker connection before "
             "it counts as broken and is restarted (a dead broker makes poll() "
@@ -517,9 +794,14 @@ class ConsumerOptions(_KafkaOptions):
         ),
     )
     retry_backoff: float = Field(
-        0.5, ge=0, description="Seconds before the first retry; doubles per attempt."
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds before the first retry; doubles per attempt.",
     )
-    retry_backoff_max: float = Field(30.0, ge=0, description="Cap on the retry backoff (s).")
+    retry_backoff_max: float = Field(
+        30.0, ge=0, allow_inf_nan=False, description="Cap on the retry backoff (s)."
+    )
     deserializer: Literal["raw", "str", "json"] = Field(
         "raw", description="How Record.value is decoded: bytes, UTF-8 str, or JSON."
     )
@@ -534,15 +816,33 @@ class ConsumerOptions(_KafkaOptions):
         ),
     )
     poll_interval: float = Field(
-        0.05, gt=0, description="Seconds between polls of the broker (between calls)."
+        0.05,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds between polls of the broker (between calls).",
     )
     rebalance_poll_timeout: float = Field(
         2.0,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "While the consumer (re)joins its group, one poll may wait this long "
             "(kafka-python 3.0.12 drops a join result that arrives while nobody "
-            "is inside poll(), so joins need long polls)."
+            "is inside poll(), so joins need long polls). Calls wait meanwhile: "
+            "keep it below call_timeout."
+        ),
+    )
+    commit_timeout: float = Field(
+        4.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Longest wait for the broker in a commit (commit(), the handler's "
+            "commit after each batch), a committed() lookup, and a dead-letter "
+            "record's acknowledgement (also the dead-letter producer's default "
+            "max_block_ms); fault_after if that is smaller. These wait on the actor "
+            "thread: keep it below call_timeout (default 5 s). A timeout with no "
+            "broker connection is a fault."
         ),
     )
 
@@ -570,6 +870,35 @@ class ConsumerOptions(_KafkaOptions):
 def _bounded(driver: Mapping[str, Any]) -> dict[str, Any]:
     """Driver settings with our fail-fast default for the bootstrap."""
     return {"bootstrap_timeout_ms": 5000, **driver}
+
+
+class _Conn:
+    """One connection (a KafkaProducer or KafkaConsumer) and what belongs to it alone.
+
+    Kept per connection, not on the actor, because an abandoned incarnation may still
+    be disconnecting (after ``abort()``) while its successor has connected: each
+    ``disconnect(resource)`` and ``abort(resource)`` touches its own connection only.
+    """
+
+    __slots__ = ("aborted", "broken", "client", "dlq", "dlq_client", "resource")
+
+    def __init__(self, resource: Any, client: Any) -> None:
+        self.resource = resource
+        self.client = client
+        self.dlq: Any = None
+        """The consumer's dead-letter producer, if any."""
+        self.dlq_client: Any = None
+        self.broken: BaseException | None = None
+        """Why this producer was declared broken (the poll hook, or abort()): the error
+        its records still in flight fail with."""
+        self.aborted = False
+
+
+def _aborted_error(name: str) -> KafkaAborted:
+    return KafkaAborted(
+        f"the connection of resource {name!r} was aborted by the runtime (a call ran past "
+        "stall_timeout, or a stop past shutdown_timeout)"
+    )
 
 
 # -- producer -----------------------------------------------------------------------------
@@ -608,36 +937,74 @@ class KafkaProducerActor(ResourceActor):
         self._in_flight: deque[tuple[float, Any]] = deque()
         """(handed to the driver at, kafka future) of the current producer, oldest first."""
         self._link = _LinkWatch()
-        self._broken: BaseException | None = None
-        """Why the poll hook declared the producer broken (for its in-flight callers)."""
+        self._conn: _Conn | None = None
+        """The current connection (None while disconnected)."""
+        self._conns: dict[int, _Conn] = {}
+        """Every connection not yet disconnected, by id() of its KafkaProducer."""
+        self._opening: _ClientTrap | None = None
+        """The client trap of a connect() in progress (for abort(None))."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def connect(self) -> Any:
         """A new KafkaProducer (a new producer id: idempotence state starts fresh)."""
-        producer, self._client = _open(KafkaProducer, self._driver)
+        trap = self._opening = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
+        try:
+            producer, client = _open(KafkaProducer, self._driver, trap)
+        finally:
+            self._opening = None
+        conn = _Conn(producer, client)
+        self._conns[id(producer)] = conn
+        if trap.aborted is not None:
+            # abort(None) raced the constructor's last step: this incarnation has been
+            # abandoned, and its successor may be serving. Leave the actor's state alone.
+            conn.aborted, conn.broken = True, trap.aborted
+            _abort_producer(producer, client, trap.aborted)
+            return producer
+        self._conn, self._client = conn, client
         self._in_flight.clear()
         self._link.reset()
-        self._broken = None
         return producer
 
     def disconnect(self, resource: Any) -> None:
         """Flush and close; records still unacknowledged then fail (their callers get
-        ``ResourceFault``: the producer they were handed to is gone)."""
-        _close_producer(resource, self.close_timeout)
+        ``ResourceFault``: the producer they were handed to is gone). An aborted
+        producer is closed without flushing."""
+        conn = self._conns.pop(id(resource), None)
+        if conn is not None and conn is self._conn:
+            self._conn = None  # from now on its records' failures are faults
+        aborted = conn is not None and conn.aborted
+        _close_producer(resource, _ABORT_JOIN if aborted else self.close_timeout,
+                        aborted=aborted)
+
+    def abort(self, resource: Any) -> None:
+        """From another thread: stop the producer's sender (every record in flight fails
+        with ``KafkaAborted``), shut its broker sockets down, and release a ``send()``
+        waiting for a topic's metadata and a ``flush()``. ``resource`` None: make the
+        constructor's bootstrap of a ``connect()`` in progress fail now."""
+        error = _aborted_error(self.name)
+        if resource is None:
+            trap = self._opening
+            if trap is not None:
+                trap.abort(error)
+            return
+        conn = self._conns.get(id(resource))
+        if conn is None:  # not (or no longer) ours: still stop whatever it is doing
+            _abort_producer(resource, None, error)
+            return
+        if conn.broken is None:
+            conn.broken = error
+        conn.aborted = True
+        _abort_producer(resource, conn.client, error)
 
     def is_fault(self, exc: BaseException) -> bool:
         producer = self.resource
-        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout)):
+        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout, KafkaAborted, ProducerClosed)):
             return True
         manager = getattr(producer, "_transaction_manager", None)
         if manager is not None and manager.has_fatal_error():
             return True  # e.g. InitProducerId failed: this instance will never send again
         return _is_link_fault(exc, self._client, bool(getattr(producer, "_closed", False)))
-
-    def counts_as_failure(self, exc: BaseException) -> bool:
-        """Faults, and in-flight sends failed because their producer was replaced."""
-        return isinstance(exc, ResourceFault) or self.is_fault(exc)
 
     def poll(self) -> None:
         """Runtime hook: a dead broker or a stuck producer raises nothing by itself, so
@@ -660,7 +1027,8 @@ class KafkaProducerActor(ResourceActor):
                 f"records were waiting for acknowledgements"
             )
         if broken is not None:
-            self._broken = broken
+            if self._conn is not None and self._conn.broken is None:
+                self._conn.broken = broken  # what its records still in flight fail with
             raise broken
 
     # -- calls ----------------------------------------------------------------------------
@@ -707,7 +1075,7 @@ class KafkaProducerActor(ResourceActor):
         done: concurrent.futures.Future[SendResult] = concurrent.futures.Future()
         self._in_flight.append((time.monotonic(), sent))
         sent.add_callback(_acknowledged, done)
-        sent.add_errback(self._send_failed, done, self.resource)
+        sent.add_errback(self._send_failed, done, self._conn)
         return Deferred(done)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -716,10 +1084,15 @@ class KafkaProducerActor(ResourceActor):
         ``timeout`` defaults to ``ack_timeout``; not flushed in time is a fault.
         """
         wait = timeout if timeout is not None else self.ack_timeout
+        if not 0 <= wait < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {wait!r}")
+        conn = self._conn
         try:
             self.resource.flush(wait)
         except kerr.KafkaTimeoutError as err:  # the same stuck producer as a late ack
             raise AckTimeout(f"records not acknowledged within {wait}s") from err
+        if conn is not None and conn.aborted:  # abort() failed what was in flight
+            raise conn.broken or _aborted_error(self.name)
 
     def partitions_for(self, topic: str) -> list[int]:
         """The partition ids of ``topic`` (fetches its metadata if needed)."""
@@ -728,25 +1101,33 @@ class KafkaProducerActor(ResourceActor):
     # -- internals ------------------------------------------------------------------------
 
     def _send_failed(
-        self, done: concurrent.futures.Future[SendResult], producer: Any, exc: BaseException
+        self, done: concurrent.futures.Future[SendResult], conn: _Conn | None, exc: BaseException
     ) -> None:
         """The broker (or the closing driver) failed a record; on the driver's thread.
 
-        A record of a producer that has been replaced meanwhile must not crash the new
-        one: its caller gets ``ResourceFault`` directly (outcome unknown).
+        The runner decides what the error means (``is_fault``) and builds the caller's
+        ``ResourceFault`` itself, so that status and ``/metrics`` count a fault as a
+        fault. While the record's producer is the live one, the driver's own error goes.
+        Once its producer broke or closed (replaced, aborted, stopped), the record failed
+        *because* of that: it fails with why the producer broke (``AckTimeout``,
+        ``KafkaConnectionError``, ``KafkaAborted``), or with ``ProducerClosed`` chained
+        from the closing driver's error. Each is a fault, so the caller gets
+        ``ResourceFault`` (outcome unknown), counted as a fault. A record of a producer
+        already replaced never crashes its successor: the runner reports the fault to
+        the record's own (ended) incarnation only.
         """
-        if producer is self.resource:
-            done.set_exception(exc)  # a fault restarts the producer, via the runtime
+        if conn is None or (conn is self._conn and conn.broken is None and not conn.aborted):
+            done.set_exception(exc)
             return
-        reason = self._broken or exc
-        err = ResourceFault(
-            f"call send() on resource {self.name!r}: the producer broke before the broker "
-            f"acknowledged the record ({redact(repr(reason))}); its outcome is unknown",
-            resource=self.name,
-            method="send",
-        )
-        err.__cause__ = reason  # why it broke, rather than the closing driver's own error
-        done.set_exception(err)
+        reason = conn.broken
+        if reason is None:
+            reason = ProducerClosed(
+                f"the producer was closed before the broker acknowledged the record "
+                f"({redact(repr(exc))}); its outcome is unknown"
+            )
+            reason.__cause__ = exc
+        done.set_exception(reason)
+
 
 
 def _acknowledged(done: concurrent.futures.Future[SendResult], md: Any) -> None:
@@ -780,6 +1161,7 @@ class KafkaConsumerActor(ResourceActor):
         max_records: int = 100,
         poll_interval: float = 0.05,
         rebalance_poll_timeout: float = 2.0,
+        commit_timeout: float = 4.0,
         fault_after: float = 10.0,
         close_timeout: float = 2.0,
         **driver_options: Any,
@@ -798,6 +1180,7 @@ class KafkaConsumerActor(ResourceActor):
         self.max_records = max_records
         self.poll_interval = poll_interval
         self.rebalance_poll_timeout = rebalance_poll_timeout
+        self.commit_timeout = commit_timeout
         self.fault_after = fault_after
         self.close_timeout = close_timeout
         self._driver = {
@@ -815,10 +1198,22 @@ class KafkaConsumerActor(ResourceActor):
                 if k in KafkaProducer.DEFAULT_CONFIG
                 and k not in ("client_id", "kafka_client", "max_in_flight_requests_per_connection")
             }
-            self._dlq_driver = {**shared, **(dead_letter_options or {})}
+            # A dead-letter send runs on the actor thread: its metadata wait is bounded
+            # like the rest of the consumer's waits (kafka-python: 60 s).
+            self._dlq_driver = {
+                "max_block_ms": int(commit_timeout * 1000),
+                **shared,
+                **(dead_letter_options or {}),
+            }
         self._client: Any = None
         self._dlq: Any = None
         self._dlq_client: Any = None
+        self._conn: _Conn | None = None
+        """The current connection (None while disconnected)."""
+        self._conns: dict[int, _Conn] = {}
+        """Every connection not yet disconnected, by id() of its KafkaConsumer."""
+        self._opening: _ClientTrap | None = None
+        """The client trap of a connect() in progress (for abort(None))."""
         # Per-connection state (reset by connect):
         self._buffer: deque[Any] = deque()
         """Records polled but not yet handled/fetched, in poll order."""
@@ -855,30 +1250,81 @@ class KafkaConsumerActor(ResourceActor):
     def connect(self) -> Any:
         """A new KafkaConsumer (joins the group on its first poll) and, for dead
         letters, a producer. Subscriptions come back through replay."""
-        consumer, self._client = _open(KafkaConsumer, self._driver)
-        if self._dlq_driver is not None:
-            try:
-                self._dlq, self._dlq_client = _open(KafkaProducer, self._dlq_driver)
-            except BaseException:
-                consumer.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
-                raise
+        trap = self._opening = _ClientTrap(self._driver.get("kafka_client", KafkaNetClient))
+        dlq_trap: _ClientTrap | None = None
+        try:
+            consumer, client = _open(KafkaConsumer, self._driver, trap)
+            conn = _Conn(consumer, client)
+            if self._dlq_driver is not None:
+                dlq_trap = self._opening = _ClientTrap(
+                    self._dlq_driver.get("kafka_client", KafkaNetClient)
+                )
+                try:
+                    conn.dlq, conn.dlq_client = _open(KafkaProducer, self._dlq_driver, dlq_trap)
+                except BaseException:
+                    if dlq_trap.aborted is not None:  # tear the consumer down the same way
+                        _abort_client(client, dlq_trap.aborted)
+                    _close_consumer(consumer, client, self.close_timeout,
+                                    aborted=dlq_trap.aborted is not None)
+                    raise
+        finally:
+            self._opening = None
+        self._conns[id(consumer)] = conn
+        if trap.aborted is not None or (dlq_trap is not None and dlq_trap.aborted is not None):
+            # abort(None) raced the constructors' last steps: this incarnation has been
+            # abandoned, and its successor may be serving. Leave the actor's state alone.
+            self._abort_conn(conn, _aborted_error(self.name))
+            return consumer
+        self._conn, self._client = conn, client
+        self._dlq, self._dlq_client = conn.dlq, conn.dlq_client
         self._forget_partitions()
         self._link.reset()
         return consumer
 
     def disconnect(self, resource: Any) -> None:
-        """Leave the group without committing (only handled records were committed)."""
-        self._buffer.clear()
-        dlq, self._dlq = self._dlq, None
+        """Leave the group without committing (only handled records were committed).
+        An aborted consumer is closed without talking to the broker."""
+        conn = self._conns.pop(id(resource), None)
+        if conn is None:  # not ours (never happens): close it the ordinary way
+            conn = _Conn(resource, getattr(resource, "_client", None))
+        if conn is self._conn:
+            self._conn = None
+            self._buffer.clear()
+            self._dlq = self._dlq_client = None
         try:
-            resource.close(autocommit=False, timeout_ms=int(self.close_timeout * 1000))
+            _close_consumer(resource, conn.client, self.close_timeout, aborted=conn.aborted)
         finally:
-            if dlq is not None:
-                _close_producer(dlq, self.close_timeout)
+            if conn.dlq is not None:
+                _close_producer(conn.dlq, _ABORT_JOIN if conn.aborted else self.close_timeout,
+                                aborted=conn.aborted)
+
+    def abort(self, resource: Any) -> None:
+        """From another thread: fail every call blocked in the consumer (``poll()``,
+        ``commit()``, ``committed()``, ``close()``) with ``KafkaAborted``, stop its IO
+        thread, shut its broker sockets down; the same for the dead-letter producer.
+        ``resource`` None: make the bootstrap of a ``connect()`` in progress fail now."""
+        error = _aborted_error(self.name)
+        if resource is None:
+            trap = self._opening
+            if trap is not None:
+                trap.abort(error)
+            return
+        conn = self._conns.get(id(resource))
+        if conn is None:
+            conn = _Conn(resource, getattr(resource, "_client", None))
+        self._abort_conn(conn, error)
+
+    @staticmethod
+    def _abort_conn(conn: _Conn, error: BaseException) -> None:
+        conn.aborted = True
+        if conn.client is not None:
+            _abort_client(conn.client, error)
+        if conn.dlq is not None:
+            _abort_producer(conn.dlq, conn.dlq_client, error)
 
     def is_fault(self, exc: BaseException) -> bool:
-        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout)):  # dead-letter producer
-            return True
+        if isinstance(exc, (*_PRODUCER_STATE_ERRORS, AckTimeout, KafkaAborted)):
+            return True  # (the first two: the dead-letter producer)
         closed = bool(getattr(self.resource, "_closed", False))
         return _is_link_fault(exc, self._client, closed)
 
@@ -952,6 +1398,8 @@ class KafkaConsumerActor(ResourceActor):
             raise RuntimeError("not subscribed: configure topics or call subscribe(topics)")
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
+        if not 0 <= timeout < math.inf:  # it waits on the actor thread
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         if not self._buffer and timeout > 0:
             deadline = time.monotonic() + timeout
             while not self._buffer:
@@ -994,7 +1442,7 @@ class KafkaConsumerActor(ResourceActor):
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset for a partition (None if nothing committed)."""
         result = self.resource.committed(
-            TopicPartition(topic, partition), timeout_ms=int(self.fault_after * 1000)
+            TopicPartition(topic, partition), timeout_ms=self._broker_wait_ms()
         )
         return None if result is None else int(result)
 
@@ -1223,7 +1671,9 @@ class KafkaConsumerActor(ResourceActor):
         future = self._dlq.send(
             self.dead_letter_topic, value=raw.value, key=raw.key, headers=headers
         )
-        stuck = _await_acks([future], 10.0, self.fault_after, self._dlq_client)
+        stuck = _await_acks(
+            [future], self._broker_wait_ms() / 1000, self.fault_after, self._dlq_client
+        )
         if stuck is not None:
             raise stuck
         if future.exception is not None:
@@ -1232,9 +1682,13 @@ class KafkaConsumerActor(ResourceActor):
     def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.resource.commit(
             offsets={tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
-            timeout_ms=int(self.fault_after * 1000),
+            timeout_ms=self._broker_wait_ms(),
         )
         self._stats["commits"] += 1
+
+    def _broker_wait_ms(self) -> int:
+        """How long a commit, committed() or a dead letter's ack may wait (see Options)."""
+        return int(min(self.commit_timeout, self.fault_after) * 1000)
 
 
 # -- seed-compatible session manager ------------------------------------------------------

@@ -15,6 +15,12 @@ cope with, not the electrical layer:
   until :meth:`MotorDriveSim.recover`. :meth:`MotorDriveSim.silence` keeps it on the bus
   (still broadcasting) but deaf to requests, so clients see request timeouts;
   :meth:`MotorDriveSim.set_response_delay` makes replies slow rather than absent.
+  :meth:`MotorDriveSim.freeze` hangs the node: it stops reading the bus and sends
+  nothing until :meth:`MotorDriveSim.thaw`. Give its bus a bounded receive queue
+  (``rx_queue_size=N``, a ``virtual`` bus keyword) and a sender on the channel then
+  blocks once that queue is full, for its send timeout (python-can's ``virtual``
+  interface waits on each receiver's queue in turn), as a sender on a real bus whose
+  frames nobody acknowledges does.
   Malformed or unknown requests get an error reply; they never stop the node.
 
 Protocol (node id ``n`` in 1..127; standard 11-bit ids; integers little-endian;
@@ -308,6 +314,8 @@ class MotorDriveSim:
         self._counter = 0
         self._bus_off = False
         self._silenced = False
+        self._frozen = False
+        self._parked = threading.Event()  # set while the node thread sits frozen
         self._response_delay = 0.0
         self._requests_handled = 0
         self._requests_dropped = 0
@@ -404,6 +412,29 @@ class MotorDriveSim:
         with self._lock:
             self._silenced = False
 
+    def freeze(self) -> None:
+        """Hang the node: it stops reading its bus and sends nothing (no replies, no
+        status broadcasts) until :meth:`thaw`.
+
+        Frames sent to it meanwhile stay queued in its bus, unread: with a bounded
+        ``rx_queue_size`` the queue fills up, and then every sender on the channel
+        blocks for its send timeout and fails (``CanOperationError``). After
+        :meth:`thaw` the node reads what was queued and answers it, late, like a node
+        that was stuck rather than one that lost its messages. Returns once the node
+        thread is parked (within about 50 ms): no frame sent afterwards is read before
+        :meth:`thaw`.
+        """
+        with self._lock:
+            self._frozen = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            self._parked.wait(1.0)  # bounded: a node thread that died never parks
+
+    def thaw(self) -> None:
+        """End a :meth:`freeze`: the node reads its bus and answers again."""
+        with self._lock:
+            self._frozen = False
+
     def set_response_delay(self, seconds: float) -> None:
         """Delay every later reply by ``seconds`` (0 for none), to test slow nodes.
 
@@ -443,6 +474,11 @@ class MotorDriveSim:
         return self._silenced
 
     @property
+    def is_frozen(self) -> bool:
+        """Whether the node hangs (see :meth:`freeze`)."""
+        return self._frozen
+
+    @property
     def speed(self) -> int:
         """Current speed in rpm, ramped up to now."""
         with self._lock:
@@ -479,7 +515,8 @@ class MotorDriveSim:
     def __repr__(self) -> str:
         return (
             f"MotorDriveSim(channel={self._channel!r}, node_id={self._node_id:#04x}, "
-            f"running={self.is_running}, bus_off={self._bus_off}, silenced={self._silenced})"
+            f"running={self.is_running}, bus_off={self._bus_off}, silenced={self._silenced}, "
+            f"frozen={self._frozen})"
         )
 
     # -- node thread -------------------------------------------------------------------
@@ -492,6 +529,11 @@ class MotorDriveSim:
         pending: list[tuple[float, int, can.Message]] = []  # delayed replies, by due time
         order = itertools.count()
         while not stop.is_set():
+            if self._frozen:  # hung: reads nothing, sends nothing
+                self._parked.set()
+                stop.wait(_POLL_INTERVAL)
+                continue
+            self._parked.clear()
             now = time.monotonic()
             while pending and pending[0][0] <= now:
                 self._transmit_reply(bus, heapq.heappop(pending)[2])
@@ -567,12 +609,12 @@ class MotorDriveSim:
 
     def _transmit_reply(self, bus: can.BusABC, reply: can.Message) -> None:
         with self._lock:
-            if not (self._bus_off or self._silenced):
+            if not (self._bus_off or self._silenced or self._frozen):
                 self._send(bus, reply)
 
     def _broadcast_status(self, bus: can.BusABC) -> None:
         with self._lock:
-            if self._bus_off:
+            if self._bus_off or self._frozen:
                 return
             self._advance()
             data = _STATUS_FRAME.pack(

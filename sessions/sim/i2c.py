@@ -20,6 +20,14 @@ layer:
   ``"disconnect"`` (``ENODEV`` on every transfer until the bus is reopened, as when a
   USB-I2C adapter is unplugged). An address with no device, or a device that does
   not ACK (an EEPROM busy in its write cycle), raises ``ENXIO`` too.
+* **Hangs.** ``inject("hang")`` makes the next transfer stall, holding the bus as a
+  device that holds SCL low does: it blocks (and every other transfer on the adapter
+  waits behind it) until :meth:`SimAdapter.release` (it then fails with
+  ``ETIMEDOUT``, as the bus driver's timeout reports it) or until its handle is
+  aborted with :meth:`SimBus.abort` from another thread (``EBADF`` at once, what a
+  transfer on a torn-down handle gets). The real kernel cannot interrupt a transfer in
+  progress (it ends at the adapter's own timeout); the simulator's hang lasts until
+  released, so that tests decide when it ends.
 
 The physical bus (devices, bus lock, pending faults) is a :class:`SimAdapter`; a
 ``SimBus`` is an open handle on one, like a file descriptor on ``/dev/i2c-N``. A
@@ -80,7 +88,7 @@ __all__ = [
     "SimDevice",
 ]
 
-FaultKind = Literal["nack", "eio", "timeout", "disconnect"]
+FaultKind = Literal["nack", "eio", "timeout", "disconnect", "hang"]
 """What :meth:`SimAdapter.inject` can make go wrong."""
 
 _FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -88,11 +96,16 @@ _FAULT_ERRNO = {"nack": errno.ENXIO, "eio": errno.EIO, "timeout": errno.ETIMEDOU
 
 I2C_M_TEN = 0x0010  # i2c_msg flag: 10-bit address, not simulated
 _BITS_PER_BYTE = 9  # 8 data bits + ACK/NACK
+_WAIT_SLICE = 0.05  # longest wait of a stalled transfer between looks at its handle
 
 
 def _os_error(code: int) -> OSError:
     """An OSError as the kernel's ioctl would raise it."""
     return OSError(code, os.strerror(code))
+
+
+def _aborted_error() -> OSError:
+    return OSError(errno.EBADF, f"{os.strerror(errno.EBADF)} (SimBus was aborted)")
 
 
 # --------------------------------------------------------------------------- devices
@@ -482,10 +495,15 @@ class SimAdapter:
         # Held for the whole of each transfer. Not reentrant: to make two transfers
         # one unit, hold a lock of your own around both calls.
         self._lock = threading.Lock()
+        # Stalled transfers (a "hang") and those waiting behind them wait on this; the
+        # wait releases the lock, so release(), inject() and abort() still get it.
+        self._cond = threading.Condition(self._lock)
         self._devices: dict[int, SimDevice] = {}
         self._faults: list[_Fault] = []
         # Bumped by "disconnect": handles opened before the bump raise ENODEV.
         self._epoch = 0
+        self._stalled = 0  # transfers stalled by a "hang" right now
+        self._releases = 0  # bumped by release(): ends the hangs in progress
         if isinstance(devices, Mapping):
             for address, device in devices.items():
                 if address != device.address:
@@ -527,9 +545,11 @@ class SimAdapter:
         """Make the next ``count`` transfers to ``address`` (None: any) fail.
 
         ``"nack"`` raises ``OSError(ENXIO)``, ``"eio"`` ``OSError(EIO)``,
-        ``"timeout"`` ``OSError(ETIMEDOUT)``; faults are used up in the order
-        injected, one per transfer, and strike at the address byte, so the failing
-        transfer never reaches that device. ``"disconnect"`` takes the whole
+        ``"timeout"`` ``OSError(ETIMEDOUT)``; ``"hang"`` stalls the transfer, holding
+        the bus, until :meth:`release` (then ``OSError(ETIMEDOUT)``) or until its handle
+        is aborted (:meth:`SimBus.abort`: ``OSError(EBADF)``). Faults are used up in
+        the order injected, one per transfer, and strike at the address byte, so the
+        failing transfer never reaches that device. ``"disconnect"`` takes the whole
         adapter away: every transfer on each handle open now raises
         ``OSError(ENODEV)`` until that handle is reopened (``open()``, or a new
         ``SimBus`` on this adapter); ``address`` must be None and ``count`` is
@@ -551,9 +571,48 @@ class SimAdapter:
             self._faults.append(_Fault(kind, address, count))
 
     def clear_faults(self) -> None:
-        """Drop pending nack/eio/timeout faults (a disconnect needs a reopen)."""
+        """Drop pending nack/eio/timeout/hang faults and end a hang in progress, as
+        :meth:`release` does (a disconnect needs a reopen)."""
         with self._lock:
             self._faults.clear()
+            self._releases += 1
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        """End every hang in progress: each stalled transfer fails with
+        ``OSError(ETIMEDOUT)``, as a bus driver reports a transfer it timed out, and the
+        transfers waiting behind it go on. Hangs still pending stall later transfers."""
+        with self._lock:
+            self._releases += 1
+            self._cond.notify_all()
+
+    @property
+    def stalled(self) -> int:
+        """How many transfers a hang is holding right now (0 or 1: it holds the bus)."""
+        return self._stalled
+
+    def _stall(self, bus: SimBus) -> OSError:
+        """A hang struck ``bus``'s transfer: hold the bus until :meth:`release` or until
+        ``bus`` is aborted; the error the transfer then fails with. Lock held."""
+        releases = self._releases
+        self._stalled += 1
+        try:
+            while self._releases == releases:
+                if bus._aborted:
+                    return _aborted_error()
+                self._cond.wait(_WAIT_SLICE)  # a slice: abort() never blocks to notify
+        finally:
+            self._stalled -= 1
+            self._cond.notify_all()
+        return _os_error(errno.ETIMEDOUT)
+
+    def _wait_behind_stall(self, bus: SimBus) -> None:
+        """A stalled transfer holds the bus: wait until it ends (``EBADF`` if ``bus`` is
+        aborted meanwhile). Lock held."""
+        while self._stalled:
+            if bus._aborted:
+                raise _aborted_error()
+            self._cond.wait(_WAIT_SLICE)
 
     def _take_fault(self, address: int) -> _Fault | None:
         """Use up the first pending fault for ``address``. Call with the lock held."""
@@ -573,14 +632,17 @@ class SimAdapter:
 class _Transfer:
     """One transfer in progress: runs its phases and counts the bytes on the wire."""
 
-    def __init__(self, adapter: SimAdapter) -> None:
+    def __init__(self, adapter: SimAdapter, bus: SimBus) -> None:
         self._adapter = adapter
+        self._bus = bus
         self.wire_bytes = 0
 
     def _address_phase(self, address: int, read: bool) -> SimDevice:
         self.wire_bytes += 1  # the address byte goes out before anyone can NACK it
         fault = self._adapter._take_fault(address)
         if fault is not None:
+            if fault.kind == "hang":
+                raise self._adapter._stall(self._bus)
             raise _os_error(_FAULT_ERRNO[fault.kind])
         device = self._adapter._devices.get(address)
         if device is None or not device.start(read):
@@ -650,6 +712,7 @@ class SimBus:
         self._adapter = devices if isinstance(devices, SimAdapter) else SimAdapter(devices)
         self._bus: int | str | None = None
         self._epoch: int | None = None  # adapter epoch at open(); None: closed
+        self._aborted = False
         self._pec = 0
         if bus is not None:
             self.open(bus)
@@ -666,12 +729,36 @@ class SimBus:
         self.close()
 
     def open(self, bus: int | str) -> None:
-        """Open the handle (again): clears a disconnect injected before this call."""
+        """Open the handle (again): clears a disconnect injected before this call, and
+        an :meth:`abort`."""
         if not isinstance(bus, (int, str)):
             raise TypeError(f"Unexpected type(bus)={type(bus)}")
         self._bus = bus
         with self._adapter._lock:
             self._epoch = self._adapter._epoch
+            self._aborted = False
+
+    def abort(self) -> None:
+        """Tear the handle down under a transfer in progress, from any thread.
+
+        A transfer stalled by a hang on this handle (or waiting behind one) fails at
+        once with ``OSError(EBADF)``, and so does every later transfer until
+        :meth:`open`; :meth:`close` still works. This is what a supervised actor's
+        ``abort()`` does to a simulated bus. Never blocks: if the adapter is busy, a
+        stalled transfer notices within 50 ms.
+        """
+        self._aborted = True
+        lock = self._adapter._lock
+        if lock.acquire(blocking=False):
+            try:
+                self._adapter._cond.notify_all()
+            finally:
+                lock.release()
+
+    @property
+    def aborted(self) -> bool:
+        """True after :meth:`abort` until the next :meth:`open`."""
+        return self._aborted
 
     def close(self) -> None:
         """Close the handle; the devices and the adapter keep their state."""
@@ -743,11 +830,15 @@ class SimBus:
         with adapter._lock:
             if self._epoch is None:
                 raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)} (SimBus is closed)")
+            if self._aborted:
+                raise _aborted_error()
+            if adapter._stalled:
+                adapter._wait_behind_stall(self)
             if self._epoch != adapter._epoch:
                 raise _os_error(errno.ENODEV)  # the adapter went away: reopen
             if i2c_addr is not None:
                 self.address = i2c_addr
-            transfer = _Transfer(adapter)
+            transfer = _Transfer(adapter, self)
             try:
                 yield transfer
                 if pec and self._pec:
