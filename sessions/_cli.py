@@ -56,7 +56,7 @@ from sessions._server import StatusServer
 from sessions._system import System, status_rows
 from sessions.actors import resolve_kind
 from sessions.messages import Event, SupervisorGaveUp
-from sessions.supervisor._tree import make_actor
+from sessions.supervisor._tree import make_actor, stall_timeout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -272,8 +272,9 @@ def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:
     if spec.health_interval is not None:
         parts.append(f"health check every {spec.health_interval:g}s")
     parts.append(
-        f"call_timeout {spec.call_timeout:g}s, connect_timeout "
-        f"{spec.connect_timeout:g}s, shutdown_timeout {spec.shutdown_timeout:g}s"
+        f"call_timeout {spec.call_timeout:g}s, stall_timeout {stall_timeout(spec):g}s, "
+        f"connect_timeout {spec.connect_timeout:g}s, shutdown_timeout "
+        f"{spec.shutdown_timeout:g}s"
     )
     return ", ".join(parts)
 
