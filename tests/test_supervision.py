@@ -3,6 +3,7 @@ children."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -362,3 +363,33 @@ def test_state_and_restarts_are_current_once_the_new_incarnation_answers() -> No
                 a.break_it().result(5)
             assert a.generation().result(5) == n + 1
             assert (a.state, a.restarts) == ("running", n)
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_a_fault_is_decided_before_its_caller_sees_it(strategy: str) -> None:
+    """Causality: once a.boom() has raised ResourceFault, the same thread's next call to
+    sibling b is served by b's restarted incarnation, never the old one, even while
+    other threads keep b busy."""
+    cfg = config(["a", "b"], strategy=strategy, max_restarts=1000, period=1)
+    with sessions.start(cfg) as system:
+        a, b = system.get("a"), system.get("b")
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(sessions.SessionsError):
+                    b.echo(0).result()
+
+        workers = [threading.Thread(target=load) for _ in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            for round_ in range(1, 31):
+                before = b.generation().result()
+                with pytest.raises(sessions.ResourceFault):
+                    a.break_it().result()
+                assert b.generation().result() > before, f"round {round_}: old b answered"
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()

@@ -256,7 +256,7 @@ class Runner(pykka.ThreadingActor):
         actor: ResourceActor,
         mailbox: Mailbox,
         health_interval: float | None,
-        on_fault: Callable[[Runner, BaseException | None, str], None],
+        on_fault: Callable[[Runner, BaseException | None, str, list[Owed]], None],
         register: Callable[[Runner], None],
         *,
         breaker: Breaker | None = None,
@@ -467,8 +467,11 @@ class Runner(pykka.ThreadingActor):
         if self.abandoned:
             return  # e.g. the error an abort() caused; abandon() failed the future
         fault = self._is_fault(exc)
-        error = self._fault_error(exc, future.method) if fault else exc
-        if not _try_fail(future, error):
+        if not fault or deferred:
+            error = self._fault_error(exc, future.method) if fault else exc
+            if not _try_fail(future, error):
+                return
+        elif future.done():
             return
         if self.breaker is not None:
             self.breaker.record(not (fault or self._counts(exc)), exc)
@@ -476,8 +479,8 @@ class Runner(pykka.ThreadingActor):
         if fault:
             if deferred:  # resolved on some other thread: ask this incarnation to crash
                 self.report(exc)  # (a no-op if it has already ended)
-            else:
-                self._crash(exc, future.method)
+            else:  # the caller learns of it once the supervisor has decided (_crash)
+                self._crash(exc, future.method, [(future, self._fault_error(exc, future.method))])
 
     def _settle(self, future: SessionFuture[Any],
                 inner: concurrent.futures.Future[Any]) -> None:
@@ -531,24 +534,27 @@ class Runner(pykka.ThreadingActor):
             fault = self._is_fault(exc)
             if self.breaker is not None:
                 self.breaker.record(not (fault or self._counts(exc)), exc)
-            for c in calls:
-                _try_fail(c.future, self._fault_error(exc, c.future.method) if fault else exc)
             if fault:
-                self._crash(exc, "batch")
+                self._crash(exc, "batch", [(c.future, self._fault_error(exc, c.future.method))
+                                           for c in calls])
+            else:
+                for c in calls:
+                    _try_fail(c.future, exc)
             return
         self.busy_since, self.current = 0.0, None
         mailbox.running = 0
         if self.abandoned:
             return
         broken: BaseException | None = None
+        owed: list[Owed] = []
         now = time.monotonic() + mailbox.call_timeout
         for c, (ok, value) in zip(calls, outcomes, strict=True):
             if ok:
                 outcome = "ok" if _try_set(c.future, value) else ""
             elif self._is_fault(value):
                 broken = value
-                error = self._fault_error(value, c.future.method)
-                outcome = "fault" if _try_fail(c.future, error) else ""
+                owed.append((c.future, self._fault_error(value, c.future.method)))
+                outcome = "fault"
             else:
                 outcome = "error" if _try_fail(c.future, value) else ""
             if outcome:
@@ -556,7 +562,7 @@ class Runner(pykka.ThreadingActor):
         if self.breaker is not None:
             self.breaker.record(broken is None, broken)
         if broken is not None:
-            self._crash(broken, "batch")
+            self._crash(broken, "batch", owed)
 
     def _fault_error(self, exc: BaseException, method: str) -> ResourceFault:
         err = ResourceFault(
@@ -605,16 +611,23 @@ class Runner(pykka.ThreadingActor):
                           self.actor.name)
             return True
 
-    def _crash(self, exc: BaseException | None, where: str) -> None:
+    def _crash(self, exc: BaseException | None, where: str, owed: list[Owed] | None = None
+               ) -> None:
         """Stop serving, close the resource, tell the supervisor, end this incarnation.
 
         ``exc`` is None for a normal exit (``stop_normally``); ``where`` then says why.
-        An abandoned incarnation only closes: the supervisor has moved on.
+        ``owed``: the callers whose calls broke the resource, with their errors. The
+        supervisor fails them once it has decided what the fault restarts, so a caller
+        that learns of a fault and calls a sibling next reaches the sibling's restarted
+        incarnation. An abandoned incarnation only closes: the supervisor has moved on
+        (and failed its callers already).
         """
         self._close()
         self.stop()
         if not self.abandoned:
-            self.on_fault(self, exc, where)
+            self.on_fault(self, exc, where, owed or [])
+        else:
+            settle(owed or [])
 
     def _disconnect(self) -> None:
         if not self.connected:
@@ -635,6 +648,16 @@ class Runner(pykka.ThreadingActor):
 
 class _Abandoned(Exception):
     """Internal: the supervisor gave up on an incarnation while it was connecting."""
+
+
+Owed = tuple["SessionFuture[Any]", BaseException]
+"""A caller still to be failed with this error."""
+
+
+def settle(owed: list[Owed]) -> None:
+    """Fail each owed caller with its error (unless resolved meanwhile)."""
+    for future, error in owed:
+        _try_fail(future, error)
 
 
 def _try_set(future: SessionFuture[Any], value: Any) -> bool:

@@ -36,7 +36,7 @@ from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._futures import SessionFuture
 from sessions._redact import redact
 from sessions.actors import ResourceActor
-from sessions.actors._runner import Mailbox, Runner
+from sessions.actors._runner import Mailbox, Owed, Runner, settle
 from sessions.messages import (
     Call,
     ChildFaulted,
@@ -303,11 +303,15 @@ class Kernel:
         return self._thread.is_alive()
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the supervision thread (from any thread); dropped once
-        the thread has ended (everything is stopped by then)."""
+        """Run ``fn(*args)`` on the supervision thread (from any thread); once that has
+        ended (the system stopped), at once on the calling thread: a late report still
+        settles the callers it carries."""
         with self._cond:
-            self._queue.append((fn, args))
-            self._cond.notify()
+            if not self._ended:
+                self._queue.append((fn, args))
+                self._cond.notify()
+                return
+        self._step(fn, args)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the supervision thread and return its result; inline
@@ -480,7 +484,7 @@ class Kernel:
         try:
             Runner.start(
                 child.actor, child.mailbox, child.spec.health_interval,
-                lambda r, e, w: self._runner_ended(child, r, e, w), register,
+                lambda r, e, w, o: self._runner_ended(child, r, e, w, o), register,
                 breaker=child.breaker,
             )
         except Exception as exc:  # pragma: no cover - thread creation failed
@@ -540,14 +544,25 @@ class Kernel:
     # -- faults -----------------------------------------------------------------------
 
     def _runner_ended(self, child: ResourceChild, runner: Runner,
-                      exc: BaseException | None, where: str) -> None:
+                      exc: BaseException | None, where: str, owed: list[Owed]) -> None:
         """Called on the actor's thread when an incarnation faulted or exited normally."""
         if child.runner is runner and child.state == "running":
             child.state = "restarting"
-        self.post(self._on_runner_ended, child, runner, exc, where)
+        self.post(self._on_runner_ended, child, runner, exc, where, owed)
 
     def _on_runner_ended(self, child: ResourceChild, runner: Runner,
-                         exc: BaseException | None, where: str) -> None:
+                         exc: BaseException | None, where: str, owed: list[Owed]) -> None:
+        """Apply the policy, then fail the callers whose calls broke the resource: by
+        the time a caller sees its fault, every restart it causes is decided (siblings
+        of a group restart serve no more calls, so the caller's next call to one waits
+        for its new incarnation)."""
+        try:
+            self._ended_runner(child, runner, exc, where)
+        finally:
+            settle(owed)
+
+    def _ended_runner(self, child: ResourceChild, runner: Runner,
+                      exc: BaseException | None, where: str) -> None:
         if child.runner is not runner or child.pending or child.state in ("stopped", "failed"):
             return  # stale: already restarted, stopping, or stopped
         child.runner = None
@@ -574,14 +589,16 @@ class Kernel:
         reason = (f"{what} stalled: still running after {elapsed:.3g}s "
                   f"(stall_timeout={child.stall_timeout:g}s)")
         child.runner = None
-        runner.abandon(f"resource {child.name!r} stalled ({what} ran past "
-                       f"stall_timeout={child.stall_timeout:g}s)")
+        entries = self._retire(child, runner, [])
         if child.breaker is not None:
             child.breaker.record(False, reason)
-        self._reap(self._retire(child, runner, []), abort_first=True)
         sup = child.parent
         assert sup is not None
         self.fault(sup, child, reason, during_start=False)
+        # Only now, with the restarts decided, does the stalled caller learn of it.
+        runner.abandon(f"resource {child.name!r} stalled ({what} ran past "
+                       f"stall_timeout={child.stall_timeout:g}s)")
+        self._reap(entries, abort_first=True)
 
     def fault(self, sup: SupervisorNode, child: Node, error: str | BaseException,
               during_start: bool) -> None:
