@@ -274,7 +274,8 @@ def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:
     parts.append(
         f"call_timeout {spec.call_timeout:g}s, stall_timeout {stall_timeout(spec):g}s, "
         f"connect_timeout {spec.connect_timeout:g}s, shutdown_timeout "
-        f"{spec.shutdown_timeout:g}s"
+        + (spec.shutdown_timeout if isinstance(spec.shutdown_timeout, str)
+           else f"{spec.shutdown_timeout:g}s")
     )
     return ", ".join(parts)
 

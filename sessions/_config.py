@@ -8,6 +8,7 @@ messages and tracebacks never reach the user.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sessions._errors import ConfigError
 from sessions._redact import redact
@@ -75,7 +76,24 @@ class ResourceConfig(BaseModel):
         "is a fault: its caller gets ResourceFault, the connection is aborted and the "
         "resource restarted (s); omitted: twice call_timeout.")
     health_interval: float | None = Field(None, gt=0, description="Seconds between checks.")
-    shutdown_timeout: float = Field(5.0, gt=0, description="Time to finish and disconnect (s).")
+    shutdown_timeout: float | Literal["brutal_kill"] = Field(
+        5.0, description="Time to finish the current call and disconnect on a stop (s); "
+        "then the connection is aborted. 'infinity' (or inf): wait for ever; 'brutal_kill': "
+        "abort at once, no graceful disconnect (Erlang/OTP's three shutdown forms).")
+
+    @field_validator("shutdown_timeout", mode="plain",
+                     json_schema_input_type=float | Literal["infinity", "brutal_kill"])
+    @classmethod
+    def _shutdown(cls, value: Any) -> float | str:
+        """A number > 0 (inf allowed), "infinity" or "brutal_kill", as OTP's shutdown."""
+        if value == "brutal_kill":
+            return "brutal_kill"
+        if value == "infinity":
+            return math.inf
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError(
+            f"expected seconds > 0, 'infinity' or 'brutal_kill', got {redact(repr(value))}")
     pool_size: int = Field(1, ge=1, description="Actors (connections) behind one handle.")
     breaker: BreakerConfig | None = Field(None, description="Circuit breaker; omitted: none.")
 
@@ -159,6 +177,8 @@ def _describe(err: Mapping[str, Any]) -> str:
               "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()), "?")
         return f"must be {op} {bound}, got {value!r}"
+    if kind == "value_error" and "error" in ctx:  # our own validators say it all
+        return str(ctx["error"])
     msg = str(err.get("msg", "invalid value"))
     return f"{msg[0].lower()}{msg[1:]}, got {value!r}"
 

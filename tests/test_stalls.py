@@ -274,3 +274,43 @@ def test_a_deferred_reply_still_owed_at_stop_fails_with_resource_fault() -> None
     assert isinstance(error, ResourceFault) and "stopped" in str(error)
     never.set_result("too late")
     seen.assert_once(owed)
+
+
+@pytest.mark.parametrize("infinity", [float("inf"), "infinity"])
+def test_shutdown_timeout_infinity_in_a_group_restart(infinity: Any) -> None:
+    """OTP's shutdown = infinity: a one_for_all restart waits for the sibling's graceful
+    disconnect however long it takes (here: at once), and stop() works."""
+    rec = Recorder()
+    cfg = config({"a": {}, "b": {"shutdown_timeout": infinity}}, strategy="one_for_all")
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        assert system.config.resources["b"].shutdown_timeout == float("inf")
+        with pytest.raises(ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b" and e.restarts == 1)
+        assert system.get("b").generation().result() == 2
+        assert [c.state for c in system.which_children()] == ["running", "running"]
+    assert controls("b").disconnects == 2 and controls("b").aborts == 0
+
+
+def test_shutdown_brutal_kill_aborts_at_once() -> None:
+    """OTP's brutal_kill: terminate_child does not wait for the call in progress; the
+    connection is aborted at once and the call fails with ResourceFault."""
+    cfg = config({"a": {"shutdown_timeout": "brutal_kill", "call_timeout": 30,
+                        "stall_timeout": 60}})
+    with sessions.start(cfg) as system:
+        started = threading.Event()
+        stuck = system.get("a").stall(started)
+        assert started.wait(5)
+        system.terminate_child("a")
+        error = stuck.exception(0)
+        assert isinstance(error, ResourceFault) and "brutal_kill" in str(error)
+        assert controls("a").aborts == 1 and controls("a").disconnects == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, "forever", True, None])
+def test_shutdown_timeout_rejects_nonsense(bad: Any) -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(config({"a": {"shutdown_timeout": bad}}))
+    assert info.value.path == "resources.a.shutdown_timeout"
+    assert "expected seconds > 0, 'infinity' or 'brutal_kill'" in str(info.value)

@@ -155,6 +155,13 @@ def stall_timeout(spec: ResourceConfig) -> float:
     return spec.stall_timeout if spec.stall_timeout is not None else 2.0 * spec.call_timeout
 
 
+def shutdown_wait(spec: ResourceConfig) -> float:
+    """Seconds a stop lets a resource finish before aborting it: ``shutdown_timeout``,
+    inf for ``"infinity"``, 0 for ``"brutal_kill"``."""
+    timeout = spec.shutdown_timeout
+    return 0.0 if timeout == "brutal_kill" else timeout
+
+
 def _alive(runner: Runner) -> bool:
     """Whether an incarnation's thread may still run (not started yet counts as alive)."""
     thread = runner.thread
@@ -750,13 +757,17 @@ class Kernel:
     def _end(self, child: ResourceChild, runner: Runner, abort_first: bool) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
             runner.actor_ref.stop(block=False)
-        if not abort_first:
-            self._wait_end(runner, time.monotonic() + child.spec.shutdown_timeout)
+        wait = shutdown_wait(child.spec)
+        if not abort_first and wait > 0:
+            self._wait_end(runner, time.monotonic() + wait)
         if _alive(runner):
             what = runner.busy_what or "its work"
-            runner.abandon(f"resource {child.name!r} was stopped ({what} did not finish "
-                           "within shutdown_timeout)" if not abort_first
-                           else f"resource {child.name!r} was abandoned")
+            runner.abandon(
+                f"resource {child.name!r} was abandoned" if abort_first
+                else f"resource {child.name!r} was stopped with shutdown_timeout = "
+                "brutal_kill" if wait == 0 else
+                f"resource {child.name!r} was stopped ({what} did not finish within "
+                f"shutdown_timeout={wait:g}s)")
             runner.abort()
             self._wait_end(runner, time.monotonic() + ABORT_GRACE, grace=True)
         else:  # ended: replies it still owed (Deferred) will never come
@@ -808,7 +819,7 @@ class Kernel:
         self._shutdown = done
         nodes = walk(self.root)
         self.hurry = time.monotonic() + max(
-            (n.spec.shutdown_timeout for n in nodes if isinstance(n, ResourceChild)),
+            (shutdown_wait(n.spec) for n in nodes if isinstance(n, ResourceChild)),
             default=0.0)
         for node in reversed(nodes):
             if isinstance(node, ResourceChild) and node.state in ACTIVE:
