@@ -13,6 +13,7 @@ from typing import Any
 from sessions._config import ResourceConfig, SupervisorConfig, SystemConfig
 from sessions._errors import (
     CallTimeout,
+    ChildRunning,
     ConfigError,
     DeviceError,
     ResourceFault,
@@ -21,7 +22,7 @@ from sessions._errors import (
 )
 from sessions._futures import SessionFuture
 from sessions._registry import SessionManager, SessionRegistry
-from sessions._system import ChildInfo, Handle, System, start
+from sessions._system import ChildCount, ChildInfo, Handle, System, start
 from sessions.actors import ResourceActor
 from sessions.actors._base import Deferred
 from sessions.actors.canbus import CANBusSessionManager
@@ -51,7 +52,9 @@ __all__ = [
     "Backoff",
     "CANBusSessionManager",
     "CallTimeout",
+    "ChildCount",
     "ChildInfo",
+    "ChildRunning",
     "ConfigError",
     "DatabaseSessionManager",
     "Deferred",

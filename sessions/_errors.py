@@ -77,6 +77,13 @@ class CallTimeout(SessionsError, TimeoutError):
     started: bool
 
 
+class ChildRunning(SessionsError):
+    """``delete_child`` of a child that is running (Erlang/OTP's ``{error, running}``):
+    ``terminate_child`` it first. ``name`` is the child."""
+
+    name: str
+
+
 class DeviceError(SessionsError):
     """A device on a bus did not answer (NACK) or lost arbitration; the bus itself is fine."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sessions import _config
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig, check_options
-from sessions._errors import CallTimeout, ConfigError, ResourceUnavailable
+from sessions._errors import CallTimeout, ChildRunning, ConfigError, ResourceUnavailable
 from sessions._futures import SessionFuture, resolved
 from sessions.actors import resolve_kind
 from sessions.actors._base import public_methods
@@ -57,6 +57,23 @@ class ChildInfo:
 
     restarts: int
     """Completed restarts."""
+
+
+@dataclass(frozen=True)
+class ChildCount:
+    """``System.count_children()``: Erlang/OTP's ``count_children``."""
+
+    specs: int
+    """Children of the supervisor, whatever their state (deleted ones excluded)."""
+
+    active: int
+    """Children running now (serving, for a resource; started, for a supervisor)."""
+
+    supervisors: int
+    """Children that are supervisors."""
+
+    resources: int
+    """Children that are resources (OTP's workers; a pool counts as one)."""
 
 
 class Handle:
@@ -290,6 +307,30 @@ class System:
             for c in list(sup.children)
         ]
 
+    def count_children(self, supervisor: str | None = None) -> ChildCount:
+        """How many children ``supervisor`` (default: the root) has, by kind and activity."""
+        children = list(self._supervisor(supervisor).children)
+        sups = sum(1 for c in children if isinstance(c, SupervisorNode) and c.pool is None)
+        return ChildCount(specs=len(children),
+                          active=sum(1 for c in children if c.state == "running"),
+                          supervisors=sups, resources=len(children) - sups)
+
+    def child_spec(self, name: str) -> dict[str, Any]:
+        """The spec child ``name`` was started from, as it would appear in the config
+        (``[resources.NAME]`` or ``[supervisors.NAME]``), e.g. to start it again
+        elsewhere. Unlike ``status()``, credentials in it are not redacted."""
+        self._node(name)  # KeyError for an unknown child
+        if name in self._supervisors:
+            spec: Any = self._supervisors[name].config
+        else:
+            node = self._resources[name]
+            if isinstance(node, SupervisorNode) and node.pool is not None:
+                node = node.pool.members[0]
+            assert isinstance(node, ResourceChild)
+            spec = node.spec
+        data: dict[str, Any] = spec.model_dump(exclude_defaults=True)
+        return data
+
     # -- dynamic children -------------------------------------------------------------
 
     def start_child(self, name: str, spec: Mapping[str, Any],
@@ -339,6 +380,25 @@ class System:
         it per policy)."""
         node = self._node(name)
         self._kernel.call(self._kernel.restart_child, node).result()
+
+    def delete_child(self, name: str) -> None:
+        """Forget child ``name``, which must not be running (``terminate_child`` first):
+        its name is free again for ``start_child``; its handle keeps refusing calls.
+        Raises ``ChildRunning`` if it is starting, running or restarting."""
+        node = self._node(name)
+        self._kernel.call(self._delete, node)
+
+    def _delete(self, node: Node) -> None:
+        """Supervision thread: take ``node`` (and its subtree) out of the tree."""
+        if node.state in ("starting", "running", "restarting"):
+            raise ChildRunning(f"{node.kind} {node.name!r} is {node.state}: "
+                               "terminate_child() it before delete_child()", name=node.name)
+        assert node.parent is not None
+        node.parent.children.remove(node)
+        for n in walk(node):
+            self._supervisors.pop(n.name, None)
+            self._resources.pop(n.name, None)
+            self._handles.pop(n.name, None)
 
     def _node(self, name: str) -> Node:
         node: Node | None = self._resources.get(name) or self._supervisors.get(name)

@@ -393,3 +393,38 @@ def test_a_fault_is_decided_before_its_caller_sees_it(strategy: str) -> None:
             stop.set()
             for w in workers:
                 w.join()
+
+
+def test_count_children_delete_child_and_child_spec() -> None:
+    """OTP's count_children, delete_child and get_childspec, through the public API."""
+    cfg = config({"a": {"call_timeout": 2.5}, "b": {"supervisor": "inner"},
+                  "p": {"pool_size": 2}},
+                 supervisors={"inner": {"strategy": "one_for_all"}})
+    with sessions.start(cfg) as system:
+        assert system.count_children() == sessions.ChildCount(
+            specs=3, active=3, supervisors=1, resources=2)
+        assert system.child_spec("a") == {"kind": "tests.kinds:Probe", "call_timeout": 2.5}
+        assert system.child_spec("p")["pool_size"] == 2
+        assert system.child_spec("inner") == {"strategy": "one_for_all"}
+        with pytest.raises(sessions.ChildRunning) as running:
+            system.delete_child("a")
+        assert running.value.name == "a" and "terminate_child" in str(running.value)
+        old = system.get("a")
+        system.terminate_child("a")
+        assert system.count_children() == sessions.ChildCount(
+            specs=3, active=2, supervisors=1, resources=2)
+        system.delete_child("a")
+        assert system.count_children().specs == 2
+        assert [c.name for c in system.which_children()] == ["inner", "p"]
+        with pytest.raises(KeyError):
+            system.child_spec("a")
+        with pytest.raises(sessions.ResourceUnavailable):
+            old.echo(1).result()  # a deleted child's handle keeps refusing
+        system.start_child("a", {"kind": "tests.kinds:Probe"})  # the name is free again
+        assert system.get("a").echo(2).result() == 2
+        system.terminate_child("inner")
+        system.delete_child("inner")
+        with pytest.raises(KeyError):
+            system.get("b")
+        assert system.count_children() == sessions.ChildCount(
+            specs=2, active=2, supervisors=0, resources=2)
