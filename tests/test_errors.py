@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import sessions
 from sessions import (
     CallTimeout,
+    ChildRunning,
     ConfigError,
     DeviceError,
     ResourceFault,
@@ -31,6 +32,7 @@ EXAMPLES: list[tuple[SessionsError, dict[str, object]]] = [
         {"resource": "a", "started": False},
     ),
     (CallTimeout("m2", resource="b", started=True), {"started": True}),
+    (ChildRunning("a is running", name="a"), {"name": "a"}),
     (DeviceError("m", address=0x48, errno=6), {"address": 0x48, "errno": 6}),
     (DeviceError("no address", address=None, errno=121), {"address": None}),
     (
@@ -94,7 +96,8 @@ def test_pickled_error_can_be_raised_and_caught() -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [ConfigError, ResourceFault, ResourceUnavailable, CallTimeout, DeviceError]
+    "cls",
+    [ConfigError, ResourceFault, ResourceUnavailable, CallTimeout, ChildRunning, DeviceError],
 )
 def test_all_derive_from_sessions_error(cls: type[Exception]) -> None:
     """Every library exception is a SessionsError (one ``except`` catches them all)."""
