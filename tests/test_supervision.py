@@ -428,3 +428,60 @@ def test_count_children_delete_child_and_child_spec() -> None:
             system.get("b")
         assert system.count_children() == sessions.ChildCount(
             specs=2, active=2, supervisors=0, resources=2)
+
+
+def _order() -> list[str]:
+    return [f"{'start' if op == 'connect' else 'stop'} {name}" for op, name in LIFECYCLE]
+
+
+def test_one_for_all_restarts_a_terminated_sibling_like_otp() -> None:
+    """OTP: a one_for_all restart restarts every non-temporary child of the group, one
+    stopped with terminate_child included."""
+    rec = Recorder()
+    with sessions.start(config(["a", "b", "c"], strategy="one_for_all")) as system:
+        system.subscribe(rec)
+        system.terminate_child("c")
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "c")
+        assert _order() == ["stop a", "stop b", "start a", "start b", "start c"]
+        assert system.get("c").echo("back").result() == "back"
+
+
+def test_one_for_all_restarts_a_transient_sibling_that_exited_normally() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "b": {"restart": "transient"}}, strategy="one_for_all")
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        assert system.get("b").finish().result() == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "b")
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
+        assert _order() == ["stop a", "start a", "start b"]
+        assert [c.state for c in system.which_children()] == ["running", "running"]
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_a_failed_start_in_a_group_restart_restarts_the_group(strategy: str) -> None:
+    """OTP: a child failing to start while its group restarts makes the supervisor stop
+    the children restarted so far and restart the whole group, counting intensity."""
+    rec = Recorder()
+    with sessions.start(config(["a", "b", "c"], strategy=strategy, max_restarts=5)) as system:
+        system.subscribe(rec)
+        controls("b").fail_connects = 1
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceFault):
+            system.get("b" if strategy == "rest_for_one" else "a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "c")
+        failed = [e for e in rec.of(ChildFaulted) if e.during_start]
+        assert [e.name for e in failed] == ["b"]
+        if strategy == "one_for_all":
+            assert _order() == ["stop a", "stop c", "stop b", "start a",  # b fails to start
+                                "stop a", "start a", "start b", "start c"]
+        else:
+            assert _order() == ["stop b", "stop c",  # b fails to start, c never started
+                                "start b", "start c"]
+        assert len(rec.of(ChildFaulted)) == 2 and not rec.of(SupervisorGaveUp)

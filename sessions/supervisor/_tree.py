@@ -635,7 +635,10 @@ class Kernel:
         ran_long = now - child.started_at >= sup.config.period
         child.attempt = 1 if (not during_start and ran_long) else child.attempt + 1
         delay = sup.backoff.get_backoff_time(child.attempt, self.rng)
-        group = [child] if during_start else self._group(sup, child)
+        # A failed start during a group restart restarts the group again (OTP); at a
+        # supervisor's own start, and under one_for_one, only the child is retried.
+        alone = during_start and (sup.in_progress or sup.config.strategy == "one_for_one")
+        group = [child] if alone else self._group(sup, child)
         for sibling in reversed(group):
             if sibling is not child:
                 self._stop_child(sibling, None, "restarting", entries)
@@ -646,19 +649,25 @@ class Kernel:
                 self._stop_child(member, f"temporary resource {member.name!r} stopped "
                                          f"because {child.name!r} faulted", "stopped", entries)
                 continue
+            if isinstance(member, ResourceChild):
+                member.mailbox.reopen()  # a stopped member comes back with the group
             member.pending, member.not_before, member.state = True, wake, "restarting"
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
         self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
 
     def _group(self, sup: SupervisorNode, child: Node) -> list[Node]:
-        """The children a fault of ``child`` restarts, by strategy."""
+        """The children a fault of ``child`` restarts, by strategy: as in OTP, every
+        child of the group but a temporary one that has ended, so a transient child
+        that exited normally and one stopped with terminate_child come back too."""
         strategy = sup.config.strategy
         if strategy == "one_for_one":
             return [child]
         index = sup.children.index(child)
         members = sup.children if strategy == "one_for_all" else sup.children[index:]
-        return [c for c in members if c is child or c.state in ACTIVE]
+        return [c for c in members if c is child or not (
+            isinstance(c, ResourceChild) and c.spec.restart == "temporary"
+            and c.state not in ACTIVE)]
 
     def give_up(self, sup: SupervisorNode, reason: str) -> None:
         """Intensity exhausted: stop every child, refuse their calls, escalate."""
