@@ -52,6 +52,9 @@ class SupervisorConfig(_Model):
     period: float = Field(5.0, gt=0, description="Intensity window (s).")
     backoff: BackoffConfig = BackoffConfig()
     parent: str | None = Field(None, description="Parent supervisor; omitted: the root.")
+    restart: Literal["permanent", "transient", "temporary"] = Field(
+        "permanent", description="What its parent does when it gives up: restart it "
+        "(permanent, transient) or leave it stopped (temporary). Not for the root.")
 
 
 class BreakerConfig(_Model):
@@ -241,6 +244,9 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
             cur = sups[cur].parent
     if config.supervisor.parent is not None:
         errors.append(("supervisor.parent", "the root supervisor has no parent"))
+    if config.supervisor.restart != "permanent":
+        errors.append(("supervisor.restart", "the root supervisor has no parent to "
+                       "restart it: giving up fails the system"))
     for name in [*sups, *config.resources]:
         if not _NAME.fullmatch(name):
             kind = "supervisors" if name in sups else "resources"

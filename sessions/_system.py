@@ -512,7 +512,8 @@ def _node_status(node: Node) -> dict[str, Any]:
                         abandoned=node.pool.abandoned,
                         circuit=_circuit(node.pool.breaker), **node.pool.stats.snapshot())
         else:
-            base.update(type="supervisor", strategy=node.config.strategy)
+            base.update(type="supervisor", strategy=node.config.strategy,
+                        restart=node.config.restart)
         base["children"] = [_node_status(c) for c in list(node.children)]
     else:
         assert isinstance(node, ResourceChild)

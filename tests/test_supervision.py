@@ -485,3 +485,34 @@ def test_a_failed_start_in_a_group_restart_restarts_the_group(strategy: str) -> 
             assert _order() == ["stop b", "stop c",  # b fails to start, c never started
                                 "start b", "start c"]
         assert len(rec.of(ChildFaulted)) == 2 and not rec.of(SupervisorGaveUp)
+
+
+@pytest.mark.parametrize(("restart", "comes_back"),
+                         [("permanent", True), ("transient", True), ("temporary", False)])
+def test_a_nested_supervisor_has_a_restart_type(restart: str, comes_back: bool) -> None:
+    """OTP: a supervisor child has a restart type. One that gives up is restarted by its
+    parent unless it is temporary, which then stays stopped (its resources refuse)."""
+    rec = Recorder()
+    cfg = config({"a": {}, "x": {"supervisor": "field"}}, max_restarts=5,
+                 supervisors={"field": {"restart": restart, "max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        with pytest.raises(sessions.ResourceFault):
+            system.get("x").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp) and e.supervisor == "field")
+        if comes_back:
+            rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field")
+            assert system.get("x").generation().result() == 2
+        else:
+            stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "field")
+            assert stopped[0].reason == "temporary child faulted"
+            assert system.status()["children"][1]["restart"] == "temporary"
+            with pytest.raises(sessions.ResourceUnavailable):
+                system.get("x").echo(1).result()
+        assert system.get("a").echo("fine").result() == "fine"
+
+
+def test_the_root_supervisor_has_no_restart_type() -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(config(["a"], restart="temporary"))
+    assert info.value.path == "supervisor.restart"

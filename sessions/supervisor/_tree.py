@@ -155,6 +155,17 @@ def stall_timeout(spec: ResourceConfig) -> float:
     return spec.stall_timeout if spec.stall_timeout is not None else 2.0 * spec.call_timeout
 
 
+def restart_type(node: Node) -> str:
+    """``permanent``, ``transient`` or ``temporary``: a resource's (a pool's: its
+    members'), or a nested supervisor's ``restart``."""
+    if isinstance(node, ResourceChild):
+        return node.spec.restart
+    assert isinstance(node, SupervisorNode)
+    if node.pool is not None:
+        return node.pool.members[0].spec.restart
+    return node.config.restart
+
+
 def shutdown_wait(spec: ResourceConfig) -> float:
     """Seconds a stop lets a resource finish before aborting it: ``shutdown_timeout``,
     inf for ``"infinity"``, 0 for ``"brutal_kill"``."""
@@ -409,9 +420,9 @@ class Kernel:
         sup.state = "restarting" if sup.ever_started else "starting"
         sup.in_progress = True
         for child in sup.children:
+            if restart_type(child) == "temporary" and child.state == "stopped":
+                continue  # a temporary child that ended stays ended
             if isinstance(child, ResourceChild):
-                if child.spec.restart == "temporary" and child.state == "stopped":
-                    continue  # a temporary child that ended stays ended
                 child.mailbox.reopen()
             child.pending, child.not_before = True, 0.0
             child.state = "restarting" if child.ever_started else "starting"
@@ -619,9 +630,9 @@ class Kernel:
         self.events.emit(ChildFaulted(sup.name, child.name, msg, during_start))
         log.warning("%s %r faulted under %r: %s", child.kind, child.name, sup.name, msg)
         entries: list[_Entry] = []
-        if isinstance(child, ResourceChild) and child.spec.restart == "temporary":
-            self._stop_child(child, f"temporary resource {child.name!r} is not restarted "
-                                    f"after a fault: {msg}", "stopped", entries)
+        if restart_type(child) == "temporary":
+            self._stop_child(child, f"temporary {child.kind} {child.name!r} is not "
+                                    f"restarted after a fault: {msg}", "stopped", entries)
             self._reap(entries)
             self.events.emit(ChildStopped(sup.name, child.name, "temporary child faulted"))
             self.post(self.advance, sup)
@@ -644,9 +655,8 @@ class Kernel:
                 self._stop_child(sibling, None, "restarting", entries)
         wake = time.monotonic() + delay
         for member in group:
-            if (member is not child and isinstance(member, ResourceChild)
-                    and member.spec.restart == "temporary"):
-                self._stop_child(member, f"temporary resource {member.name!r} stopped "
+            if member is not child and restart_type(member) == "temporary":
+                self._stop_child(member, f"temporary {member.kind} {member.name!r} stopped "
                                          f"because {child.name!r} faulted", "stopped", entries)
                 continue
             if isinstance(member, ResourceChild):
@@ -666,8 +676,7 @@ class Kernel:
         index = sup.children.index(child)
         members = sup.children if strategy == "one_for_all" else sup.children[index:]
         return [c for c in members if c is child or not (
-            isinstance(c, ResourceChild) and c.spec.restart == "temporary"
-            and c.state not in ACTIVE)]
+            restart_type(c) == "temporary" and c.state not in ACTIVE)]
 
     def give_up(self, sup: SupervisorNode, reason: str) -> None:
         """Intensity exhausted: stop every child, refuse their calls, escalate."""
