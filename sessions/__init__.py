@@ -23,7 +23,7 @@ from sessions._errors import (
 from sessions._futures import SessionFuture
 from sessions._registry import SessionManager, SessionRegistry
 from sessions._system import ChildCount, ChildInfo, Handle, System, start
-from sessions.actors import ResourceActor
+from sessions.actors import IGNORE, ResourceActor
 from sessions.actors._base import Deferred
 from sessions.actors.canbus import CANBusSessionManager
 from sessions.actors.http import HTTPSessionManager
@@ -48,7 +48,7 @@ def __getattr__(name: str) -> Any:
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py checks
     "Backoff",
     "CANBusSessionManager",
     "CallTimeout",
@@ -62,6 +62,7 @@ __all__ = [
     "HTTPSessionManager",
     "Handle",
     "I2CSessionManager",
+    "IGNORE",
     "KafkaSessionManager",
     "RedisSessionManager",
     "ResourceActor",

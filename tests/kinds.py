@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sessions import ResourceActor
+from sessions import IGNORE, ResourceActor
 
 
 class ProbeBroken(ConnectionError):
@@ -31,6 +31,8 @@ class Controls:
     lock: threading.Lock = field(default_factory=threading.Lock)
     resources: list[object] = field(default_factory=list)
     aborts: int = 0
+    ignore: bool = False
+    """connect() returns IGNORE (decides not to run)."""
     connect_aborted: threading.Event = field(default_factory=threading.Event)
     """Set by abort(None): a connect blocked on ``connect_gate`` gives up."""
 
@@ -70,8 +72,10 @@ class Probe(ResourceActor):
     def ctl(self) -> Controls:
         return controls(self.name)
 
-    def connect(self) -> Conn:
+    def connect(self) -> Any:
         ctl = self.ctl
+        if ctl.ignore:
+            return IGNORE
         if ctl.connect_gate is not None:
             deadline = time.monotonic() + 30
             while not ctl.connect_gate.wait(0.01) and time.monotonic() < deadline:

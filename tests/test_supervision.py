@@ -516,3 +516,27 @@ def test_the_root_supervisor_has_no_restart_type() -> None:
     with pytest.raises(sessions.ConfigError) as info:
         sessions.start(config(["a"], restart="temporary"))
     assert info.value.path == "supervisor.restart"
+
+
+def test_a_connect_returning_ignore_leaves_the_child_stopped_like_otp_ignore() -> None:
+    """OTP: a start returning ``ignore`` keeps the child, not running, with no fault."""
+    rec = Recorder()
+    controls("b").ignore = True
+    with sessions.start(config(["a", "b", "c"], strategy="one_for_all")) as system:
+        system.subscribe(rec)
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "running"), ("b", "stopped"), ("c", "running")]
+        assert _order() == ["start a", "start c"]
+        with pytest.raises(sessions.ResourceUnavailable) as refused:
+            system.get("b").echo(1).result()
+        assert "IGNORE" in str(refused.value)
+        assert system.count_children().active == 2
+        # A group restart tries it again (it is not temporary); now it runs.
+        controls("b").ignore = False
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceFault):
+            system.get("a").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "c")
+        assert _order() == ["stop a", "stop c", "start a", "start b", "start c"]
+        assert system.get("b").echo(2).result() == 2
+        assert not [e for e in rec.of(ChildFaulted) if e.name == "b"]

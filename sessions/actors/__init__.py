@@ -12,9 +12,9 @@ import importlib
 from importlib.metadata import entry_points
 
 from sessions._errors import ConfigError
-from sessions.actors._base import ResourceActor
+from sessions.actors._base import IGNORE, ResourceActor
 
-__all__ = ["BUILTIN_KINDS", "ResourceActor", "resolve_kind"]
+__all__ = ["BUILTIN_KINDS", "IGNORE", "ResourceActor", "resolve_kind"]
 
 #: kind -> "module:Class" of the built-in kinds (imported only when a config names them).
 BUILTIN_KINDS: dict[str, str] = {

@@ -40,6 +40,22 @@ class Deferred:
     def __init__(self, future: concurrent.futures.Future[Any]) -> None:
         self.future = future
 
+class _Ignore:
+    """The type of :data:`IGNORE` (one instance)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "sessions.IGNORE"
+
+
+IGNORE = _Ignore()
+"""Return this from ``connect()`` to decide not to run (Erlang/OTP's ``ignore`` from a
+child's start): the resource is ``stopped``, not faulted, its calls are refused, and
+nothing is counted toward intensity; ``restart_child`` (or a group restart) starts it
+again. For a resource that is optional on this machine (a bus that is not fitted)."""
+
+
 #: Names that are lifecycle hooks or runtime plumbing, never callable through a handle.
 LIFECYCLE = frozenset(
     {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
@@ -104,7 +120,8 @@ class ResourceActor:
     # -- hooks ------------------------------------------------------------------------
 
     def connect(self) -> Any:
-        """Open the resource; the return value becomes ``self.resource``."""
+        """Open the resource; the return value becomes ``self.resource``. Return
+        :data:`IGNORE` to decide not to run."""
         raise NotImplementedError(f"{type(self).__name__} must implement connect()")
 
     def disconnect(self, resource: Any) -> None:

@@ -25,7 +25,7 @@ import pykka
 
 from sessions._errors import ResourceFault, ResourceUnavailable
 from sessions._redact import redact
-from sessions.actors._base import Deferred
+from sessions.actors._base import IGNORE, Deferred
 from sessions.messages import Call, HealthCheck
 from sessions.supervisor._stats import CallStats
 
@@ -266,8 +266,9 @@ class Runner(pykka.ThreadingActor):
         self.actor = actor
         self.on_fault = on_fault
         self.breaker = breaker
-        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        """Resolved once connect and replay finished (or failed); cancelled if abandoned."""
+        self.started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        """Resolved once connect and replay finished (None; ``IGNORE`` if connect()
+        decided not to run) or failed; cancelled if abandoned."""
         self.thread: threading.Thread | None = None
         self.entered = threading.Event()
         """Set once the actor thread runs (``thread`` is known from then on)."""
@@ -314,6 +315,12 @@ class Runner(pykka.ThreadingActor):
         try:
             self.busy_what = "connect()"
             resource = self.actor.connect()
+            if resource is IGNORE:  # decided not to run: nothing to disconnect
+                self._close()
+                self.stop()
+                if self.started.set_running_or_notify_cancel():
+                    self.started.set_result(IGNORE)
+                return
             self.conn, self.connected = resource, True
             if self.abandoned:  # given up on while connecting: never publish it
                 raise _Abandoned()

@@ -36,6 +36,7 @@ from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._futures import SessionFuture
 from sessions._redact import redact
 from sessions.actors import ResourceActor
+from sessions.actors._base import IGNORE
 from sessions.actors._runner import Mailbox, Owed, Runner, settle
 from sessions.messages import (
     Call,
@@ -525,10 +526,28 @@ class Kernel:
             self._reap(self._retire(child, runner, []))
             self._start_failed(child, err or RuntimeError("the start was abandoned"))
             return
-        child.state = "running"
         sup = child.parent
         assert sup is not None
+        if runner.started.result() is IGNORE:
+            child.runner = None
+            self._reap(self._retire(child, runner, []))
+            self._ignored(sup, child)
+            return
+        child.state = "running"
         self._started(sup, child)
+        self.advance(sup)
+
+    def _ignored(self, sup: SupervisorNode, child: ResourceChild) -> None:
+        """connect() returned IGNORE: the child stays stopped, as OTP keeps a child
+        whose start returned ``ignore``; no fault, no restart, the start cursor goes on."""
+        child.pending = child.adding = False
+        child.state = "stopped"
+        child.mailbox.close(f"resource {child.name!r} chose not to run "
+                            "(its connect() returned IGNORE)")
+        self.events.emit(ChildStopped(sup.name, child.name, "ignored: connect() returned IGNORE"))
+        waiters, child.waiters = child.waiters, []
+        for waiter in waiters:
+            waiter.set_result(None)
         self.advance(sup)
 
     def _connect_overdue(self, child: ResourceChild, runner: Runner) -> None:
