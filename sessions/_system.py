@@ -203,6 +203,7 @@ class System:
             self._events.close()
             raise
         self._kernel = Kernel(root, self._events, clock, rng)
+        self._kernel.on_remove = self._forget_node
         self._stop_lock = threading.Lock()
         self._stopped = False
 
@@ -361,7 +362,9 @@ class System:
         """Supervision thread: build the child and start it (the tree changes only here)."""
         if name in self._resources or name in self._supervisors:  # raced another add
             raise ConfigError([(f"resources.{name}", "name is already in use")])
-        return self._kernel.add_child(sup, self._add(name, spec, sup))
+        node = self._add(name, spec, sup)
+        node.dynamic = True
+        return self._kernel.add_child(sup, node)
 
     def _forget(self, name: str) -> None:
         """Supervision thread: drop a child whose add failed (already out of the tree)."""
@@ -395,6 +398,10 @@ class System:
                                "terminate_child() it before delete_child()", name=node.name)
         assert node.parent is not None
         node.parent.children.remove(node)
+        self._forget_node(node)
+
+    def _forget_node(self, node: Node) -> None:
+        """Supervision thread: ``node`` and its subtree left the tree; free their names."""
         for n in walk(node):
             self._supervisors.pop(n.name, None)
             self._resources.pop(n.name, None)

@@ -540,3 +540,33 @@ def test_a_connect_returning_ignore_leaves_the_child_stopped_like_otp_ignore() -
         assert _order() == ["stop a", "stop c", "start a", "start b", "start c"]
         assert system.get("b").echo(2).result() == 2
         assert not [e for e in rec.of(ChildFaulted) if e.name == "b"]
+
+
+def test_a_restarted_supervisor_is_rebuilt_from_its_spec() -> None:
+    """OTP: a supervisor restarted by its parent starts from its spec again: a child
+    added with start_child is gone, a temporary child that had ended runs again."""
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"},
+                  "t": {"supervisor": "field", "restart": "temporary"}},
+                 max_restarts=5, supervisors={"field": {"max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        dyn = system.start_child("dyn", {"kind": "tests.kinds:Probe"}, supervisor="field")
+        assert system.get("t").finish().result() == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+        assert [c.name for c in system.which_children("field")] == ["x", "t", "dyn"]
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceFault):
+            system.get("x").break_it().result()  # field gives up; root restarts it
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field")
+        assert [(c.name, c.state) for c in system.which_children("field")] == [
+            ("x", "running"), ("t", "running")]
+        assert _order() == ["stop x", "stop dyn", "start x", "start t"]
+        removed = [e for e in rec.of(ChildStopped) if e.name == "dyn"]
+        assert removed and removed[-1].reason.startswith("removed: its supervisor 'field'")
+        with pytest.raises(KeyError):
+            system.get("dyn")
+        with pytest.raises(sessions.ResourceUnavailable):
+            dyn.echo(1).result()
+        assert system.get("t").echo("again").result() == "again"
+        system.start_child("dyn", {"kind": "tests.kinds:Probe"}, supervisor="field")

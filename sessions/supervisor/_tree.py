@@ -82,6 +82,8 @@ class Node:
         resolved by its start, failed by its failed start. Supervision thread only."""
         self.adding = False
         """Being added by start_child: a failed start removes it instead of retrying."""
+        self.dynamic = False
+        """Added by start_child, not in the config: gone when its supervisor restarts."""
 
 
 def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
@@ -309,6 +311,8 @@ class Kernel:
         self._next_stall_check = 0.0
         self._stoppers: set[threading.Thread] = set()  # supervision thread only
         self._shutdown: concurrent.futures.Future[None] | None = None
+        self.on_remove: Callable[[Node], None] | None = None
+        """Told (on this thread) when a child leaves the tree, to forget its name."""
         self._thread = threading.Thread(target=self._loop, name="sessions-supervisor",
                                         daemon=True)
 
@@ -415,16 +419,20 @@ class Kernel:
         self.begin(self.root)
 
     def begin(self, sup: SupervisorNode) -> None:
-        """Start a supervisor anew: fresh intensity, every child pending, in order."""
+        """Start a supervisor anew: fresh intensity, every child pending, in order.
+
+        A restarted supervisor is rebuilt from its spec, as OTP's is: children added by
+        start_child are gone, and temporary children that had ended start again."""
         sup.epoch += 1
         sup.intensity = sup.intensity.reset()
         sup.state = "restarting" if sup.ever_started else "starting"
         sup.in_progress = True
+        for child in [c for c in sup.children if c.dynamic]:
+            self._remove(child, f"its supervisor {sup.name!r} restarted from its spec")
         for child in sup.children:
-            if restart_type(child) == "temporary" and child.state == "stopped":
-                continue  # a temporary child that ended stays ended
-            if isinstance(child, ResourceChild):
-                child.mailbox.reopen()
+            for node in walk(child):
+                if isinstance(node, ResourceChild):
+                    node.mailbox.reopen()
             child.pending, child.not_before = True, 0.0
             child.state = "restarting" if child.ever_started else "starting"
         self.advance(sup)
@@ -894,6 +902,17 @@ class Kernel:
             node.pending = True
             self.advance(sup)
         return waiter
+
+    def _remove(self, node: Node, why: str) -> None:
+        """Take a stopped ``node`` out of the tree for good; its handles refuse calls."""
+        assert node.parent is not None
+        for n in walk(node):
+            if isinstance(n, ResourceChild):
+                n.mailbox.close(f"{n.kind} {n.name!r} was removed: {why}")
+        node.parent.children.remove(node)
+        self.events.emit(ChildStopped(node.parent.name, node.name, f"removed: {why}"))
+        if self.on_remove is not None:
+            self.on_remove(node)
 
     def _abort_add(self, node: Node, err: BaseException) -> None:
         """A child being added failed its first start: stop it and take it out."""
