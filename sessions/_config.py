@@ -55,6 +55,12 @@ class SupervisorConfig(_Model):
     restart: Literal["permanent", "transient", "temporary"] = Field(
         "permanent", description="What its parent does when it gives up: restart it "
         "(permanent, transient) or leave it stopped (temporary). Not for the root.")
+    auto_shutdown: Literal["never", "any_significant", "all_significant"] = Field(
+        "never", description="Shut this supervisor down (a normal exit) when any, or all, "
+        "of its significant children have ended by themselves (OTP's auto_shutdown).")
+    significant: bool = Field(
+        False, description="Its own ending counts for its parent's auto_shutdown; needs "
+        "restart = transient or temporary. Not for the root.")
 
 
 class BreakerConfig(_Model):
@@ -98,6 +104,10 @@ class ResourceConfig(BaseModel):
         raise ValueError(
             f"expected seconds > 0, 'infinity' or 'brutal_kill', got {redact(repr(value))}")
     pool_size: int = Field(1, ge=1, description="Actors (connections) behind one handle.")
+    significant: bool = Field(
+        False, description="Its ending by itself (transient: normally; temporary: any "
+        "way) counts for its supervisor's auto_shutdown; needs restart = transient or "
+        "temporary, and pool_size = 1.")
     breaker: BreakerConfig | None = Field(None, description="Circuit breaker; omitted: none.")
 
     @property
@@ -247,6 +257,18 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
     if config.supervisor.restart != "permanent":
         errors.append(("supervisor.restart", "the root supervisor has no parent to "
                        "restart it: giving up fails the system"))
+    if config.supervisor.significant:
+        errors.append(("supervisor.significant", "the root supervisor has no parent"))
+    tables = [*((f"supervisors.{n}", c.restart, c.significant, 1) for n, c in sups.items()),
+              *((f"resources.{n}", r.restart, r.significant, r.pool_size)
+                for n, r in config.resources.items())]
+    for path, restart, significant, pool_size in tables:
+        if significant and restart == "permanent":
+            errors.append((f"{path}.significant", "a significant child needs restart = "
+                           "transient or temporary (a permanent one never ends for good)"))
+        if significant and pool_size > 1:
+            errors.append((f"{path}.significant", "a pool (pool_size > 1) cannot be "
+                           "significant"))
     for name in [*sups, *config.resources]:
         if not _NAME.fullmatch(name):
             kind = "supervisors" if name in sups else "resources"
@@ -273,6 +295,9 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
         res = ResourceConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(errors + errors_from(exc, path or f"resources.{name}")) from None
+    if res.significant and (res.restart == "permanent" or res.pool_size > 1):
+        errors.append((f"{path or f'resources.{name}'}.significant", "a significant child "
+                       "needs restart = transient or temporary, and pool_size = 1"))
     if errors:
         raise ConfigError(errors)
     return res

@@ -570,3 +570,79 @@ def test_a_restarted_supervisor_is_rebuilt_from_its_spec() -> None:
             dyn.echo(1).result()
         assert system.get("t").echo("again").result() == "again"
         system.start_child("dyn", {"kind": "tests.kinds:Probe"}, supervisor="field")
+
+
+def _job(auto_shutdown: str, restart: str = "transient") -> dict[str, Any]:
+    return config(
+        {"a": {"supervisor": "job"},
+         "w1": {"supervisor": "job", "restart": "transient", "significant": True},
+         "w2": {"supervisor": "job", "restart": "temporary", "significant": True},
+         "other": {}},
+        supervisors={"job": {"auto_shutdown": auto_shutdown, "restart": restart}})
+
+
+def test_auto_shutdown_any_significant() -> None:
+    """OTP's auto_shutdown = any_significant: a significant child ending by itself shuts
+    its supervisor down (a normal exit); a transient supervisor then stays stopped."""
+    rec = Recorder()
+    with sessions.start(_job("any_significant")) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        assert system.get("w1").finish().result() == "bye"
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "job")[0]
+        assert stopped.supervisor == "root"
+        assert stopped.reason == "auto_shutdown: significant child 'w1' ended"
+        assert _order() == ["stop w1", "stop w2", "stop a"]
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("job", "stopped"), ("other", "running")]
+        with pytest.raises(sessions.ResourceUnavailable) as refused:
+            system.get("a").echo(1).result()
+        assert "auto_shutdown = any_significant" in str(refused.value)
+        assert not rec.of(ChildFaulted) and system.state == "running"
+
+
+def test_auto_shutdown_all_significant_waits_for_every_significant_child() -> None:
+    rec = Recorder()
+    with sessions.start(_job("all_significant")) as system:
+        system.subscribe(rec)
+        system.get("w1").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "w1")
+        assert system.get("a").echo("still up").result() == "still up"
+        with pytest.raises(sessions.ResourceFault):  # a temporary one may end by a fault
+            system.get("w2").break_it().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "job")
+        assert system.which_children()[0].state == "stopped"
+
+
+def test_auto_shutdown_of_a_permanent_supervisor_restarts_it() -> None:
+    rec = Recorder()
+    with sessions.start(_job("any_significant", restart="permanent")) as system:
+        system.subscribe(rec)
+        system.get("w1").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "job")
+        assert system.get("w1").echo("back").result() == "back"
+
+
+def test_terminate_child_of_a_significant_child_does_not_shut_down() -> None:
+    with sessions.start(_job("any_significant")) as system:
+        system.terminate_child("w1")
+        assert system.get("a").echo(1).result() == 1
+        assert system.which_children()[0].state == "running"
+
+
+@pytest.mark.parametrize(("spec", "path"), [
+    ({"resources": {"a": {"kind": "x", "significant": True}}}, "resources.a.significant"),
+    ({"resources": {"a": {"kind": "x", "significant": True, "restart": "transient",
+                          "pool_size": 2}}}, "resources.a.significant"),
+    ({"supervisors": {"s": {"significant": True}}}, "supervisors.s.significant"),
+    ({"supervisor": {"significant": True}}, "supervisor.significant"),
+])
+def test_significant_needs_a_child_that_can_end(spec: dict[str, Any], path: str) -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(spec)
+    assert info.value.path == path
+
+
+def test_a_dynamic_significant_child_is_checked_too() -> None:
+    with sessions.start(config(["a"])) as system, pytest.raises(sessions.ConfigError):
+        system.start_child("b", {"kind": "tests.kinds:Probe", "significant": True})

@@ -169,6 +169,15 @@ def restart_type(node: Node) -> str:
     return node.config.restart
 
 
+def is_significant(node: Node) -> bool:
+    """Whether ``node`` is a significant child (its ending may shut its supervisor
+    down, per the supervisor's ``auto_shutdown``). Pools never are."""
+    if isinstance(node, ResourceChild):
+        return node.spec.significant
+    assert isinstance(node, SupervisorNode)
+    return node.pool is None and node.config.significant
+
+
 def shutdown_wait(spec: ResourceConfig) -> float:
     """Seconds a stop lets a resource finish before aborting it: ``shutdown_timeout``,
     inf for ``"infinity"``, 0 for ``"brutal_kill"``."""
@@ -619,6 +628,7 @@ class Kernel:
                 child.state = "stopped"
                 child.mailbox.close(f"resource {child.name!r} stopped normally ({where})")
                 self.events.emit(ChildStopped(sup.name, child.name, f"exited normally: {where}"))
+                self._child_ended(sup, child)
                 return
             self.fault(sup, child, f"exited normally ({where}) but is permanent",
                        during_start=False)
@@ -663,6 +673,7 @@ class Kernel:
             self._reap(entries)
             self.events.emit(ChildStopped(sup.name, child.name, "temporary child faulted"))
             self.post(self.advance, sup)
+            self._child_ended(sup, child)
             return
         now = self.clock()
         sup.intensity = sup.intensity.increment(now)
@@ -692,6 +703,41 @@ class Kernel:
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
         self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
+
+    def _child_ended(self, sup: SupervisorNode, child: Node) -> None:
+        """``child`` ended by itself and stays ended (a transient one normally, a
+        temporary one for any reason): OTP's automatic shutdown, if it is significant."""
+        mode = sup.config.auto_shutdown
+        if mode == "never" or not is_significant(child) or sup.state not in ACTIVE:
+            return
+        if mode == "all_significant" and any(
+                is_significant(c) and c.state in ACTIVE for c in sup.children):
+            return
+        self._auto_shutdown(sup, f"significant child {child.name!r} ended")
+
+    def _auto_shutdown(self, sup: SupervisorNode, why: str) -> None:
+        """Stop ``sup`` and its children as a normal exit; its parent then treats it as
+        any child that exited normally (restarts it only if it is permanent)."""
+        message = f"supervisor {sup.name!r} shut down: {why} (auto_shutdown = " \
+                  f"{sup.config.auto_shutdown})"
+        sup.epoch += 1
+        sup.in_progress = False
+        entries: list[_Entry] = []
+        for child in reversed(sup.children):
+            self._stop_child(child, message, "stopped", entries)
+        self._reap(entries)
+        sup.state = "stopped"
+        log.info("%s", message)
+        parent = sup.parent
+        if parent is None:  # the root: the whole system has finished its work
+            self._fail_waiters(sup, ResourceUnavailable(message, resource=sup.name))
+            return
+        self.events.emit(ChildStopped(parent.name, sup.name, f"auto_shutdown: {why}"))
+        if restart_type(sup) == "permanent":
+            self.fault(parent, sup, f"exited normally ({why}) but is permanent",
+                       during_start=False)
+        else:
+            self._child_ended(parent, sup)
 
     def _group(self, sup: SupervisorNode, child: Node) -> list[Node]:
         """The children a fault of ``child`` restarts, by strategy: as in OTP, every
