@@ -22,7 +22,7 @@ from sessions._errors import (
 )
 from sessions._futures import SessionFuture
 from sessions._registry import SessionManager, SessionRegistry
-from sessions._system import ChildCount, ChildInfo, Handle, System, start
+from sessions._system import ChildCount, ChildInfo, Handle, System, check_childspecs, start
 from sessions.actors import IGNORE, ResourceActor
 from sessions.actors._base import Deferred
 from sessions.actors.canbus import CANBusSessionManager
@@ -78,5 +78,6 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "System",
     "SystemConfig",
     "__version__",
+    "check_childspecs",
     "start",
 ]

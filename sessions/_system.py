@@ -31,6 +31,7 @@ from sessions.supervisor._tree import (
     Pool,
     ResourceChild,
     SupervisorNode,
+    make_actor,
     walk,
 )
 
@@ -533,6 +534,29 @@ def _node_status(node: Node) -> dict[str, Any]:
 
 def _circuit(breaker: Breaker | None) -> str | None:
     return None if breaker is None else breaker.state
+
+
+def check_childspecs(specs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Validate resource specs as ``start_child`` would take them (OTP's
+    ``check_childspecs``), without starting anything: the supervision keys, the kind
+    (imported) and its options (the kind object is constructed and dropped, which by
+    the ``ResourceActor`` contract does no I/O). Raises ``ConfigError`` listing every
+    problem of every spec."""
+    if not isinstance(specs, Mapping):
+        raise ConfigError([("", f"expected a mapping of name to spec, got {type(specs).__name__}")])
+    errors: list[tuple[str, str]] = []
+    for name, raw in specs.items():
+        path = f"resources.{name}"
+        try:
+            if not isinstance(raw, Mapping):
+                raise ConfigError([(path, f"expected a table, got {type(raw).__name__}")])
+            spec = _config.resource_spec(str(name), dict(raw))
+            cls = resolve_kind(spec.kind, f"{path}.kind")
+            make_actor(cls, check_options(cls, spec.options, path), spec.kind, path)
+        except ConfigError as err:
+            errors += err.errors
+    if errors:
+        raise ConfigError(errors)
 
 
 def start(config: ConfigSource, *, clock: Callable[[], float] = time.monotonic,

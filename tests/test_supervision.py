@@ -646,3 +646,18 @@ def test_significant_needs_a_child_that_can_end(spec: dict[str, Any], path: str)
 def test_a_dynamic_significant_child_is_checked_too() -> None:
     with sessions.start(config(["a"])) as system, pytest.raises(sessions.ConfigError):
         system.start_child("b", {"kind": "tests.kinds:Probe", "significant": True})
+
+
+def test_check_childspecs_reports_every_problem_without_starting_anything() -> None:
+    sessions.check_childspecs({"a": {"kind": "tests.kinds:Probe", "label": "x"}})
+    assert controls("a").connects == 0
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.check_childspecs({
+            "a": {"kind": "tests.kinds:Probe", "bogus": 1},
+            "b": {"kind": "no_such_kind"},
+            "c": {"kind": "tests.kinds:Probe", "restart": "sometimes"},
+            "d": 3,
+        })
+    assert [path for path, _ in info.value.errors] == [
+        "resources.a.bogus", "resources.b.kind", "resources.c.restart", "resources.d"]
+    assert controls("a").connects == 0
