@@ -50,6 +50,7 @@ missing_packages() {
     have_tool nft || packages+=(nftables)
     have_tool unshare || packages+=(util-linux)
     have_tool ip || packages+=(iproute2)
+    have_tool escript || packages+=(erlang-base)  # the OTP oracle of tests/test_otp_differential.py
     echo "${packages[@]}"
 }
 
@@ -97,7 +98,7 @@ if ! have_tansu; then
 fi
 
 if [[ $problems -eq 0 ]]; then
-    echo "ensure-servers: PostgreSQL, Redis, Tansu, nftables, unshare and ip are installed."
+    echo "ensure-servers: PostgreSQL, Redis, Tansu, nftables, unshare, ip and escript are installed."
 elif in_ci; then
     echo "ensure-servers: CI is set: failing (server tests must not be skipped in CI)" >&2
     exit 1

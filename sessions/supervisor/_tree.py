@@ -459,6 +459,8 @@ class Kernel:
             return
         epoch = sup.epoch
         ordered = sup.in_progress or sup.config.strategy != "one_for_one"
+        if ordered and any(isinstance(n, ResourceChild) and n.retired for n in walk(sup)):
+            return  # as in OTP, the whole group is stopped before any member restarts
         waiting = False
         for child in sup.children:
             if not child.pending:
@@ -485,8 +487,8 @@ class Kernel:
             if ordered:
                 return
             waiting = True
-        if waiting:
-            return
+        if waiting or not sup.in_progress:
+            return  # only a start begun by begin() completes the supervisor
         sup.in_progress = False
         if sup.state != "running":
             sup.state = "running"
@@ -887,8 +889,9 @@ class Kernel:
                       "(in %s) after abort(); it is left behind", child.name,
                       runner.busy_what or "a driver call")
         sup = child.parent
-        if child.pending and sup is not None:
-            self.advance(sup)  # a restart may have waited for this incarnation to end
+        while sup is not None:  # a restart here or above may have waited for this end
+            self.advance(sup)
+            sup = sup.parent
 
     def _stopper_done(self, thread: threading.Thread) -> None:
         self._stoppers.discard(thread)
