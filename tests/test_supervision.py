@@ -661,3 +661,24 @@ def test_check_childspecs_reports_every_problem_without_starting_anything() -> N
     assert [path for path, _ in info.value.errors] == [
         "resources.a.bogus", "resources.b.kind", "resources.c.restart", "resources.d"]
     assert controls("a").connects == 0
+
+
+def test_restart_child_of_a_running_or_ended_temporary_child() -> None:
+    """The two deliberate differences from OTP (README): restart_child of a running
+    child stops and restarts it (OTP: {error, running}); a temporary child that ended
+    stays listed as stopped and restart_child starts it again (OTP: removed)."""
+    rec = Recorder()
+    with sessions.start(config({"a": {}, "t": {"restart": "temporary"}})) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        system.restart_child("a")
+        assert _order() == ["stop a", "start a"]
+        assert system.get("a").generation().result() == 2
+        system.get("t").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "running"), ("t", "stopped")]
+        LIFECYCLE.clear()
+        system.restart_child("t")
+        assert _order() == ["start t"]
+        assert system.get("t").echo("again").result() == "again"
