@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -79,3 +80,31 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         threading.Event().wait(0.005)
+
+
+ABORT_JOIN = 10.0
+"""Generous bound for a blocked call to return, or a thread to end, after abort()."""
+
+
+def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would);
+    its outcome as a future."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def abort_from_another_thread(actor: Any, resource: Any) -> None:
+    """``actor.abort(resource)`` as the runtime calls it: on another thread; it must
+    return at once (never block)."""
+    aborter = threading.Thread(target=actor.abort, args=(resource,))
+    aborter.start()
+    aborter.join(ABORT_JOIN)
+    assert not aborter.is_alive(), "abort() blocked"

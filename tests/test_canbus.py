@@ -41,7 +41,7 @@ from sessions.sim.can import (
     response_id,
     status_id,
 )
-from tests.support import Recorder, wait_until
+from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 TIMEOUT = 10.0
 ALL_IDS = 0x7FF
@@ -513,25 +513,8 @@ def test_a_bus_off_seen_while_connecting_still_restarts(channel: str) -> None:
 JOIN = 10.0  # generous bound for threads to end and blocked calls to return after abort()
 
 
-def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would)."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
-def abort_from_another_thread(actor: CANBusActor, resource: Any) -> None:
-    aborter = threading.Thread(target=actor.abort, args=(resource,))
-    aborter.start()
-    aborter.join(JOIN)
-    assert not aborter.is_alive(), "abort() blocked"
 
 
 def threads_named(*prefixes: str) -> list[threading.Thread]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import fcntl
 import itertools
@@ -26,7 +25,7 @@ import sessions
 from sessions.actors.i2c import GuardedBus, I2CActor, I2CSessionManager, sim_adapter
 from sessions.messages import ChildRestarting, ChildStarted
 from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
-from tests.support import Recorder, wait_until
+from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 TMP, EE, REG = 0x48, 0x50, 0x20
 FAST = math.inf  # clock_hz for tests that do not look at timing
@@ -838,28 +837,8 @@ def test_ebusy_of_a_combined_transfer_is_a_bus_error_not_a_claimed_address() -> 
 JOIN = 10.0  # generous bound for a blocked call to return after abort()
 
 
-def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would);
-    its outcome as a future."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
-def abort_from_another_thread(actor: Any, resource: Any) -> None:
-    """``actor.abort(resource)`` as the runtime calls it: on another thread; it must
-    return at once (never block)."""
-    aborter = threading.Thread(target=actor.abort, args=(resource,))
-    aborter.start()
-    aborter.join(JOIN)
-    assert not aborter.is_alive(), "abort() blocked"
 
 
 def test_abort_ends_a_call_stalled_on_a_hung_device() -> None:

@@ -40,7 +40,7 @@ from sessions.actors.kafka import (
 )
 from sessions.messages import ChildFaulted, ChildStarted, CircuitChanged
 from tests.servers import FAST_GROUP_CONSUMER, KafkaServer, _reserve_port
-from tests.support import Recorder, wait_until
+from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -435,25 +435,8 @@ def frozen(server: KafkaServer) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-    """Run ``call`` on a daemon thread of its own (the actor's, as the runtime would)."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
-def abort_from_another_thread(actor: Any, resource: Any) -> None:
-    aborter = threading.Thread(target=actor.abort, args=(resource,))
-    aborter.start()
-    aborter.join(JOIN)
-    assert not aborter.is_alive(), "abort() blocked"
 
 
 def test_abort_releases_a_producer_blocked_on_a_frozen_broker(make_kafka_server: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import math
 import os
@@ -27,7 +26,7 @@ from sessions.sim.i2c import (
     SimBus,
     SimDevice,
 )
-from tests.support import wait_until
+from tests.support import in_thread, wait_until
 
 smbus2 = pytest.importorskip("smbus2")
 i2c_msg = smbus2.i2c_msg
@@ -600,18 +599,6 @@ def test_faults_on_a_shared_adapter_survive_a_reopen() -> None:
 JOIN = 10.0  # generous bound for a call that must return once released or aborted
 
 
-def in_thread(call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-    """Run ``call`` on a daemon thread of its own; its outcome as a future."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
 def wait_stalled(adapter: SimAdapter) -> None:
