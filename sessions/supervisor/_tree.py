@@ -727,12 +727,22 @@ class Kernel:
         entries: list[_Entry] = []
         for child in reversed(sup.children):
             self._stop_child(child, message, "stopped", entries)
-        self._reap(entries)
+        reaped = self._reap(entries)
         sup.state = "stopped"
         log.info("%s", message)
-        parent = sup.parent
-        if parent is None:  # the root: the whole system has finished its work
+        if sup.parent is None:  # the root: the whole system has finished its work
             self._fail_waiters(sup, ResourceUnavailable(message, resource=sup.name))
+            return
+        # As in OTP, the parent hears of the exit once every child has ended.
+        epoch = sup.epoch
+        reaped.add_done_callback(
+            lambda _: self.post(self._auto_shutdown_done, sup, why, epoch))
+
+    def _auto_shutdown_done(self, sup: SupervisorNode, why: str, epoch: int) -> None:
+        """The children of an auto-shutdown ``sup`` have ended: its parent reacts, unless
+        ``sup`` was restarted meanwhile (a group restart above) or the system is stopping."""
+        parent = sup.parent
+        if parent is None or sup.epoch != epoch or self._shutdown is not None:
             return
         self.events.emit(ChildStopped(parent.name, sup.name, f"auto_shutdown: {why}"))
         if restart_type(sup) == "permanent":
