@@ -1,7 +1,9 @@
 """Random interleavings of calls, faults, failed connects and restarts from several threads.
 
-Calls may also hang until aborted (a frozen peer) or past abort (returning late, after
-their incarnation was abandoned). Invariants: every future resolves exactly once; each
+Each run draws the supervisor's strategy, so group restarts (one_for_all, rest_for_one)
+interleave with everything else. Calls may also hang until aborted (a frozen peer) or
+past abort (returning late, after their incarnation was abandoned), and children may be
+terminated and restarted by hand. Invariants: every future resolves exactly once; each
 caller's executed calls ran in its order; a call that timed out before starting never
 ran; a successful call ran exactly once; restarts never exceed the intensity without
 the supervisor giving up.
@@ -17,7 +19,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import sessions
 from sessions.messages import ChildFaulted, SupervisorGaveUp
@@ -33,16 +35,7 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         CONTROLS.clear()
         LIFECYCLE.clear()
         self.recorder = Recorder()
-        cfg = config(
-            {"a": {"stall_timeout": 0.2, "shutdown_timeout": 0.5},
-             "b": {"call_timeout": 0.05, "shutdown_timeout": 0.5}},
-            strategy="one_for_one",
-            max_restarts=MAX_RESTARTS,
-            period=600,
-            backoff={"initial": 0.001, "max": 0.004, "jitter": 0.5},
-        )
-        self.system = sessions.start(cfg)
-        self.system.subscribe(self.recorder)
+        self.system: sessions.System | None = None
         self.callers = itertools.count()
         self.ordered: dict[tuple[str, int], list[tuple[int, concurrent.futures.Future[Any]]]] = {}
         self.all: list[concurrent.futures.Future[Any]] = []
@@ -51,6 +44,24 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         # caller's thread, when the future is already resolved (refused, expired), and
         # _track() is called with the lock held.
         self.lock = threading.RLock()
+
+    @initialize(strategy=st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"]))
+    def start(self, strategy: str) -> None:
+        cfg = config(
+            {"a": {"stall_timeout": 0.2, "shutdown_timeout": 0.5},
+             "b": {"call_timeout": 0.05, "shutdown_timeout": 0.5}},
+            strategy=strategy,
+            max_restarts=MAX_RESTARTS,
+            period=600,
+            backoff={"initial": 0.001, "max": 0.004, "jitter": 0.5},
+        )
+        self.system = sessions.start(cfg)
+        self.system.subscribe(self.recorder)
+
+    @property
+    def running(self) -> sessions.System:
+        assert self.system is not None
+        return self.system
 
     def _track(self, future: concurrent.futures.Future[Any]) -> concurrent.futures.Future[Any]:
         self.resolutions[id(future)] = 0
@@ -65,7 +76,7 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from("ab"), threads=st.integers(1, 4), per_thread=st.integers(1, 15))
     def calls_from_threads(self, name: str, threads: int, per_thread: int) -> None:
-        handle = self.system.get(name)
+        handle = self.running.get(name)
         ids = [next(self.callers) for _ in range(threads)]
         for cid in ids:
             self.ordered[(name, cid)] = []
@@ -85,11 +96,11 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from("ab"))
     def fault(self, name: str) -> None:
-        self._track(self.system.get(name).break_it())
+        self._track(self.running.get(name).break_it())
 
     @rule(name=st.sampled_from("ab"))
     def caller_error(self, name: str) -> None:
-        self._track(self.system.get(name).fail())
+        self._track(self.running.get(name).fail())
 
     @rule(name=st.sampled_from("ab"), count=st.integers(1, 2))
     def fail_next_connects(self, name: str, count: int) -> None:
@@ -100,28 +111,36 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
     def stall_b(self, delay: float) -> None:
         """Hold b's thread so calls queued behind it can time out before starting."""
         started, release = threading.Event(), threading.Event()
-        self._track(self.system.get("b").block(started, release))
+        self._track(self.running.get("b").block(started, release))
         threading.Timer(delay, release.set).start()
 
     @rule(name=st.sampled_from("ab"))
     def hang_until_aborted(self, name: str) -> None:
         """A call to a frozen peer: the stall watchdog fails it and aborts the link."""
-        self._track(self.system.get(name).stall(threading.Event()))
+        self._track(self.running.get(name).stall(threading.Event()))
 
     @rule(name=st.sampled_from("ab"), delay=st.floats(0.0, 0.4))
     def hang_past_abort(self, name: str, delay: float) -> None:
         """A call abort() cannot reach, returning late (maybe after it was abandoned)."""
         release = threading.Event()
-        self._track(self.system.get(name).stubborn(threading.Event(), release))
+        self._track(self.running.get(name).stubborn(threading.Event(), release))
         threading.Timer(delay, release.set).start()
 
     @rule(name=st.sampled_from("ab"))
     def restart_child(self, name: str) -> None:
         # A failed connect (retried by policy) or a supervisor that gave up is fine here.
         with contextlib.suppress(sessions.ResourceUnavailable):
-            self.system.restart_child(name)
+            self.running.restart_child(name)
+
+    @rule(name=st.sampled_from("ab"))
+    def terminate_child(self, name: str) -> None:
+        """Stopped by hand: its calls are refused until restart_child (or, in a group,
+        until a sibling's fault restarts the group, as in OTP)."""
+        self.running.terminate_child(name)
 
     def teardown(self) -> None:
+        if self.system is None:
+            return
         try:
             _, not_done = concurrent.futures.wait(self.all, timeout=30)
             assert not not_done, f"{len(not_done)} futures never resolved"
