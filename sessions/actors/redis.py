@@ -588,8 +588,11 @@ class _Listener:
         self.owner = owner  # the command client of this incarnation (stale reports ignored)
         self._pool = _AbortablePool.from_url(actor._url, **actor._connection_kwargs())
         client = redis.Redis(connection_pool=self._pool)
-        self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
-        self._encode: Callable[[Any], bytes] = self._pubsub.encoder.encode
+        # redis-py < 8.2 leaves pubsub() untyped; 8.2 types it and its encoder as Optional.
+        self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
+        encoder = self._pubsub.encoder
+        assert encoder is not None  # PubSub() always makes one from the pool's options
+        self._encode: Callable[[Any], bytes] = encoder.encode
         self._controls: deque[_Control] = deque()
         self._lock = threading.Lock()
         self._callbacks: dict[tuple[str, bytes], Callback] = {}
