@@ -148,6 +148,7 @@ EXCLUDED: Mapping[str, str] = {
     "sscan_iter": _NOT_MATERIALIZED.format("sscan(name, cursor, ...) in a loop"),
     "hscan_iter": _NOT_MATERIALIZED.format("hscan(name, cursor, ...) in a loop"),
     "zscan_iter": _NOT_MATERIALIZED.format("zscan(name, cursor, ...) in a loop"),
+    "bless_scan_iter": _NOT_MATERIALIZED.format("bless_scan(cursor, flag, ...) in a loop"),
     "quit": "closes the connection (the actor would fault); stop the resource instead",
     "reset": _CONNECTION_STATE.format("the url and options"),
     "shutdown": "stops the server; use transaction(lambda r: r.shutdown()) if you mean it",
