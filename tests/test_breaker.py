@@ -1,0 +1,366 @@
+"""The circuit breaker (``breaker = {failures, reset_timeout}``) and per-resource call
+statistics, through handles, ``system.status()``, ``system.stats()`` and events.
+
+Every breaker test runs on a ``FakeClock``: the circuit only half-opens when the test
+advances it, so "next probe in" figures are exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.messages import ChildStarted, CircuitChanged
+from sessions.supervisor._breaker import Breaker
+from sessions.supervisor._stats import BUCKETS, OUTCOMES, CallStats
+from tests.kinds import controls
+from tests.support import FakeClock, Recorder, config, wait_until
+
+
+def breaker_config(failures: int, reset_timeout: float, **spec: Any) -> dict[str, Any]:
+    """Resource ``a`` with a breaker; restarts never exhaust the supervisor."""
+    return config({"a": {"breaker": {"failures": failures, "reset_timeout": reset_timeout},
+                         **spec}}, max_restarts=50)
+
+
+def circuit(rec: Recorder) -> list[tuple[str, str, str]]:
+    """The CircuitChanged events so far, as (name, state, reason)."""
+    return [(e.name, e.state, e.reason) for e in rec.of(CircuitChanged)]
+
+
+def wait_circuit(rec: Recorder, state: str, count: int = 1) -> None:
+    rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == state, count)
+
+
+def wait_restarted(rec: Recorder, restarts: int) -> None:
+    """Until ``a`` has started for the ``restarts``-th time after its first start. Events
+    are delivered in order, so every CircuitChanged emitted before it has arrived too."""
+    rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "a"
+                 and e.restarts == restarts)
+
+
+def refusal(handle: Any) -> str:
+    """The message of a call refused at once by the open circuit."""
+    future = handle.echo("refused?")
+    assert future.done(), "the call was not refused at once"
+    with pytest.raises(sessions.ResourceUnavailable) as info:
+        future.result(0)
+    assert info.value.resource == "a"
+    return str(info.value)
+
+
+def fault(handle: Any, message: str = "link lost") -> None:
+    with pytest.raises(sessions.ResourceFault):
+        handle.break_it(message).result(5)
+
+
+# --- counting failures ------------------------------------------------------------------
+
+
+def test_one_failure_below_the_threshold_leaves_the_circuit_closed() -> None:
+    rec = Recorder()
+    with sessions.start(breaker_config(2, 30), clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a)
+        wait_restarted(rec, 1)
+        assert circuit(rec) == []
+        assert a.circuit == "closed"
+        assert system.status()["children"][0]["circuit"] == "closed"
+        assert a.echo(1).result(5) == 1
+
+
+def test_only_consecutive_failures_open_the_circuit() -> None:
+    """A success between two failures starts the count again."""
+    rec = Recorder()
+    with sessions.start(breaker_config(2, 30), clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        for n in (1, 2, 3):
+            fault(a, f"failure {n}")
+            wait_restarted(rec, n)
+            assert a.echo(n).result(5) == n  # resets the count
+        assert circuit(rec) == []
+        assert a.circuit == "closed"
+        fault(a, "first in a row")
+        wait_restarted(rec, 4)
+        assert circuit(rec) == []
+        fault(a, "second in a row")
+        wait_circuit(rec, "open")
+        assert circuit(rec) == [("a", "open", "ProbeBroken('second in a row')")]
+        assert a.circuit == "open"
+
+
+def test_a_caller_error_breaks_a_run_of_failures() -> None:
+    """A caller's own error shows the resource answering: it does not count, and it
+    ends a run of consecutive failures like a success."""
+    rec = Recorder()
+    with sessions.start(breaker_config(2, 30), clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a)
+        wait_restarted(rec, 1)
+        with pytest.raises(ValueError, match="bad input"):
+            a.fail().result(5)
+        fault(a)
+        wait_restarted(rec, 2)
+        assert circuit(rec) == []
+        assert a.circuit == "closed"
+
+
+def test_the_circuit_events_and_refusals_of_one_open_probe_close_cycle() -> None:
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(1, 10), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a)
+        wait_circuit(rec, "open")
+        assert circuit(rec) == [("a", "open", "ProbeBroken('link lost')")]
+        assert a.circuit == "open"
+        assert refusal(a) == (
+            "circuit open for resource 'a' after 1 consecutive failures "
+            "(last: ProbeBroken('link lost')); next probe in 10.0s"
+        )
+        wait_restarted(rec, 1)
+        clock.advance(4)
+        assert refusal(a).endswith("; next probe in 6.0s")
+        clock.advance(6)  # exactly reset_timeout: the next call is the probe
+        started, release = threading.Event(), threading.Event()
+        probe = a.block(started, release)
+        assert started.wait(5)
+        wait_circuit(rec, "half_open")
+        assert a.circuit == "half_open"
+        assert system.status()["children"][0]["circuit"] == "half_open"
+        clock.advance(1)  # past the period while the probe runs: no negative wait
+        assert refusal(a).endswith("; next probe in 0.0s")
+        release.set()
+        assert probe.result(5) == "released"
+        wait_circuit(rec, "closed")
+        assert circuit(rec) == [
+            ("a", "open", "ProbeBroken('link lost')"),
+            ("a", "half_open", "reset_timeout passed"),
+            ("a", "closed", "probe succeeded"),
+        ]
+        assert a.circuit == "closed"
+        assert system.status()["children"][0]["circuit"] == "closed"
+        assert a.echo(2).result(5) == 2
+
+
+def test_before_reset_timeout_no_probe_goes_through() -> None:
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(1, 10), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a)
+        wait_restarted(rec, 1)
+        clock.advance(9.5)
+        assert refusal(a).endswith("; next probe in 0.5s")
+        assert a.circuit == "open"
+        clock.advance(0.5)
+        assert a.echo("probe").result(5) == "probe"
+        wait_circuit(rec, "closed")
+
+
+def test_after_the_circuit_closed_it_takes_the_full_count_to_open_it_again() -> None:
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(2, 30), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a, "one")
+        fault(a, "two")
+        wait_circuit(rec, "open")
+        wait_restarted(rec, 2)
+        clock.advance(30)
+        assert a.echo("probe").result(5) == "probe"
+        wait_circuit(rec, "closed")
+        fault(a, "three")  # one failure after closing: below the threshold again
+        wait_restarted(rec, 3)
+        assert a.circuit == "closed"
+        assert a.echo(1).result(5) == 1
+        fault(a, "four")
+        wait_restarted(rec, 4)
+        assert a.circuit == "closed"
+        fault(a, "five")
+        wait_circuit(rec, "open", 2)
+        assert circuit(rec) == [
+            ("a", "open", "ProbeBroken('two')"),
+            ("a", "half_open", "reset_timeout passed"),
+            ("a", "closed", "probe succeeded"),
+            ("a", "open", "ProbeBroken('five')"),
+        ]
+        assert refusal(a) == (
+            "circuit open for resource 'a' after 2 consecutive failures "
+            "(last: ProbeBroken('five')); next probe in 30.0s"
+        )
+
+
+def test_a_failed_probe_reopens_for_a_full_period_from_its_failure() -> None:
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(3, 10), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        for n in (1, 2, 3):
+            fault(a, f"down {n}")
+        wait_circuit(rec, "open")
+        wait_restarted(rec, 3)
+        clock.advance(12)
+        fault(a, "still down")
+        wait_circuit(rec, "open", 2)
+        assert circuit(rec) == [
+            ("a", "open", "ProbeBroken('down 3')"),
+            ("a", "half_open", "reset_timeout passed"),
+            ("a", "open", "ProbeBroken('still down')"),
+        ]
+        assert refusal(a) == (
+            "circuit open for resource 'a' after 3 consecutive failures "
+            "(last: ProbeBroken('still down')); next probe in 10.0s"
+        )
+
+
+def test_failures_while_open_neither_reopen_nor_extend_the_period() -> None:
+    """Failed reconnects while the circuit is open update "last" in the refusal, but
+    the probe stays due reset_timeout after the circuit opened."""
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(1, 10), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        gate = threading.Event()
+        ctl = controls("a")
+        ctl.connect_gate = gate  # the restart waits until the clock has moved
+        fault(a)
+        wait_circuit(rec, "open")
+        clock.advance(4)
+        ctl.fail_connects = 2
+        gate.set()
+        wait_restarted(rec, 1)
+        assert ctl.connects == 4  # the first start, two refused reconnects, one good
+        assert circuit(rec) == [("a", "open", "ProbeBroken('link lost')")]
+        assert refusal(a) == (
+            "circuit open for resource 'a' after 1 consecutive failures (last: start "
+            "failed: ProbeBroken('connect refused (attempt 3)')); next probe in 6.0s"
+        )
+
+
+def test_failed_connects_open_the_circuit_with_their_reason() -> None:
+    rec = Recorder()
+    with sessions.start(breaker_config(2, 60), clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        controls("a").fail_connects = 1
+        fault(a)
+        wait_circuit(rec, "open")
+        wait_restarted(rec, 1)
+        assert circuit(rec) == [
+            ("a", "open", "start failed: ProbeBroken('connect refused (attempt 2)')"),
+        ]
+
+
+def test_credentials_are_redacted_from_circuit_events_and_refusals() -> None:
+    rec = Recorder()
+    with sessions.start(breaker_config(1, 10), clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a, "lost postgres://app:hunter2@db/x")
+        wait_circuit(rec, "open")
+        assert circuit(rec) == [("a", "open", "ProbeBroken('lost postgres://app:***@db/x')")]
+        message = refusal(a)
+        assert "hunter2" not in message
+        assert "(last: ProbeBroken('lost postgres://app:***@db/x'))" in message
+
+
+# --- calls that never ran ---------------------------------------------------------------
+
+
+def test_calls_expired_in_the_queue_do_not_count_while_closed() -> None:
+    rec = Recorder()
+    cfg = breaker_config(1, 10, call_timeout=0.2)
+    with sessions.start(cfg, clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        blocker = a.block(started, release)
+        assert started.wait(5)
+        late = a.echo(1)
+        with pytest.raises(sessions.CallTimeout) as info:
+            late.result()  # expires it here, before anything else happens
+        assert info.value.started is False
+        assert a.circuit == "closed"
+        release.set()
+        assert blocker.result(5) == "released"
+        assert a.echo(2).result(5) == 2
+        assert a.circuit == "closed"
+        assert circuit(rec) == []
+
+
+def test_calls_refused_by_a_stopped_resource_do_not_count_while_closed() -> None:
+    with sessions.start(breaker_config(1, 10), clock=FakeClock()) as system:
+        a = system.get("a")
+        system.terminate_child("a")
+        with pytest.raises(sessions.ResourceUnavailable):
+            a.echo(1).result(5)
+        assert a.circuit == "closed"
+
+
+def test_a_probe_that_never_runs_opens_the_circuit_again() -> None:
+    """The probe expires in the queue (the resource cannot reconnect): that is a failed
+    probe, not a circuit stuck half-open with its one probe slot taken."""
+    clock, rec = FakeClock(), Recorder()
+    cfg = breaker_config(1, 10, call_timeout=0.2)
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        fault(a)
+        wait_circuit(rec, "open")
+        clock.advance(10)
+        probe = a.echo("probe")
+        assert not probe.done()
+        assert a.circuit == "half_open"
+        with pytest.raises(sessions.CallTimeout):
+            probe.result()
+        assert a.circuit == "open"  # the caller expired it: counted before result() returned
+        assert refusal(a).endswith("; next probe in 10.0s")
+        wait_circuit(rec, "open", 2)
+        states = [(name, state) for name, state, _ in circuit(rec)]
+        assert states == [("a", "open"), ("a", "half_open"), ("a", "open")]
+        assert "CallTimeout" in circuit(rec)[-1][2]
+        clock.advance(10)
+        gate.set()
+        wait_restarted(rec, 1)
+        assert a.echo("second probe").result(5) == "second probe"
+        wait_circuit(rec, "closed")
+
+
+# --- a race no public call can time ---------------------------------------------------
+
+
+class _ClosesOnAcquire:
+    """Stands in for the breaker's lock: whoever takes it finds that another thread's
+    successful probe closed the circuit just before (between the unlocked read of the
+    state and taking the lock, where no test can time a real thread)."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+
+    def __enter__(self) -> None:
+        self.breaker.state = "closed"
+        self.breaker.failures = 0
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_call_that_races_the_circuit_closing_goes_through_as_an_ordinary_call() -> None:
+    events: list[Any] = []
+    clock = FakeClock()
+    breaker = Breaker("a", 1, 10, events.append, clock)
+    breaker.record(False, "down")
+    assert breaker.state == "open"
+    breaker._lock = _ClosesOnAcquire(breaker)  # type: ignore[assignment]
+    assert breaker.allow() == (True, False)  # allowed, and not a probe
+    assert events == [CircuitChanged("a", "open", "down")]
