@@ -16,7 +16,7 @@ import pytest
 import sessions
 from sessions.messages import ChildStarted, CircuitChanged
 from sessions.supervisor._breaker import Breaker
-from sessions.supervisor._stats import BUCKETS, OUTCOMES, CallStats
+from sessions.supervisor._stats import BUCKETS, OUTCOMES, RECENT, CallStats
 from tests.kinds import controls
 from tests.support import FakeClock, Recorder, config, wait_until
 
@@ -364,3 +364,165 @@ def test_a_call_that_races_the_circuit_closing_goes_through_as_an_ordinary_call(
     breaker._lock = _ClosesOnAcquire(breaker)  # type: ignore[assignment]
     assert breaker.allow() == (True, False)  # allowed, and not a probe
     assert events == [CircuitChanged("a", "open", "down")]
+
+
+# --- call statistics --------------------------------------------------------------------
+
+
+def nearest_rank(latencies: list[float], q: float) -> float:
+    """The q-quantile as status views define it: the value at rank int(q*n), capped."""
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def check_latencies(stats: CallStats, timed: int, wall: float) -> None:
+    """``stats`` holds ``timed`` latencies, each within (0, wall] seconds, and its
+    histogram, sum and percentiles agree with them."""
+    recent = list(stats.recent)
+    assert len(recent) == timed
+    assert all(0 < x <= wall for x in recent), (recent, wall)
+    assert stats.sum == pytest.approx(sum(recent))
+    assert 0 < stats.sum <= timed * wall
+    per_bucket = [0] * (len(BUCKETS) + 1)
+    for x in recent:
+        per_bucket[next((i for i, bound in enumerate(BUCKETS) if x <= bound), len(BUCKETS))] += 1
+    assert stats.buckets == per_bucket
+    assert stats.percentile(0.5) == nearest_rank(recent, 0.5)
+    assert stats.percentile(1.0) == max(recent)
+    assert stats.percentile(0.0) == min(recent)
+
+
+def test_call_statistics_count_each_outcome_exactly_with_sane_latencies() -> None:
+    cfg = config({"a": {"call_timeout": 0.2}})
+    began = time.monotonic()
+    with sessions.start(cfg) as system:
+        a = system.get("a")
+        fresh = system.status()["children"][0]
+        assert fresh["calls"] == dict.fromkeys(OUTCOMES, 0)
+        assert fresh["latency_p50_ms"] is None and fresh["latency_p99_ms"] is None
+        assert [a.echo(i).result(5) for i in range(3)] == [0, 1, 2]
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                a.fail().result(5)
+        fault(a)
+        wait_until(lambda: a.state == "running", what="restart")
+        started, release = threading.Event(), threading.Event()
+        blocker = a.block(started, release)
+        assert started.wait(5)
+        late = [a.echo("late"), a.echo("later")]
+        for future in late:
+            with pytest.raises(sessions.CallTimeout):
+                future.result()
+        release.set()
+        assert blocker.result(5) == "released"
+        assert a.echo("after").result(5) == "after"  # served after the expired ones
+        system.terminate_child("a")  # every outcome recorded once the thread has ended
+        for _ in range(2):
+            with pytest.raises(sessions.ResourceUnavailable):
+                a.echo("refused").result(5)
+        wall = time.monotonic() - began
+        status = system.status()["children"][0]
+        assert status["calls"] == {"ok": 5, "error": 2, "fault": 1, "timeout": 2, "refused": 2}
+        stats = system.stats("a")
+        assert stats.outcomes == status["calls"]
+        check_latencies(stats, 5 + 2 + 1, wall)
+        recent = list(stats.recent)
+        assert status["latency_p50_ms"] == round(nearest_rank(recent, 0.5) * 1000, 3)
+        assert status["latency_p99_ms"] == round(nearest_rank(recent, 0.99) * 1000, 3)
+        assert 0 < status["latency_p50_ms"] <= status["latency_p99_ms"] <= wall * 1000
+
+
+def test_a_pool_reports_the_sum_of_its_members() -> None:
+    began = time.monotonic()
+    with sessions.start(config({"db": {"pool_size": 2}})) as system:
+        db = system.get("db")
+        started, release = threading.Event(), threading.Event()
+        blocker = db.block(started, release)  # one member busy: the other serves the rest
+        assert started.wait(5)
+        assert [db.echo(i).result(5) for i in range(3)] == [0, 1, 2]
+        with pytest.raises(ValueError):
+            db.fail().result(5)
+        release.set()
+        assert blocker.result(5) == "released"
+        system.terminate_child("db")
+        wall = time.monotonic() - began
+        tree = system.status()["children"][0]
+        members = {c["name"]: c["calls"] for c in tree["children"]}
+        assert sorted(members.values(), key=lambda c: c["ok"]) == [
+            {"ok": 1, "error": 0, "fault": 0, "timeout": 0, "refused": 0},
+            {"ok": 3, "error": 1, "fault": 0, "timeout": 0, "refused": 0},
+        ]
+        assert tree["calls"] == {"ok": 4, "error": 1, "fault": 0, "timeout": 0, "refused": 0}
+        total = system.stats("db")
+        assert total.outcomes == tree["calls"]
+        check_latencies(total, 5, wall)
+        assert tree["latency_p99_ms"] == round(nearest_rank(list(total.recent), 0.99) * 1000, 3)
+
+
+def test_latencies_fall_in_buckets_bounded_above_inclusive() -> None:
+    stats = CallStats()
+    for seconds in (0.0001, 0.00010001, 0.001, 10.0, 10.5, 0.0):
+        stats.record("ok", seconds)
+    expected = [0] * (len(BUCKETS) + 1)
+    expected[0] = 2  # 0.0 and exactly 0.0001
+    expected[1] = 1  # just above 0.0001
+    expected[BUCKETS.index(0.001)] = 1
+    expected[BUCKETS.index(10.0)] = 1
+    expected[-1] = 1  # above every bound
+    assert stats.buckets == expected
+    assert stats.sum == pytest.approx(20.50120001)
+    assert stats.outcomes == {"ok": 6, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
+
+
+def test_percentiles_and_snapshot_of_known_latencies() -> None:
+    stats = CallStats()
+    assert stats.percentile(0.5) is None
+    assert stats.snapshot() == {"calls": dict.fromkeys(OUTCOMES, 0),
+                                "latency_p50_ms": None, "latency_p99_ms": None}
+    for ms in (7, 3, 10, 1, 9, 2, 8, 4, 6, 5):  # 1..10 ms, unordered
+        stats.record("ok", ms / 1000)
+    stats.record("error", 0.0123456)  # 12.3456 ms: rounded to 12.346 in the snapshot
+    stats.count_only("timeout")
+    stats.count_only("refused")
+    stats.count_only("refused")
+    assert stats.percentile(0.0) == 0.001
+    assert stats.percentile(0.5) == 0.006  # rank 5 of 11
+    assert stats.percentile(0.9) == 0.01  # rank 9
+    assert stats.percentile(1.0) == 0.0123456  # capped at the last rank
+    assert stats.snapshot() == {
+        "calls": {"ok": 10, "error": 1, "fault": 0, "timeout": 1, "refused": 2},
+        "latency_p50_ms": 6.0,
+        "latency_p99_ms": 12.346,
+    }
+    assert len(stats.recent) == 11  # count_only adds no latency
+
+
+def test_only_the_most_recent_latencies_make_the_percentiles() -> None:
+    stats = CallStats()
+    for _ in range(RECENT):
+        stats.record("ok", 1.0)
+    for _ in range(RECENT):
+        stats.record("ok", 0.001)
+    assert stats.percentile(0.0) == stats.percentile(1.0) == 0.001
+    assert stats.outcomes["ok"] == 2 * RECENT  # counts and histogram keep everything
+    assert stats.buckets[BUCKETS.index(1.0)] == RECENT
+    assert stats.sum == pytest.approx(RECENT * 1.001)
+
+
+def test_a_pool_total_keeps_every_members_recent_latencies() -> None:
+    assert CallStats.total([]).percentile(0.5) is None
+    members = [CallStats() for _ in range(3)]
+    for i, member in enumerate(members):
+        for _ in range(RECENT):
+            member.record("ok", float(i + 1))
+        member.count_only("timeout")
+    total = CallStats.total(members)
+    assert len(total.recent) == 3 * RECENT
+    assert (total.percentile(0.0), total.percentile(0.5), total.percentile(1.0)) == (1.0, 2.0, 3.0)
+    assert total.outcomes == {"ok": 3 * RECENT, "error": 0, "fault": 0, "timeout": 3, "refused": 0}
+    assert total.sum == pytest.approx(6.0 * RECENT)
+    assert total.buckets[BUCKETS.index(1.0)] == RECENT
+    assert total.buckets[BUCKETS.index(2.5)] == RECENT
+    assert total.buckets[BUCKETS.index(5.0)] == RECENT
+    assert sum(total.buckets) == 3 * RECENT
+    assert members[0].outcomes["ok"] == RECENT  # the members are left as they were
