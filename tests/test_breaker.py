@@ -526,3 +526,12 @@ def test_a_pool_total_keeps_every_members_recent_latencies() -> None:
     assert total.buckets[BUCKETS.index(5.0)] == RECENT
     assert sum(total.buckets) == 3 * RECENT
     assert members[0].outcomes["ok"] == RECENT  # the members are left as they were
+
+
+def test_p99_is_not_simply_the_slowest_call() -> None:
+    stats = CallStats()
+    for ms in range(200, 0, -1):  # 1..200 ms
+        stats.record("ok", ms / 1000)
+    snapshot = stats.snapshot()
+    assert (snapshot["latency_p50_ms"], snapshot["latency_p99_ms"]) == (101.0, 199.0)
+    assert stats.percentile(0.99) == 0.199 and stats.percentile(1.0) == 0.2
