@@ -7,6 +7,7 @@ advances it, so "next probe in" figures are exact.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 import sessions
-from sessions.messages import ChildStarted, CircuitChanged
+from sessions.messages import ChildRestarting, ChildStarted, CircuitChanged
 from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._stats import BUCKETS, OUTCOMES, RECENT, CallStats
 from tests.kinds import controls
@@ -535,3 +536,25 @@ def test_p99_is_not_simply_the_slowest_call() -> None:
     snapshot = stats.snapshot()
     assert (snapshot["latency_p50_ms"], snapshot["latency_p99_ms"]) == (101.0, 199.0)
     assert stats.percentile(0.99) == 0.199 and stats.percentile(1.0) == 0.2
+
+
+# --- restart policy ---------------------------------------------------------------------
+
+
+class HighDraw(random.Random):
+    """Every jitter draw is the top of its range: the longest delay the jitter allows."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_the_highest_jitter_draw_gives_the_longest_restart_delay() -> None:
+    rec = Recorder()
+    cfg = config(["a"], backoff={"initial": 0.02, "max": 1.0, "multiplier": 2.0, "jitter": 0.5})
+    with sessions.start(cfg, rng=HighDraw()) as system:
+        system.subscribe(rec)
+        fault(system.get("a"))
+        wait_restarted(rec, 1)
+        [restarting] = rec.of(ChildRestarting)
+        assert (restarting.name, restarting.attempt) == ("a", 1)
+        assert restarting.delay == pytest.approx(0.03)  # 0.02 * (1 + 0.5)
