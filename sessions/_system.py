@@ -107,6 +107,7 @@ class Handle:
         assert breaker is not None
         allowed, probe = breaker.allow()
         if not allowed:
+            self._child.own_stats.count_only("refused")
             return resolved(self._child.name, method,
                             ResourceUnavailable(breaker.refusal(), resource=self._child.name))
         future = self._child.submit(fn, method, *args, **kwargs)

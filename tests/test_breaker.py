@@ -558,3 +558,21 @@ def test_the_highest_jitter_draw_gives_the_longest_restart_delay() -> None:
         [restarting] = rec.of(ChildRestarting)
         assert (restarting.name, restarting.attempt) == ("a", 1)
         assert restarting.delay == pytest.approx(0.03)  # 0.02 * (1 + 0.5)
+
+
+@pytest.mark.parametrize("pool_size", [1, 3])
+def test_calls_refused_by_the_open_circuit_are_counted_as_refused(pool_size: int) -> None:
+    """The statistics (and /metrics) count every refusal, also the open circuit's,
+    for a single resource and for a pool sharing one breaker."""
+    rec = Recorder()
+    with sessions.start(breaker_config(1, 30, pool_size=pool_size),
+                        clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        fault(a)
+        wait_circuit(rec, "open")
+        for _ in range(3):
+            refusal(a)
+        calls = system.stats("a").outcomes
+        assert (calls["fault"], calls["refused"]) == (1, 3)
+        assert system.status()["children"][0]["calls"]["refused"] == 3

@@ -141,6 +141,11 @@ class ResourceChild(Node):
         return self.mailbox.stats
 
     @property
+    def own_stats(self) -> CallStats:
+        """Where calls refused before reaching the mailbox are counted."""
+        return self.mailbox.stats
+
+    @property
     def abandoned(self) -> int:
         """Threads of abandoned incarnations still alive (blocked in a driver call that
         abort() could not end). Read by status views; zero in a healthy system."""
@@ -202,6 +207,8 @@ class Pool:
         self.cls = members[0].cls
         self.kind = members[0].kind
         self.breaker = members[0].breaker
+        self.own_stats = CallStats()
+        """Calls refused before reaching a member (the shared circuit breaker open)."""
         self._turn = itertools.count()
 
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
@@ -246,8 +253,8 @@ class Pool:
 
     @property
     def stats(self) -> CallStats:
-        """The members' statistics summed."""
-        return CallStats.total([m.stats for m in self.members])
+        """The members' statistics summed, with the calls refused at the pool."""
+        return CallStats.total([self.own_stats, *(m.stats for m in self.members)])
 
 
 class SupervisorNode(Node):
