@@ -304,8 +304,8 @@ class System:
         """The children of ``supervisor`` (default: the root), in start order."""
         sup = self._supervisor(supervisor)
         return [
-            ChildInfo(c.name, "supervisor" if isinstance(c, SupervisorNode) else "resource",
-                      c.kind, c.state, c.restarts)
+            ChildInfo(c.name, "supervisor" if isinstance(c, SupervisorNode) and c.pool is None
+                      else "resource", c.kind, c.state, c.restarts)
             for c in list(sup.children)
         ]
 
