@@ -4,6 +4,8 @@ each refuses and with which words, in which order children are listed."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sys
 import threading
 from typing import Any
 
@@ -11,9 +13,10 @@ import pytest
 
 import sessions
 from sessions import ChildCount, ChildInfo, ConfigError, ResourceActor
-from sessions.messages import ChildStarted
+from sessions._system import status_rows
+from sessions.messages import ChildRestarting, ChildStarted, ChildStopped, SupervisorGaveUp
 from tests.kinds import controls
-from tests.support import FakeClock, Recorder, config, wait_until
+from tests.support import FakeClock, Recorder, config, in_thread, wait_until
 
 PROBE = "tests.kinds:Probe"
 STATS_IDLE = {"calls": {"ok": 0, "error": 0, "fault": 0, "timeout": 0, "refused": 0},
@@ -233,6 +236,7 @@ def test_unknown_and_private_methods_list_the_methods() -> None:
             assert {"echo", "break_it", "whoami", "generation"} <= set(methods)
             assert not {"connect", "disconnect", "ctl", "label"} & set(methods)
         assert a.call("echo", "x").result(5) == "x"
+        assert a.call("echo", value="kw").result(5) == "kw"
         assert a.echo is a.echo  # looked up once
 
 
@@ -451,6 +455,8 @@ def test_a_probe_refused_by_a_stopped_resource_opens_the_circuit_again() -> None
             a.break_it().result(5)
         wait_until(lambda: a.state == "running", what="restart")
         refused = a.echo(0)
+        assert refused.done()
+        assert (refused.resource, refused.method) == ("a", "echo")
         with pytest.raises(sessions.ResourceUnavailable) as info:
             refused.result(0)
         assert info.value.resource == "a"
@@ -498,3 +504,241 @@ def test_a_subscriber_hears_only_what_happens_after_it_subscribed() -> None:
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
         assert [(e.name, e.restarts) for e in rec.of(ChildStarted)] == [("b", 1)]
     assert other.events == []
+
+
+def test_a_probe_that_timed_out_in_the_queue_opens_the_circuit_again() -> None:
+    """The half-open probe waited behind a reconnect past its call_timeout and never ran
+    (CallTimeout, started False): a failure, the circuit opens again."""
+    clock = FakeClock()
+    cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}, "call_timeout": 0.05}},
+                 max_restarts=50)
+    with sessions.start(cfg, clock=clock) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.circuit == "open", what="circuit open")
+        clock.advance(11)
+        probe = a.echo(1)
+        with pytest.raises(sessions.CallTimeout) as info:
+            probe.result(5)
+        assert info.value.started is False
+        wait_until(lambda: a.circuit == "open", what="circuit open again")
+        with pytest.raises(sessions.ResourceUnavailable, match="CallTimeout"):
+            a.echo(2).result(0)
+        gate.set()
+
+
+# -- a pool's own supervisor -------------------------------------------------------------
+
+
+def test_a_pool_restarts_only_the_faulted_member_with_its_supervisors_backoff() -> None:
+    """A pool is a one_for_one supervisor of its members, with the backoff of the
+    supervisor the pool is under."""
+    rec = Recorder()
+    cfg = config({"p": {"pool_size": 3, "supervisor": "s"}},
+                 supervisors={"s": {"backoff": {"initial": 0.02, "multiplier": 1.5,
+                                                "jitter": 0.0}}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        with pytest.raises(sessions.ResourceFault):
+            system.get("p").break_it().result(5)
+        (started,) = rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        restarting = rec.of(ChildRestarting)
+        assert [(e.supervisor, e.name, e.delay, e.attempt) for e in restarting] == [
+            ("p", started.name, 0.02, 1)]
+        assert sorted(controls(f"p#{i}").connects for i in range(3)) == [1, 1, 2]
+
+
+def test_a_pool_has_the_intensity_of_its_supervisor() -> None:
+    """Its members' restarts are counted against ``max_restarts`` in ``period`` of the
+    supervisor the pool is under: one too many and the pool gives up."""
+    clock = FakeClock()
+    rec = Recorder()
+    cfg = config({"p": {"pool_size": 2}}, max_restarts=1, period=100)
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        p = system.get("p")
+        with pytest.raises(sessions.ResourceFault):
+            p.break_it().result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        clock.advance(50)
+        with pytest.raises(sessions.ResourceFault):
+            p.break_it().result(5)
+        (gave_up,) = rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
+        assert gave_up.supervisor == "p"
+        assert "more than 1 restarts" in gave_up.reason
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "p")
+        assert p.state == "running"
+        assert system.which_children() == [ChildInfo("p", "resource", "probe", "running", 1)]
+
+
+# -- status_rows: the tree drawing of `sessions status` and the demo ------------------
+
+
+def _rows_config() -> dict[str, Any]:
+    return config({"a": {}, "x": {"supervisor": "s1"}, "p": {"supervisor": "s1", "pool_size": 2},
+                   "y": {"supervisor": "s2"}, "z": {"supervisor": "s3"}},
+                  supervisors={"s1": {}, "s2": {}, "s3": {"parent": "s2"}})
+
+
+def test_status_rows_draw_the_tree_in_start_order() -> None:
+    """Each node with the prefix of its branch; a pool is a leaf (its members are not
+    drawn); the last child of a node gets the closing branch and no bar below it."""
+    with sessions.start(_rows_config()) as system:
+        tree = system.status()
+    rows = [(prefix, node["name"]) for prefix, node in status_rows(tree)]
+    assert rows == [
+        ("", "root"),
+        ("├── ", "a"),
+        ("├── ", "s1"),
+        ("│   ├── ", "x"),
+        ("│   └── ", "p"),
+        ("└── ", "s2"),
+        ("    ├── ", "y"),
+        ("    └── ", "s3"),
+        ("        └── ", "z"),
+    ]
+    assert all(node is not None for _, node in status_rows(tree))
+    assert next(iter(status_rows(tree)))[1] is tree
+
+
+def test_status_rows_with_other_glyphs_and_a_subtree() -> None:
+    with sessions.start(_rows_config()) as system:
+        s2 = system.status()["children"][2]
+    rows = [(prefix, node["name"]) for prefix, node in
+            status_rows(s2, ("+ ", "` ", "| ", "  "))]
+    assert rows == [("", "s2"), ("+ ", "y"), ("` ", "s3"), ("  ` ", "z")]
+    leaf = {"name": "solo", "type": "resource"}
+    assert list(status_rows(leaf)) == [("", leaf)]
+    empty = {"name": "root", "type": "supervisor"}
+    assert list(status_rows(empty)) == [("", empty)]
+
+
+def test_a_cancelled_probe_opens_the_circuit_again() -> None:
+    """A probe cancelled by its caller before it ran tells nothing about the resource:
+    the circuit opens again for another reset_timeout, then the next probe goes through
+    (it used to stay half-open for ever, refusing every call)."""
+    clock = FakeClock()
+    cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}}}, max_restarts=50)
+    with sessions.start(cfg, clock=clock) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.circuit == "open", what="circuit open")
+        clock.advance(11)
+        probe = a.echo(1)
+        assert probe.cancel()
+        assert a.circuit == "open"
+        gate.set()
+        wait_until(lambda: a.state == "running", what="reconnected")
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            a.echo(2).result(0)
+        assert str(info.value) == (
+            "circuit open for resource 'a' after 1 consecutive failures "
+            "(last: the probe call echo() was cancelled); next probe in 10.0s")
+        clock.advance(11)
+        assert a.echo(3).result(5) == 3
+        assert a.circuit == "closed"
+
+
+def test_calls_through_a_breaker_keep_their_method_and_arguments() -> None:
+    with sessions.start(config({"b": {"breaker": {}}})) as system:
+        b = system.get("b")
+        future = b.echo(value="kw")
+        assert (future.resource, future.method) == ("b", "echo")
+        assert future.result(5) == "kw"
+        assert b.call("echo", value=2).result(5) == 2
+
+
+# -- terminate and delete: the words and the states ------------------------------------
+
+
+def test_terminate_child_says_so_to_callers_and_subscribers() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b"])) as system:
+        system.subscribe(rec)
+        system.terminate_child("a")
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.get("a").echo(1).result(5)
+        assert str(info.value) == "probe 'a' was terminated (terminated)"
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped))
+        assert [(e.supervisor, e.name, e.reason) for e in stopped] == [
+            ("root", "a", "terminated")]
+
+
+def test_delete_child_refuses_a_child_still_starting() -> None:
+    with sessions.start(config(["a"])) as system:
+        gate = threading.Event()
+        controls("d").connect_gate = gate
+        adding = in_thread(lambda: system.start_child("d", {"kind": PROBE}))
+        wait_until(lambda: [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "running"), ("d", "starting")], what="d starting")
+        with pytest.raises(sessions.ChildRunning) as info:
+            system.delete_child("d")
+        assert str(info.value) == (
+            "probe 'd' is starting: terminate_child() it before delete_child()")
+        gate.set()
+        assert adding.result(5).echo("d").result(5) == "d"
+
+
+class Slow(ResourceActor):
+    """A kind whose ``max_pool_size`` (asked on the supervision thread when a child is
+    added) waits for a gate: it holds the supervision thread inside one add."""
+
+    kind = "slow"
+    entered = threading.Event()
+    gate = threading.Event()
+
+    @classmethod
+    def max_pool_size(cls, options: Any) -> None:
+        cls.entered.set()
+        cls.gate.wait(10)
+
+    def connect(self) -> object:
+        return object()
+
+    def disconnect(self, resource: object) -> None:
+        return None
+
+
+def _waiting_on_the_supervision_thread(thread_name: str) -> bool:
+    """Whether ``thread_name`` waits for a call it handed to the supervision thread."""
+    ident = next((t.ident for t in threading.enumerate() if t.name == thread_name), None)
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    while frame is not None:
+        if frame.f_code.co_name == "call" and frame.f_code.co_filename.endswith("_tree.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_two_start_child_calls_racing_for_one_name() -> None:
+    """Both pass the first name check; the supervision thread adds the first and refuses
+    the second, whose name is then in use."""
+    Slow.entered.clear()
+    Slow.gate.clear()
+    with sessions.start(config(["a"])) as system:
+        first = in_thread(lambda: system.start_child("d", {"kind": "tests.test_system_api:Slow"}))
+        assert Slow.entered.wait(5)
+        second: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def add_again() -> None:
+            try:
+                second.set_result(system.start_child("d", {"kind": PROBE}))
+            except BaseException as exc:
+                second.set_exception(exc)
+
+        threading.Thread(target=add_again, name="second-adder", daemon=True).start()
+        wait_until(lambda: _waiting_on_the_supervision_thread("second-adder"),
+                   what="the second add queued")
+        Slow.gate.set()
+        assert first.result(5).kind == "slow"
+        with pytest.raises(ConfigError) as info:
+            second.result(5)
+        assert info.value.errors == [("resources.d", "name is already in use")]
+        assert [c.name for c in system.which_children()] == ["a", "d"]
+        assert system.get("d").kind == "slow"
