@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import random
 import sys
 import threading
 from typing import Any
@@ -706,11 +708,14 @@ class Slow(ResourceActor):
 
 
 def _waiting_on_the_supervision_thread(thread_name: str) -> bool:
-    """Whether ``thread_name`` waits for a call it handed to the supervision thread."""
+    """Whether ``thread_name`` waits on a future: for ``start_child``, before its child
+    is added, that is the call it handed to the (held) supervision thread."""
     ident = next((t.ident for t in threading.enumerate() if t.name == thread_name), None)
     frame = sys._current_frames().get(ident) if ident is not None else None
     while frame is not None:
-        if frame.f_code.co_name == "call" and frame.f_code.co_filename.endswith("_tree.py"):
+        code = frame.f_code
+        if code.co_name == "result" and code.co_filename.endswith(
+                os.path.join("concurrent", "futures", "_base.py")):
             return True
         frame = frame.f_back
     return False
@@ -742,3 +747,23 @@ def test_two_start_child_calls_racing_for_one_name() -> None:
         assert info.value.errors == [("resources.d", "name is already in use")]
         assert [c.name for c in system.which_children()] == ["a", "d"]
         assert system.get("d").kind == "slow"
+
+
+def test_the_rng_given_to_start_draws_the_backoff_jitter() -> None:
+    """Two systems given equally seeded generators wait the same jittered delays."""
+    def delays(seed: int) -> list[float]:
+        rec = Recorder()
+        cfg = config(["a"], max_restarts=10,
+                     backoff={"initial": 0.01, "max": 0.01, "jitter": 1.0})
+        with sessions.start(cfg, rng=random.Random(seed)) as system:
+            system.subscribe(rec)
+            for n in range(1, 4):
+                with pytest.raises(sessions.ResourceFault):
+                    system.get("a").break_it().result(5)
+                rec.wait_for(lambda e: isinstance(e, ChildStarted), count=n)
+        return [e.delay for e in rec.of(ChildRestarting)]
+
+    first = delays(7)
+    assert len(first) == 3
+    assert delays(7) == first
+    assert delays(8) != first
