@@ -767,3 +767,35 @@ def test_the_rng_given_to_start_draws_the_backoff_jitter() -> None:
     assert len(first) == 3
     assert delays(7) == first
     assert delays(8) != first
+
+
+class Limited(ResourceActor):
+    """A kind whose pool limit depends on its options (as a driver's might)."""
+
+    kind = "limited"
+
+    def __init__(self, limit: int = 2) -> None:
+        super().__init__()
+
+    @classmethod
+    def max_pool_size(cls, options: Any) -> tuple[int, str]:
+        return options.get("limit", 2), f"the device takes {options.get('limit', 2)} owners"
+
+    def connect(self) -> object:
+        return object()
+
+    def disconnect(self, resource: object) -> None:
+        return None
+
+
+def test_a_pool_size_is_lowered_to_the_kinds_limit_for_its_options(
+        caplog: pytest.LogCaptureFixture) -> None:
+    kind = "tests.test_system_api:Limited"
+    cfg = {"resources": {"at": {"kind": kind, "pool_size": 2},
+                         "over": {"kind": kind, "pool_size": 5, "limit": 3}}}
+    with caplog.at_level("WARNING", logger="sessions"), sessions.start(cfg) as system:
+        tree = system.status()["children"]
+        assert [(n["name"], n["type"], len(n.get("children", []))) for n in tree] == [
+            ("at", "pool", 2), ("over", "pool", 3)]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sessions"]
+    assert warnings == ["resources.over.pool_size = 5 lowered to 3: the device takes 3 owners"]
