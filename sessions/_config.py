@@ -245,12 +245,14 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
         if sup.parent is not None and sup.parent != ROOT and sup.parent not in sups:
             errors.append((f"supervisors.{name}.parent",
                            f"unknown supervisor {sup.parent!r} (known: {known})"))
-        seen, cur = {name}, sup.parent
+        chain, cur = [name], sup.parent
         while cur is not None and cur in sups:
-            if cur in seen:
-                errors.append((f"supervisors.{name}.parent", "supervisors form a cycle"))
+            if cur in chain:
+                cycle = " -> ".join([*chain[chain.index(cur):], cur])
+                errors.append((f"supervisors.{name}.parent",
+                               f"supervisors form a cycle: {cycle}"))
                 break
-            seen.add(cur)
+            chain.append(cur)
             cur = sups[cur].parent
     if config.supervisor.parent is not None:
         errors.append(("supervisor.parent", "the root supervisor has no parent"))

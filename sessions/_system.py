@@ -111,9 +111,12 @@ class Handle:
             return resolved(self._child.name, method,
                             ResourceUnavailable(breaker.refusal(), resource=self._child.name))
         future = self._child.submit(fn, method, *args, **kwargs)
-        if probe:  # a probe that never ran (timed out in the queue, refused) is a failure
-            def settle(f: concurrent.futures.Future[Any]) -> None:
-                err = f.exception() if not f.cancelled() else None
+        if probe:  # a probe that never ran (timed out in the queue, refused, cancelled)
+            def settle(f: concurrent.futures.Future[Any]) -> None:  # is a failure
+                if f.cancelled():  # else the circuit would stay half-open for ever
+                    breaker.record(False, f"the probe call {method}() was cancelled")
+                    return
+                err = f.exception()
                 if isinstance(err, ResourceUnavailable) or (
                     isinstance(err, CallTimeout) and not err.started
                 ):
@@ -305,8 +308,8 @@ class System:
         """The children of ``supervisor`` (default: the root), in start order."""
         sup = self._supervisor(supervisor)
         return [
-            ChildInfo(c.name, "supervisor" if isinstance(c, SupervisorNode) else "resource",
-                      c.kind, c.state, c.restarts)
+            ChildInfo(c.name, "supervisor" if isinstance(c, SupervisorNode) and c.pool is None
+                      else "resource", c.kind, c.state, c.restarts)
             for c in list(sup.children)
         ]
 

@@ -1,0 +1,672 @@
+"""Config errors and defaults, key by key: every bound, every default, every message.
+
+``tests/test_config.py`` checks the shape of a ``ConfigError``; this file checks what
+each one says (the key, the resource, the value, the rule) and where the limits of
+each key are, through ``sessions.start``, ``System.start_child``,
+``sessions.check_childspecs`` and ``System.config``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pytest
+from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field
+
+import sessions
+from sessions import ConfigError, ResourceActor
+from tests.support import config, in_thread
+from tests.test_config import BAG, config_error, probe
+
+HERE = "tests.test_config_errors"
+NAME_RULE = "names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
+
+
+class _Quiet(ResourceActor):
+    """A kind that connects to nothing."""
+
+    def connect(self) -> object:
+        return object()
+
+    def disconnect(self, resource: object) -> None:
+        return None
+
+
+class Needy(_Quiet):
+    """A kind with required constructor keys, one of them keyword-only."""
+
+    kind = "needy"
+
+    def __init__(self, host: str, *args: Any, port: int = 5432, user: str) -> None:
+        super().__init__()
+        self.where = (host, port, user)
+
+    def where_to(self) -> tuple[str, int, str]:
+        return self.where
+
+
+class Bare(_Quiet):
+    """A kind that takes no options at all."""
+
+    kind = "bare"
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"a level must be > 0, not {value}")
+    return value
+
+
+class Modelled(_Quiet):
+    """A kind whose keys are described by an ``Options`` model."""
+
+    kind = "modelled"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="allow", frozen=True)
+
+        port: int = Field(ge=1)
+        mode: str = "fast"
+        ratio: float = Field(0.5, lt=1)
+        level: Annotated[float, AfterValidator(_positive)] | Literal["auto"] = "auto"
+        home: AnyUrl | None = None
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.received = options
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.received)
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+
+def test_supervision_defaults() -> None:
+    """An empty supervisor table and a resource table with only ``kind`` get the
+    documented defaults (the OTP-like intensity 3 in 5 s, a 0.1 s backoff doubling up
+    to 30 s with 10 % jitter; call, connect and shutdown timeouts 5, 30, 5 s)."""
+    with sessions.start({"supervisors": {"s": {}}, "resources": {"a": probe()}}) as system:
+        cfg = system.config
+    for sup in (cfg.supervisor, cfg.supervisors["s"]):
+        assert sup.strategy == "one_for_one"
+        assert sup.max_restarts == 3
+        assert sup.period == 5.0
+        assert (sup.backoff.initial, sup.backoff.max, sup.backoff.multiplier,
+                sup.backoff.jitter) == (0.1, 30.0, 2.0, 0.1)
+        assert sup.parent is None
+        assert sup.restart == "permanent"
+        assert sup.auto_shutdown == "never"
+        assert sup.significant is False
+    res = cfg.resources["a"]
+    assert res.supervisor is None
+    assert res.restart == "permanent"
+    assert res.call_timeout == 5.0
+    assert res.connect_timeout == 30.0
+    assert res.stall_timeout is None
+    assert res.health_interval is None
+    assert res.shutdown_timeout == 5.0
+    assert res.pool_size == 1
+    assert res.significant is False
+    assert res.breaker is None
+    assert res.options == {}
+    assert cfg.server is None
+
+
+def test_breaker_and_server_defaults() -> None:
+    """``breaker = {}`` opens after 5 failures for 10 s; ``[server]`` binds to localhost."""
+    with sessions.start({"resources": {"a": probe(breaker={})},
+                         "server": {"port": 0}}) as system:
+        cfg = system.config
+        assert system.get("a").circuit == "closed"
+    assert cfg.resources["a"].breaker is not None
+    assert (cfg.resources["a"].breaker.failures, cfg.resources["a"].breaker.reset_timeout) == (
+        5, 10.0)
+    assert cfg.server is not None
+    assert (cfg.server.bind, cfg.server.port) == ("127.0.0.1", 0)
+
+
+def test_child_spec_leaves_out_exactly_the_defaults() -> None:
+    """``child_spec`` shows only what differs from the defaults: a key set to its default
+    value is left out, one set to anything else is shown."""
+    defaults = {"restart": "permanent", "call_timeout": 5.0, "connect_timeout": 30.0,
+                "shutdown_timeout": 5.0, "pool_size": 1, "significant": False}
+    changed = {"restart": "transient", "call_timeout": 6.0, "connect_timeout": 31.0,
+               "shutdown_timeout": 4.0, "stall_timeout": 2.0, "health_interval": 60.0}
+    with sessions.start({"resources": {"d": probe(**defaults), "c": probe(**changed)}}) as system:
+        assert system.child_spec("d") == {"kind": "tests.kinds:Probe"}
+        assert system.child_spec("c") == {"kind": "tests.kinds:Probe", **changed}
+
+
+# -- bounds: the edge value is accepted, the one beyond it named with the bound ---------
+
+
+@pytest.mark.parametrize(("table", "key", "edge"), [
+    ("backoff", "initial", 0.0),
+    ("backoff", "max", 0.0),
+    ("backoff", "multiplier", 1.0),
+    ("backoff", "jitter", 0.0),
+    ("backoff", "jitter", 1.0),
+    ("supervisor", "max_restarts", 0),
+])
+def test_supervisor_edge_values_are_accepted(table: str, key: str, edge: float) -> None:
+    sup: dict[str, Any] = {"backoff": {key: edge}} if table == "backoff" else {key: edge}
+    with sessions.start({"supervisors": {"s": sup}}) as system:
+        got = system.config.supervisors["s"]
+        assert (getattr(got.backoff, key) if table == "backoff" else getattr(got, key)) == edge
+
+
+@pytest.mark.parametrize(("sup", "path", "message"), [
+    ({"backoff": {"max": -0.5}}, "supervisors.s.backoff.max", "must be >= 0.0, got -0.5"),
+    ({"backoff": {"initial": -0.5}}, "supervisors.s.backoff.initial", "must be >= 0.0, got -0.5"),
+    ({"backoff": {"multiplier": 0.99}}, "supervisors.s.backoff.multiplier",
+     "must be >= 1.0, got 0.99"),
+    ({"backoff": {"jitter": 1.01}}, "supervisors.s.backoff.jitter", "must be <= 1.0, got 1.01"),
+    ({"period": 0.0}, "supervisors.s.period", "must be > 0.0, got 0.0"),
+])
+def test_supervisor_values_beyond_the_edge(sup: dict[str, Any], path: str, message: str) -> None:
+    err = config_error({"supervisors": {"s": sup}})
+    assert err.errors == [(path, message)]
+
+
+@pytest.mark.parametrize(("spec", "check"), [
+    ({"pool_size": 1}, lambda r: r.pool_size == 1),
+    ({"breaker": {"failures": 1, "reset_timeout": 0.001}},
+     lambda r: (r.breaker.failures, r.breaker.reset_timeout) == (1, 0.001)),
+    ({"stall_timeout": 0.001}, lambda r: r.stall_timeout == 0.001),
+    ({"health_interval": 1000}, lambda r: r.health_interval == 1000.0),
+])
+def test_resource_edge_values_are_accepted(spec: dict[str, Any], check: Any) -> None:
+    with sessions.start({"resources": {"a": probe(**spec)}}) as system:
+        assert check(system.config.resources["a"])
+
+
+@pytest.mark.parametrize(("spec", "path", "message"), [
+    ({"pool_size": 0}, "resources.a.pool_size", "must be >= 1, got 0"),
+    ({"breaker": {"failures": 0}}, "resources.a.breaker.failures", "must be >= 1, got 0"),
+    ({"breaker": {"reset_timeout": 0}}, "resources.a.breaker.reset_timeout",
+     "must be > 0.0, got 0"),
+    ({"breaker": {"failure": 3}}, "resources.a.breaker.failure", "unknown key"),
+    ({"stall_timeout": 0}, "resources.a.stall_timeout", "must be > 0.0, got 0"),
+    ({"stall_timeout": -1.5}, "resources.a.stall_timeout", "must be > 0.0, got -1.5"),
+    ({"health_interval": 0}, "resources.a.health_interval", "must be > 0.0, got 0"),
+])
+def test_resource_values_beyond_the_edge(spec: dict[str, Any], path: str, message: str) -> None:
+    err = config_error({"resources": {"a": probe(**spec)}})
+    assert err.errors == [(path, message)]
+
+
+@pytest.mark.parametrize(("server", "errors"), [
+    ({"port": -1}, [("server.port", "must be >= 0, got -1")]),
+    ({"port": 65536}, [("server.port", "must be <= 65535, got 65536")]),
+    ({}, [("server.port", "required key is missing")]),
+    ({"port": 80, "host": "x"}, [("server.host", "unknown key")]),
+])
+def test_server_port_range(server: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    assert config_error({"server": server}).errors == errors
+
+
+def test_server_port_edges_are_accepted() -> None:
+    for port in (0, 65535):
+        with sessions.start({"server": {"port": port, "bind": "0.0.0.0"}}) as system:
+            assert system.config.server is not None
+            assert (system.config.server.port, system.config.server.bind) == (port, "0.0.0.0")
+
+
+# -- shutdown_timeout: seconds, 'infinity' or 'brutal_kill' ---------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("brutal_kill", "brutal_kill"),
+    ("infinity", math.inf),
+    (math.inf, math.inf),
+    (3, 3.0),
+    (0.25, 0.25),
+])
+def test_shutdown_timeout_forms(value: Any, expected: Any) -> None:
+    with sessions.start({"resources": {"a": probe(shutdown_timeout=value)}}) as system:
+        got = system.config.resources["a"].shutdown_timeout
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (0, "0"),
+    (-2, "-2"),
+    (True, "True"),
+    ("soon", "'soon'"),
+    ("Infinity", "'Infinity'"),
+    ("brutal", "'brutal'"),
+    ("postgresql://u:hunter2@db/x", "'postgresql://u:***@db/x'"),
+])
+def test_shutdown_timeout_refused_values(value: Any, shown: str) -> None:
+    """Anything else names the three accepted forms and the value (its password masked)."""
+    err = config_error({"resources": {"a": probe(shutdown_timeout=value)}})
+    assert err.errors == [("resources.a.shutdown_timeout",
+                           f"expected seconds > 0, 'infinity' or 'brutal_kill', got {shown}")]
+    assert "hunter2" not in str(err)
+
+
+# -- pydantic's errors in plain words ------------------------------------------------
+
+
+@pytest.mark.parametrize(("cfg", "error"), [
+    ({"supervisor": {"max_restarts": "many"}},
+     ("supervisor.max_restarts",
+      "input should be a valid integer, unable to parse string as an integer, got 'many'")),
+    ({"supervisor": {"auto_shutdown": "sometimes"}},
+     ("supervisor.auto_shutdown",
+      "expected one of never, any_significant, all_significant, got 'sometimes'")),
+    ({"supervisors": {"s": {"restart": "always"}}},
+     ("supervisors.s.restart", "expected one of permanent, transient, temporary, got 'always'")),
+    ({"supervisors": {"s": "fast"}},
+     ("supervisors.s", "input should be a valid dictionary or instance of SupervisorConfig, "
+                       "got 'fast'")),
+    ({"resources": {"a": probe(significant="maybe")}},
+     ("resources.a.significant",
+      "input should be a valid boolean, unable to interpret input, got 'maybe'")),
+])
+def test_schema_messages(cfg: dict[str, Any], error: tuple[str, str]) -> None:
+    """Each kind of schema problem is one plain sentence ending with the value given."""
+    assert config_error(cfg).errors == [error]
+
+
+def test_values_in_messages_have_their_passwords_masked() -> None:
+    secret = "postgresql://plant:hunter2@db/x"
+    err = config_error({"supervisor": {"strategy": secret, "max_restarts": secret}})
+    assert err.errors == [
+        ("supervisor.strategy",
+         "expected one of one_for_one, one_for_all, rest_for_one, got 'postgresql://plant:***@db/x'"),
+        ("supervisor.max_restarts", "input should be a valid integer, unable to parse string "
+                                    "as an integer, got 'postgresql://plant:***@db/x'"),
+    ]
+    assert "hunter2" not in str(err)
+
+
+# -- environment variables -----------------------------------------------------------
+
+
+def test_missing_variables_come_first_then_schema_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset variable is reported with its exact advice, before the schema problems,
+    each at the path of the string that used it (list items by index)."""
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    err = config_error({
+        "supervisor": {"period": 0},
+        "resources": {"a": {"kind": BAG, "hosts": ["ok", "${SESSIONS_TEST_NOPE}"]}},
+    })
+    assert err.errors == [
+        ("resources.a.hosts.1",
+         "environment variable SESSIONS_TEST_NOPE is not set (use ${SESSIONS_TEST_NOPE:-default})"),
+        ("supervisor.period", "must be > 0.0, got 0"),
+    ]
+
+
+def test_missing_variables_come_with_the_cross_reference_problems(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config valid in shape but with an unset variable and a bad reference lists both."""
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    err = config_error({"resources": {"a": probe(label="${SESSIONS_TEST_NOPE}", supervisor="x")}})
+    assert err.errors == [
+        ("resources.a.label",
+         "environment variable SESSIONS_TEST_NOPE is not set (use ${SESSIONS_TEST_NOPE:-default})"),
+        ("resources.a.supervisor", "unknown supervisor 'x' (known: root)"),
+    ]
+
+
+def test_only_well_formed_references_are_substituted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${NAME}`` needs a name (letters, digits, '_', not starting with a digit);
+    anything else is left as written."""
+    monkeypatch.setenv("SESSIONS_TEST_V1", "one")
+    monkeypatch.setenv("_SESSIONS_TEST", "two")
+    label = "${SESSIONS_TEST_V1}|${_SESSIONS_TEST}|${1X}|$SESSIONS_TEST_V1|${}|${A-B}"
+    with sessions.start({"resources": {"a": probe(label=label)}}) as system:
+        got = system.get("a").apply(lambda p: p.label).result(10)
+    assert got == "one|two|${1X}|$SESSIONS_TEST_V1|${}|${A-B}"
+
+
+def test_a_set_variable_wins_over_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when it is set to the empty string."""
+    monkeypatch.setenv("SESSIONS_TEST_EMPTYSET", "")
+    with sessions.start({"resources": {"a": probe(label="<${SESSIONS_TEST_EMPTYSET:-d}>")}}) as s:
+        assert s.get("a").apply(lambda p: p.label).result(10) == "<>"
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def test_missing_file_message(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    assert config_error(path).errors == [("", f"config file {str(path)!r} does not exist")]
+
+
+def test_invalid_toml_message(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[resources.a\n", encoding="utf-8")
+    ((where, message),) = config_error(path).errors
+    assert where == ""
+    assert message.startswith(f"{path}: invalid TOML: ")
+    assert "line 1" in message
+
+
+def test_not_utf8_message(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'label = "caf\xe9"\n')
+    ((where, message),) = config_error(path).errors
+    assert where == ""
+    assert message.startswith(f"{path}: not UTF-8 text: ")
+    assert "utf-8" in message
+
+
+def test_unreadable_path_message(tmp_path: Path) -> None:
+    ((where, message),) = config_error(tmp_path).errors
+    assert where == ""
+    assert message == f"cannot read config file {str(tmp_path)!r}: Is a directory"
+
+
+def test_file_values_are_substituted_and_cross_checked(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    path = tmp_path / "s.toml"
+    path.write_text('[resources.a]\nkind = "tests.kinds:Probe"\nsupervisor = "x"\n'
+                    'label = "${SESSIONS_TEST_NOPE}"\n', encoding="utf-8")
+    assert [p for p, _ in config_error(path).errors] == ["resources.a.label",
+                                                        "resources.a.supervisor"]
+
+
+# -- the tree: names, parents, cycles ------------------------------------------------
+
+
+def test_a_chain_leading_into_a_cycle_is_reported_not_looped() -> None:
+    """``a`` under ``b``, ``b`` and ``c`` each other's parent: a ConfigError at every
+    supervisor whose parents never reach the root, naming the cycle (never a hang)."""
+    future = in_thread(lambda: config_error({"supervisors": {
+        "a": {"parent": "b"}, "b": {"parent": "c"}, "c": {"parent": "b"}, "ok": {}}}))
+    err = future.result(timeout=10)
+    assert [p for p, _ in err.errors] == ["supervisors.a.parent", "supervisors.b.parent",
+                                          "supervisors.c.parent"]
+    messages = [m for _, m in err.errors]
+    assert messages == ["supervisors form a cycle: b -> c -> b",
+                        "supervisors form a cycle: b -> c -> b",
+                        "supervisors form a cycle: c -> b -> c"]
+
+
+def test_a_self_parent_names_itself() -> None:
+    err = config_error({"supervisors": {"s": {"parent": "s"}}})
+    assert err.errors == [("supervisors.s.parent", "supervisors form a cycle: s -> s")]
+
+
+def test_a_long_chain_to_the_root_is_no_cycle() -> None:
+    """Parents declared after their children, a chain of four ending at ``root``."""
+    sups = {"d": {"parent": "c"}, "c": {"parent": "b"}, "b": {"parent": "a"},
+            "a": {"parent": "root"}}
+    with sessions.start(config({"x": {"supervisor": "d"}}, supervisors=sups)) as system:
+        assert [c.name for c in system.which_children()] == ["a"]
+        assert [c.name for c in system.which_children("d")] == ["x"]
+
+
+def test_unknown_parent_lists_the_known_supervisors() -> None:
+    err = config_error({"supervisors": {"s": {"parent": "ghost"}, "t": {}}})
+    assert err.errors == [("supervisors.s.parent",
+                           "unknown supervisor 'ghost' (known: root, s, t)")]
+
+
+def test_root_reserved_exact_message() -> None:
+    err = config_error({"supervisors": {"root": {}}})
+    assert err.errors == [("supervisors.root", "'root' is the root supervisor's name")]
+
+
+@pytest.mark.parametrize(("root", "error"), [
+    ({"parent": "x"}, ("supervisor.parent", "the root supervisor has no parent")),
+    ({"restart": "transient"},
+     ("supervisor.restart",
+      "the root supervisor has no parent to restart it: giving up fails the system")),
+    ({"restart": "temporary"},
+     ("supervisor.restart",
+      "the root supervisor has no parent to restart it: giving up fails the system")),
+    ({"significant": True, "restart": "permanent"},
+     ("supervisor.significant", "the root supervisor has no parent")),
+])
+def test_root_supervisor_keys(root: dict[str, Any], error: tuple[str, str]) -> None:
+    assert config_error({"supervisor": root}).errors == [error]
+
+
+def test_the_root_may_be_named_as_a_parent_and_a_supervisor() -> None:
+    with sessions.start({"supervisors": {"s": {"parent": "root"}},
+                         "resources": {"a": probe(supervisor="root")}}) as system:
+        assert [c.name for c in system.which_children()] == ["a", "s"]
+
+
+SIGNIFICANT_PERMANENT = ("a significant child needs restart = transient or temporary "
+                         "(a permanent one never ends for good)")
+SIGNIFICANT_POOL = "a pool (pool_size > 1) cannot be significant"
+
+
+@pytest.mark.parametrize(("cfg", "errors"), [
+    ({"supervisors": {"s": {"significant": True}}},
+     [("supervisors.s.significant", SIGNIFICANT_PERMANENT)]),
+    ({"resources": {"a": probe(significant=True)}},
+     [("resources.a.significant", SIGNIFICANT_PERMANENT)]),
+    ({"resources": {"a": probe(significant=True, restart="temporary", pool_size=2)}},
+     [("resources.a.significant", SIGNIFICANT_POOL)]),
+    ({"resources": {"a": probe(significant=True, pool_size=3)}},
+     [("resources.a.significant", SIGNIFICANT_PERMANENT),
+      ("resources.a.significant", SIGNIFICANT_POOL)]),
+])
+def test_significant_messages(cfg: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    assert config_error(cfg).errors == errors
+
+
+def test_significant_children_that_can_end_are_accepted() -> None:
+    cfg = {"supervisors": {"s": {"significant": True, "restart": "transient"}},
+           "resources": {"a": probe(significant=True, restart="temporary", supervisor="s"),
+                         "p": probe(pool_size=2, restart="transient")}}
+    with sessions.start(cfg) as system:
+        assert system.config.resources["a"].significant
+        assert system.count_children() == sessions.ChildCount(
+            specs=2, active=2, supervisors=1, resources=1)
+
+
+GOOD_NAMES = ["a", "Z", "_", "_x", "a9", "db.main", "db-main", "a_b.c-d", "A.-_9"]
+BAD_NAMES = ["9a", "-a", ".a", "a b", "a/b", "a:b", "é", "a\n", "a#1", " a"]
+
+
+def test_valid_names() -> None:
+    cfg = {"supervisors": {f"s{n}": {} for n in GOOD_NAMES},
+           "resources": {n: probe() for n in GOOD_NAMES}}
+    with sessions.start(cfg) as system:
+        assert [c.name for c in system.which_children()][:len(GOOD_NAMES)] == GOOD_NAMES
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_invalid_names(name: str) -> None:
+    """A bad name is reported with the naming rule, at its table."""
+    err = config_error({"supervisors": {name: {}, "s": {}}})
+    assert err.errors == [(f"supervisors.{name}", NAME_RULE)]
+    err = config_error({"supervisors": {"s": {}}, "resources": {name: probe(), "a": probe()}})
+    assert err.errors == [(f"resources.{name}", NAME_RULE)]
+
+
+def test_invalid_resource_name_message() -> None:
+    err = config_error({"resources": {"a b": probe()}})
+    assert err.errors == [("resources.a b", NAME_RULE)]
+
+
+def test_unknown_supervisor_of_a_resource_lists_the_known() -> None:
+    err = config_error({"supervisors": {"s": {}, "t": {}},
+                       "resources": {"a": probe(supervisor="u")}})
+    assert err.errors == [("resources.a.supervisor", "unknown supervisor 'u' (known: root, s, t)")]
+
+
+def test_resource_named_root_message() -> None:
+    err = config_error({"resources": {"root": probe()}})
+    assert err.errors == [("resources.root", "name is already used by a supervisor")]
+
+
+# -- dynamic children: start_child and check_childspecs ------------------------------
+
+
+@pytest.mark.parametrize("name", ["a b", "9a", "-x", "a/b"])
+def test_start_child_refuses_an_invalid_name(name: str) -> None:
+    with sessions.start(config(["a"])) as system:
+        with pytest.raises(ConfigError) as info:
+            system.start_child(name, {"kind": "tests.kinds:Probe"})
+        assert info.value.errors == [(f"resources.{name}", NAME_RULE)]
+        assert [c.name for c in system.which_children()] == ["a"]
+
+
+def test_start_child_reports_the_name_and_the_spec_problems_together() -> None:
+    with sessions.start(config(["a"])) as system:
+        with pytest.raises(ConfigError) as info:
+            system.start_child("a b", {"kind": "tests.kinds:Probe", "call_timeout": 0})
+        assert info.value.errors == [("resources.a b", NAME_RULE),
+                                     ("resources.a b.call_timeout", "must be > 0.0, got 0")]
+
+
+def test_start_child_name_and_unset_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    with sessions.start(config(["a"])) as system:
+        with pytest.raises(ConfigError) as info:
+            system.start_child("b c", {"kind": "tests.kinds:Probe",
+                                       "label": "${SESSIONS_TEST_NOPE}"})
+        assert info.value.errors == [
+            ("resources.b c", NAME_RULE),
+            ("resources.b c.label", "environment variable SESSIONS_TEST_NOPE is not set "
+                                    "(use ${SESSIONS_TEST_NOPE:-default})")]
+
+
+def test_start_child_substitutes_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSIONS_TEST_DYN", "dynamic")
+    with sessions.start(config(["a"])) as system:
+        b = system.start_child("b", {"kind": "tests.kinds:Probe", "label": "${SESSIONS_TEST_DYN}",
+                                     "call_timeout": "${SESSIONS_TEST_T:-2.5}"})
+        assert b.apply(lambda p: p.label).result(10) == "dynamic"
+        assert system.child_spec("b")["call_timeout"] == 2.5
+
+
+@pytest.mark.parametrize(("spec", "starts"), [
+    ({"significant": True}, False),
+    ({"significant": True, "restart": "transient", "pool_size": 2}, False),
+    ({"significant": True, "restart": "temporary"}, True),
+    ({"significant": True, "restart": "transient"}, True),
+    ({"pool_size": 2}, True),
+])
+def test_start_child_significant_rule(spec: dict[str, Any], starts: bool) -> None:
+    with sessions.start(config(["a"])) as system:
+        if starts:
+            system.start_child("b", {"kind": "tests.kinds:Probe", **spec})
+            assert [c.name for c in system.which_children()] == ["a", "b"]
+        else:
+            with pytest.raises(ConfigError) as info:
+                system.start_child("b", {"kind": "tests.kinds:Probe", **spec})
+            assert info.value.errors == [
+                ("resources.b.significant", "a significant child needs restart = transient "
+                 "or temporary, and pool_size = 1")]
+
+
+def test_check_childspecs_names_and_shapes() -> None:
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({"a b": {"kind": "tests.kinds:Probe"},
+                                   "c": {"kind": "tests.kinds:Probe", "pool_size": 0}})
+    assert info.value.errors == [("resources.a b", NAME_RULE),
+                                 ("resources.c.pool_size", "must be >= 1, got 0")]
+
+
+# -- a kind's own keys ---------------------------------------------------------------
+
+
+def test_missing_required_constructor_keys_are_named() -> None:
+    """Every required constructor key (keyword-only included) missing from the table is
+    named at its path; ``*args`` and keys with defaults are not required."""
+    err = config_error({"resources": {"n": {"kind": f"{HERE}:Needy"}}})
+    assert err.errors == [("resources.n.host", "required key is missing"),
+                          ("resources.n.user", "required key is missing")]
+
+
+def test_one_missing_constructor_key() -> None:
+    err = config_error({"resources": {"n": {"kind": f"{HERE}:Needy", "host": "h"}}})
+    assert err.errors == [("resources.n.user", "required key is missing")]
+
+
+def test_required_constructor_keys_reach_the_kind() -> None:
+    spec = {"kind": f"{HERE}:Needy", "host": "h", "user": "u"}
+    with sessions.start({"resources": {"n": spec}}) as system:
+        assert system.get("n").where_to().result(10) == ("h", 5432, "u")
+        other = system.start_child("m", {**spec, "port": 1})
+        assert other.where_to().result(10) == ("h", 1, "u")
+        with pytest.raises(ConfigError) as info:
+            system.start_child("o", {"kind": f"{HERE}:Needy", "user": "u"})
+        assert info.value.errors == [("resources.o.host", "required key is missing")]
+
+
+def test_unknown_keys_are_named_before_missing_ones() -> None:
+    """``args`` (the ``*args`` parameter) is not a key; the accepted ones are listed."""
+    err = config_error({"resources": {"n": {"kind": f"{HERE}:Needy", "args": 1, "hots": "h"}}})
+    assert err.errors == [
+        ("resources.n.args", "unknown key for kind Needy (accepted: host, port, user)"),
+        ("resources.n.hots", "unknown key for kind Needy (accepted: host, port, user)"),
+    ]
+
+
+def test_a_kind_without_options() -> None:
+    err = config_error({"resources": {"b": {"kind": f"{HERE}:Bare", "x": 1}}})
+    assert err.errors == [("resources.b.x",
+                           "unknown key for kind Bare (this kind takes no options)")]
+    with sessions.start({"resources": {"b": {"kind": f"{HERE}:Bare"}}}) as system:
+        assert system.get("b").state == "running"
+
+
+def test_options_model_validates_and_fills_defaults() -> None:
+    """A kind's ``Options`` model: values are converted, defaults filled in, extra keys
+    (when the model allows them) passed through, problems named at their path."""
+    spec = {"kind": f"{HERE}:Modelled", "port": "8080", "colour": "red"}
+    with sessions.start({"resources": {"m": spec}}) as system:
+        assert system.get("m").options().result(10) == {
+            "port": 8080, "mode": "fast", "ratio": 0.5, "level": "auto", "home": None,
+            "colour": "red"}
+    err = config_error({"resources": {"m": {"kind": f"{HERE}:Modelled", "port": 0}}})
+    assert err.errors == [("resources.m.port", "must be >= 1, got 0")]
+    err = config_error({"resources": {"m": {"kind": f"{HERE}:Modelled"}}})
+    assert err.errors == [("resources.m.port", "required key is missing")]
+
+
+def test_check_childspecs_checks_a_kinds_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({
+            "n": {"kind": f"{HERE}:Needy", "host": "h"},
+            "m": {"kind": f"{HERE}:Modelled", "port": -1},
+            "b": {"kind": f"{HERE}:Bare", "y": 2},
+        })
+    assert info.value.errors == [
+        ("resources.n.user", "required key is missing"),
+        ("resources.m.port", "must be >= 1, got -1"),
+        ("resources.b.y", "unknown key for kind Bare (this kind takes no options)"),
+    ]
+
+
+@pytest.mark.parametrize(("options", "errors"), [
+    ({"ratio": 1}, [("resources.m.ratio", "must be < 1.0, got 1")]),
+    ({"level": -1}, [("resources.m.level", "a level must be > 0, not -1.0"),
+                     ("resources.m.level", "expected one of auto, got -1")]),
+    ({"level": "high"}, [
+        ("resources.m.level",
+         "input should be a valid number, unable to parse string as a number, got 'high'"),
+        ("resources.m.level", "expected one of auto, got 'high'")]),
+    ({"home": "nowhere"}, [
+        ("resources.m.home", "input should be a valid URL, relative URL without a base, "
+                             "got 'nowhere'")]),
+])
+def test_options_model_messages(options: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """A kind's own keys get the same plain sentences and exact paths as the supervision
+    keys, also for a key that may take one of several forms."""
+    err = config_error({"resources": {"m": {"kind": f"{HERE}:Modelled", "port": 1, **options}}})
+    assert err.errors == errors
+
+
+def test_options_model_alternative_forms_are_accepted() -> None:
+    spec = {"kind": f"{HERE}:Modelled", "port": 1, "level": 2, "ratio": 0.99,
+            "home": "http://example.org/"}
+    with sessions.start({"resources": {"m": spec}}) as system:
+        got = system.get("m").options().result(10)
+    assert (got["level"], got["ratio"], str(got["home"])) == (2.0, 0.99, "http://example.org/")
