@@ -1,0 +1,290 @@
+"""The supervision kernel (sessions/supervisor/_tree.py) through the public API: the
+cases mutation testing found unasserted - escalation under the parent's strategy,
+temporary members of a group, pools with no member running, backoff state and jitter,
+and the exact texts and fields of events and refusals."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.messages import (
+    ChildFaulted,
+    ChildRestarting,
+    ChildStarted,
+    ChildStopped,
+    SupervisorGaveUp,
+)
+from tests.kinds import LIFECYCLE, controls
+from tests.support import FakeClock, Recorder, config, wait_until
+
+
+def _order() -> list[str]:
+    return [f"{'start' if op == 'connect' else 'stop'} {name}" for op, name in LIFECYCLE]
+
+
+def _break(system: sessions.System, name: str, message: str = "link lost") -> None:
+    with pytest.raises(sessions.ResourceFault):
+        system.get(name).break_it(message).result()
+
+
+def _refusal(handle: Any) -> str:
+    with pytest.raises(sessions.ResourceUnavailable) as info:
+        handle.echo(1).result()
+    return str(info.value)
+
+
+SLOW = {"initial": 30.0, "max": 30.0, "jitter": 0.0}
+"""A backoff nobody waits for: the restart happens only when a test asks for it."""
+
+
+# -- escalation -----------------------------------------------------------------------
+
+
+def test_a_supervisor_giving_up_is_restarted_under_its_parents_strategy() -> None:
+    """The parent applies its own strategy to an escalated fault: under one_for_all the
+    sibling resource restarts too, stopped before and started after the subtree."""
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"}, "z": {}}, strategy="one_for_all",
+                 max_restarts=5, supervisors={"field": {"max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        _break(system, "x", "wire cut")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "z")
+        assert _order() == ["stop x", "stop z", "start x", "start z"]
+        gave_up = rec.of(SupervisorGaveUp)
+        assert [g.supervisor for g in gave_up] == ["field"]
+        assert gave_up[0].reason == ("more than 0 restarts within 5.0s; last: 'x': "
+                                     "break_it: ProbeBroken('wire cut')")
+        escalated = [e for e in rec.of(ChildFaulted) if e.supervisor == "root"]
+        assert [(e.name, e.during_start) for e in escalated] == [("field", False)]
+        assert escalated[0].error == f"supervisor 'field' gave up: {gave_up[0].reason}"
+        assert {(e.supervisor, e.name) for e in rec.of(ChildRestarting)} == {
+            ("root", "field"), ("root", "z")}
+        assert system.get("z").generation().result() == 2
+        assert system.status()["children"][0]["last_fault"] == escalated[0].error
+
+
+# -- temporary children in a group ----------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_a_running_temporary_sibling_is_stopped_for_good_by_a_group_restart(
+        strategy: str) -> None:
+    """OTP: a temporary child is never restarted, so a group restart stops it for good;
+    its handle refuses calls naming the sibling whose fault stopped it."""
+    rec = Recorder()
+    cfg = config({"a": {}, "t": {"restart": "temporary"}, "c": {}}, strategy=strategy)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "c")
+        assert _order() == ["stop a", "stop c", "stop t", "start a", "start c"]
+        assert [e.name for e in rec.of(ChildRestarting)] == ["a", "c"]
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "running"), ("t", "stopped"), ("c", "running")]
+        assert _refusal(system.get("t")) == (
+            "temporary probe 't' stopped because 'a' faulted")
+        assert controls("t").connects == 1
+
+
+def test_a_temporary_child_that_faults_is_not_restarted_and_its_group_stays() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "t": {"restart": "temporary"}}, strategy="one_for_all")
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        _break(system, "t", "gone")
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+        assert (stopped[0].supervisor, stopped[0].reason) == ("root",
+                                                              "temporary child faulted")
+        assert _order() == ["stop t"]
+        assert not rec.of(ChildRestarting)
+        assert _refusal(system.get("t")) == (
+            "temporary probe 't' is not restarted after a fault: break_it: ProbeBroken('gone')")
+        assert system.get("a").generation().result() == 1
+        assert system.which_children()[1].state == "stopped"
+        fault = rec.of(ChildFaulted)[0]
+        assert (fault.supervisor, fault.name, fault.during_start) == ("root", "t", False)
+
+
+# -- pools ----------------------------------------------------------------------------
+
+
+def test_a_pool_with_no_member_running_queues_where_the_wait_is_shortest() -> None:
+    """Every member restarting: calls queue on the members in turn (shortest queue), keep
+    their keyword arguments, and are served once the members are back."""
+    rec = Recorder()
+    with sessions.start(config({"db": {"pool_size": 2}}, backoff=SLOW)) as system:
+        system.subscribe(rec)
+        db = system.get("db")
+        for _ in range(2):  # the first break takes one member down, the second the other
+            _break(system, "db")
+        assert db.state == "restarting"
+        assert [c["state"] for c in system.status()["children"][0]["children"]] == [
+            "restarting", "restarting"]
+        calls = [db.call("echo", value=i) for i in range(4)]
+        owners = [db.whoami() for _ in range(2)]
+        assert db.queued == 6
+        assert system.status()["children"][0]["queued"] == 6
+        system.restart_child("db")
+        assert [f.result() for f in calls] == [0, 1, 2, 3]
+        assert sorted(f.result()[0] for f in owners) == ["sessions-db#0", "sessions-db#1"]
+        assert db.state == "running"
+        assert db.restarts == 3  # the pool's restart and each member's
+        assert [e.name for e in rec.of(ChildRestarting)] == ["db#0", "db#1"]
+
+
+def test_a_terminated_pool_refuses_calls_and_comes_back() -> None:
+    with sessions.start(config({"db": {"pool_size": 2}})) as system:
+        db = system.get("db")
+        system.terminate_child("db")
+        assert db.state == "stopped"
+        assert _refusal(db) == "probe 'db' was terminated (terminated)"
+        system.restart_child("db")
+        assert db.call("echo", value="back").result() == "back"
+        assert db.state == "running"
+
+
+def test_keyword_arguments_reach_the_resource() -> None:
+    with sessions.start(config(["a"])) as system:
+        assert system.get("a").echo(value={"k": 1}).result() == {"k": 1}
+
+
+# -- backoff ----------------------------------------------------------------------------
+
+
+def test_a_child_waiting_out_its_backoff_is_restarting_and_keeps_its_calls() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b"], backoff=SLOW)) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        _break(system, "a")
+        assert (a.state, a.restarts) == ("restarting", 0)
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "restarting"), ("b", "running")]
+        assert system.count_children().active == 1
+        assert system.status()["children"][0]["last_fault"] == (
+            "break_it: ProbeBroken('link lost')")
+        restarting = rec.wait_for(lambda e: isinstance(e, ChildRestarting))
+        assert [(e.supervisor, e.name, e.delay, e.attempt) for e in restarting] == [
+            ("root", "a", 30.0, 1)]
+        pending = a.generation()
+        assert a.queued == 1 and not pending.done()
+        system.restart_child("a")  # no waiting out the backoff
+        assert pending.result() == 2
+        assert (a.state, a.restarts) == ("running", 1)
+
+
+def test_backoff_jitter_draws_from_the_injected_rng() -> None:
+    rec = Recorder()
+    backoff = {"initial": 0.01, "multiplier": 2.0, "max": 1.0, "jitter": 0.5}
+    cfg = config(["a"], max_restarts=10, period=60, backoff=backoff)
+    with sessions.start(cfg, rng=random.Random(7)) as system:
+        system.subscribe(rec)
+        controls("a").fail_connects = 2
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "a")
+    same = random.Random(7)
+    expected = [0.01 * 2 ** n * (1 + same.uniform(-0.5, 0.5)) for n in range(3)]
+    assert [e.delay for e in rec.of(ChildRestarting)] == expected
+    assert [e.attempt for e in rec.of(ChildRestarting)] == [1, 2, 3]
+
+
+# -- IGNORE, and a start_child that fails -----------------------------------------------
+
+
+def test_a_child_ignoring_its_start_is_stopped_with_its_reason() -> None:
+    rec = Recorder()
+    controls("b").ignore = True
+    with sessions.start(config(["a", "b"])) as system:
+        system.subscribe(rec)
+        assert _refusal(system.get("b")) == (
+            "resource 'b' chose not to run (its connect() returned IGNORE)")
+        assert system.get("b").state == "stopped"
+        assert not rec.of(ChildFaulted) and not rec.of(ChildRestarting)
+        system.start_child("d", {"kind": "tests.kinds:Probe"})  # the cursor went on
+        controls("e").ignore = True
+        e = system.start_child("e", {"kind": "tests.kinds:Probe"})  # not a failure
+        assert e.state == "stopped"
+        assert rec.wait_for(lambda e: isinstance(e, ChildStopped)) == [
+            ChildStopped("root", "e", "ignored: connect() returned IGNORE")]
+        assert [c.name for c in system.which_children()] == ["a", "b", "d", "e"]
+        controls("b").ignore = False
+        system.restart_child("b")
+        assert system.get("b").echo("now").result() == "now"
+
+
+def _adding(system: sessions.System, name: str, spec: dict[str, Any]
+            ) -> tuple[Any, sessions.Handle]:
+    """start_child(name) on another thread; its handle, got while it still connects."""
+    outcome: dict[str, Any] = {}
+
+    def add() -> None:
+        try:
+            outcome["handle"] = system.start_child(name, spec)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=add)
+    thread.start()
+
+    def visible() -> bool:
+        try:
+            system.get(name)
+        except KeyError:
+            return False
+        return True
+
+    wait_until(visible, what=f"{name} being added")
+    return (thread, outcome), system.get(name)
+
+
+def test_a_start_child_whose_connect_fails_refuses_what_was_queued_meanwhile() -> None:
+    rec = Recorder()
+    gate = threading.Event()
+    controls("x").connect_gate = gate
+    controls("x").fail_connects = 1
+    with sessions.start(config(["a"])) as system:
+        system.subscribe(rec)
+        (thread, outcome), x = _adding(system, "x", {"kind": "tests.kinds:Probe"})
+        assert x.state == "starting"
+        queued = x.echo(1)
+        gate.set()
+        thread.join()
+        err = outcome["error"]
+        assert isinstance(err, sessions.ResourceUnavailable)
+        assert str(err) == ("resource 'x' failed to start: "
+                            "ProbeBroken('connect refused (attempt 1)')")
+        assert err.resource == "x"
+        assert isinstance(err.__cause__, ConnectionError)
+        with pytest.raises(sessions.ResourceUnavailable) as refused:
+            queued.result()
+        assert str(refused.value) == "probe 'x' failed to start"
+        assert x.state == "stopped"
+        assert [c.name for c in system.which_children()] == ["a"]
+        assert not rec.of(ChildFaulted) and not rec.of(ChildRestarting)
+        assert system.get("a").echo(2).result() == 2
+
+
+def test_a_pool_added_with_a_member_failing_stops_the_members_started() -> None:
+    controls("p#1").fail_connects = 1
+    with sessions.start(config(["a"])) as system:
+        LIFECYCLE.clear()
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.start_child("p", {"kind": "tests.kinds:Probe", "pool_size": 2})
+        assert str(info.value) == ("resource 'p' failed to start: "
+                                   "ProbeBroken('connect refused (attempt 1)')")
+        assert info.value.resource == "p"
+        assert _order() == ["start p#0", "stop p#0"]
+        assert [c.name for c in system.which_children()] == ["a"]
+        with pytest.raises(KeyError):
+            system.get("p")
+        system.start_child("p", {"kind": "tests.kinds:Probe", "pool_size": 2})
+        assert system.get("p").echo(3).result() == 3
