@@ -288,3 +288,57 @@ def test_a_pool_added_with_a_member_failing_stops_the_members_started() -> None:
             system.get("p")
         system.start_child("p", {"kind": "tests.kinds:Probe", "pool_size": 2})
         assert system.get("p").echo(3).result() == 3
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shutdown", "how"), [
+    (0.1, "was stopped (stall did not finish within shutdown_timeout=0.1s)"),
+    ("brutal_kill", "was stopped with shutdown_timeout = brutal_kill"),
+])
+def test_terminating_a_child_in_a_call_fails_the_call_saying_how(shutdown: Any,
+                                                                 how: str) -> None:
+    cfg = config({"a": {"shutdown_timeout": shutdown, "call_timeout": 30,
+                        "stall_timeout": 60}})
+    with sessions.start(cfg) as system:
+        started = threading.Event()
+        stuck = system.get("a").stall(started)
+        assert started.wait(5)
+        system.terminate_child("a")
+        assert str(stuck.exception(0)) == (
+            f"call stall() on resource 'a' was in progress when resource 'a' {how}; "
+            "its outcome is unknown")
+        assert controls("a").aborts == 1
+        assert _refusal(system.get("a")) == "probe 'a' was terminated (terminated)"
+
+
+# -- building the tree ----------------------------------------------------------------
+
+
+class Picky(sessions.ResourceActor):
+    """A kind whose constructor rejects some values of its options."""
+
+    kind = "picky"
+
+    def __init__(self, port: int = 1, error: str = "ValueError") -> None:
+        super().__init__()
+        if port < 1:
+            raise {"ValueError": ValueError, "TypeError": TypeError}[error](
+                f"port must be >= 1, got {port}")
+
+    def connect(self) -> object:
+        return object()
+
+
+@pytest.mark.parametrize("error", ["ValueError", "TypeError"])
+@pytest.mark.parametrize("pool_size", [1, 3])
+def test_a_constructor_rejecting_its_options_is_a_config_error(error: str,
+                                                              pool_size: int) -> None:
+    kind = "tests.test_tree:Picky"
+    cfg = {"resources": {"p": {"kind": kind, "port": 0, "error": error,
+                               "pool_size": pool_size}}}
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(cfg)
+    assert info.value.errors == [
+        ("resources.p", f"kind '{kind}' rejected its options: port must be >= 1, got 0")]
