@@ -342,3 +342,80 @@ def test_a_constructor_rejecting_its_options_is_a_config_error(error: str,
         sessions.start(cfg)
     assert info.value.errors == [
         ("resources.p", f"kind '{kind}' rejected its options: port must be >= 1, got 0")]
+
+
+# -- the supervision thread -------------------------------------------------------------
+
+
+def test_a_call_queued_while_nobody_serves_times_out_unstarted() -> None:
+    """The supervision thread expires queued calls of a resource waiting out its backoff
+    (no incarnation runs to do it)."""
+    with sessions.start(config({"a": {"call_timeout": 0.05}}, backoff=SLOW)) as system:
+        a = system.get("a")
+        _break(system, "a")
+        assert a.state == "restarting"
+        late = a.echo(1)
+        expired = threading.Event()
+        late.add_done_callback(lambda _: expired.set())  # no waiting caller expires it
+        assert expired.wait(10)
+        error = late.exception(0)
+        assert isinstance(error, sessions.CallTimeout)
+        assert error.started is False and error.resource == "a"
+        assert a.queued == 0
+        assert system.stats("a").outcomes["timeout"] == 1
+
+
+def test_requests_after_stop_are_answered_on_the_callers_thread() -> None:
+    system = sessions.start(config(["a"]))
+    system.stop()
+    with pytest.raises(sessions.ResourceUnavailable) as info:
+        system.restart_child("a")
+    assert str(info.value) == "supervisor 'root' is stopped"
+    assert info.value.resource == "a"
+    with pytest.raises(sessions.ResourceUnavailable) as added:
+        system.start_child("b", {"kind": "tests.kinds:Probe"})
+    assert str(added.value) == "supervisor 'root' is stopped"
+    assert added.value.resource == "b"
+    assert [c.name for c in system.which_children()] == ["a"]
+
+
+def test_requests_to_a_supervisor_that_gave_up_are_refused() -> None:
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"}, "z": {}}, max_restarts=5,
+                 supervisors={"field": {"max_restarts": 0, "restart": "temporary"}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        _break(system, "x")
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "field")
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.start_child("y", {"kind": "tests.kinds:Probe"}, supervisor="field")
+        assert str(info.value) == "supervisor 'field' is stopped"
+        x = system.get("x")
+        assert x.state == "stopped"
+        assert _refusal(x) == (
+            "temporary supervisor 'field' is not restarted after a fault: supervisor "
+            "'field' gave up: more than 0 restarts within 5.0s; last: 'x': break_it: "
+            "ProbeBroken('link lost')")
+
+
+def test_the_children_of_a_supervisor_that_gave_up_refuse_until_it_restarts() -> None:
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"}, "y": {"supervisor": "field"}},
+                 max_restarts=5, backoff=SLOW, supervisors={"field": {"max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        x, y = system.get("x"), system.get("y")
+        _break(system, "x")
+        rec.wait_for(lambda e: isinstance(e, ChildRestarting) and e.name == "field")
+        assert [(c.name, c.state) for c in system.which_children("field")] == [
+            ("x", "failed"), ("y", "failed")]
+        assert system.which_children()[0].state == "restarting"
+        gave_up = ("supervisor 'field' gave up: more than 0 restarts within 5.0s; "
+                   "last: 'x': break_it: ProbeBroken('link lost')")
+        assert _refusal(y) == gave_up
+        assert system.status()["children"][0]["last_fault"] == gave_up
+        LIFECYCLE.clear()
+        system.restart_child("field")
+        assert _order() == ["start x", "start y"]
+        assert (x.echo(1).result(), y.echo(2).result()) == (1, 2)
+        assert system.which_children()[0].restarts == 1
