@@ -419,3 +419,50 @@ def test_the_children_of_a_supervisor_that_gave_up_refuse_until_it_restarts() ->
         assert _order() == ["start x", "start y"]
         assert (x.echo(1).result(), y.echo(2).result()) == (1, 2)
         assert system.which_children()[0].restarts == 1
+
+
+# -- auto_shutdown ------------------------------------------------------------------------
+
+
+def test_auto_shutdown_at_the_root_stops_the_whole_tree() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "w": {"restart": "transient", "significant": True}, "c": {}},
+                 auto_shutdown="any_significant")
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        assert system.get("w").finish().result() == "bye"
+        wait_until(lambda: system.state == "stopped", what="the tree stopped")
+        why = ("supervisor 'root' shut down: significant child 'w' ended "
+               "(auto_shutdown = any_significant)")
+        assert _refusal(system.get("a")) == why
+        assert _refusal(system.get("c")) == why
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "stopped"), ("w", "stopped"), ("c", "stopped")]
+        wait_until(lambda: len(LIFECYCLE) == 3, what="every stop")
+        assert _order() == ["stop w", "stop c", "stop a"]
+        assert system.failure is None
+    assert [e for e in rec.events if not isinstance(e, ChildStopped)] == []
+    assert rec.of(ChildStopped) == [ChildStopped("root", "w", "exited normally: job done")]
+
+
+def test_normal_exits_by_restart_type() -> None:
+    rec = Recorder()
+    cfg = config({"p": {}, "t": {"restart": "transient"}, "x": {"restart": "temporary"}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        for name in "ptx":
+            assert system.get(name).finish().result() == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "p")
+        rec.wait_for(lambda e: isinstance(e, ChildStopped), count=2)
+        assert _refusal(system.get("t")) == "resource 't' stopped normally (job done)"
+        assert _refusal(system.get("x")) == "resource 'x' stopped normally (job done)"
+        assert [(c.name, c.state, c.restarts) for c in system.which_children()] == [
+            ("p", "running", 1), ("t", "stopped", 0), ("x", "stopped", 0)]
+    assert rec.of(ChildFaulted) == [
+        ChildFaulted("root", "p", "exited normally (job done) but is permanent", False)]
+    assert rec.of(ChildStopped)[:2] == [
+        ChildStopped("root", "t", "exited normally: job done"),
+        ChildStopped("root", "x", "exited normally: job done")]
+    assert rec.of(ChildStopped)[2:] == [
+        ChildStopped("root", "p", "the system is stopping")]
