@@ -466,3 +466,25 @@ def test_normal_exits_by_restart_type() -> None:
         ChildStopped("root", "x", "exited normally: job done")]
     assert rec.of(ChildStopped)[2:] == [
         ChildStopped("root", "p", "the system is stopping")]
+
+
+def test_a_pool_call_skips_a_member_that_chose_not_to_run() -> None:
+    """No member running, one of them refusing (its connect() returned IGNORE): the
+    call waits on the member that will serve again, not on the refusing one."""
+    rec = Recorder()
+    controls("db#0").ignore = True
+    with sessions.start(config({"db": {"pool_size": 2}}, backoff=SLOW)) as system:
+        system.subscribe(rec)
+        db = system.get("db")
+        with pytest.raises(sessions.ResourceFault) as info:
+            db.break_it().result()
+        assert (info.value.resource, info.value.method) == ("db#1", "break_it")
+        rec.wait_for(lambda e: isinstance(e, ChildRestarting) and e.name == "db#1")
+        assert db.state == "restarting"
+        queued = db.whoami()
+        assert not queued.done()
+        assert queued.method == "whoami"
+        system.restart_child("db")
+        assert queued.result()[0] == "sessions-db#1"
+        assert [c["state"] for c in system.status()["children"][0]["children"]] == [
+            "stopped", "running"]
