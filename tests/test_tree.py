@@ -488,3 +488,20 @@ def test_a_pool_call_skips_a_member_that_chose_not_to_run() -> None:
         assert queued.result()[0] == "sessions-db#1"
         assert [c["state"] for c in system.status()["children"][0]["children"]] == [
             "stopped", "running"]
+
+
+def test_a_pool_has_its_name_kind_and_one_breaker() -> None:
+    cfg = config({"db": {"pool_size": 2, "breaker": {"failures": 1, "reset_timeout": 60}}},
+                 max_restarts=10)
+    with sessions.start(cfg, clock=FakeClock()) as system:
+        db = system.get("db")
+        assert (db.name, db.kind, db.circuit) == ("db", "probe", "closed")
+        with pytest.raises(AttributeError, match="resource 'db' \\(kind 'probe'\\)"):
+            db.nope  # noqa: B018
+        _break(system, "db")
+        refused = db.echo(1)
+        assert refused.done()
+        with pytest.raises(sessions.ResourceUnavailable, match="circuit open"):
+            refused.result()
+        assert db.circuit == "open"
+        assert system.status()["children"][0]["circuit"] == "open"
