@@ -505,3 +505,68 @@ def test_a_pool_has_its_name_kind_and_one_breaker() -> None:
             refused.result()
         assert db.circuit == "open"
         assert system.status()["children"][0]["circuit"] == "open"
+
+
+def test_auto_shutdown_cascades_through_a_significant_supervisor() -> None:
+    """task shuts down when its significant w ends; task is itself significant (and
+    transient) in job, so job shuts down too; root (a one_for_one, never) keeps b."""
+    rec = Recorder()
+    cfg = config(
+        {"a": {"supervisor": "job"}, "w": {"supervisor": "task", "restart": "transient",
+                                           "significant": True}, "b": {}},
+        supervisors={
+            "job": {"auto_shutdown": "any_significant", "restart": "transient"},
+            "task": {"parent": "job", "auto_shutdown": "any_significant",
+                     "restart": "transient", "significant": True},
+        })
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        assert system.get("w").finish().result() == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "job")
+        assert [(e.supervisor, e.name, e.reason) for e in rec.of(ChildStopped)] == [
+            ("task", "w", "exited normally: job done"),
+            ("job", "task", "auto_shutdown: significant child 'w' ended"),
+            ("root", "job", "auto_shutdown: significant child 'task' ended"),
+        ]
+        assert _order() == ["stop w", "stop a"]
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("job", "stopped"), ("b", "running")]
+        assert _refusal(system.get("a")) == (
+            "supervisor 'job' shut down: significant child 'task' ended "
+            "(auto_shutdown = any_significant)")
+        assert system.get("b").echo(1).result() == 1
+        assert not rec.of(ChildFaulted)
+
+
+def test_all_significant_ignores_children_that_are_not_significant() -> None:
+    """A running sub-supervisor that is not significant does not keep an
+    all_significant supervisor up."""
+    rec = Recorder()
+    cfg = config(
+        {"a": {"supervisor": "inner"}, "w": {"supervisor": "job", "restart": "transient",
+                                             "significant": True}},
+        supervisors={"job": {"auto_shutdown": "all_significant", "restart": "transient"},
+                     "inner": {"parent": "job"}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("w").finish().result()
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "job")
+        assert stopped[0].reason == "auto_shutdown: significant child 'w' ended"
+        assert system.get("a").state == "stopped"
+
+
+def test_a_supervisor_that_is_not_significant_ending_leaves_its_parent_up() -> None:
+    rec = Recorder()
+    cfg = config(
+        {"a": {"supervisor": "inner"}, "b": {"supervisor": "job"}},
+        supervisors={"job": {"auto_shutdown": "any_significant", "restart": "transient"},
+                     "inner": {"parent": "job", "restart": "temporary", "max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "inner")
+        assert system.get("b").echo("up").result() == "up"
+        assert [(c.name, c.state) for c in system.which_children("job")] == [
+            ("inner", "stopped"), ("b", "running")]
+    assert [e.name for e in rec.of(ChildStopped)] == ["inner", "b"]
