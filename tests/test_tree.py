@@ -570,3 +570,78 @@ def test_a_supervisor_that_is_not_significant_ending_leaves_its_parent_up() -> N
         assert [(c.name, c.state) for c in system.which_children("job")] == [
             ("inner", "stopped"), ("b", "running")]
     assert [e.name for e in rec.of(ChildStopped)] == ["inner", "b"]
+
+
+# -- events and counters ----------------------------------------------------------------
+
+
+def test_started_events_name_the_supervisor_kind_and_restart_count() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "x": {"supervisor": "field"}}, max_restarts=5,
+                 supervisors={"field": {"max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        _break(system, "x")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field")
+        system.restart_child("a")
+    assert rec.of(ChildStarted) == [
+        ChildStarted("root", "a", "probe", 1),
+        ChildStarted("field", "x", "probe", 1),
+        ChildStarted("root", "field", "supervisor", 1),
+        ChildStarted("root", "a", "probe", 2),
+    ]
+
+
+def test_stop_reports_every_running_resource_in_reverse_start_order() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "x": {"supervisor": "field"}, "y": {"supervisor": "field"},
+                  "b": {}, "t": {"restart": "transient"}},
+                 supervisors={"field": {}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("t").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+    assert [(e.supervisor, e.name, e.reason) for e in rec.of(ChildStopped)][1:] == [
+        ("root", "b", "the system is stopping"),
+        ("field", "y", "the system is stopping"),
+        ("field", "x", "the system is stopping"),
+        ("root", "a", "the system is stopping"),
+    ]
+    assert system.state == "stopped"
+    assert _refusal(system.get("a")) == "the system is stopping"
+
+
+def test_a_group_restart_announces_every_member_with_the_faulting_childs_attempt() -> None:
+    rec = Recorder()
+    backoff = {"initial": 0.01, "multiplier": 2.0, "max": 1.0, "jitter": 0.0}
+    cfg = config(["a", "b", "c"], strategy="rest_for_one", max_restarts=10, period=60,
+                 backoff=backoff)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        controls("b").fail_connects = 1
+        _break(system, "b")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "c")
+    assert [(e.name, e.attempt, e.delay) for e in rec.of(ChildRestarting)] == [
+        ("b", 1, 0.01), ("c", 1, 0.01),  # the fault
+        ("b", 2, 0.02), ("c", 2, 0.02),  # b failing to start restarts the rest again
+    ]
+    faults = rec.of(ChildFaulted)
+    assert faults == [
+        ChildFaulted("root", "b", "break_it: ProbeBroken('link lost')", False),
+        ChildFaulted("root", "b", "start failed: ProbeBroken('connect refused (attempt 2)')",
+                     True),
+    ]
+    assert system.get("a").restarts == 0
+
+
+def test_a_pool_sums_its_members_call_statistics() -> None:
+    with sessions.start(config({"db": {"pool_size": 2}})) as system:
+        db = system.get("db")
+        assert [db.echo(i).result() for i in range(5)] == list(range(5))
+        with pytest.raises(ValueError):
+            db.fail().result()
+        assert system.stats("db").outcomes["ok"] == 5
+        assert system.status()["children"][0]["calls"]["error"] == 1
+        assert system.status()["children"][0]["abandoned"] == 0
