@@ -645,3 +645,132 @@ def test_a_pool_sums_its_members_call_statistics() -> None:
         assert system.stats("db").outcomes["ok"] == 5
         assert system.status()["children"][0]["calls"]["error"] == 1
         assert system.status()["children"][0]["abandoned"] == 0
+
+
+# -- intensity and backoff with a fake clock ------------------------------------------------
+
+
+def _attempts(rec: Recorder) -> list[int]:
+    return [e.attempt for e in rec.of(ChildRestarting)]
+
+
+def test_the_backoff_starts_over_after_running_exactly_one_period() -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    cfg = config(["a"], max_restarts=10, period=5)
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        for i in range(2):
+            _break(system, "a")
+            rec.wait_for(lambda e: isinstance(e, ChildStarted), count=i + 1)
+        clock.advance(5)  # served a whole period: the next fault is a first one again
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted), count=3)
+        assert _attempts(rec) == [1, 2, 1]
+
+
+def test_a_failed_start_never_starts_the_backoff_over() -> None:
+    """However long ago the last successful start was, a connect failing is one more
+    consecutive failure."""
+    clock = FakeClock()
+    rec = Recorder()
+    cfg = config(["a"], max_restarts=10, period=5)
+    with sessions.start(cfg, clock=clock) as system:
+        system.subscribe(rec)
+        clock.advance(100)
+        controls("a").fail_connects = 2
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        assert _attempts(rec) == [1, 2, 3]
+
+
+def test_intensity_counts_restarts_within_the_period_exactly() -> None:
+    """max_restarts = 1 within 5 s: a second restart 5 s after the first is allowed (the
+    window is exact), one 4.9 s after it gives up."""
+    clock = FakeClock()
+    rec = Recorder()
+    with sessions.start(config(["a"], max_restarts=1, period=5), clock=clock) as system:
+        system.subscribe(rec)
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        clock.advance(5)
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted), count=2)
+        clock.advance(4.9)
+        _break(system, "a")
+        gave_up = rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
+        assert gave_up == [SupervisorGaveUp(
+            "root", "more than 1 restarts within 5.0s; last: 'a': "
+                    "break_it: ProbeBroken('link lost')")]
+        assert system.state == "failed"
+        assert system.failure == ("supervisor 'root' gave up: more than 1 restarts within "
+                                  "5.0s; last: 'a': break_it: ProbeBroken('link lost')")
+        assert system.status()["last_fault"] == gave_up[0].reason
+        assert _refusal(system.get("a")) == system.failure
+
+
+# -- restart_child and terminate_child ---------------------------------------------------
+
+
+def test_restart_child_whose_connect_fails_raises_and_the_policy_retries() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a"], max_restarts=5)) as system:
+        system.subscribe(rec)
+        controls("a").fail_connects = 1
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.restart_child("a")
+        assert str(info.value) == ("resource 'a' failed to start: "
+                                   "ProbeBroken('connect refused (attempt 2)')")
+        assert info.value.resource == "a"
+        assert isinstance(info.value.__cause__, ConnectionError)
+        started = rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        assert started == [ChildStarted("root", "a", "probe", 1)]
+        assert rec.of(ChildFaulted) == [ChildFaulted(
+            "root", "a", "start failed: ProbeBroken('connect refused (attempt 2)')", True)]
+        assert system.get("a").generation().result() == 3
+
+
+def test_terminating_a_child_fails_a_restart_child_waiting_for_it() -> None:
+    gate = threading.Event()
+    with sessions.start(config({"a": {"shutdown_timeout": "brutal_kill"}})) as system:
+        controls("a").connect_gate = gate  # aborted by the stop
+        outcome: dict[str, BaseException] = {}
+
+        def restart() -> None:
+            try:
+                system.restart_child("a")
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        waiter = threading.Thread(target=restart)
+        waiter.start()
+        wait_until(lambda: system.get("a").state == "restarting", what="a restarting")
+        system.terminate_child("a")
+        waiter.join()
+        gate.set()
+        error = outcome["error"]
+        assert isinstance(error, sessions.ResourceUnavailable)
+        assert str(error) == "probe 'a' was terminated (terminated)"
+        assert error.resource == "a"
+        assert system.get("a").state == "stopped"
+
+
+def test_terminating_a_supervisor_stops_its_subtree_until_restart_child() -> None:
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"}, "y": {"supervisor": "field"}, "b": {}},
+                 supervisors={"field": {}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        LIFECYCLE.clear()
+        system.terminate_child("field")
+        assert _order() == ["stop y", "stop x"]
+        assert rec.wait_for(lambda e: isinstance(e, ChildStopped)) == [
+            ChildStopped("root", "field", "terminated")]
+        assert _refusal(system.get("x")) == "supervisor 'field' was terminated (terminated)"
+        assert [(c.name, c.state) for c in system.which_children("field")] == [
+            ("x", "stopped"), ("y", "stopped")]
+        assert system.which_children()[0].state == "stopped"
+        system.restart_child("field")
+        assert _order() == ["stop y", "stop x", "start x", "start y"]
+        assert system.get("y").echo(1).result() == 1
+        assert system.which_children()[0].restarts == 1
