@@ -774,3 +774,30 @@ def test_terminating_a_supervisor_stops_its_subtree_until_restart_child() -> Non
         assert _order() == ["stop y", "stop x", "start x", "start y"]
         assert system.get("y").echo(1).result() == 1
         assert system.which_children()[0].restarts == 1
+
+
+# -- a supervisor's restart ---------------------------------------------------------------
+
+
+def test_a_restarting_supervisor_and_its_children_are_restarting_until_they_run() -> None:
+    rec = Recorder()
+    gate = threading.Event()
+    cfg = config({"x": {"supervisor": "field"}, "y": {"supervisor": "field"}},
+                 max_restarts=5, supervisors={"field": {"max_restarts": 0}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        dyn = system.start_child("dyn", {"kind": "tests.kinds:Probe"}, supervisor="field")
+        controls("x").connect_gate = gate
+        _break(system, "y")
+        wait_until(lambda: controls("x").connects == 1 and system.get("x").state == "restarting"
+                   and rec.of(ChildStopped), what="field restarting")
+        assert [(c.name, c.state) for c in system.which_children()] == [("field", "restarting")]
+        assert [(c.name, c.state) for c in system.which_children("field")] == [
+            ("x", "restarting"), ("y", "restarting")]
+        assert system.state == "running"
+        gate.set()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field")
+        assert [c.state for c in system.which_children("field")] == ["running", "running"]
+        why = "its supervisor 'field' restarted from its spec"
+        assert rec.of(ChildStopped) == [ChildStopped("field", "dyn", f"removed: {why}")]
+        assert _refusal(dyn) == f"probe 'dyn' was removed: {why}"
