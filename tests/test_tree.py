@@ -6,6 +6,7 @@ and the exact texts and fields of events and refusals."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from typing import Any
 
@@ -801,3 +802,28 @@ def test_a_restarting_supervisor_and_its_children_are_restarting_until_they_run(
         why = "its supervisor 'field' restarted from its spec"
         assert rec.of(ChildStopped) == [ChildStopped("field", "dyn", f"removed: {why}")]
         assert _refusal(dyn) == f"probe 'dyn' was removed: {why}"
+
+
+# -- stalls -------------------------------------------------------------------------------
+
+
+def test_a_stall_past_twice_the_call_timeout_is_a_fault_saying_so() -> None:
+    """No stall_timeout: twice call_timeout. The fault and the caller's error name the
+    call and the limit."""
+    rec = Recorder()
+    with sessions.start(config({"a": {"call_timeout": 0.1}})) as system:
+        system.subscribe(rec)
+        started = threading.Event()
+        stuck = system.get("a").stall(started)
+        assert started.wait(5)
+        error = stuck.exception(10)
+        assert isinstance(error, sessions.ResourceFault)
+        assert str(error) == (
+            "call stall() on resource 'a' was in progress when resource 'a' stalled "
+            "(call stall() ran past stall_timeout=0.2s); its outcome is unknown")
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert (fault.supervisor, fault.name, fault.during_start) == ("root", "a", False)
+        assert re.fullmatch(r"call stall\(\) stalled: still running after [0-9.e+-]+s "
+                            r"\(stall_timeout=0.2s\)", fault.error), fault.error
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        assert system.status()["children"][0]["last_fault"] == fault.error
