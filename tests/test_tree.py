@@ -827,3 +827,46 @@ def test_a_stall_past_twice_the_call_timeout_is_a_fault_saying_so() -> None:
                             r"\(stall_timeout=0.2s\)", fault.error), fault.error
         rec.wait_for(lambda e: isinstance(e, ChildStarted))
         assert system.status()["children"][0]["last_fault"] == fault.error
+
+
+def _restart_in_thread(system: sessions.System, name: str) -> tuple[threading.Thread,
+                                                                      dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def restart() -> None:
+        try:
+            system.restart_child(name)
+            outcome["ok"] = True
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_restart_child_waiting_when_the_supervisor_gives_up_fails_with_why() -> None:
+    with sessions.start(config(["a", "b"], max_restarts=0)) as system:
+        controls("a").fail_connects = 1
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.restart_child("a")
+        assert str(info.value) == (
+            "supervisor 'root' gave up: more than 0 restarts within 5.0s; last: 'a': "
+            "start failed: ProbeBroken('connect refused (attempt 2)')")
+        assert info.value.resource == "root"
+        assert system.state == "failed"
+
+
+def test_stop_fails_a_restart_child_still_waiting() -> None:
+    gate = threading.Event()
+    system = sessions.start(config({"a": {"shutdown_timeout": "brutal_kill"}}))
+    controls("a").connect_gate = gate
+    thread, outcome = _restart_in_thread(system, "a")
+    wait_until(lambda: controls("a").connects == 1 and system.get("a").state == "restarting",
+               what="a reconnecting")
+    system.stop()
+    thread.join()
+    error = outcome["error"]
+    assert isinstance(error, sessions.ResourceUnavailable)
+    assert str(error) == "the system is stopping"
+    assert error.resource == "root"
