@@ -870,3 +870,62 @@ def test_stop_fails_a_restart_child_still_waiting() -> None:
     assert isinstance(error, sessions.ResourceUnavailable)
     assert str(error) == "the system is stopping"
     assert error.resource == "root"
+
+
+def _job_with_a_busy_child(strategy: str = "one_for_one",
+                           restart: str = "transient") -> dict[str, Any]:
+    return config(
+        {"a": {"supervisor": "job", "shutdown_timeout": 30, "call_timeout": 30,
+               "stall_timeout": 60},
+         "w": {"supervisor": "job", "restart": "transient", "significant": True},
+         "b": {}},
+        strategy=strategy, max_restarts=10,
+        supervisors={"job": {"auto_shutdown": "any_significant", "restart": restart}})
+
+
+def test_an_auto_shutdown_overtaken_by_a_group_restart_is_not_reported() -> None:
+    """job is still stopping a (its call runs on) when b's fault restarts the whole
+    group: job's exit is no longer news, the group restart brings it back."""
+    rec = Recorder()
+    with sessions.start(_job_with_a_busy_child("one_for_all")) as system:
+        system.subscribe(rec)
+        started, release = threading.Event(), threading.Event()
+        busy = system.get("a").block(started, release)
+        assert started.wait(5)
+        system.get("w").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "w")
+        wait_until(lambda: system.which_children()[0].state == "stopped", what="job stopping")
+        _break(system, "b")
+        release.set()
+        assert busy.result() == "released"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
+        assert system.get("a").echo(1).result() == 1
+    assert [(e.supervisor, e.name) for e in rec.of(ChildStopped)
+            if "system is stopping" not in e.reason] == [("job", "w")]
+
+
+def test_an_auto_shutdown_ending_while_the_system_stops_is_not_acted_on() -> None:
+    """job (permanent) is still stopping a when the system is stopped: its exit neither
+    reports nor restarts it."""
+    rec = Recorder()
+    release = threading.Event()
+
+    def release_on_stop(event: Any) -> None:
+        if isinstance(event, ChildStopped) and event.reason == "the system is stopping":
+            release.set()
+
+    system = sessions.start(_job_with_a_busy_child(restart="permanent"))
+    system.subscribe(rec)
+    started = threading.Event()
+    busy = system.get("a").block(started, release)
+    assert started.wait(5)
+    system.get("w").finish().result()
+    rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "w")
+    wait_until(lambda: system.which_children()[0].state == "stopped", what="job stopping")
+    system.subscribe(release_on_stop)
+    system.stop()
+    assert busy.result() == "released"
+    assert [(e.supervisor, e.name, e.reason) for e in rec.of(ChildStopped)] == [
+        ("job", "w", "exited normally: job done"),
+        ("root", "b", "the system is stopping")]
+    assert not rec.of(ChildFaulted)
