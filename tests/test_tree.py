@@ -789,6 +789,7 @@ def test_a_restarting_supervisor_and_its_children_are_restarting_until_they_run(
         system.subscribe(rec)
         dyn = system.start_child("dyn", {"kind": "tests.kinds:Probe"}, supervisor="field")
         controls("x").connect_gate = gate
+        LIFECYCLE.clear()
         _break(system, "y")
         wait_until(lambda: controls("x").connects == 1 and system.get("x").state == "restarting"
                    and rec.of(ChildStopped), what="field restarting")
@@ -799,6 +800,8 @@ def test_a_restarting_supervisor_and_its_children_are_restarting_until_they_run(
         gate.set()
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "field")
         assert [c.state for c in system.which_children("field")] == ["running", "running"]
+        # a supervisor's own start goes strictly in order, even under one_for_one
+        assert _order() == ["stop y", "stop dyn", "stop x", "start x", "start y"]
         why = "its supervisor 'field' restarted from its spec"
         assert rec.of(ChildStopped) == [ChildStopped("field", "dyn", f"removed: {why}")]
         assert _refusal(dyn) == f"probe 'dyn' was removed: {why}"
@@ -929,3 +932,24 @@ def test_an_auto_shutdown_ending_while_the_system_stops_is_not_acted_on() -> Non
         ("job", "w", "exited normally: job done"),
         ("root", "b", "the system is stopping")]
     assert not rec.of(ChildFaulted)
+
+
+def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
+    rec = Recorder()
+    gate = threading.Event()
+    cfg = config({"a": {"connect_timeout": 0.05}}, max_restarts=5, backoff=SLOW)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        controls("a").connect_gate = gate
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            system.restart_child("a")
+        why = "TimeoutError('connect() did not finish within connect_timeout=0.05s')"
+        assert str(info.value) == f"resource 'a' failed to start: {why}"
+        assert isinstance(info.value.__cause__, TimeoutError)
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))
+        assert fault == [ChildFaulted("root", "a", f"start failed: {why}", True)]
+        assert system.get("a").state == "restarting"
+        wait_until(lambda: controls("a").aborts == 1, what="the connect aborted")
+        gate.set()
+        system.restart_child("a")
+        assert system.get("a").echo(1).result() == 1
