@@ -953,3 +953,37 @@ def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
         gate.set()
         system.restart_child("a")
         assert system.get("a").echo(1).result() == 1
+
+
+def test_a_permanent_supervisor_that_shut_down_is_restarted_as_a_fault() -> None:
+    rec = Recorder()
+    cfg = config(
+        {"a": {"supervisor": "job"},
+         "w": {"supervisor": "job", "restart": "transient", "significant": True}},
+        supervisors={"job": {"auto_shutdown": "any_significant"}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("w").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "job")
+        assert system.get("w").echo("back").result() == "back"
+    why = "significant child 'w' ended"
+    assert rec.of(ChildFaulted) == [
+        ChildFaulted("root", "job", f"exited normally ({why}) but is permanent", False)]
+    assert rec.of(ChildStopped)[:2] == [
+        ChildStopped("job", "w", "exited normally: job done"),
+        ChildStopped("root", "job", f"auto_shutdown: {why}")]
+    assert [(e.name, e.attempt) for e in rec.of(ChildRestarting)] == [("job", 1)]
+
+
+def test_a_child_that_had_ended_stays_stopped_when_its_supervisor_gives_up() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "t": {"restart": "transient"}}, max_restarts=0)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("t").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("a", "failed"), ("t", "stopped")]
+        assert _refusal(system.get("t")) == system.failure
