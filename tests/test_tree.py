@@ -5,6 +5,7 @@ and the exact texts and fields of events and refusals."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -425,7 +426,9 @@ def test_the_children_of_a_supervisor_that_gave_up_refuse_until_it_restarts() ->
 # -- auto_shutdown ------------------------------------------------------------------------
 
 
-def test_auto_shutdown_at_the_root_stops_the_whole_tree() -> None:
+def test_auto_shutdown_at_the_root_stops_the_whole_tree(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sessions.supervisor")
     rec = Recorder()
     cfg = config({"a": {}, "w": {"restart": "transient", "significant": True}, "c": {}},
                  auto_shutdown="any_significant")
@@ -443,6 +446,8 @@ def test_auto_shutdown_at_the_root_stops_the_whole_tree() -> None:
         wait_until(lambda: len(LIFECYCLE) == 3, what="every stop")
         assert _order() == ["stop w", "stop c", "stop a"]
         assert system.failure is None
+        # no event tells of the root's own end: the log does
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [why]
     assert [e for e in rec.events if not isinstance(e, ChildStopped)] == []
     assert rec.of(ChildStopped) == [ChildStopped("root", "w", "exited normally: job done")]
 
@@ -987,3 +992,21 @@ def test_a_child_that_had_ended_stays_stopped_when_its_supervisor_gives_up() -> 
         assert [(c.name, c.state) for c in system.which_children()] == [
             ("a", "failed"), ("t", "stopped")]
         assert _refusal(system.get("t")) == system.failure
+
+
+def test_auto_shutdown_at_the_root_fails_a_restart_child_waiting() -> None:
+    gate = threading.Event()
+    cfg = config({"g": {"shutdown_timeout": "brutal_kill"},
+                  "w": {"restart": "transient", "significant": True}},
+                 auto_shutdown="any_significant")
+    with sessions.start(cfg) as system:
+        controls("g").connect_gate = gate  # aborted by the stop
+        thread, outcome = _restart_in_thread(system, "g")
+        wait_until(lambda: system.get("g").state == "restarting", what="g restarting")
+        system.get("w").finish().result()
+        thread.join()
+        error = outcome["error"]
+        assert isinstance(error, sessions.ResourceUnavailable)
+        assert str(error) == ("supervisor 'root' shut down: significant child 'w' ended "
+                              "(auto_shutdown = any_significant)")
+        assert error.resource == "root"
