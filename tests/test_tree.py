@@ -1010,3 +1010,18 @@ def test_auto_shutdown_at_the_root_fails_a_restart_child_waiting() -> None:
         assert str(error) == ("supervisor 'root' shut down: significant child 'w' ended "
                               "(auto_shutdown = any_significant)")
         assert error.resource == "root"
+
+
+def test_start_raises_why_the_root_gave_up_while_starting() -> None:
+    controls("x").fail_connects = 99
+    cfg = config({"a": {}, "x": {"supervisor": "field"}}, max_restarts=0,
+                 supervisors={"field": {"max_restarts": 1}})
+    with pytest.raises(sessions.ResourceUnavailable) as info:
+        sessions.start(cfg)
+    field = ("supervisor 'field' gave up: more than 1 restarts within 5.0s; last: 'x': "
+             "start failed: ProbeBroken('connect refused (attempt 2)')")
+    assert str(info.value) == (f"supervisor 'root' gave up: more than 0 restarts within "
+                               f"5.0s; last: 'field': {field}")
+    assert info.value.resource == "root"
+    assert controls("x").connects == 2
+    assert [op for op, name in LIFECYCLE] == ["connect", "disconnect"]  # a, stopped again
