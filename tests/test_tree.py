@@ -940,9 +940,13 @@ def test_an_auto_shutdown_ending_while_the_system_stops_is_not_acted_on() -> Non
 
 
 def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
+    """The connect is aborted at once (not after shutdown_timeout), restart_child fails
+    saying why; the timer of a connect that finished in time does nothing."""
     rec = Recorder()
-    gate = threading.Event()
-    cfg = config({"a": {"connect_timeout": 0.05}}, max_restarts=5, backoff=SLOW)
+    gate, later = threading.Event(), threading.Event()
+    cfg = config({"a": {"connect_timeout": 0.05, "shutdown_timeout": 30},
+                  "b": {"connect_timeout": 0.1, "shutdown_timeout": "brutal_kill"}},
+                 max_restarts=5, backoff=SLOW)
     with sessions.start(cfg) as system:
         system.subscribe(rec)
         controls("a").connect_gate = gate
@@ -957,7 +961,15 @@ def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
         wait_until(lambda: controls("a").aborts == 1, what="the connect aborted")
         gate.set()
         system.restart_child("a")
-        assert system.get("a").echo(1).result() == 1
+        generation = system.get("a").generation().result()
+        # b's connect_timeout ends after a's: by then a's timer has been handled
+        controls("b").connect_gate = later
+        with pytest.raises(sessions.ResourceUnavailable, match="connect_timeout=0.1s"):
+            system.restart_child("b")
+        assert system.get("a").generation().result() == generation
+        assert [e.name for e in rec.wait_for(lambda e: isinstance(e, ChildFaulted), 2)] == [
+            "a", "b"]
+        later.set()
 
 
 def test_a_permanent_supervisor_that_shut_down_is_restarted_as_a_fault() -> None:
@@ -1025,3 +1037,15 @@ def test_start_raises_why_the_root_gave_up_while_starting() -> None:
     assert info.value.resource == "root"
     assert controls("x").connects == 2
     assert [op for op, name in LIFECYCLE] == ["connect", "disconnect"]  # a, stopped again
+
+
+def test_a_terminated_child_is_not_started_by_its_siblings_restart() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a", "b"])) as system:
+        system.subscribe(rec)
+        system.terminate_child("a")
+        _break(system, "b")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
+        system.restart_child("b")
+        assert system.get("a").state == "stopped"
+        assert controls("a").connects == 1
