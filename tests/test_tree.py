@@ -1049,3 +1049,28 @@ def test_a_terminated_child_is_not_started_by_its_siblings_restart() -> None:
         system.restart_child("b")
         assert system.get("a").state == "stopped"
         assert controls("a").connects == 1
+
+
+def test_the_log_tells_of_faults_and_give_ups(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sessions.supervisor")
+    with sessions.start(config(["a"], max_restarts=0)) as system:
+        _break(system, "a")
+        wait_until(lambda: system.state == "failed", what="the root gave up")
+    gave_up = ("supervisor 'root' gave up: more than 0 restarts within 5.0s; last: 'a': "
+               "break_it: ProbeBroken('link lost')")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "sessions.supervisor"] == [
+        ("WARNING", "probe 'a' faulted under 'root': break_it: ProbeBroken('link lost')"),
+        ("ERROR", gave_up)]
+
+
+def test_a_significant_child_under_a_supervisor_that_never_shuts_down() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "w": {"restart": "transient", "significant": True}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("w").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "w")
+        system.restart_child("a")  # the supervisor still serves requests
+        assert system.state == "running"
+        assert system.get("a").echo(1).result() == 1
