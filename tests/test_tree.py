@@ -15,6 +15,7 @@ import pytest
 
 import sessions
 from sessions.messages import (
+    CircuitChanged,
     ChildFaulted,
     ChildRestarting,
     ChildStarted,
@@ -1074,3 +1075,22 @@ def test_a_significant_child_under_a_supervisor_that_never_shuts_down() -> None:
         system.restart_child("a")  # the supervisor still serves requests
         assert system.state == "running"
         assert system.get("a").echo(1).result() == 1
+
+
+def test_a_fault_counts_once_toward_the_breaker_and_a_failed_start_names_itself() -> None:
+    rec = Recorder()
+    cfg = config({"a": {"breaker": {"failures": 2, "reset_timeout": 60}}}, max_restarts=10)
+    with sessions.start(cfg, clock=FakeClock()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        assert a.circuit == "closed"  # one failure, counted once
+        assert a.echo(1).result() == 1  # a success: no consecutive failures left
+        controls("a").fail_connects = 1
+        _break(system, "a")  # the failed connect after it is the second in a row
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))
+        why = "start failed: ProbeBroken('connect refused (attempt 3)')"
+        assert opened == [CircuitChanged("a", "open", why)]
+        assert _refusal(a).startswith(
+            f"circuit open for resource 'a' after 2 consecutive failures (last: {why})")
