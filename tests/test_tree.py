@@ -1094,3 +1094,36 @@ def test_a_fault_counts_once_toward_the_breaker_and_a_failed_start_names_itself(
         assert opened == [CircuitChanged("a", "open", why)]
         assert _refusal(a).startswith(
             f"circuit open for resource 'a' after 2 consecutive failures (last: {why})")
+
+
+def test_a_child_failing_to_start_while_its_supervisor_starts_is_retried_alone() -> None:
+    """README: while a supervisor starts as a whole, a child failing to start is retried
+    alone with backoff, even under one_for_all; the children started stay up."""
+    rec = Recorder()
+    controls("b").fail_connects = 1
+    cfg = config(["a", "b", "c"], strategy="one_for_all", max_restarts=5)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        assert _order() == ["start a", "start b", "start c"]
+        assert [controls(n).connects for n in "abc"] == [1, 2, 1]
+        assert [(c.name, c.state, c.restarts) for c in system.which_children()] == [
+            ("a", "running", 0), ("b", "running", 0), ("c", "running", 0)]
+
+
+def test_a_group_restart_stops_a_sibling_supervisors_children_as_restarting() -> None:
+    rec = Recorder()
+    cfg = config({"x": {"supervisor": "field"}, "y": {"supervisor": "field"}, "b": {}},
+                 strategy="one_for_all", backoff=SLOW, supervisors={"field": {}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        queued = system.get("x").echo("kept")
+        _break(system, "b")
+        assert [(c.name, c.state) for c in system.which_children()] == [
+            ("field", "restarting"), ("b", "restarting")]
+        assert [(c.name, c.state) for c in system.which_children("field")] == [
+            ("x", "restarting"), ("y", "restarting")]
+        assert queued.result() == "kept"
+        pending = system.get("y").echo("waits")
+        assert not pending.done()
+        system.restart_child("field")
+        assert pending.result() == "waits"
