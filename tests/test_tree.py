@@ -23,7 +23,7 @@ from sessions.messages import (
     SupervisorGaveUp,
 )
 from tests.kinds import LIFECYCLE, controls
-from tests.support import FakeClock, Recorder, config, wait_until
+from tests.support import FakeClock, Recorder, config, in_thread, wait_until
 
 
 def _order() -> list[str]:
@@ -1127,3 +1127,26 @@ def test_a_group_restart_stops_a_sibling_supervisors_children_as_restarting() ->
         assert not pending.done()
         system.restart_child("field")
         assert pending.result() == "waits"
+
+
+def test_a_slow_stop_never_delays_another_childs_restart_under_one_for_one() -> None:
+    """a is still being stopped (its call runs on, shutdown_timeout = 30) while b faults
+    and restarts: a one_for_one restart does not wait for other children's stops."""
+    rec = Recorder()
+    cfg = config({"a": {"shutdown_timeout": 30, "call_timeout": 30, "stall_timeout": 60},
+                  "b": {}}, max_restarts=5)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        started, release = threading.Event(), threading.Event()
+        busy = system.get("a").block(started, release)
+        assert started.wait(5)
+        stopping = in_thread(lambda: system.terminate_child("a"))
+        try:
+            rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "a")
+            _break(system, "b")
+            rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
+            assert not stopping.done() and not busy.done()
+        finally:
+            release.set()
+        assert busy.result() == "released"
+        stopping.result(10)
