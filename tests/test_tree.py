@@ -1150,3 +1150,29 @@ def test_a_slow_stop_never_delays_another_childs_restart_under_one_for_one() -> 
             release.set()
         assert busy.result() == "released"
         stopping.result(10)
+
+
+def test_restart_child_waiting_its_turn_in_a_group_is_starting_or_restarting() -> None:
+    """one_for_all, a waiting out its backoff: restart_child of a later child waits for
+    a (the group starts in order); meanwhile the child is ``starting`` if it never ran
+    (b: its connect returned IGNORE) and ``restarting`` if it did (c)."""
+    controls("b").ignore = True
+    cfg = config(["a", "b", "c"], strategy="one_for_all", backoff=SLOW)
+    with sessions.start(cfg) as system:
+        b, c = system.get("b"), system.get("c")
+        _break(system, "a")
+        system.terminate_child("c")
+        controls("b").ignore = False
+        LIFECYCLE.clear()
+        first = in_thread(lambda: system.restart_child("b"))
+        wait_until(lambda: b.state != "restarting", what="b's restart_child handled")
+        assert b.state == "starting"
+        second = in_thread(lambda: system.restart_child("c"))
+        wait_until(lambda: c.state != "stopped", what="c's restart_child handled")
+        assert c.state == "restarting"
+        assert not first.done() and not second.done()
+        system.restart_child("a")
+        first.result(10)
+        second.result(10)
+        assert _order() == ["start a", "start b", "start c"]
+        assert (b.restarts, c.restarts) == (0, 1)
