@@ -1176,3 +1176,17 @@ def test_restart_child_waiting_its_turn_in_a_group_is_starting_or_restarting() -
         second.result(10)
         assert _order() == ["start a", "start b", "start c"]
         assert (b.restarts, c.restarts) == (0, 1)
+
+
+def test_a_temporary_sibling_that_had_ended_is_left_alone_by_a_group_restart() -> None:
+    rec = Recorder()
+    cfg = config({"a": {}, "t": {"restart": "temporary"}}, strategy="one_for_all")
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        system.get("t").finish().result()
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "t")
+        _break(system, "a")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "a")
+        assert [e.name for e in rec.of(ChildRestarting)] == ["a"]
+        assert _refusal(system.get("t")) == "resource 't' stopped normally (job done)"
+        assert controls("t").connects == 1
