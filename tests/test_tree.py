@@ -1190,3 +1190,22 @@ def test_a_temporary_sibling_that_had_ended_is_left_alone_by_a_group_restart() -
         assert [e.name for e in rec.of(ChildRestarting)] == ["a"]
         assert _refusal(system.get("t")) == "resource 't' stopped normally (job done)"
         assert controls("t").connects == 1
+
+
+def test_a_pool_being_added_and_its_members_are_starting() -> None:
+    gate = threading.Event()
+    controls("p#0").connect_gate = gate
+    with sessions.start(config(["a"])) as system:
+        (thread, outcome), p = _adding(system, "p", {"kind": "tests.kinds:Probe",
+                                                     "pool_size": 2})
+        wait_until(lambda: len(system.status()["children"]) == 2, what="p in the tree")
+        pool = system.status()["children"][1]
+        assert (pool["name"], pool["state"]) == ("p", "starting")
+        assert [c["state"] for c in pool["children"]] == ["starting", "starting"]
+        assert p.state == "starting"
+        gate.set()
+        thread.join()
+        assert "error" not in outcome
+        assert p.state == "running" and p.restarts == 0
+        assert [c["state"] for c in system.status()["children"][1]["children"]] == [
+            "running", "running"]
