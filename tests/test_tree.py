@@ -889,6 +889,8 @@ def _job_with_a_busy_child(strategy: str = "one_for_one",
          "w": {"supervisor": "job", "restart": "transient", "significant": True},
          "b": {}},
         strategy=strategy, max_restarts=10,
+        # no backoff: the group restart begins as soon as a's stop has ended
+        backoff={"initial": 0.0, "max": 0.0, "jitter": 0.0},
         supervisors={"job": {"auto_shutdown": "any_significant", "restart": restart}})
 
 
