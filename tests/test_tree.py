@@ -1211,3 +1211,23 @@ def test_a_pool_being_added_and_its_members_are_starting() -> None:
         assert p.state == "running" and p.restarts == 0
         assert [c["state"] for c in system.status()["children"][1]["children"]] == [
             "running", "running"]
+
+
+def test_terminate_child_lets_a_call_finish_within_a_short_shutdown_timeout() -> None:
+    """shutdown_timeout = 1: the call in progress is waited for (it ends as soon as the
+    stop is announced), not aborted."""
+    release = threading.Event()
+
+    def release_on_stop(event: Any) -> None:
+        if isinstance(event, ChildStopped) and event.name == "a":
+            release.set()
+
+    cfg = config({"a": {"shutdown_timeout": 1, "call_timeout": 30, "stall_timeout": 60}})
+    with sessions.start(cfg) as system:
+        system.subscribe(release_on_stop)
+        started = threading.Event()
+        busy = system.get("a").block(started, release)
+        assert started.wait(5)
+        system.terminate_child("a")
+        assert busy.result() == "released"
+        assert controls("a").aborts == 0
