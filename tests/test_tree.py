@@ -1231,3 +1231,11 @@ def test_terminate_child_lets_a_call_finish_within_a_short_shutdown_timeout() ->
         system.terminate_child("a")
         assert busy.result() == "released"
         assert controls("a").aborts == 0
+
+
+def test_a_system_without_resources_starts_and_stops() -> None:
+    system = sessions.start({"supervisor": {}})
+    assert system.state == "running"
+    assert system.status()["children"] == []
+    system.stop()
+    assert system.state == "stopped"
