@@ -168,6 +168,7 @@ def test_a_child_waiting_out_its_backoff_is_restarting_and_keeps_its_calls() -> 
     with sessions.start(config(["a", "b"], backoff=SLOW)) as system:
         system.subscribe(rec)
         a = system.get("a")
+        assert system.status()["children"][0]["last_fault"] is None
         _break(system, "a")
         assert (a.state, a.restarts) == ("restarting", 0)
         assert [(c.name, c.state) for c in system.which_children()] == [
@@ -1173,10 +1174,14 @@ def test_restart_child_waiting_its_turn_in_a_group_is_starting_or_restarting() -
         wait_until(lambda: c.state != "stopped", what="c's restart_child handled")
         assert c.state == "restarting"
         assert not first.done() and not second.done()
+        added = in_thread(lambda: system.start_child("d", {"kind": "tests.kinds:Probe"}))
+        wait_until(lambda: len(system.which_children()) == 4, what="d added")
+        assert system.get("d").state == "starting"  # waiting its turn too
         system.restart_child("a")
         first.result(10)
         second.result(10)
-        assert _order() == ["start a", "start b", "start c"]
+        assert added.result(10).echo("d").result() == "d"
+        assert _order() == ["start a", "start b", "start c", "start d"]
         assert (b.restarts, c.restarts) == (0, 1)
 
 
@@ -1239,3 +1244,20 @@ def test_a_system_without_resources_starts_and_stops() -> None:
     assert system.status()["children"] == []
     system.stop()
     assert system.state == "stopped"
+
+
+def test_stop_while_a_pool_is_being_added() -> None:
+    """One member still connecting, the other never started: stop() ends both and the
+    start_child fails saying why."""
+    gate = threading.Event()
+    controls("p#0").connect_gate = gate  # aborted by the stop
+    system = sessions.start(config(["a"]))
+    (thread, outcome), p = _adding(system, "p", {"kind": "tests.kinds:Probe",
+                                                 "pool_size": 2,
+                                                 "shutdown_timeout": "brutal_kill"})
+    system.stop()
+    thread.join()
+    assert str(outcome["error"]) == "the system is stopping"
+    assert system.state == "stopped"
+    assert controls("p#1").connects == 0
+    assert _refusal(p) == "the system is stopping"
