@@ -1264,3 +1264,31 @@ def test_stop_while_a_pool_is_being_added() -> None:
     assert controls("p#1").connects == 0
     assert _refusal(p) == "the system is stopping"
 
+
+
+def test_the_supervision_thread_is_a_named_daemon() -> None:
+    with sessions.start(config(["a"])):
+        supervisors = [t for t in threading.enumerate() if t.name == "sessions-supervisor"]
+        assert len(supervisors) == 1 and supervisors[0].daemon
+
+
+def test_a_thread_that_abort_cannot_end_is_logged_as_left_behind(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="sessions.supervisor")
+    rec = Recorder()
+    cfg = config({"a": {"call_timeout": 0.1, "stall_timeout": 0.2}})
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        started, release = threading.Event(), threading.Event()
+        try:
+            stuck = system.get("a").stubborn(started, release)
+            assert started.wait(5)
+            assert isinstance(stuck.exception(10), sessions.ResourceFault)
+            rec.wait_for(lambda e: isinstance(e, ChildStarted))
+            wait_until(lambda: system.status()["children"][0]["abandoned"] == 1,
+                       what="the thread counted as left behind")
+        finally:
+            release.set()
+    assert [r.getMessage() for r in caplog.records if r.name == "sessions.supervisor"] == [
+        "resource 'a': an abandoned incarnation's thread is still blocked (in stubborn) "
+        "after abort(); it is left behind"]
