@@ -821,7 +821,9 @@ def test_a_stall_past_twice_the_call_timeout_is_a_fault_saying_so() -> None:
     """No stall_timeout: twice call_timeout. The fault and the caller's error name the
     call and the limit."""
     rec = Recorder()
-    with sessions.start(config({"a": {"call_timeout": 0.1}})) as system:
+    # shutdown_timeout: the stalled connection is aborted at once, not after it
+    with sessions.start(config({"a": {"call_timeout": 0.1, "shutdown_timeout": 30}})
+                        ) as system:
         system.subscribe(rec)
         started = threading.Event()
         stuck = system.get("a").stall(started)
