@@ -1153,6 +1153,8 @@ def test_a_slow_stop_never_delays_another_childs_restart_under_one_for_one() -> 
             _break(system, "b")
             rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "b")
             assert not stopping.done() and not busy.done()
+            stoppers = [t for t in threading.enumerate() if t.name == "sessions-stopper"]
+            assert stoppers and all(t.daemon for t in stoppers)  # never keeps a process up
         finally:
             release.set()
         assert busy.result() == "released"
@@ -1294,3 +1296,14 @@ def test_a_thread_that_abort_cannot_end_is_logged_as_left_behind(
     assert [r.getMessage() for r in caplog.records if r.name == "sessions.supervisor"] == [
         "resource 'a': an abandoned incarnation's thread is still blocked (in stubborn) "
         "after abort(); it is left behind"]
+
+
+def test_a_restarted_pool_member_takes_calls_again() -> None:
+    rec = Recorder()
+    with sessions.start(config({"db": {"pool_size": 2}})) as system:
+        system.subscribe(rec)
+        db = system.get("db")
+        _break(system, "db")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted))
+        served = {db.whoami().result()[0] for _ in range(6)}
+        assert served == {"sessions-db#0", "sessions-db#1"}  # idle members take turns
