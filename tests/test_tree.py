@@ -286,6 +286,7 @@ def test_a_pool_added_with_a_member_failing_stops_the_members_started() -> None:
         assert str(info.value) == ("resource 'p' failed to start: "
                                    "ProbeBroken('connect refused (attempt 1)')")
         assert info.value.resource == "p"
+        wait_until(lambda: len(LIFECYCLE) == 2, what="p#0 stopped")
         assert _order() == ["start p#0", "stop p#0"]
         assert [c.name for c in system.which_children()] == ["a"]
         with pytest.raises(KeyError):
@@ -838,7 +839,7 @@ def test_a_stall_past_twice_the_call_timeout_is_a_fault_saying_so() -> None:
         found = re.fullmatch(r"call stall\(\) stalled: still running after ([0-9.]+)s "
                              r"\(stall_timeout=0.2s\)", fault.error)
         assert found, fault.error
-        assert 0.2 < float(found.group(1)) < 30  # the time it ran, not a timestamp
+        assert 0.2 <= float(found.group(1)) < 30  # the time it ran, not a timestamp
         rec.wait_for(lambda e: isinstance(e, ChildStarted))
         assert system.status()["children"][0]["last_fault"] == fault.error
 
@@ -1187,7 +1188,8 @@ def test_restart_child_waiting_its_turn_in_a_group_is_starting_or_restarting() -
         first.result(10)
         second.result(10)
         assert added.result(10).echo("d").result() == "d"
-        assert _order() == ["start a", "start b", "start c", "start d"]
+        starts = [step for step in _order() if step.startswith("start")]
+        assert starts == ["start a", "start b", "start c", "start d"]
         assert (b.restarts, c.restarts) == (0, 1)
 
 
