@@ -1309,3 +1309,46 @@ def test_a_restarted_pool_member_takes_calls_again() -> None:
         rec.wait_for(lambda e: isinstance(e, ChildStarted))
         served = {db.whoami().result()[0] for _ in range(6)}
         assert served == {"sessions-db#0", "sessions-db#1"}  # idle members take turns
+
+
+class HeldClock:
+    """A clock the supervision thread can be held in: once ``hold()`` is called, its
+    next reading waits for ``release()`` (the kernel reads the clock while deciding)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._armed = False
+        self.held = threading.Event()
+        self._go = threading.Event()
+
+    def __call__(self) -> float:
+        if self._armed:
+            self._armed = False
+            self.held.set()
+            self._go.wait(10)
+        return self.now
+
+    def hold(self) -> None:
+        self._armed = True
+
+    def release(self) -> None:
+        self._go.set()
+
+
+def test_a_faulting_member_is_restarting_before_the_decision_is_made() -> None:
+    """The actor's own thread marks a faulting incarnation ``restarting`` at once, so a
+    pool stops sending it calls even while the supervision thread is still busy."""
+    clock = HeldClock()
+    with sessions.start(config({"db": {"pool_size": 2}}), clock=clock) as system:
+        db = system.get("db")
+        clock.hold()
+        fault = db.break_it()  # the pool's first call goes to db#0
+        assert clock.held.wait(10)  # the supervision thread is deciding, held
+        try:
+            members = system.status()["children"][0]["children"]
+            assert [m["state"] for m in members] == ["restarting", "running"]
+            assert db.whoami().result()[0] == "sessions-db#1"
+        finally:
+            clock.release()
+        with pytest.raises(sessions.ResourceFault):
+            fault.result()
