@@ -1352,3 +1352,21 @@ def test_a_faulting_member_is_restarting_before_the_decision_is_made() -> None:
             clock.release()
         with pytest.raises(sessions.ResourceFault):
             fault.result()
+
+
+def test_a_deferred_reply_owed_by_an_incarnation_that_faulted_fails() -> None:
+    import concurrent.futures  # noqa: PLC0415
+
+    from sessions import Deferred  # noqa: PLC0415
+
+    never: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    with sessions.start(config(["a"])) as system:
+        a = system.get("a")
+        owed = a.apply(lambda probe: Deferred(never))
+        _break(system, "a")
+        error = owed.exception(10)
+        assert isinstance(error, sessions.ResourceFault)
+        assert str(error) == ("call apply() on resource 'a' was in progress when resource "
+                              "'a' stopped; its outcome is unknown")
+        never.set_result("too late")
+        assert owed.exception(0) is error
