@@ -15,11 +15,11 @@ import pytest
 
 import sessions
 from sessions.messages import (
-    CircuitChanged,
     ChildFaulted,
     ChildRestarting,
     ChildStarted,
     ChildStopped,
+    CircuitChanged,
     SupervisorGaveUp,
 )
 from tests.kinds import LIFECYCLE, controls
@@ -973,7 +973,7 @@ def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
         generation = system.get("a").generation().result()
         # b's connect_timeout ends after a's: by then a's timer has been handled
         controls("b").connect_gate = later
-        with pytest.raises(sessions.ResourceUnavailable, match="connect_timeout=0.1s"):
+        with pytest.raises(sessions.ResourceUnavailable, match=r"connect_timeout=0\.1s"):
             system.restart_child("b")
         assert system.get("a").generation().result() == generation
         assert [e.name for e in rec.wait_for(lambda e: isinstance(e, ChildFaulted), 2)] == [
