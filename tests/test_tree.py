@@ -1272,10 +1272,11 @@ def test_stop_while_a_pool_is_being_added() -> None:
 
 
 
-def test_the_supervision_thread_is_a_named_daemon() -> None:
+def test_the_supervision_thread_is_a_named_daemon_that_stop_ends() -> None:
     with sessions.start(config(["a"])):
         supervisors = [t for t in threading.enumerate() if t.name == "sessions-supervisor"]
         assert len(supervisors) == 1 and supervisors[0].daemon
+    assert not supervisors[0].is_alive()  # stop() returned once it had ended
 
 
 def test_a_thread_that_abort_cannot_end_is_logged_as_left_behind(
