@@ -1,0 +1,481 @@
+"""The thread side of a resource (sessions/actors/_runner.py), through the public API:
+periodic hooks, what counts as a fault, batches, deferred replies, refused calls."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.actors._base import BatchItem, Outcome
+from sessions.messages import ChildFaulted, ChildStarted, ChildStopped, CircuitChanged
+from tests.kinds import controls
+from tests.support import Recorder, config, wait_until
+
+
+class Broken(ConnectionError):
+    """The fault type of the kinds below."""
+
+
+def _start(kind: str, supervisor: dict[str, Any] | None = None,
+           **options: Any) -> sessions.System:
+    return sessions.start({
+        "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}, **(supervisor or {})},
+        "resources": {"r": {"kind": f"tests.test_runner:{kind}", **options}},
+    })
+
+
+def _faults(rec: Recorder) -> list[str]:
+    return [e.error for e in rec.of(ChildFaulted)]
+
+
+# -- periodic hooks: health_check() and poll() ---------------------------------------
+
+
+class Checker(sessions.ResourceActor):
+    """Its health check and poll raise what the test asks for; both count their runs."""
+
+    kind = "checker"
+    fault_types = (Broken,)
+
+    def __init__(self, poll_interval: float | None = None) -> None:
+        super().__init__()
+        self.poll_interval = poll_interval
+        self.checks = 0
+        self.polls = 0
+        self.check_error: BaseException | None = None
+        self.poll_error: BaseException | None = None
+        self.reached = threading.Event()
+        self.target = 0
+
+    def connect(self) -> object:
+        return object()
+
+    def health_check(self) -> None:
+        self.checks += 1
+        if self.checks >= self.target:
+            self.reached.set()
+        if self.check_error is not None:
+            raise self.check_error
+
+    def poll(self) -> None:
+        self.polls += 1
+        if self.polls >= self.target:
+            self.reached.set()
+        if self.poll_error is not None:
+            raise self.poll_error
+
+    def arm(self, target: int, check_error: BaseException | None = None,
+            poll_error: BaseException | None = None) -> threading.Event:
+        """Count ``target`` more runs from now (an event set then), raising as given."""
+        self.reached.clear()
+        self.target = (self.polls if self.poll_interval else self.checks) + target
+        self.check_error, self.poll_error = check_error, poll_error
+        return self.reached
+
+    def counts(self) -> tuple[int, int]:
+        return self.checks, self.polls
+
+
+def test_a_health_check_runs_again_and_again_and_a_non_fault_only_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    with _start("Checker", health_interval=0.01) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        reached = r.arm(3, check_error=ValueError("sensor says 42")).result(5)
+        assert reached.wait(5), "the health check did not run three more times"
+        assert r.counts().result(5)[1] == 0  # no poll_interval: never polled
+        assert r.restarts == 0 and r.state == "running"
+        assert rec.of(ChildFaulted) == []
+    warnings = [m.getMessage() for m in caplog.records
+                if m.name == "sessions.actor" and m.levelno == logging.WARNING]
+    assert "health_check() of 'r' raised a non-fault: ValueError('sensor says 42')" in warnings
+
+
+def test_a_faulting_health_check_restarts_with_where_it_broke() -> None:
+    rec = Recorder()
+    with _start("Checker", health_interval=0.01) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.arm(1, check_error=Broken("sensor gone")).result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec)[0] == "health_check: Broken('sensor gone')"
+
+
+def test_a_poll_runs_right_after_connect_then_periodically_and_a_non_fault_only_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    with _start("Checker", poll_interval=0.01) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert r.counts().result(5)[1] >= 1  # polled before the first call was served
+        reached = r.arm(3, poll_error=KeyError("no such partition")).result(5)
+        assert reached.wait(5), "poll() did not run three more times"
+        assert r.counts().result(5)[0] == 0  # no health_interval: never checked
+        assert r.restarts == 0 and rec.of(ChildFaulted) == []
+    assert any(m.getMessage() == "poll() of 'r' raised a non-fault: KeyError('no such partition')"
+               for m in caplog.records if m.levelno == logging.WARNING)
+
+
+def test_a_faulting_poll_restarts_with_where_it_broke() -> None:
+    rec = Recorder()
+    with _start("Checker", poll_interval=0.01) as system:
+        system.subscribe(rec)
+        system.get("r").arm(1, poll_error=Broken("consumer fenced")).result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec)[0] == "poll: Broken('consumer fenced')"
+
+
+def test_health_check_and_poll_both_run_when_both_are_set() -> None:
+    with _start("Checker", health_interval=0.01, poll_interval=0.01) as system:
+        r = system.get("r")
+        wait_until(lambda: min(r.counts().result(5)) >= 3, what="both hooks three times")
+
+
+# -- what counts as a fault ---------------------------------------------------------
+
+
+class Odd(sessions.ResourceActor):
+    """Raises whatever it is given; its is_fault() itself may raise."""
+
+    kind = "odd"
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judge_raises = False
+
+    def connect(self) -> object:
+        return object()
+
+    def is_fault(self, exc: BaseException) -> bool:
+        if self.judge_raises:
+            raise RuntimeError("is_fault() itself is broken")
+        return super().is_fault(exc)
+
+    def throw(self, exc: BaseException) -> None:
+        raise exc
+
+    def confuse_is_fault(self) -> None:
+        self.judge_raises = True
+
+    def ping(self) -> str:
+        return "pong"
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_a_base_exception_from_a_call_is_a_fault(exc: BaseException) -> None:
+    """Not an Exception: the resource's state is unknown, whatever is_fault() says;
+    the runtime survives it (Pykka would stop every actor)."""
+    rec = Recorder()
+    with _start("Odd") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        with pytest.raises(sessions.ResourceFault) as info:
+            r.throw(exc).result(5)
+        assert info.value.__cause__ is exc
+        assert info.value.method == "throw" and info.value.resource == "r"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == [f"throw: {exc!r}"]
+        assert r.ping().result(5) == "pong"
+
+
+def test_an_is_fault_that_raises_counts_the_error_as_a_fault(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    with _start("Odd") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.confuse_is_fault().result(5)
+        with pytest.raises(sessions.ResourceFault) as info:
+            r.throw(ValueError("just a caller error")).result(5)
+        assert isinstance(info.value.__cause__, ValueError)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+    errors = [m for m in caplog.records if m.levelno == logging.ERROR]
+    assert [m.getMessage() for m in errors] == [
+        "is_fault() of 'r' raised; treating the error as a fault"]
+    assert errors[0].exc_info is not None
+
+
+# -- batches ------------------------------------------------------------------------
+
+
+class Piper(sessions.ResourceActor):
+    """``put`` calls are batched (at most three at once); the whole ``run_batch`` can
+    be made to raise."""
+
+    kind = "piper"
+    fault_types = (Broken,)
+    batch_methods = frozenset({"put"})
+    max_batch = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Any]] = []
+        self.batch_error: BaseException | None = None
+
+    def connect(self) -> dict[str, Any]:
+        return {}
+
+    def put(self, value: Any) -> Any:
+        if isinstance(value, BaseException):
+            raise value
+        self.resource[value] = True
+        return value
+
+    def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
+        self.batches.append([args[0] for _, args, _ in calls])
+        if self.batch_error is not None:
+            raise self.batch_error
+        return super().run_batch(calls)
+
+    def fail_batches(self, error: BaseException | None) -> None:
+        self.batch_error = error
+
+    def block(self, started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        release.wait(10)
+
+    def seen(self) -> list[list[Any]]:
+        return [list(b) for b in self.batches]
+
+    def keys(self) -> list[Any]:
+        return list(self.resource)
+
+
+def _queued_behind_a_block(r: Any, values: list[Any]) -> list[Any]:
+    """Queue ``put(v)`` for each value while the actor is busy, then let it go."""
+    started, release = threading.Event(), threading.Event()
+    blocker = r.block(started, release)
+    assert started.wait(5)
+    futures = [r.put(v) for v in values]
+    release.set()
+    blocker.result(5)
+    return futures
+
+
+def test_batches_are_capped_at_max_batch_and_a_lone_call_runs_as_itself() -> None:
+    with _start("Piper") as system:
+        r = system.get("r")
+        futures = _queued_behind_a_block(r, list(range(7)))
+        assert [f.result(5) for f in futures] == list(range(7))
+        assert r.seen().result(5) == [[0, 1, 2], [3, 4, 5]]  # 6 ran alone
+        assert r.keys().result(5) == list(range(7))
+        assert system.stats("r").outcomes["ok"] == 7 + 3  # block, seen, keys: not batched
+
+
+def test_a_batch_stops_at_the_first_call_of_another_method() -> None:
+    with _start("Piper") as system:
+        r = system.get("r")
+        started, release = threading.Event(), threading.Event()
+        r.block(started, release)
+        assert started.wait(5)
+        first = [r.put(0), r.put(1)]
+        between = r.keys()
+        second = [r.put(2), r.put(3)]
+        release.set()
+        assert between.result(5) == [0, 1]
+        assert [f.result(5) for f in first + second] == [0, 1, 2, 3]
+        assert r.seen().result(5) == [[0, 1], [2, 3]]
+
+
+def test_a_run_batch_raising_a_non_fault_fails_every_call_of_it_and_keeps_serving() -> None:
+    rec = Recorder()
+    with _start("Piper") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        error = ValueError("pipeline rejected")
+        r.fail_batches(error).result(5)
+        futures = _queued_behind_a_block(r, ["a", "b", "c"])
+        for f in futures:
+            assert f.exception(5) is error
+        assert r.seen().result(5) == [["a", "b", "c"]]
+        assert r.restarts == 0 and rec.of(ChildFaulted) == []
+        r.fail_batches(None).result(5)
+        assert r.put("d").result(5) == "d"
+
+
+def test_a_run_batch_raising_a_fault_fails_every_call_as_a_fault_and_restarts() -> None:
+    rec = Recorder()
+    with _start("Piper") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        cause = Broken("pipeline connection reset")
+        r.fail_batches(cause).result(5)
+        futures = _queued_behind_a_block(r, ["a", "b"])
+        for f, key in zip(futures, ["a", "b"], strict=True):
+            error = f.exception(5)
+            assert isinstance(error, sessions.ResourceFault)
+            assert error.__cause__ is cause
+            assert error.resource == "r" and error.method == "put"
+            assert "broke the resource" in str(error) and "outcome is unknown" in str(error)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == ["batch: Broken('pipeline connection reset')"]
+        assert system.stats("r").outcomes["fault"] == 0  # the batch has no per-call record
+
+
+def test_a_fault_inside_a_batch_is_reported_as_the_batch() -> None:
+    rec = Recorder()
+    with _start("Piper") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        futures = _queued_behind_a_block(r, ["a", Broken("lost mid-batch"), "c"])
+        assert futures[0].result(5) == "a" and futures[2].result(5) == "c"
+        assert isinstance(futures[1].exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == ["batch: Broken('lost mid-batch')"]
+        outcomes = system.stats("r").outcomes
+        assert (outcomes["ok"], outcomes["fault"], outcomes["error"]) == (3, 1, 0)
+
+
+def test_a_caller_error_inside_a_batch_is_counted_as_an_error() -> None:
+    with _start("Piper") as system:
+        r = system.get("r")
+        futures = _queued_behind_a_block(r, ["a", ValueError("bad key")])
+        assert futures[0].result(5) == "a"
+        assert str(futures[1].exception(5)) == "bad key"
+        outcomes = system.stats("r").outcomes
+        assert (outcomes["ok"], outcomes["error"], outcomes["fault"]) == (2, 1, 0)
+
+
+# -- deferred replies ---------------------------------------------------------------
+
+
+class Later(sessions.ResourceActor):
+    """``ask`` answers through a ``Deferred`` the test resolves itself."""
+
+    kind = "later"
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[concurrent.futures.Future[Any]] = []
+
+    def connect(self) -> object:
+        return object()
+
+    def ask(self) -> sessions.Deferred:
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending.append(answer)
+        return sessions.Deferred(answer)
+
+    def answers(self) -> list[concurrent.futures.Future[Any]]:
+        pending, self.pending = self.pending, []
+        return pending
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def _asked(r: Any) -> tuple[Any, concurrent.futures.Future[Any]]:
+    asked = r.ask()
+    (answer,) = r.answers().result(5)
+    assert not asked.done()
+    return asked, answer
+
+
+def test_a_deferred_fault_restarts_as_a_reported_fault_not_a_normal_exit() -> None:
+    rec = Recorder()
+    with _start("Later", restart="transient") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        asked, answer = _asked(r)
+        cause = Broken("reply channel died")
+        in_thread = threading.Thread(target=answer.set_exception, args=(cause,))
+        in_thread.start()
+        in_thread.join()
+        error = asked.exception(5)
+        assert isinstance(error, sessions.ResourceFault) and error.__cause__ is cause
+        assert error.method == "ask" and error.resource == "r"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == ["reported fault: Broken('reply channel died')"]
+        assert rec.of(ChildStopped) == []
+        assert r.ping().result(5) == "pong"
+        assert system.stats("r").outcomes["fault"] == 1
+
+
+def test_a_deferred_caller_error_reaches_the_caller_only() -> None:
+    rec = Recorder()
+    with _start("Later") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        asked, answer = _asked(r)
+        error = ValueError("no such key")
+        answer.set_exception(error)
+        assert asked.exception(5) is error
+        assert r.ping().result(5) == "pong"
+        assert r.restarts == 0 and rec.of(ChildFaulted) == []
+        outcomes = system.stats("r").outcomes
+        assert (outcomes["error"], outcomes["fault"]) == (1, 0)
+
+
+def test_a_deferred_reply_cancelled_by_the_resource_is_a_caller_error() -> None:
+    with _start("Later") as system:
+        r = system.get("r")
+        asked, answer = _asked(r)
+        assert answer.cancel()
+        error = asked.exception(5)
+        assert isinstance(error, concurrent.futures.CancelledError)
+        assert str(error) == "ask() was cancelled by resource 'r'"
+        assert not asked.cancelled()  # the caller did not cancel: it got an error
+        assert r.ping().result(5) == "pong" and r.restarts == 0
+        assert system.stats("r").outcomes["error"] == 1
+
+
+def test_a_deferred_value_resolves_the_call_and_counts_ok() -> None:
+    with _start("Later") as system:
+        r = system.get("r")
+        asked, answer = _asked(r)
+        answer.set_result({"value": 1})
+        assert asked.result(5) == {"value": 1}
+        wait_until(lambda: system.stats("r").outcomes["ok"] == 2, what="the ok counted")
+
+
+# -- refused calls ------------------------------------------------------------------
+
+
+def test_refused_calls_name_their_resource() -> None:
+    with sessions.start(config(["a"], max_restarts=0)) as system:
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        a.block(started, release)
+        assert started.wait(5)
+        fault = a.break_it("wire cut")
+        queued = a.echo(1)
+        release.set()
+        assert isinstance(fault.exception(5), sessions.ResourceFault)
+        error = queued.exception(5)  # failed by the closing mailbox
+        assert isinstance(error, sessions.ResourceUnavailable) and error.resource == "a"
+        assert "gave up" in str(error)
+        later = a.echo(2)
+        assert later.done()  # refused at once by the closed mailbox
+        error = later.exception(0)
+        assert isinstance(error, sessions.ResourceUnavailable) and error.resource == "a"
+        assert "wire cut" in str(error)
+        assert system.stats("a").outcomes["refused"] == 2
+
+
+def test_a_circuit_counts_a_fault_but_not_a_caller_error() -> None:
+    rec = Recorder()
+    cfg = config({"a": {"breaker": {"failures": 2, "reset_timeout": 60}}}, max_restarts=50)
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        for _ in range(3):
+            assert isinstance(a.fail().exception(5), ValueError)
+        assert a.circuit == "closed"
+        assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert a.echo(1).result(5) == 1  # a success resets the count
+        assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 2)
+        assert a.circuit == "closed"
+        assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")
+        assert controls("a").connects >= 3
