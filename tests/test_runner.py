@@ -235,6 +235,13 @@ class Piper(sessions.ResourceActor):
             raise self.batch_error
         return super().run_batch(calls)
 
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        """A timeout is the caller's error, yet counts toward the breaker; a
+        ``LookupError`` makes this hook itself raise."""
+        if isinstance(exc, LookupError):
+            raise RuntimeError("counts_as_failure() itself is broken")
+        return isinstance(exc, TimeoutError) or super().counts_as_failure(exc)
+
     def fail_batches(self, error: BaseException | None) -> None:
         self.batch_error = error
 
@@ -309,7 +316,7 @@ def test_a_run_batch_raising_a_fault_fails_every_call_as_a_fault_and_restarts() 
         cause = Broken("pipeline connection reset")
         r.fail_batches(cause).result(5)
         futures = _queued_behind_a_block(r, ["a", "b"])
-        for f, key in zip(futures, ["a", "b"], strict=True):
+        for f in futures:
             error = f.exception(5)
             assert isinstance(error, sessions.ResourceFault)
             assert error.__cause__ is cause
@@ -342,6 +349,126 @@ def test_a_caller_error_inside_a_batch_is_counted_as_an_error() -> None:
         assert str(futures[1].exception(5)) == "bad key"
         outcomes = system.stats("r").outcomes
         assert (outcomes["ok"], outcomes["error"], outcomes["fault"]) == (2, 1, 0)
+
+
+BREAKER = {"breaker": {"failures": 1, "reset_timeout": 60}}
+
+
+def _circuit_after(system: sessions.System, r: Any) -> str | None:
+    """The circuit once everything queued so far has run (a call answered after it)."""
+    r.call("keys").exception(5)  # refused at once if the circuit opened
+    return r.circuit
+
+
+@pytest.mark.parametrize(("error", "counts"), [
+    (ValueError("bad key"), False),
+    (TimeoutError("slow"), True),
+    (KeyError("no such key"), True),  # counts_as_failure() raised: counted
+])
+def test_a_caller_error_opens_the_circuit_only_if_it_counts_as_failure(
+        error: BaseException, counts: bool) -> None:
+    rec = Recorder()
+    with _start("Piper", **BREAKER) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert r.put(error).exception(5) is error
+        if counts:
+            opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
+            assert (opened.state, opened.reason) == ("open", repr(error))
+            refused = r.put("x").exception(0)
+            assert isinstance(refused, sessions.ResourceUnavailable)
+            assert repr(error) in str(refused)
+        else:
+            assert _circuit_after(system, r) == "closed"
+        assert r.restarts == 0
+
+
+@pytest.mark.parametrize(("error", "counts"), [
+    (ValueError("pipeline rejected"), False),
+    (TimeoutError("pipeline slow"), True),
+    (KeyError("no such key"), True),  # counts_as_failure() raised: counted
+])
+def test_a_whole_batch_caller_error_opens_the_circuit_only_if_it_counts(
+        error: BaseException, counts: bool) -> None:
+    rec = Recorder()
+    with _start("Piper", **BREAKER) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.fail_batches(error).result(5)
+        futures = _queued_behind_a_block(r, ["a", "b"])
+        assert [f.exception(5) for f in futures] == [error, error]
+        if counts:
+            opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
+            assert (opened.state, opened.reason) == ("open", repr(error))
+        else:
+            assert _circuit_after(system, r) == "closed"
+        assert r.restarts == 0 and rec.of(ChildFaulted) == []
+
+
+def test_a_whole_batch_fault_opens_the_circuit_with_its_error() -> None:
+    rec = Recorder()
+    with _start("Piper", **BREAKER) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.fail_batches(Broken("pipeline reset")).result(5)
+        _queued_behind_a_block(r, ["a", "b"])
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
+        assert (opened.state, opened.reason) == ("open", "Broken('pipeline reset')")
+
+
+def test_a_batch_opens_the_circuit_only_when_a_call_of_it_faulted() -> None:
+    rec = Recorder()
+    with _start("Piper", **BREAKER) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        futures = _queued_behind_a_block(r, ["a", ValueError("bad"), "c"])
+        assert [f.exception(5) is None for f in futures] == [True, False, True]
+        assert r.seen().result(5) == [["a", futures[1].exception(0), "c"]]
+        assert _circuit_after(system, r) == "closed"
+        futures = _queued_behind_a_block(r, ["d", Broken("lost mid-batch")])
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
+        assert (opened.state, opened.reason) == ("open", "Broken('lost mid-batch')")
+
+
+def test_batch_latencies_are_queue_wait_plus_run_time() -> None:
+    with _start("Piper", call_timeout=30) as system:
+        r = system.get("r")
+        for f in _queued_behind_a_block(r, ["a", ValueError("bad"), "c"]):
+            f.exception(5)
+        wait_until(lambda: sum(system.stats("r").outcomes.values()) == 4, what="all counted")
+        status = system.status()["children"][0]
+        assert 0 <= status["latency_p50_ms"] <= status["latency_p99_ms"] < 30_000
+
+
+def test_an_idle_resource_is_never_taken_for_stalled() -> None:
+    """After each kind of work (a call, a batch, a periodic hook) the
+    runner is idle again: the watchdog, which catches a stalled neighbour, leaves it be."""
+    rec = Recorder()
+    cfg = {
+        "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+        "resources": {
+            "r": {"kind": "tests.test_runner:Piper", "stall_timeout": 0.05,
+                  "health_interval": 0.01},
+            "p": {"kind": "tests.test_runner:Checker", "stall_timeout": 0.05,
+                  "poll_interval": 0.01},
+            "stuck": {"kind": "tests.kinds:Probe", "call_timeout": 0.05, "stall_timeout": 0.05},
+        },
+    }
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        r, p = system.get("r"), system.get("p")
+        for f in _queued_behind_a_block(r, ["a", "b"]):
+            f.result(5)
+        r.fail_batches(ValueError("rejected")).result(5)
+        for f in _queued_behind_a_block(r, ["c", "d"]):
+            f.exception(5)
+        assert isinstance(r.put(ValueError("bad")).exception(5), ValueError)
+        assert p.arm(1, poll_error=ValueError("odd")).result(5).wait(5)
+        started = threading.Event()
+        stalled = system.get("stuck").stall(started)
+        assert isinstance(stalled.exception(10), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "stuck")
+        assert [e.name for e in rec.of(ChildFaulted)] == ["stuck"]
 
 
 # -- deferred replies ---------------------------------------------------------------
