@@ -219,6 +219,9 @@ class Piper(sessions.ResourceActor):
         super().__init__()
         self.batches: list[list[Any]] = []
         self.batch_error: BaseException | None = None
+        self.hang: threading.Event | None = None
+        """Set: run_batch hangs until abort() (a pipeline to a frozen peer)."""
+        self.aborted = threading.Event()
 
     def connect(self) -> dict[str, Any]:
         return {}
@@ -231,6 +234,10 @@ class Piper(sessions.ResourceActor):
 
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         self.batches.append([args[0] for _, args, _ in calls])
+        if self.hang is not None:
+            self.hang.set()
+            self.aborted.wait(30)
+            raise Broken("pipeline aborted")
         if self.batch_error is not None:
             raise self.batch_error
         return super().run_batch(calls)
@@ -241,6 +248,13 @@ class Piper(sessions.ResourceActor):
         if isinstance(exc, LookupError):
             raise RuntimeError("counts_as_failure() itself is broken")
         return isinstance(exc, TimeoutError) or super().counts_as_failure(exc)
+
+    def abort(self, resource: Any) -> None:
+        self.aborted.set()
+
+    def hang_batches(self) -> threading.Event:
+        self.hang = threading.Event()
+        return self.hang
 
     def fail_batches(self, error: BaseException | None) -> None:
         self.batch_error = error
@@ -321,7 +335,10 @@ def test_a_run_batch_raising_a_fault_fails_every_call_as_a_fault_and_restarts() 
             assert isinstance(error, sessions.ResourceFault)
             assert error.__cause__ is cause
             assert error.resource == "r" and error.method == "put"
-            assert "broke the resource" in str(error) and "outcome is unknown" in str(error)
+            assert str(error) == (
+                "call put() on resource 'r' broke the resource: "
+                "Broken('pipeline connection reset'); the call had started, so its outcome "
+                "is unknown")
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert _faults(rec) == ["batch: Broken('pipeline connection reset')"]
         assert system.stats("r").outcomes["fault"] == 0  # the batch has no per-call record
@@ -469,6 +486,61 @@ def test_an_idle_resource_is_never_taken_for_stalled() -> None:
         assert isinstance(stalled.exception(10), sessions.ResourceFault)
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.name == "stuck")
         assert [e.name for e in rec.of(ChildFaulted)] == ["stuck"]
+
+
+def test_a_stalled_batch_fails_every_call_of_it_and_restarts() -> None:
+    rec = Recorder()
+    with _start("Piper", call_timeout=0.1, stall_timeout=0.2) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        hanging = r.hang_batches().result(5)
+        futures = _queued_behind_a_block(r, ["a", "b", "c"])
+        assert hanging.wait(5)
+        for f in futures:
+            error = f.exception(10)
+            assert isinstance(error, sessions.ResourceFault)
+            assert error.resource == "r" and error.method == "put"
+            assert str(error) == (
+                "call put() on resource 'r' was in progress when resource 'r' stalled "
+                "(run_batch() ran past stall_timeout=0.2s); its outcome is unknown")
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert fault.error.startswith("run_batch() stalled: still running after")
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        wait_until(lambda: system.stats("r").outcomes["fault"] == 3, what="3 faults counted")
+
+
+class Hanger(sessions.ResourceActor):
+    """Its poll() hangs (until aborted) once told to."""
+
+    kind = "hanger"
+    poll_interval = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+        self.aborted = threading.Event()
+
+    def connect(self) -> object:
+        return object()
+
+    def abort(self, resource: Any) -> None:
+        self.aborted.set()
+
+    def poll(self) -> None:
+        if self.hang:
+            self.aborted.wait(30)
+
+    def hang_polls(self) -> None:
+        self.hang = True
+
+
+def test_a_stalled_poll_is_a_fault() -> None:
+    rec = Recorder()
+    with _start("Hanger", call_timeout=0.1, stall_timeout=0.2) as system:
+        system.subscribe(rec)
+        system.get("r").hang_polls().result(5)
+        fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
+        assert fault.error.startswith("poll() stalled: still running after")
 
 
 # -- deferred replies ---------------------------------------------------------------
