@@ -518,20 +518,24 @@ class Hanger(sessions.ResourceActor):
     def __init__(self) -> None:
         super().__init__()
         self.hang = False
+        self.hanging = threading.Event()
         self.aborted = threading.Event()
-
-    def connect(self) -> object:
-        return object()
 
     def abort(self, resource: Any) -> None:
         self.aborted.set()
+        raise RuntimeError(f"abort of {resource!r} went wrong too")
+
+    def connect(self) -> str:
+        return "conn-1"
 
     def poll(self) -> None:
         if self.hang:
+            self.hanging.set()
             self.aborted.wait(30)
 
-    def hang_polls(self) -> None:
+    def hang_polls(self) -> threading.Event:
         self.hang = True
+        return self.hanging
 
 
 def test_a_stalled_poll_is_a_fault() -> None:
@@ -541,6 +545,18 @@ def test_a_stalled_poll_is_a_fault() -> None:
         system.get("r").hang_polls().result(5)
         fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))[0]
         assert fault.error.startswith("poll() stalled: still running after")
+
+
+def test_an_abort_that_raises_is_logged_and_the_stop_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    system = _start("Hanger", call_timeout=30, stall_timeout=60, shutdown_timeout=0.05)
+    r = system.get("r")
+    assert r.hang_polls().result(5).wait(5)
+    system.stop()
+    assert r.state == "stopped"
+    assert [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING
+            and m.getMessage().startswith("abort()")] == [
+        "abort() of 'r' raised (ignored): RuntimeError(\"abort of 'conn-1' went wrong too\")"]
 
 
 # -- deferred replies ---------------------------------------------------------------
