@@ -138,6 +138,54 @@ def test_health_check_and_poll_both_run_when_both_are_set() -> None:
         wait_until(lambda: min(r.counts().result(5)) >= 3, what="both hooks three times")
 
 
+class Leaky(sessions.ResourceActor):
+    """Its disconnect() fails; it records what ``self.resource`` was at each hook."""
+
+    kind = "leaky"
+    fault_types = (Broken,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connects = 0
+        self.seen: list[tuple[str, Any, Any]] = []
+
+    def connect(self) -> str:
+        self.connects += 1
+        self.seen.append(("connect", None, self.resource))
+        return f"conn-{self.connects}"
+
+    def disconnect(self, resource: Any) -> None:
+        self.seen.append(("disconnect", resource, self.resource))
+        raise OSError(f"close of {resource} failed")
+
+    def break_it(self) -> None:
+        raise Broken("link lost")
+
+    def history(self) -> list[tuple[str, Any, Any]]:
+        return list(self.seen)
+
+    def current(self) -> Any:
+        return self.resource
+
+
+def test_a_failing_disconnect_is_logged_and_the_resource_is_none_while_disconnected(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    with _start("Leaky") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert r.current().result(5) == "conn-1"
+        assert isinstance(r.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert r.current().result(5) == "conn-2"
+        assert r.history().result(5) == [
+            ("connect", None, None), ("disconnect", "conn-1", None), ("connect", None, None)]
+    assert [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING
+            and m.name == "sessions.actor"] == [
+        "disconnect of 'r' failed (ignored): OSError('close of conn-1 failed')",
+        "disconnect of 'r' failed (ignored): OSError('close of conn-2 failed')"]
+
+
 # -- what counts as a fault ---------------------------------------------------------
 
 
@@ -694,3 +742,39 @@ def test_a_circuit_counts_a_fault_but_not_a_caller_error() -> None:
         assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
         rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")
         assert controls("a").connects >= 3
+
+
+# -- a normal exit (stop_normally) --------------------------------------------------
+
+
+def test_a_normal_exit_of_a_transient_resource_refuses_the_calls_queued_behind_it() -> None:
+    rec = Recorder()
+    with sessions.start(config({"a": {"restart": "transient"}, "b": {}})) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        a.block(started, release)
+        assert started.wait(5)
+        done, queued = a.finish(), a.echo(1)
+        release.set()
+        assert done.result(5) == "bye"
+        error = queued.exception(5)
+        assert isinstance(error, sessions.ResourceUnavailable) and error.resource == "a"
+        assert str(error) == "resource 'a' stopped normally (job done)"
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped))[0]
+        assert (stopped.name, stopped.reason) == ("a", "exited normally: job done")
+        assert rec.of(ChildFaulted) == [] and a.state == "stopped"
+        assert controls("a").disconnects == 1
+
+
+def test_a_permanent_resource_exits_once_and_serves_again_after_its_restart() -> None:
+    rec = Recorder()
+    with sessions.start(config(["a"])) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        assert a.finish().result(5) == "bye"
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert [a.generation().result(5) for _ in range(3)] == [2, 2, 2]
+        assert a.restarts == 1
+        assert [e.error for e in rec.of(ChildFaulted)] == [
+            "exited normally (job done) but is permanent"]
