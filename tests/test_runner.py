@@ -4,8 +4,10 @@ periodic hooks, what counts as a fault, batches, deferred replies, refused calls
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,12 +45,12 @@ class Checker(sessions.ResourceActor):
     kind = "checker"
     fault_types = (Broken,)
 
-    def __init__(self, poll_interval: float | None = None) -> None:
+    def __init__(self, poll_interval: float | None = None, sick: bool = False) -> None:
         super().__init__()
         self.poll_interval = poll_interval
         self.checks = 0
         self.polls = 0
-        self.check_error: BaseException | None = None
+        self.check_error: BaseException | None = Broken("sick from the start") if sick else None
         self.poll_error: BaseException | None = None
         self.reached = threading.Event()
         self.target = 0
@@ -106,6 +108,14 @@ def test_a_faulting_health_check_restarts_with_where_it_broke() -> None:
         r.arm(1, check_error=Broken("sensor gone")).result(5)
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert _faults(rec)[0] == "health_check: Broken('sensor gone')"
+
+
+def test_a_health_check_runs_without_any_call() -> None:
+    rec = Recorder()
+    with _start("Checker", health_interval=0.01, sick=True) as system:
+        system.subscribe(rec)
+        rec.wait_for(lambda e: isinstance(e, ChildFaulted), count=2)
+        assert set(_faults(rec)) == {"health_check: Broken('sick from the start')"}
 
 
 def test_a_poll_runs_right_after_connect_then_periodically_and_a_non_fault_only_logs(
@@ -352,6 +362,25 @@ def test_a_batch_stops_at_the_first_call_of_another_method() -> None:
         assert between.result(5) == [0, 1]
         assert [f.result(5) for f in first + second] == [0, 1, 2, 3]
         assert r.seen().result(5) == [[0, 1], [2, 3]]
+
+
+def test_a_batch_skips_expired_and_cancelled_calls_counting_only_the_expired() -> None:
+    with _start("Piper", call_timeout=0.3) as system:
+        r = system.get("r")
+        started, release = threading.Event(), threading.Event()
+        r.block(started, release)
+        assert started.wait(5)
+        expired = r.put("expired")
+        assert isinstance(expired.exception(), sessions.CallTimeout)  # waits its deadline
+        kept = r.put("kept")
+        cancelled = [r.put("c1"), r.put("c2")]
+        assert all(f.cancel() for f in cancelled)
+        last = r.put("last")
+        release.set()
+        assert (kept.result(5), last.result(5)) == ("kept", "last")
+        assert "c1" not in r.keys().result(5)
+        outcomes = system.stats("r").outcomes
+        assert (outcomes["timeout"], outcomes["ok"]) == (1, 4)
 
 
 def test_a_run_batch_raising_a_non_fault_fails_every_call_of_it_and_keeps_serving() -> None:
@@ -619,6 +648,15 @@ class Later(sessions.ResourceActor):
     def __init__(self) -> None:
         super().__init__()
         self.pending: list[concurrent.futures.Future[Any]] = []
+        self.cancel_is_fault = False
+
+    def is_fault(self, exc: BaseException) -> bool:
+        if isinstance(exc, concurrent.futures.CancelledError):
+            return self.cancel_is_fault
+        return super().is_fault(exc)
+
+    def treat_cancel_as_fault(self) -> None:
+        self.cancel_is_fault = True
 
     def connect(self) -> object:
         return object()
@@ -691,6 +729,38 @@ def test_a_deferred_reply_cancelled_by_the_resource_is_a_caller_error() -> None:
         assert system.stats("r").outcomes["error"] == 1
 
 
+def test_a_deferred_reply_cancelled_by_the_resource_can_be_a_fault() -> None:
+    rec = Recorder()
+    with _start("Later") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        r.treat_cancel_as_fault().result(5)
+        asked, answer = _asked(r)
+        assert answer.cancel()
+        error = asked.exception(5)
+        assert isinstance(error, sessions.ResourceFault) and error.method == "ask"
+        assert isinstance(error.__cause__, concurrent.futures.CancelledError)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == [
+            "reported fault: CancelledError(\"ask() was cancelled by resource 'r'\")"]
+
+
+def test_a_deferred_value_is_not_kept_once_resolved() -> None:
+    class Value:
+        pass
+
+    with _start("Later") as system:
+        r = system.get("r")
+        asked, answer = _asked(r)
+        value = Value()
+        ref = weakref.ref(value)
+        answer.set_result(value)
+        assert asked.result(5) is value
+        del value, asked, answer
+        wait_until(lambda: gc.collect() >= 0 and ref() is None, timeout=5,
+                   what="the resolved value to be released")
+
+
 def test_a_deferred_value_resolves_the_call_and_counts_ok() -> None:
     with _start("Later") as system:
         r = system.get("r")
@@ -698,6 +768,33 @@ def test_a_deferred_value_resolves_the_call_and_counts_ok() -> None:
         answer.set_result({"value": 1})
         assert asked.result(5) == {"value": 1}
         wait_until(lambda: system.stats("r").outcomes["ok"] == 2, what="the ok counted")
+
+
+# -- call outcomes ------------------------------------------------------------------
+
+
+def test_call_latencies_are_queue_wait_plus_run_time() -> None:
+    with sessions.start(config({"a": {"call_timeout": 30}})) as system:
+        a = system.get("a")
+        assert a.echo(1).result(5) == 1
+        assert isinstance(a.fail().exception(5), ValueError)
+        assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
+        wait_until(lambda: sum(system.stats("a").outcomes.values()) == 3, what="all counted")
+        status = system.status()["children"][0]
+        assert 0 <= status["latency_p50_ms"] <= status["latency_p99_ms"] < 30_000
+
+
+def test_a_cancelled_call_is_not_counted_as_a_timeout() -> None:
+    with sessions.start(config(["a"])) as system:
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        a.block(started, release)
+        assert started.wait(5)
+        assert a.echo(1).cancel()
+        release.set()
+        assert a.echo(2).result(5) == 2
+        assert system.stats("a").outcomes == {
+            "ok": 2, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
 
 
 # -- refused calls ------------------------------------------------------------------
