@@ -797,6 +797,24 @@ def test_a_cancelled_call_is_not_counted_as_a_timeout() -> None:
             "ok": 2, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
 
 
+@pytest.mark.parametrize("first", ["whoami", "fail"])
+def test_a_pool_member_that_finished_its_call_is_idle_again(first: str) -> None:
+    """Whatever way its last call ended, an idle member counts as idle: calls go to it,
+    never behind the member blocked in a call."""
+    with sessions.start(config({"db": {"pool_size": 2}})) as system:
+        db = system.get("db")
+        db.call(first).exception(5)
+        started, release = threading.Event(), threading.Event()
+        blocked = db.block(started, release)
+        assert started.wait(5)
+        try:
+            served = [db.whoami().result(2)[0] for _ in range(4)]
+        finally:
+            release.set()
+        assert len(set(served)) == 1
+        assert blocked.result(5) == "released"
+
+
 # -- refused calls ------------------------------------------------------------------
 
 
