@@ -110,6 +110,11 @@ def test_a_faulting_health_check_restarts_with_where_it_broke() -> None:
         assert _faults(rec)[0] == "health_check: Broken('sensor gone')"
 
 
+def test_the_first_health_check_comes_one_interval_after_the_start() -> None:
+    with _start("Checker", health_interval=60) as system:
+        assert system.get("r").counts().result(5) == (0, 0)
+
+
 def test_a_health_check_runs_without_any_call() -> None:
     rec = Recorder()
     with _start("Checker", health_interval=0.01, sick=True) as system:
@@ -194,6 +199,38 @@ def test_a_failing_disconnect_is_logged_and_the_resource_is_none_while_disconnec
             and m.name == "sessions.actor"] == [
         "disconnect of 'r' failed (ignored): OSError('close of conn-1 failed')",
         "disconnect of 'r' failed (ignored): OSError('close of conn-2 failed')"]
+
+
+class Gate(sessions.ResourceActor):
+    """Its first connect() hangs until abort() (a peer that never answers)."""
+
+    kind = "gate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connects = 0
+        self.aborted = threading.Event()
+        self.aborts: list[Any] = []
+
+    def connect(self) -> str:
+        self.connects += 1
+        if self.connects == 1 and self.aborted.wait(30):
+            raise Broken("connect aborted")
+        return f"conn-{self.connects}"
+
+    def abort(self, resource: Any) -> None:
+        self.aborts.append(resource)
+        self.aborted.set()
+
+    def aborted_with(self) -> list[Any]:
+        return list(self.aborts)
+
+
+def test_a_connect_past_connect_timeout_is_aborted_with_no_connection_yet() -> None:
+    with _start("Gate", connect_timeout=0.1) as system:  # returns once started anew
+        assert system.get("r").aborted_with().result(5) == [None]
+        last_fault = system.status()["children"][0]["last_fault"]
+        assert "connect_timeout=0.1" in last_fault
 
 
 # -- what counts as a fault ---------------------------------------------------------
@@ -535,8 +572,8 @@ def test_batch_latencies_are_queue_wait_plus_run_time() -> None:
 
 
 def test_an_idle_resource_is_never_taken_for_stalled() -> None:
-    """After each kind of work (a call, a batch, a periodic hook) the
-    runner is idle again: the watchdog, which catches a stalled neighbour, leaves it be."""
+    """Before any work, and after each kind of work (a call, a batch, a periodic hook),
+    the runner is idle: the watchdog, which catches a stalled neighbour, leaves it be."""
     rec = Recorder()
     cfg = {
         "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
@@ -545,6 +582,7 @@ def test_an_idle_resource_is_never_taken_for_stalled() -> None:
                   "health_interval": 0.01},
             "p": {"kind": "tests.test_runner:Checker", "stall_timeout": 0.05,
                   "poll_interval": 0.01},
+            "idle": {"kind": "tests.kinds:Probe", "stall_timeout": 0.05},  # never called
             "stuck": {"kind": "tests.kinds:Probe", "call_timeout": 0.05, "stall_timeout": 0.05},
         },
     }
