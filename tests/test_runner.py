@@ -16,7 +16,7 @@ import pytest
 import sessions
 from sessions.actors._base import BatchItem, Outcome
 from sessions.messages import ChildFaulted, ChildStarted, ChildStopped, CircuitChanged
-from tests.kinds import controls
+from tests.kinds import ProbeBroken, controls
 from tests.support import Recorder, config, wait_until
 
 
@@ -931,3 +931,34 @@ def test_a_permanent_resource_exits_once_and_serves_again_after_its_restart() ->
         assert a.restarts == 1
         assert [e.error for e in rec.of(ChildFaulted)] == [
             "exited normally (job done) but is permanent"]
+
+
+# -- report_fault() across incarnations ---------------------------------------------
+
+
+def test_a_late_ending_abandoned_incarnation_leaves_the_new_one_reachable() -> None:
+    """An abandoned incarnation whose blocked call returns after the restart closes
+    itself, yet report_fault() still reaches the new incarnation."""
+    rec = Recorder()
+    with sessions.start(config({"a": {"call_timeout": 0.2, "stall_timeout": 0.3}})) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        stuck = a.stubborn(started, release)
+        assert isinstance(stuck.exception(10), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert a.generation().result(5) == 2
+        release.set()
+        wait_until(lambda: system.status()["children"][0]["abandoned"] == 0,
+                   what="the abandoned incarnation ended")
+        a.apply(lambda probe: probe.report_fault(ProbeBroken("late report"))).result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 2)
+        assert rec.of(ChildFaulted)[-1].error == "reported fault: ProbeBroken('late report')"
+
+
+def test_report_fault_after_the_resource_stopped_is_ignored() -> None:
+    with sessions.start(config(["a", "b"])) as system:
+        probe = system.get("a").apply(lambda p: p).result(5)
+        system.terminate_child("a")
+        assert probe.report_fault(ProbeBroken("reader saw EOF late")) is None
+        assert system.get("a").state == "stopped"
