@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 import sessions
 from sessions.actors._base import BatchItem, Outcome
@@ -962,3 +963,151 @@ def test_report_fault_after_the_resource_stopped_is_ignored() -> None:
         system.terminate_child("a")
         assert probe.report_fault(ProbeBroken("reader saw EOF late")) is None
         assert system.get("a").state == "stopped"
+
+
+# -- ResourceActor's defaults (sessions/actors/_base.py) ----------------------------
+
+
+class Closable:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Plain(sessions.ResourceActor):
+    """Relies on every default hook of ResourceActor; its connection closes itself."""
+
+    kind = "plain"
+    fault_types = (Broken,)
+    batch_methods = frozenset({"put"})
+
+    class Options(BaseModel):
+        size: int = 1
+
+    def __init__(self, size: int = 1, closable: bool = True) -> None:
+        super().__init__()
+        self.size = size
+        self.closable = closable
+        self.conns: list[Any] = []
+
+    def connect(self) -> Any:
+        conn = Closable() if self.closable else type("Bare", (), {"close": "not callable"})()
+        self.conns.append(conn)
+        return conn
+
+    def put(self, value: Any) -> Any:
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def block(self, started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        release.wait(10)
+
+    def break_it(self) -> None:
+        raise Broken("link lost")
+
+    def closed(self) -> list[bool]:
+        return [c.closed for c in self.conns if isinstance(c, Closable)]
+
+    def finish(self) -> None:
+        self.stop_normally()
+
+    def replay_steps(self) -> tuple[str, ...]:
+        self.replay("a", lambda conn: None)
+        self.replay("b", lambda conn: None)
+        self.replay("a", lambda conn: None)  # replaced in place: "a" stays first
+        self.forget("never registered")
+        before = self.replays
+        self.forget("a")
+        return (*before, "|", *self.replays)
+
+
+HOOKS = ["connect", "disconnect", "is_fault", "health_check", "replay", "forget",
+         "stop_normally", "report_fault", "poll", "run_batch", "counts_as_failure",
+         "max_pool_size", "abort", "Options"]
+
+
+def test_a_handle_offers_the_kinds_methods_and_transaction_but_no_hook() -> None:
+    with _start("Plain", restart="transient") as system:
+        r = system.get("r")
+        for hook in HOOKS:
+            with pytest.raises(AttributeError) as info:
+                getattr(r, hook)
+            assert str(info.value).startswith(f"resource 'r' (kind 'plain') has no method '{hook}'")
+        error = str(info.value)
+        offered = error[error.index("its methods: ") + len("its methods: "):].split(", ")
+        assert offered == ["block", "break_it", "closed", "finish", "put", "replay_steps",
+                           "transaction"]
+        assert r.transaction(lambda conn, x, y=0: (type(conn).__name__, x + y), 1, y=2
+                             ).result(5) == ("Closable", 3)
+
+
+def test_the_default_disconnect_closes_the_connection_if_it_can() -> None:
+    rec = Recorder()
+    with _start("Plain") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert isinstance(r.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert r.closed().result(5) == [True, False]
+    with _start("Plain", closable=False) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert isinstance(r.break_it().exception(5), sessions.ResourceFault)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1, count=2)
+        assert r.put(1).result(5) == 1
+
+
+def test_the_default_hooks_run_quietly_and_stop_normally_says_finished(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    with _start("Plain", restart="transient", health_interval=0.01,
+                stall_timeout=60, shutdown_timeout=0.05) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        assert r.replay_steps().result(5) == ("a", "b", "|", "b")
+        wait_until(lambda: r.put(1).result(5) == 1 and len(caplog.records) == 0
+                   and system.stats("r").outcomes["ok"] >= 3, what="quiet health checks")
+        assert r.finish().result(5) is None
+        stopped = rec.wait_for(lambda e: isinstance(e, ChildStopped))[0]
+        assert stopped.reason == "exited normally: finished"
+        assert rec.of(ChildFaulted) == []
+
+
+def test_the_default_run_batch_runs_each_call_and_a_base_exception_breaks_the_batch() -> None:
+    rec = Recorder()
+    with _start("Plain") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+
+        def queued(values: list[Any]) -> list[Any]:
+            started, release = threading.Event(), threading.Event()
+            r.block(started, release)
+            assert started.wait(5)
+            futures = [r.put(v) for v in values]
+            release.set()
+            return futures
+
+        ok, bad = queued(["a", ValueError("bad")])
+        assert ok.result(5) == "a" and str(bad.exception(5)) == "bad"
+        futures = queued(["a", SystemExit(2)])
+        for f in futures:
+            error = f.exception(5)
+            assert isinstance(error, sessions.ResourceFault)
+            assert isinstance(error.__cause__, SystemExit)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert _faults(rec) == ["batch: SystemExit(2)"]
+
+
+def test_ignore_and_a_missing_connect() -> None:
+    assert repr(sessions.IGNORE) == "sessions.IGNORE"
+    with pytest.raises(sessions.ResourceUnavailable) as info:
+        _start("NoConnect", supervisor={"max_restarts": 0})
+    assert "NotImplementedError('NoConnect must implement connect()')" in str(info.value)
+
+
+class NoConnect(sessions.ResourceActor):
+    kind = "no-connect"
