@@ -854,6 +854,23 @@ def test_a_pool_member_that_finished_its_call_is_idle_again(first: str) -> None:
         assert blocked.result(5) == "released"
 
 
+def test_calls_expiring_while_nobody_serves_are_counted_as_timeouts() -> None:
+    with sessions.start(config({"a": {"call_timeout": 0.2}})) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate  # hold the reconnect
+        assert isinstance(a.break_it().exception(5), sessions.ResourceFault)
+        expired = [a.echo(1), a.echo(2)]
+        cancelled = a.echo(3)
+        assert cancelled.cancel()
+        done, _ = concurrent.futures.wait(expired, timeout=5)  # expired by the runtime
+        assert len(done) == 2
+        gate.set()
+        assert a.echo(4).result(5) == 4
+        outcomes = system.stats("a").outcomes
+        assert (outcomes["timeout"], outcomes["ok"], outcomes["fault"]) == (2, 1, 1)
+
+
 # -- refused calls ------------------------------------------------------------------
 
 
