@@ -336,7 +336,9 @@ class Piper(sessions.ResourceActor):
             raise Broken("pipeline aborted")
         if self.batch_error is not None:
             raise self.batch_error
-        return super().run_batch(calls)
+        outcomes = super().run_batch(calls)
+        extra = getattr(self, "extra", 0)
+        return outcomes + outcomes[:extra] if extra >= 0 else outcomes[:extra]
 
     def counts_as_failure(self, exc: BaseException) -> bool:
         """A timeout is the caller's error, yet counts toward the breaker; a
@@ -351,6 +353,10 @@ class Piper(sessions.ResourceActor):
     def hang_batches(self) -> threading.Event:
         self.hang = threading.Event()
         return self.hang
+
+    def miscount(self, extra: int) -> None:
+        """From now on run_batch returns ``extra`` outcomes too many (or too few)."""
+        self.extra = extra
 
     def fail_batches(self, error: BaseException | None) -> None:
         self.batch_error = error
@@ -435,6 +441,23 @@ def test_a_run_batch_raising_a_non_fault_fails_every_call_of_it_and_keeps_servin
         assert r.restarts == 0 and rec.of(ChildFaulted) == []
         r.fail_batches(None).result(5)
         assert r.put("d").result(5) == "d"
+
+
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_a_run_batch_returning_a_wrong_number_of_outcomes_fails_the_batch(extra: int) -> None:
+    """A kind's bug: every caller of the batch gets the error and the resource goes on
+    serving (the runner used to die silently, every later call timing out)."""
+    with _start("Piper") as system:
+        r = system.get("r")
+        r.miscount(extra).result(5)
+        futures = _queued_behind_a_block(r, ["a", "b", "c"])
+        for f in futures:
+            error = f.exception(5)
+            assert isinstance(error, ValueError)
+            assert str(error) == "run_batch() of 'r' returned " + (
+                "2 outcomes for 3 calls" if extra < 0 else "4 outcomes for 3 calls")
+        assert r.put("alone").result(5) == "alone"
+        assert r.restarts == 0 and r.state == "running"
 
 
 def test_a_run_batch_raising_a_fault_fails_every_call_as_a_fault_and_restarts() -> None:
