@@ -330,6 +330,8 @@ class Piper(sessions.ResourceActor):
 
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         self.batches.append([args[0] for _, args, _ in calls])
+        if any(args[0] == "refuse-all" for _, args, _ in calls):
+            raise ValueError("the whole batch was refused")
         if self.hang is not None:
             self.hang.set()
             self.aborted.wait(30)
@@ -364,6 +366,9 @@ class Piper(sessions.ResourceActor):
     def block(self, started: threading.Event, release: threading.Event) -> None:
         started.set()
         release.wait(10)
+
+    def whoami(self) -> str:
+        return threading.current_thread().name
 
     def seen(self) -> list[list[Any]]:
         return [list(b) for b in self.batches]
@@ -596,30 +601,35 @@ def test_batch_latencies_are_queue_wait_plus_run_time() -> None:
 
 
 def test_an_idle_resource_is_never_taken_for_stalled() -> None:
-    """Before any work, and after each kind of work (a call, a batch, a periodic hook),
-    the runner is idle: the watchdog, which catches a stalled neighbour, leaves it be."""
+    """Before any work, and after each kind of work (a call that returns or raises, a
+    batch that succeeds or raises, a periodic hook), the runner is idle: the watchdog,
+    which catches a stalled neighbour, leaves it be. Each resource does its kind of
+    work last."""
     rec = Recorder()
+    watched = {"stall_timeout": 0.05}
+    piper = {"kind": "tests.test_runner:Piper", **watched}
+    checker = {"kind": "tests.test_runner:Checker", **watched}
     cfg = {
         "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
         "resources": {
-            "r": {"kind": "tests.test_runner:Piper", "stall_timeout": 0.05,
-                  "health_interval": 0.01},
-            "p": {"kind": "tests.test_runner:Checker", "stall_timeout": 0.05,
-                  "poll_interval": 0.01},
-            "idle": {"kind": "tests.kinds:Probe", "stall_timeout": 0.05},  # never called
-            "stuck": {"kind": "tests.kinds:Probe", "call_timeout": 0.05, "stall_timeout": 0.05},
+            "idle": {"kind": "tests.kinds:Probe", **watched},  # never called
+            "ok": piper, "raised": piper, "batched": piper, "batch_raised": piper,
+            "checked": {**checker, "health_interval": 0.01},
+            "polled": {**checker, "poll_interval": 0.01},
+            "stuck": {"kind": "tests.kinds:Probe", "call_timeout": 0.05, **watched},
         },
     }
     with sessions.start(cfg) as system:
         system.subscribe(rec)
-        r, p = system.get("r"), system.get("p")
-        for f in _queued_behind_a_block(r, ["a", "b"]):
+        assert system.get("ok").put("a").result(5) == "a"
+        assert isinstance(system.get("raised").put(ValueError("bad")).exception(5), ValueError)
+        for f in _queued_behind_a_block(system.get("batched"), ["a", "b"]):
             f.result(5)
-        r.fail_batches(ValueError("rejected")).result(5)
-        for f in _queued_behind_a_block(r, ["c", "d"]):
+        system.get("batch_raised").fail_batches(ValueError("rejected")).result(5)
+        for f in _queued_behind_a_block(system.get("batch_raised"), ["c", "d"]):
             f.exception(5)
-        assert isinstance(r.put(ValueError("bad")).exception(5), ValueError)
-        assert p.arm(1, poll_error=ValueError("odd")).result(5).wait(5)
+        assert system.get("polled").arm(1, poll_error=ValueError("odd")).result(5).wait(5)
+        assert system.get("checked").arm(1).result(5).wait(5)
         started = threading.Event()
         stalled = system.get("stuck").stall(started)
         assert isinstance(stalled.exception(10), sessions.ResourceFault)
@@ -892,6 +902,33 @@ def test_calls_expiring_while_nobody_serves_are_counted_as_timeouts() -> None:
         assert a.echo(4).result(5) == 4
         outcomes = system.stats("a").outcomes
         assert (outcomes["timeout"], outcomes["ok"], outcomes["fault"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("value", ["ok", "refuse-all"])
+def test_a_pool_member_that_finished_a_batch_is_idle_again(value: str) -> None:
+    with _start("Piper", pool_size=2) as system:
+        r = system.get("r")
+        releases = []
+        for _ in range(2):  # both members busy
+            started, release = threading.Event(), threading.Event()
+            releases.append(release)
+            r.block(started, release)
+            assert started.wait(5)
+        puts = [r.put(value) for _ in range(4)]  # two for each member: two batches
+        for release in releases:
+            release.set()
+        for f in puts:
+            f.exception(5)
+        r.whoami().result(5)  # one member has run a plain call since its batch
+        started, release = threading.Event(), threading.Event()
+        blocked = r.block(started, release)
+        assert started.wait(5)
+        try:
+            served = [r.whoami().result(2) for _ in range(4)]
+        finally:
+            release.set()
+        assert len(set(served)) == 1
+        assert blocked.result(5) is None
 
 
 # -- refused calls ------------------------------------------------------------------
