@@ -1068,6 +1068,7 @@ class Plain(sessions.ResourceActor):
         self.size = size
         self.closable = closable
         self.conns: list[Any] = []
+        self.name_at_init = self.name
 
     def connect(self) -> Any:
         conn = Closable() if self.closable else type("Bare", (), {"close": "not callable"})()
@@ -1085,6 +1086,9 @@ class Plain(sessions.ResourceActor):
 
     def break_it(self) -> None:
         raise Broken("link lost")
+
+    def names(self) -> tuple[str, str]:
+        return self.name_at_init, self.name
 
     def closed(self) -> list[bool]:
         return [c.closed for c in self.conns if isinstance(c, Closable)]
@@ -1116,8 +1120,8 @@ def test_a_handle_offers_the_kinds_methods_and_transaction_but_no_hook() -> None
             assert str(info.value).startswith(f"resource 'r' (kind 'plain') has no method '{hook}'")
         error = str(info.value)
         offered = error[error.index("its methods: ") + len("its methods: "):].split(", ")
-        assert offered == ["block", "break_it", "closed", "finish", "put", "replay_steps",
-                           "transaction"]
+        assert offered == ["block", "break_it", "closed", "finish", "names", "put",
+                           "replay_steps", "transaction"]
         assert r.transaction(lambda conn, x, y=0: (type(conn).__name__, x + y), 1, y=2
                              ).result(5) == ("Closable", 3)
 
@@ -1177,6 +1181,14 @@ def test_the_default_run_batch_runs_each_call_and_a_base_exception_breaks_the_ba
             assert isinstance(error.__cause__, SystemExit)
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert _faults(rec) == ["batch: SystemExit(2)"]
+
+
+def test_a_new_actor_is_named_after_its_class_until_the_runtime_names_it() -> None:
+    plain = Plain()
+    assert (plain.name, plain.resource, plain.replays) == ("Plain", None, ())
+    assert plain.report_fault(Broken("not running yet")) is None  # ignored: not running
+    with _start("Plain") as system:
+        assert system.get("r").names().result(5) == ("Plain", "r")
 
 
 def test_ignore_and_a_missing_connect() -> None:
