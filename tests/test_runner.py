@@ -302,6 +302,10 @@ def test_an_is_fault_that_raises_counts_the_error_as_a_fault(
 # -- batches ------------------------------------------------------------------------
 
 
+PAUSE: list[threading.Event] = []
+"""Set by a test: every Piper's run_batch sets the first event, waits for the second."""
+
+
 class Piper(sessions.ResourceActor):
     """``put`` calls are batched (at most three at once); the whole ``run_batch`` can
     be made to raise."""
@@ -330,6 +334,9 @@ class Piper(sessions.ResourceActor):
 
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         self.batches.append([args[0] for _, args, _ in calls])
+        if PAUSE:  # (entered, resume): every member's batches wait for the test
+            PAUSE[0].set()
+            PAUSE[1].wait(10)
         if any(args[0] == "refuse-all" for _, args, _ in calls):
             raise ValueError("the whole batch was refused")
         if self.hang is not None:
@@ -494,7 +501,10 @@ def test_a_fault_inside_a_batch_is_reported_as_the_batch() -> None:
         r = system.get("r")
         futures = _queued_behind_a_block(r, ["a", Broken("lost mid-batch"), "c"])
         assert futures[0].result(5) == "a" and futures[2].result(5) == "c"
-        assert isinstance(futures[1].exception(5), sessions.ResourceFault)
+        error = futures[1].exception(5)
+        assert isinstance(error, sessions.ResourceFault)
+        assert error.resource == "r" and error.method == "put"
+        assert isinstance(error.__cause__, Broken) and "Broken('lost mid-batch')" in str(error)
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert _faults(rec) == ["batch: Broken('lost mid-batch')"]
         outcomes = system.stats("r").outcomes
@@ -929,6 +939,30 @@ def test_a_pool_member_that_finished_a_batch_is_idle_again(value: str) -> None:
             release.set()
         assert len(set(served)) == 1
         assert blocked.result(5) is None
+
+
+def test_a_pool_routes_calls_while_its_members_run_batches() -> None:
+    with _start("Piper", pool_size=2) as system:
+        r = system.get("r")
+        releases = []
+        for _ in range(2):  # both members busy
+            started, release = threading.Event(), threading.Event()
+            releases.append(release)
+            r.block(started, release)
+            assert started.wait(5)
+        puts = [r.put(i) for i in range(4)]  # two for each member: two batches
+        entered, resume = threading.Event(), threading.Event()
+        PAUSE[:] = [entered, resume]
+        try:
+            releases[0].set()
+            assert entered.wait(5)  # a member is in its batch
+            late = r.put("late")
+        finally:
+            resume.set()
+            releases[1].set()
+            PAUSE.clear()
+        assert [f.result(5) for f in puts] == [0, 1, 2, 3]
+        assert late.result(5) == "late"
 
 
 # -- refused calls ------------------------------------------------------------------
