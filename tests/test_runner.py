@@ -1154,8 +1154,12 @@ def test_a_handle_offers_the_kinds_methods_and_transaction_but_no_hook() -> None
             assert str(info.value).startswith(f"resource 'r' (kind 'plain') has no method '{hook}'")
         error = str(info.value)
         offered = error[error.index("its methods: ") + len("its methods: "):].split(", ")
-        assert offered == ["block", "break_it", "closed", "finish", "names", "put",
-                           "replay_steps", "transaction"]
+        assert offered == sorted(offered)
+        assert {"block", "break_it", "closed", "finish", "names", "put", "replay_steps",
+                "transaction"} <= set(offered)
+        assert not [n for n in offered if n.startswith("_") or n in HOOKS or n in (
+            "resource", "name", "kind", "fault_types", "replays", "poll_interval",
+            "batch_methods", "max_batch")]
         assert r.transaction(lambda conn, x, y=0: (type(conn).__name__, x + y), 1, y=2
                              ).result(5) == ("Closable", 3)
 
