@@ -304,6 +304,8 @@ def test_an_is_fault_that_raises_counts_the_error_as_a_fault(
 
 PAUSE: list[threading.Event] = []
 """Set by a test: every Piper's run_batch sets the first event, waits for the second."""
+PAUSED_IN: list[str] = []
+"""The threads whose run_batch paused."""
 
 
 class Piper(sessions.ResourceActor):
@@ -335,6 +337,7 @@ class Piper(sessions.ResourceActor):
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         self.batches.append([args[0] for _, args, _ in calls])
         if PAUSE:  # (entered, resume): every member's batches wait for the test
+            PAUSED_IN.append(threading.current_thread().name)
             PAUSE[0].set()
             PAUSE[1].wait(10)
         if any(args[0] == "refuse-all" for _, args, _ in calls):
@@ -963,6 +966,44 @@ def test_a_pool_routes_calls_while_its_members_run_batches() -> None:
             PAUSE.clear()
         assert [f.result(5) for f in puts] == [0, 1, 2, 3]
         assert late.result(5) == "late"
+
+
+def test_a_busy_member_counts_as_one_call_whether_in_a_call_or_a_batch() -> None:
+    """Least-loaded routing: a busy member with nothing queued is less loaded than a
+    busy member with a call queued behind it, whether each runs a call or a batch."""
+    with _start("Piper", pool_size=2) as system:
+        r = system.get("r")
+        releases = []
+        for _ in range(2):  # both members busy in a call
+            started, release = threading.Event(), threading.Event()
+            releases.append(release)
+            r.block(started, release)
+            assert started.wait(5)
+        puts = [r.put(i) for i in range(3)]  # two behind one member, one behind the other
+        entered, resume = threading.Event(), threading.Event()
+        PAUSE[:], PAUSED_IN[:] = [entered, resume], []
+        release3 = threading.Event()
+        try:
+            releases[0].set()  # its two puts run as a batch, which pauses
+            assert entered.wait(5)
+            # in a batch, nothing queued  <  in a call, one put queued
+            behind_batch = r.whoami()
+            releases[1].set()
+            assert puts[1].result(5) == 1
+            other = r.whoami().result(5)  # the member that ran its put, idle now
+            started3 = threading.Event()
+            r.block(started3, release3)
+            assert started3.wait(5)
+            # in a call, nothing queued  <  in a batch, one call queued
+            behind_call = r.whoami()
+        finally:
+            resume.set()
+            release3.set()
+            releases[1].set()
+            PAUSE.clear()
+        assert [f.result(5) for f in puts] == [0, 1, 2]
+        assert behind_batch.result(5) == PAUSED_IN[0] != other
+        assert behind_call.result(5) == other
 
 
 # -- refused calls ------------------------------------------------------------------
