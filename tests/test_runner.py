@@ -1,5 +1,7 @@
-"""The thread side of a resource (sessions/actors/_runner.py), through the public API:
-periodic hooks, what counts as a fault, batches, deferred replies, refused calls."""
+"""The thread side of a resource (sessions/actors/_runner.py) and the defaults of
+ResourceActor (sessions/actors/_base.py), through the public API: periodic hooks, what
+counts as a fault, batches, deferred replies, call outcomes and pool routing, refused
+calls, normal exits, report_fault()."""
 
 from __future__ import annotations
 
@@ -527,7 +529,7 @@ def test_a_caller_error_inside_a_batch_is_counted_as_an_error() -> None:
 BREAKER = {"breaker": {"failures": 1, "reset_timeout": 60}}
 
 
-def _circuit_after(system: sessions.System, r: Any) -> str | None:
+def _circuit_after(r: Any) -> str | None:
     """The circuit once everything queued so far has run (a call answered after it)."""
     r.call("keys").exception(5)  # refused at once if the circuit opened
     return r.circuit
@@ -552,7 +554,7 @@ def test_a_caller_error_opens_the_circuit_only_if_it_counts_as_failure(
             assert isinstance(refused, sessions.ResourceUnavailable)
             assert repr(error) in str(refused)
         else:
-            assert _circuit_after(system, r) == "closed"
+            assert _circuit_after(r) == "closed"
         assert r.restarts == 0
 
 
@@ -574,7 +576,7 @@ def test_a_whole_batch_caller_error_opens_the_circuit_only_if_it_counts(
             opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
             assert (opened.state, opened.reason) == ("open", repr(error))
         else:
-            assert _circuit_after(system, r) == "closed"
+            assert _circuit_after(r) == "closed"
         assert r.restarts == 0 and rec.of(ChildFaulted) == []
 
 
@@ -597,7 +599,7 @@ def test_a_batch_opens_the_circuit_only_when_a_call_of_it_faulted() -> None:
         futures = _queued_behind_a_block(r, ["a", ValueError("bad"), "c"])
         assert [f.exception(5) is None for f in futures] == [True, False, True]
         assert r.seen().result(5) == [["a", futures[1].exception(0), "c"]]
-        assert _circuit_after(system, r) == "closed"
+        assert _circuit_after(r) == "closed"
         futures = _queued_behind_a_block(r, ["d", Broken("lost mid-batch")])
         opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
         assert (opened.state, opened.reason) == ("open", "Broken('lost mid-batch')")
@@ -855,7 +857,7 @@ def test_a_deferred_value_resolves_the_call_and_counts_ok() -> None:
         wait_until(lambda: system.stats("r").outcomes["ok"] == 2, what="the ok counted")
 
 
-# -- call outcomes ------------------------------------------------------------------
+# -- call outcomes and pool routing -------------------------------------------------
 
 
 def test_call_latencies_are_queue_wait_plus_run_time() -> None:
