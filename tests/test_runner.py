@@ -1139,6 +1139,7 @@ class Plain(sessions.ResourceActor):
 
     class Options(BaseModel):
         size: int = 1
+        closable: bool = True
 
     def __init__(self, size: int = 1, closable: bool = True) -> None:
         super().__init__()
@@ -1148,7 +1149,7 @@ class Plain(sessions.ResourceActor):
         self.name_at_init = self.name
 
     def connect(self) -> Any:
-        conn = Closable() if self.closable else type("Bare", (), {"close": "not callable"})()
+        conn = Closable() if self.closable else object()  # nothing to close
         self.conns.append(conn)
         return conn
 
@@ -1207,7 +1208,8 @@ def test_a_handle_offers_the_kinds_methods_and_transaction_but_no_hook() -> None
                              ).result(5) == ("Closable", 3)
 
 
-def test_the_default_disconnect_closes_the_connection_if_it_can() -> None:
+def test_the_default_disconnect_closes_the_connection_if_it_can(
+        caplog: pytest.LogCaptureFixture) -> None:
     rec = Recorder()
     with _start("Plain") as system:
         system.subscribe(rec)
@@ -1221,6 +1223,7 @@ def test_the_default_disconnect_closes_the_connection_if_it_can() -> None:
         assert isinstance(r.break_it().exception(5), sessions.ResourceFault)
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1, count=2)
         assert r.put(1).result(5) == 1
+    assert not [m for m in caplog.records if "disconnect of" in m.getMessage()]
 
 
 def test_the_default_hooks_run_quietly_and_stop_normally_says_finished(
@@ -1255,6 +1258,12 @@ def test_the_default_run_batch_runs_each_call_and_a_base_exception_breaks_the_ba
 
         ok, bad = queued(["a", ValueError("bad")])
         assert ok.result(5) == "a" and str(bad.exception(5)) == "bad"
+        started, release = threading.Event(), threading.Event()
+        r.block(started, release)
+        assert started.wait(5)
+        by_keyword = [r.put(value="kw"), r.put(value=1)]
+        release.set()
+        assert [f.result(5) for f in by_keyword] == ["kw", 1]
         futures = queued(["a", SystemExit(2)])
         for f in futures:
             error = f.exception(5)
@@ -1270,6 +1279,32 @@ def test_a_new_actor_is_named_after_its_class_until_the_runtime_names_it() -> No
     assert plain.report_fault(Broken("not running yet")) is None  # ignored: not running
     with _start("Plain") as system:
         assert system.get("r").names().result(5) == ("Plain", "r")
+
+
+class Picky(sessions.ResourceActor):
+    """Every error is a fault but a ValueError (its is_fault(None) is True)."""
+
+    kind = "picky"
+
+    def connect(self) -> object:
+        return object()
+
+    def is_fault(self, exc: BaseException) -> bool:
+        return not isinstance(exc, ValueError)
+
+    def fail(self) -> None:
+        raise ValueError("bad input")
+
+    def keys(self) -> list[Any]:
+        return []
+
+
+def test_by_default_what_is_not_a_fault_does_not_count_toward_the_breaker() -> None:
+    with _start("Picky", **BREAKER) as system:
+        r = system.get("r")
+        for _ in range(3):
+            assert isinstance(r.fail().exception(5), ValueError)
+        assert _circuit_after(r) == "closed"
 
 
 def test_ignore_and_a_missing_connect() -> None:
