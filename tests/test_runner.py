@@ -890,11 +890,11 @@ def test_a_pool_member_that_finished_its_call_is_idle_again(first: str) -> None:
     never behind the member blocked in a call."""
     with sessions.start(config({"db": {"pool_size": 2}})) as system:
         db = system.get("db")
-        db.call(first).exception(5)
         started, release = threading.Event(), threading.Event()
         blocked = db.block(started, release)
         assert started.wait(5)
         try:
+            db.call(first).exception(5)  # on the other member, which is idle again
             served = [db.whoami().result(2)[0] for _ in range(4)]
         finally:
             release.set()
