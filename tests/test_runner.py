@@ -753,6 +753,19 @@ class Later(sessions.ResourceActor):
         self.pending.append(answer)
         return sessions.Deferred(answer)
 
+    def hang_disconnect(self) -> None:
+        self.hanging = threading.Event()
+
+    def disconnect(self, resource: Any) -> None:
+        hanging = getattr(self, "hanging", None)
+        if hanging is not None:
+            hanging.wait(30)  # until abort()
+
+    def abort(self, resource: Any) -> None:
+        hanging = getattr(self, "hanging", None)
+        if hanging is not None:
+            hanging.set()
+
     def answers(self) -> list[concurrent.futures.Future[Any]]:
         pending, self.pending = self.pending, []
         return pending
@@ -846,6 +859,19 @@ def test_a_deferred_value_is_not_kept_once_resolved() -> None:
         del value, asked, answer
         wait_until(lambda: gc.collect() >= 0 and ref() is None, timeout=5,
                    what="the resolved value to be released")
+
+
+def test_a_reply_owed_while_the_disconnect_hangs_at_stop_names_the_disconnect() -> None:
+    system = _start("Later", shutdown_timeout=0.1)
+    r = system.get("r")
+    asked, _answer = _asked(r)
+    r.hang_disconnect().result(5)
+    system.stop()
+    error = asked.exception(0)
+    assert isinstance(error, sessions.ResourceFault)
+    assert str(error) == (
+        "call ask() on resource 'r' was in progress when resource 'r' was stopped "
+        "(disconnect() did not finish within shutdown_timeout=0.1s); its outcome is unknown")
 
 
 def test_a_deferred_value_resolves_the_call_and_counts_ok() -> None:
