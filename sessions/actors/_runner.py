@@ -533,6 +533,9 @@ class Runner(pykka.ThreadingActor):
             outcomes = self.actor.run_batch(
                 [(c.future.method, c.args, c.kwargs) for c in calls]
             )
+            if len(outcomes) != len(calls):  # a bug of the kind: fail the batch, go on
+                raise ValueError(f"run_batch() of {self.actor.name!r} returned "
+                                 f"{len(outcomes)} outcomes for {len(calls)} calls")
         except BaseException as exc:
             self.busy_since, self.current = 0.0, None
             mailbox.running = 0
