@@ -42,6 +42,7 @@ CORE = [
     "sessions/_futures.py",
     "sessions/_config.py",
     "sessions/actors/_runner.py",
+    "sessions/actors/_base.py",
     "sessions/supervisor/_tree.py",
     "sessions/_system.py",
 ]
@@ -153,9 +154,13 @@ def main() -> int:
     if not args.report:
         mutmut = Path(sys.executable).parent / "mutmut"
         for module in modules:
-            subprocess.run([str(mutmut), "run", "--max-children", str(args.max_children),
-                            dotted(module) + ".*"], cwd=ROOT, check=False,
-                           stdout=subprocess.DEVNULL)
+            run = subprocess.run([str(mutmut), "run", "--max-children",
+                                  str(args.max_children), dotted(module) + ".*"],
+                                 cwd=ROOT, check=False, capture_output=True, text=True)
+            if "failed to collect stats" in run.stdout + run.stderr:
+                # The tests fail without any mutant: nothing was measured.
+                sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
+                raise SystemExit(f"{module}: mutmut could not run the tests (above)")
     ok = [report(m, equivalents) for m in modules]
     return 0 if all(ok) else 1
 
