@@ -1114,6 +1114,24 @@ def test_a_permanent_resource_exits_once_and_serves_again_after_its_restart() ->
             "exited normally (job done) but is permanent"]
 
 
+def test_a_normal_exit_asked_by_a_call_that_faulted_is_not_carried_to_the_next_one() -> None:
+    """The fault wins: the next incarnation serves on instead of ending after its
+    first call."""
+    def finish_then_break(probe: Any) -> None:
+        probe.stop_normally("meant to finish")
+        raise ProbeBroken("but the link broke first")
+
+    rec = Recorder()
+    with sessions.start(config(["a"])) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        with pytest.raises(sessions.ResourceFault):
+            a.apply(finish_then_break).result(5)
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert [a.generation().result(5) for _ in range(3)] == [2, 2, 2]
+        assert a.restarts == 1
+
+
 # -- report_fault() across incarnations ---------------------------------------------
 
 

@@ -312,6 +312,8 @@ class Runner(pykka.ThreadingActor):
         # Set before connect(): a reader thread started by connect() may report a fault
         # at once; it is queued and crashes this incarnation as soon as it serves.
         self.actor._runner = self
+        # A normal exit asked for by a call that then faulted is not carried over.
+        self.actor._exit_reason = None
         try:
             self.busy_what = "connect()"
             resource = self.actor.connect()
