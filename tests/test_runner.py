@@ -529,6 +529,12 @@ def test_a_caller_error_inside_a_batch_is_counted_as_an_error() -> None:
 BREAKER = {"breaker": {"failures": 1, "reset_timeout": 60}}
 
 
+def _first_circuit_change(rec: Recorder) -> tuple[str, str]:
+    """(state, reason) of the first CircuitChanged event, once it has arrived."""
+    changed = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
+    return changed.state, changed.reason
+
+
 def _circuit_after(r: Any) -> str | None:
     """The circuit once everything queued so far has run (a call answered after it)."""
     r.call("keys").exception(5)  # refused at once if the circuit opened
@@ -548,8 +554,7 @@ def test_a_caller_error_opens_the_circuit_only_if_it_counts_as_failure(
         r = system.get("r")
         assert r.put(error).exception(5) is error
         if counts:
-            opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
-            assert (opened.state, opened.reason) == ("open", repr(error))
+            assert _first_circuit_change(rec) == ("open", repr(error))
             refused = r.put("x").exception(0)
             assert isinstance(refused, sessions.ResourceUnavailable)
             assert repr(error) in str(refused)
@@ -573,8 +578,7 @@ def test_a_whole_batch_caller_error_opens_the_circuit_only_if_it_counts(
         futures = _queued_behind_a_block(r, ["a", "b"])
         assert [f.exception(5) for f in futures] == [error, error]
         if counts:
-            opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
-            assert (opened.state, opened.reason) == ("open", repr(error))
+            assert _first_circuit_change(rec) == ("open", repr(error))
         else:
             assert _circuit_after(r) == "closed"
         assert r.restarts == 0 and rec.of(ChildFaulted) == []
@@ -587,8 +591,7 @@ def test_a_whole_batch_fault_opens_the_circuit_with_its_error() -> None:
         r = system.get("r")
         r.fail_batches(Broken("pipeline reset")).result(5)
         _queued_behind_a_block(r, ["a", "b"])
-        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
-        assert (opened.state, opened.reason) == ("open", "Broken('pipeline reset')")
+        assert _first_circuit_change(rec) == ("open", "Broken('pipeline reset')")
 
 
 def test_a_batch_opens_the_circuit_only_when_a_call_of_it_faulted() -> None:
@@ -601,8 +604,7 @@ def test_a_batch_opens_the_circuit_only_when_a_call_of_it_faulted() -> None:
         assert r.seen().result(5) == [["a", futures[1].exception(0), "c"]]
         assert _circuit_after(r) == "closed"
         futures = _queued_behind_a_block(r, ["d", Broken("lost mid-batch")])
-        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))[0]
-        assert (opened.state, opened.reason) == ("open", "Broken('lost mid-batch')")
+        assert _first_circuit_change(rec) == ("open", "Broken('lost mid-batch')")
 
 
 def test_batch_latencies_are_queue_wait_plus_run_time() -> None:
