@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sessions
-from sessions.sim.i2c import TMP102, SimBus
+from sessions.actors.i2c.sim import TMP102, SimBus
 
 TMP = 0x48
 CLOCK_HZ = 400_000

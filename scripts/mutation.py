@@ -1,7 +1,7 @@
 """Mutation testing of the runtime, one module at a time, with a score per module.
 
     .venv/bin/python scripts/mutation.py                      # every core module
-    .venv/bin/python scripts/mutation.py sessions/_futures.py # one (path or dotted name)
+    .venv/bin/python scripts/mutation.py sessions/_runtime/futures.py # one (path or dotted name)
     .venv/bin/python scripts/mutation.py --report             # scores of the last runs only
 
 mutmut (configured in pyproject.toml, ``[tool.mutmut]``) copies the package to
@@ -37,12 +37,12 @@ EQUIVALENTS = ROOT / "mutation-equivalents.txt"
 TARGET = 85.0
 CORE = [
     "sessions/supervisor/_policy.py",
-    "sessions/supervisor/_breaker.py",
-    "sessions/supervisor/_stats.py",
-    "sessions/_futures.py",
+    "sessions/_runtime/breaker.py",
+    "sessions/_runtime/stats.py",
+    "sessions/_runtime/futures.py",
     "sessions/_config.py",
-    "sessions/actors/_runner.py",
-    "sessions/actors/_base.py",
+    "sessions/_runtime/runner.py",
+    "sessions/_runtime/contract.py",
     "sessions/supervisor/_tree.py",
     "sessions/_system.py",
 ]

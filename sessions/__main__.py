@@ -1,6 +1,6 @@
 """``python -m sessions``: the same command line as the ``sessions`` console script.
 
-The commands live in :mod:`sessions._cli`; this module only forwards to them, so
+The commands live in :mod:`sessions._tools.cli`; this module only forwards to them, so
 ``python -m sessions ...`` and ``sessions ...`` cannot drift apart.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from sessions._cli import main
+from sessions._tools.cli import main
 
 __all__ = ["main"]
 

@@ -18,13 +18,13 @@ from typing import Any
 from sessions import _config
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig, check_options
 from sessions._errors import CallTimeout, ChildRunning, ConfigError, ResourceUnavailable
-from sessions._futures import SessionFuture, resolved
-from sessions.actors import resolve_kind
-from sessions.actors._base import public_methods
+from sessions._runtime.breaker import Breaker
+from sessions._runtime.contract import public_methods
+from sessions._runtime.futures import SessionFuture, resolved
+from sessions._runtime.kinds import resolve_kind
+from sessions._runtime.stats import CallStats
 from sessions.messages import Event
-from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
-from sessions.supervisor._stats import CallStats
 from sessions.supervisor._tree import (
     Kernel,
     Node,

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import sessions
+from sessions._runtime.breaker import Breaker
+from sessions._runtime.stats import BUCKETS, OUTCOMES, RECENT, CallStats
 from sessions.messages import ChildRestarting, ChildStarted, CircuitChanged
-from sessions.supervisor._breaker import Breaker
-from sessions.supervisor._stats import BUCKETS, OUTCOMES, RECENT, CallStats
 from tests.kinds import controls
 from tests.support import FakeClock, Recorder, config, wait_until
 

@@ -25,9 +25,8 @@ import can
 import pytest
 
 import sessions
-from sessions.actors.canbus import BusOffError, CANBusActor, CANBusSessionManager
-from sessions.messages import ChildFaulted, ChildStarted
-from sessions.sim.can import (
+from sessions.actors.canbus import BusOffError, CANBusActor
+from sessions.actors.canbus.sim import (
     CMD_GET_SPEED,
     CMD_SET_SPEED,
     STATUS_OK,
@@ -41,6 +40,8 @@ from sessions.sim.can import (
     response_id,
     status_id,
 )
+from sessions.canbus import CANBusSessionManager
+from sessions.messages import ChildFaulted, ChildStarted
 from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 TIMEOUT = 10.0
@@ -645,7 +646,7 @@ def test_the_module_imports_without_python_can() -> None:
         import sys
         sys.modules["can"] = None  # as if python-can were not installed
         import sessions
-        from sessions.actors.canbus import CANBusSessionManager
+        from sessions.canbus import CANBusSessionManager
         try:
             sessions.start({"resources": {"bus": {"kind": "canbus"}}})
         except sessions.ConfigError as err:

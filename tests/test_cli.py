@@ -24,9 +24,9 @@ import pytest
 
 import sessions
 from sessions import ResourceActor
-from sessions._cli import main
-from sessions._demo import DEMO_TOML
-from sessions._schema import build_schema
+from sessions._tools.cli import main
+from sessions._tools.demo import DEMO_TOML
+from sessions._tools.schema import build_schema
 from sessions.actors import BUILTIN_KINDS, resolve_kind
 from tests.kinds import controls
 

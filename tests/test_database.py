@@ -27,7 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sessions
 from sessions import CallTimeout, ConfigError, ResourceFault, ResourceUnavailable
-from sessions.actors.database import ConnectionLost, DatabaseActor, DatabaseSessionManager
+from sessions.actors.database import ConnectionLost, DatabaseActor
+from sessions.database import DatabaseSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.servers import PostgresServer
 from tests.support import FakeClock, Recorder, wait_until

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 import sessions
-from sessions.actors._base import BatchItem, Outcome
+from sessions._runtime.contract import BatchItem, Outcome
+from sessions._runtime.stats import RECENT, CallStats
 from sessions.messages import ChildFaulted, ChildStarted
-from sessions.supervisor._stats import RECENT, CallStats
 from tests.support import Recorder, wait_until
 
 

@@ -24,7 +24,8 @@ import requests
 from urllib3.util.retry import Retry
 
 import sessions
-from sessions.actors.http import HTTPActor, HTTPSessionManager
+from sessions.actors.http import HTTPActor
+from sessions.http import HTTPSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.servers import HttpServer
 from tests.support import FakeClock, Recorder, wait_until
@@ -547,7 +548,8 @@ def test_module_imports_without_requests() -> None:
         """
         import sys
         sys.modules["requests"] = None
-        from sessions.actors.http import HTTPActor, HTTPSessionManager
+        from sessions.actors.http import HTTPActor
+        from sessions.http import HTTPSessionManager
         actor = HTTPActor("http://127.0.0.1:1")
         try:
             actor.connect()

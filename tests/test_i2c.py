@@ -22,9 +22,17 @@ from typing import Any
 import pytest
 
 import sessions
-from sessions.actors.i2c import GuardedBus, I2CActor, I2CSessionManager, sim_adapter
+from sessions.actors.i2c import GuardedBus, I2CActor, sim_adapter
+from sessions.actors.i2c.sim import (
+    EEPROM24C02,
+    TMP102,
+    RegisterDevice,
+    SimAdapter,
+    SimBus,
+    SimDevice,
+)
+from sessions.i2c import I2CSessionManager
 from sessions.messages import ChildRestarting, ChildStarted
-from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
 from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 TMP, EE, REG = 0x48, 0x50, 0x20

@@ -32,12 +32,12 @@ from sessions.actors.kafka import (
     KafkaAborted,
     KafkaConsumerActor,
     KafkaProducerActor,
-    KafkaSessionManager,
     ProducerOptions,
     Record,
     RecordDecodeError,
     SendResult,
 )
+from sessions.kafka import KafkaSessionManager
 from sessions.messages import ChildFaulted, ChildStarted, CircuitChanged
 from tests.servers import FAST_GROUP_CONSUMER, KafkaServer, _reserve_port
 from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until

@@ -27,16 +27,16 @@ import pytest
 import redis
 
 import sessions
-from sessions.actors._base import public_methods
+from sessions._runtime.contract import public_methods
 from sessions.actors.redis import (
     COMMANDS,
     EXCLUDED,
     UNBATCHED,
     RedisActor,
     RedisOptions,
-    RedisSessionManager,
 )
 from sessions.messages import ChildFaulted, ChildStarted, CircuitChanged
+from sessions.redis import RedisSessionManager
 from tests.servers import RedisServer
 from tests.support import FakeClock, Recorder, wait_until
 

@@ -1,5 +1,5 @@
-"""The thread side of a resource (sessions/actors/_runner.py) and the defaults of
-ResourceActor (sessions/actors/_base.py), through the public API: periodic hooks, what
+"""The thread side of a resource (sessions/_runtime/runner.py) and the defaults of
+ResourceActor (sessions/_runtime/contract.py), through the public API: periodic hooks, what
 counts as a fault, batches, deferred replies, call outcomes and pool routing, refused
 calls, normal exits, report_fault()."""
 
@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 import sessions
-from sessions.actors._base import BatchItem, Outcome
+from sessions._runtime.contract import BatchItem, Outcome
 from sessions.messages import ChildFaulted, ChildStarted, ChildStopped, CircuitChanged
 from tests.kinds import ProbeBroken, controls
 from tests.support import Recorder, config, wait_until
@@ -1165,7 +1165,7 @@ def test_report_fault_after_the_resource_stopped_is_ignored() -> None:
         assert system.get("a").state == "stopped"
 
 
-# -- ResourceActor's defaults (sessions/actors/_base.py) ----------------------------
+# -- ResourceActor's defaults (sessions/_runtime/contract.py) ----------------------------
 
 
 class Closable:

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import sessions
-from sessions import _cli
 from sessions._errors import ConfigError
-from sessions._server import ServerConfig, StatusServer, health, parse_server
+from sessions._tools import cli as _cli
+from sessions._tools.server import ServerConfig, StatusServer, health, parse_server
 from tests.kinds import controls
 from tests.support import config, wait_until
 

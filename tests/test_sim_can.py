@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import can
 import pytest
 
-from sessions.sim.can import (
+from sessions.actors.canbus.sim import (
     CAN_ERR_BUSOFF,
     CMD_ERROR,
     CMD_GET_SPEED,

@@ -1,4 +1,4 @@
-"""Tests of the in-process I2C simulator ``sessions.sim.i2c``."""
+"""Tests of the in-process I2C simulator ``sessions.actors.i2c.sim``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessions.sim.i2c import (
+from sessions.actors.i2c.sim import (
     EEPROM24C02,
     TMP102,
     RegisterDevice,
@@ -72,7 +72,8 @@ def assert_oserror(exc_info: pytest.ExceptionInfo[OSError], code: int) -> None:
 
 
 def test_imports_without_smbus2() -> None:
-    code = "import sys; sys.modules['smbus2'] = None; import sessions.sim.i2c as m; m.SimBus()"
+    code = ("import sys; sys.modules['smbus2'] = None; "
+            "import sessions.sim.i2c as m; m.SimBus()")
     result = subprocess.run(
         [sys.executable, "-c", code],
         check=False,

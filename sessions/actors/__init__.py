@@ -1,66 +1,15 @@
-"""Resource kinds: one module per kind, found lazily by name.
+"""Resource kinds: one module (or package, with its simulator beside it) per kind.
 
-A kind is resolved, in order, from the built-in table below, from the entry-point
-group ``sessions.resources`` (so other packages can add kinds), or from an explicit
-``"package.module:Class"`` string. Driver modules are imported only when a config
-names their kind, so every driver stays an optional extra.
+``sessions.actors`` is also the public home of the contract a kind implements
+(:class:`ResourceActor`, :class:`Deferred`, :data:`IGNORE`, :class:`ResourceContext`)
+and of :func:`resolve_kind`, which finds a kind by name: built-in, from the entry-point
+group ``sessions.resources``, or ``"package.module:Class"``. A kind's module is
+imported only when a config names it, so every driver stays an optional extra.
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
+from sessions._runtime.contract import IGNORE, Deferred, ResourceActor
+from sessions._runtime.kinds import BUILTIN_KINDS, resolve_kind
 
-from sessions._errors import ConfigError
-from sessions.actors._base import IGNORE, ResourceActor
-
-__all__ = ["BUILTIN_KINDS", "IGNORE", "ResourceActor", "resolve_kind"]
-
-#: kind -> "module:Class" of the built-in kinds (imported only when a config names them).
-BUILTIN_KINDS: dict[str, str] = {
-    "i2c": "sessions.actors.i2c:I2CActor",
-    "canbus": "sessions.actors.canbus:CANBusActor",
-    "database": "sessions.actors.database:DatabaseActor",
-    "redis": "sessions.actors.redis:RedisActor",
-    "kafka_producer": "sessions.actors.kafka:KafkaProducerActor",
-    "kafka_consumer": "sessions.actors.kafka:KafkaConsumerActor",
-    "http": "sessions.actors.http:HTTPActor",
-}
-
-#: kind -> pip extra to suggest when its driver is missing.
-_EXTRAS: dict[str, str] = {
-    "i2c": "i2c",
-    "canbus": "can",
-    "database": "database",
-    "redis": "redis",
-    "kafka_producer": "kafka",
-    "kafka_consumer": "kafka",
-    "http": "http",
-}
-
-
-def _entry_point_kinds() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group="sessions.resources")}
-
-
-def resolve_kind(kind: str, path: str = "kind") -> type[ResourceActor]:
-    """The ResourceActor subclass for ``kind``; ConfigError naming ``path`` otherwise."""
-    target = BUILTIN_KINDS.get(kind) or _entry_point_kinds().get(kind)
-    if target is None:
-        if ":" not in kind:
-            known = ", ".join(sorted({*BUILTIN_KINDS, *_entry_point_kinds()})) or "none"
-            raise ConfigError([(path, f"unknown resource kind {kind!r} (built-in and "
-                                      f"installed kinds: {known}; or use 'package.module:Class')")])
-        target = kind
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        extra = _EXTRAS.get(kind)
-        hint = f"; install it with: pip install 'applib-sessions[{extra}]'" if extra else ""
-        raise ConfigError([(path, f"cannot import {module_name!r} for kind {kind!r}: "
-                                  f"{err}{hint}")]) from err
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, ResourceActor)):
-        raise ConfigError([(path, f"{target!r} is not a sessions.ResourceActor subclass")])
-    return cls
+__all__ = ["BUILTIN_KINDS", "Deferred", "IGNORE", "ResourceActor", "resolve_kind"]  # noqa: RUF022

@@ -76,11 +76,10 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import TextClause
 
 from sessions._redact import redact
-from sessions._registry import SessionManager
-from sessions.actors._abort import Cut, dup_socket, shutdown_socket
-from sessions.actors._base import ResourceActor
+from sessions._runtime.abort import Cut, dup_socket, shutdown_socket
+from sessions._runtime.contract import ResourceActor
 
-__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor", "DatabaseSessionManager"]
+__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor"]
 
 log = logging.getLogger("sessions.database")
 
@@ -650,17 +649,3 @@ def _materialize(result: CursorResult[Any]) -> list[dict[str, Any]] | int:
     count = result.rowcount
     result.close()
     return count
-
-
-class DatabaseSessionManager(SessionManager):
-    """The seed's database session manager, now supervised.
-
-    ``with DatabaseSessionManager(url=...) as db`` (or ``async with``) yields the handle
-    of a one-resource system of kind ``database``; ``**options`` are any other config
-    keys of the kind and supervision keys (``pool_size``, ``call_timeout``, ...).
-    """
-
-    kind: ClassVar[str] = "database"
-
-    def __init__(self, url: str = DEFAULT_URL, **options: Any) -> None:
-        super().__init__(url=url, **options)

@@ -80,9 +80,8 @@ from pydantic import (
 )
 
 from sessions._redact import redact
-from sessions._registry import SessionManager
-from sessions.actors._abort import shutdown_socket
-from sessions.actors._base import ResourceActor
+from sessions._runtime.abort import shutdown_socket
+from sessions._runtime.contract import ResourceActor
 
 if TYPE_CHECKING:
     import requests
@@ -90,7 +89,7 @@ if TYPE_CHECKING:
     from urllib3 import PoolManager
     from urllib3.util.retry import Retry
 
-__all__ = ["HTTPActor", "HTTPSessionManager"]
+__all__ = ["HTTPActor"]
 
 log = logging.getLogger("sessions.http")
 
@@ -430,28 +429,6 @@ class HTTPActor(ResourceActor):
         if path.startswith(("?", "#")):
             return self.base_url + path
         return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
-
-
-class HTTPSessionManager(SessionManager):
-    """The seed's ``HTTPSessionManager(base_url=..., **options)``: one supervised
-    ``http`` resource; ``with``/``async with`` yields its handle::
-
-        async with HTTPSessionManager(base_url="https://api.example.com") as client:
-            response = await client.get("/resource")
-            response.json()
-
-    ``options`` are the kind's keys (``headers``, ``timeout``, ``retries``, ...) and the
-    supervision keys (``call_timeout``, ``pool_size``, ``breaker``, ...). Given a
-    ``call_timeout`` but no ``timeout``, the read timeout follows ``call_timeout``.
-    """
-
-    kind: ClassVar[str] = "http"
-
-    def __init__(self, base_url: str, **options: Any) -> None:
-        call_timeout = options.get("call_timeout")
-        if isinstance(call_timeout, int | float) and "timeout" not in options:
-            options["timeout"] = (min(DEFAULT_CONNECT_TIMEOUT, call_timeout), call_timeout)
-        super().__init__(base_url=base_url, **options)
 
 
 # -- helpers ----------------------------------------------------------------------------

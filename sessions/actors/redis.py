@@ -109,9 +109,8 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from sessions._redact import redact
-from sessions._registry import SessionManager
-from sessions.actors._abort import shutdown_socket
-from sessions.actors._base import BatchItem, Outcome, ResourceActor
+from sessions._runtime.abort import shutdown_socket
+from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
 
 __all__ = [
     "COMMANDS",
@@ -121,7 +120,6 @@ __all__ = [
     "PipelineBroken",
     "RedisActor",
     "RedisOptions",
-    "RedisSessionManager",
 ]
 
 log = logging.getLogger("sessions.redis")
@@ -1120,27 +1118,3 @@ del _name
 _execute_command.__name__ = "execute_command"
 _execute_command.__qualname__ = "RedisActor.execute_command"
 RedisActor.execute_command = _execute_command  # type: ignore[attr-defined]
-
-
-class RedisSessionManager(SessionManager):
-    """``with RedisSessionManager(url="redis://cache:6379/0") as cache:`` -- the seed's
-    Redis session manager.
-
-    Starts a one-resource supervised system (resource name ``"redis"`` unless ``name`` is
-    given) and yields its handle from ``with`` and ``async with``. Every ``redis`` option
-    (:class:`RedisOptions`, redis-py connection keywords) and supervision key
-    (``call_timeout``, ``pool_size``, ``breaker``, ...) may be passed as a keyword;
-    ``supervisor`` sets the root supervisor's policy.
-    """
-
-    kind: ClassVar[str] = "redis"
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str | None = None,
-        supervisor: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(name=name, supervisor=supervisor, url=url, **options)

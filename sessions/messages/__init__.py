@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sessions._futures import SessionFuture
+    from sessions._runtime.futures import SessionFuture
 
 __all__ = [
     "Call",

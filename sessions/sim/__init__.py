@@ -1,1 +1,4 @@
-"""In-process simulators of hardware buses, so code runs and is tested without hardware."""
+"""In-process simulators of hardware buses, so code runs and is tested without hardware.
+
+Each simulator lives beside its kind (``sessions/actors/<kind>/sim.py``); these modules
+are their short public paths: ``sessions.sim.i2c``, ``sessions.sim.can``."""

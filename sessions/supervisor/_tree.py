@@ -33,11 +33,12 @@ import pykka
 
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig
 from sessions._errors import ConfigError, ResourceUnavailable
-from sessions._futures import SessionFuture
 from sessions._redact import redact
-from sessions.actors import ResourceActor
-from sessions.actors._base import IGNORE
-from sessions.actors._runner import Mailbox, Owed, Runner, settle
+from sessions._runtime.breaker import Breaker
+from sessions._runtime.contract import IGNORE, ResourceActor
+from sessions._runtime.futures import SessionFuture
+from sessions._runtime.runner import Mailbox, Owed, Runner, settle
+from sessions._runtime.stats import CallStats
 from sessions.messages import (
     Call,
     ChildFaulted,
@@ -46,10 +47,8 @@ from sessions.messages import (
     ChildStopped,
     SupervisorGaveUp,
 )
-from sessions.supervisor._breaker import Breaker
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._policy import Backoff, RestartIntensity
-from sessions.supervisor._stats import CallStats
 
 log = logging.getLogger("sessions.supervisor")
 

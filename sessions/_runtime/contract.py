@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from sessions.actors._runner import Runner
+    from sessions._runtime.runner import Runner
 
 BatchItem = tuple[str, tuple[Any, ...], Mapping[str, Any]]
 """One queued call handed to ``run_batch``: (method name, args, kwargs)."""

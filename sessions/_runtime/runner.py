@@ -25,14 +25,14 @@ import pykka
 
 from sessions._errors import ResourceFault, ResourceUnavailable
 from sessions._redact import redact
-from sessions.actors._base import IGNORE, Deferred
+from sessions._runtime.contract import IGNORE, Deferred
+from sessions._runtime.stats import CallStats
 from sessions.messages import Call, HealthCheck
-from sessions.supervisor._stats import CallStats
 
 if TYPE_CHECKING:
-    from sessions._futures import SessionFuture
-    from sessions.actors._base import ResourceActor
-    from sessions.supervisor._breaker import Breaker
+    from sessions._runtime.breaker import Breaker
+    from sessions._runtime.contract import ResourceActor
+    from sessions._runtime.futures import SessionFuture
 
 log = logging.getLogger("sessions.actor")
 

@@ -56,8 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import ResourceFault
-from sessions._registry import SessionManager
-from sessions.actors._base import Deferred, ResourceActor
+from sessions._runtime.contract import Deferred, ResourceActor
 
 
 class _LazyCan:
@@ -82,7 +81,6 @@ else:
 __all__ = [
     "BusOffError",
     "CANBusActor",
-    "CANBusSessionManager",
     "FilterSpec",
     "PendingReply",
 ]
@@ -1159,27 +1157,3 @@ class CANBusActor(ResourceActor):
             check=True,
             **fields,
         )
-
-
-class CANBusSessionManager(SessionManager):
-    """The seed's CAN session manager: a one-bus supervised system.
-
-    ``with CANBusSessionManager(interface="socketcan", channel="can0") as bus:`` (or
-    ``async with``) yields the bus's handle; other keywords are the kind's config keys
-    and the supervision keys (``call_timeout``, ``restart``, ...).
-    """
-
-    kind: ClassVar[str] = "canbus"
-
-    def __init__(
-        self,
-        interface: str = "virtual",
-        channel: str | int | None = None,
-        *,
-        name: str | None = None,
-        supervisor: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        if channel is not None:
-            options["channel"] = channel
-        super().__init__("canbus", name=name, supervisor=supervisor, interface=interface, **options)

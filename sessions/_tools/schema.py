@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from sessions._config import ResourceConfig, SystemConfig
 from sessions._errors import ConfigError
-from sessions._server import ServerConfig
-from sessions.actors import BUILTIN_KINDS, resolve_kind
+from sessions._runtime.kinds import BUILTIN_KINDS, resolve_kind
+from sessions._tools.server import ServerConfig
 
 __all__ = ["build_schema"]
 

@@ -24,7 +24,7 @@ opposed to the calls it makes, raised nothing).
 
 ``--config FILE`` runs the same loop against other resources: the file needs one
 resource each of kind ``i2c`` (a TMP102 at 0x48), ``canbus`` (a drive answering the
-protocol of :mod:`sessions.sim.can` as node 1) and ``database``. Faults are injected
+protocol of :mod:`sessions.actors.canbus.sim` as node 1) and ``database``. Faults are injected
 only where the demo can reach a simulator: an I2C bus with ``bus = "sim"`` and a
 ``sim_name``, a CAN bus on the ``virtual`` interface (the demo then starts the
 simulated drive on its channel); the database connection can always be dropped.
@@ -57,7 +57,7 @@ from sessions._redact import redact
 from sessions._system import Handle, System, start, status_rows
 from sessions.actors.canbus import CANBusActor
 from sessions.actors.i2c import I2CActor
-from sessions.sim.i2c import TMP102
+from sessions.actors.i2c.sim import TMP102
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -386,7 +386,7 @@ class Controller:
 
     def cycle(self, worker: int) -> bool:
         """One control cycle; False if a step failed (the error is in the tally)."""
-        from sessions.sim import can as drive  # noqa: PLC0415 - python-can is an extra
+        from sessions.actors.canbus import sim as drive  # noqa: PLC0415 - python-can is an extra
 
         try:
             raw = self.call(self.sensors.read_i2c_block_data(TMP102_ADDRESS, 0, 2))
@@ -757,7 +757,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError([("--workers", f"expected at least 1, got {args.workers}")])
     with ExitStack() as stack:
         if args.config:
-            from sessions._cli import read_config  # noqa: PLC0415 - avoids an import cycle
+            from sessions._tools.cli import read_config  # noqa: PLC0415 - avoids an import cycle
 
             raw: dict[str, Any] = dict(read_config(args.config).raw)
         else:
@@ -774,7 +774,7 @@ def _run(
     tui = not args.no_tui and out.isatty() and _has_rich()
     can_sim = None
     if plant.can_virtual:
-        from sessions.sim.can import MotorDriveSim  # noqa: PLC0415
+        from sessions.actors.canbus.sim import MotorDriveSim  # noqa: PLC0415
 
         can_sim = MotorDriveSim(str(plant.can_channel or "sessions-demo"), node_id=DRIVE_NODE)
         can_sim.start()

@@ -81,7 +81,7 @@ already in the kernel cannot be interrupted: it ends at the driver's timeout.
 
 The simulator
 -------------
-``bus = "sim"`` uses :mod:`sessions.sim.i2c` (smbus2 is then not needed; it is only
+``bus = "sim"`` uses :mod:`sessions.actors.i2c.sim` (smbus2 is then not needed; it is only
 imported when a hardware bus connects). The simulated bus (a ``SimAdapter``) is
 built once, when the resource is created, so device state survives restarts as a
 chip's does. To reach it from Python (to inject faults or inspect registers): pass
@@ -118,8 +118,8 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import DeviceError
-from sessions._registry import SessionManager
-from sessions._smbus import (
+from sessions._runtime.contract import ResourceActor
+from sessions.actors.i2c._smbus import (
     ADDRESS_MAX,
     ADDRESS_MIN,
     BLOCK_MAX,
@@ -130,14 +130,19 @@ from sessions._smbus import (
     check_block,
     check_int,
 )
-from sessions.actors._base import ResourceActor
-from sessions.sim.i2c import EEPROM24C02, TMP102, RegisterDevice, SimAdapter, SimBus, SimDevice
+from sessions.actors.i2c.sim import (
+    EEPROM24C02,
+    TMP102,
+    RegisterDevice,
+    SimAdapter,
+    SimBus,
+    SimDevice,
+)
 
 __all__ = [
     "GuardedBus",
     "I2CActor",
     "I2COptions",
-    "I2CSessionManager",
     "InitWrite",
     "SimDeviceSpec",
     "sim_adapter",
@@ -1156,25 +1161,3 @@ class I2CActor(_SMBusSurface, ResourceActor):
 
 
 # --------------------------------------------------------------------------- seed facade
-
-
-class I2CSessionManager(SessionManager):
-    """``with I2CSessionManager(bus=1) as i2c:`` -- the seed's I2C session manager.
-
-    Starts a one-resource supervised system (resource name ``"i2c"`` unless ``name``
-    is given) and yields its handle from ``with`` and ``async with``. Every ``i2c``
-    option (:class:`I2COptions`) and supervision key (``call_timeout``, ...) may be
-    passed as a keyword; ``supervisor`` sets the root supervisor's policy.
-    """
-
-    kind: ClassVar[str] = "i2c"
-
-    def __init__(
-        self,
-        bus: int | str,
-        *,
-        name: str | None = None,
-        supervisor: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(None, name=name, supervisor=supervisor, bus=bus, **options)

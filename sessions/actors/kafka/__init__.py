@@ -100,8 +100,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from sessions._redact import redact
-from sessions._registry import SessionManager
-from sessions.actors._base import Deferred, ResourceActor
+from sessions._runtime.contract import Deferred, ResourceActor
 
 __all__ = [
     "AckTimeout",
@@ -109,7 +108,6 @@ __all__ = [
     "KafkaAborted",
     "KafkaConsumerActor",
     "KafkaProducerActor",
-    "KafkaSessionManager",
     "ProducerClosed",
     "ProducerOptions",
     "Record",
@@ -1692,30 +1690,3 @@ class KafkaConsumerActor(ResourceActor):
 
 
 # -- seed-compatible session manager ------------------------------------------------------
-
-
-class KafkaSessionManager(SessionManager):
-    """``KafkaSessionManager(bootstrap_servers=..., **options)``: a supervised producer;
-    with ``group_id=...`` a supervised consumer instead. ``with``/``async with`` yields
-    the handle."""
-
-    kind = "kafka_producer"
-
-    def __init__(
-        self,
-        bootstrap_servers: str | list[str],
-        *,
-        group_id: str | None = None,
-        name: str | None = None,
-        supervisor: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        if group_id is not None:
-            options["group_id"] = group_id
-        super().__init__(
-            "kafka_consumer" if group_id is not None else "kafka_producer",
-            name=name,
-            supervisor=supervisor,
-            bootstrap_servers=bootstrap_servers,
-            **options,
-        )

@@ -28,8 +28,8 @@ from pydantic import ValidationError
 
 from sessions._config import ServerConfig, errors_from
 from sessions._errors import ConfigError
-from sessions._metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable, resources
 from sessions._redact import redact
+from sessions._tools.metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable, resources
 
 if TYPE_CHECKING:
     from sessions._system import System

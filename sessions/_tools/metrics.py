@@ -2,7 +2,7 @@
 
 Why a custom collector rather than ``Counter``/``Histogram`` objects: the figures
 already exist - every resource keeps its call outcomes and a latency histogram
-(:class:`~sessions.supervisor._stats.CallStats`), and the tree knows states and
+(:class:`~sessions._runtime.stats.CallStats`), and the tree knows states and
 restarts. Mirroring them into client-library metrics would mean updating a second
 copy on the hot path of every call. A collector reads them at scrape time instead,
 and lives in a registry of its own, so importing ``sessions`` never adds anything to
@@ -41,8 +41,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from sessions._runtime.stats import BUCKETS, OUTCOMES, CallStats
 from sessions.messages import ChildFaulted, Event, SupervisorGaveUp
-from sessions.supervisor._stats import BUCKETS, OUTCOMES, CallStats
 
 if TYPE_CHECKING:
     from sessions._system import System

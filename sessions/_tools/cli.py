@@ -52,9 +52,9 @@ from sessions import _config
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig
 from sessions._errors import ConfigError, ResourceUnavailable
 from sessions._redact import redact
-from sessions._server import StatusServer
+from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
-from sessions.actors import resolve_kind
+from sessions._tools.server import StatusServer
 from sessions.messages import Event, SupervisorGaveUp
 from sessions.supervisor._tree import make_actor, stall_timeout
 
@@ -565,7 +565,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """``sessions schema [-o FILE]``."""
-    from sessions._schema import build_schema  # noqa: PLC0415 - imports every kind
+    from sessions._tools.schema import build_schema  # noqa: PLC0415 - imports every kind
 
     text = json.dumps(build_schema(), indent=args.indent) + "\n"
     if args.output in (None, "-"):
@@ -584,7 +584,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``sessions demo``."""
-    from sessions._demo import run_demo  # noqa: PLC0415 - only this command needs it
+    from sessions._tools.demo import run_demo  # noqa: PLC0415 - only this command needs it
 
     return run_demo(args)
 
@@ -613,7 +613,7 @@ class _Formatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
-    from sessions import _demo  # noqa: PLC0415
+    from sessions._tools import demo as _demo  # noqa: PLC0415
 
     codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
