@@ -218,3 +218,32 @@ def test_every_field_has_a_docstring(cls: type) -> None:
         s.target.id for s in body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
     }
     assert declared == {f.name for f in dataclasses.fields(cls)}
+
+
+DRIVERS = ("sqlalchemy", "psycopg", "redis", "kafka", "can", "smbus2", "requests",
+           "prometheus_client", "rich")
+
+
+def test_star_import_and_the_seed_module_paths_need_no_driver() -> None:
+    """``from sessions import *`` and the seed's own module paths (``sessions.http``,
+    ``sessions.database``, ...) work with every driver missing: a driver is imported
+    only when its resource connects."""
+    blocked = "; ".join(f"sys.modules[{d!r}] = None" for d in DRIVERS)
+    code = textwrap.dedent(f"""
+        import sys
+        {blocked}
+        from sessions import *
+        from sessions.database import DatabaseSessionManager
+        from sessions.redis import RedisSessionManager
+        from sessions.kafka import KafkaSessionManager
+        from sessions.i2c import I2CSessionManager
+        from sessions.canbus import CANBusSessionManager
+        from sessions.http import HTTPSessionManager
+        import sessions
+        assert sessions.HTTPSessionManager is HTTPSessionManager
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -55,6 +55,7 @@ from sessions._config import SystemConfig, check_options, load
 from sessions._errors import ConfigError, SessionsError
 from sessions._redact import redact
 from sessions._system import Handle, System, start, status_rows
+from sessions._tools.check import read_config
 from sessions.actors.canbus import CANBusActor
 from sessions.actors.i2c import I2CActor
 from sessions.actors.i2c.sim import TMP102
@@ -757,8 +758,6 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError([("--workers", f"expected at least 1, got {args.workers}")])
     with ExitStack() as stack:
         if args.config:
-            from sessions._tools.cli import read_config  # noqa: PLC0415 - avoids an import cycle
-
             raw: dict[str, Any] = dict(read_config(args.config).raw)
         else:
             tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sessions-demo-"))
