@@ -14,11 +14,15 @@ step registered with :meth:`ResourceActor.replay`.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from sessions._runtime.runner import Runner
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger("sessions.actor")
 
 BatchItem = tuple[str, tuple[Any, ...], Mapping[str, Any]]
 """One queued call handed to ``run_batch``: (method name, args, kwargs)."""
@@ -56,13 +60,146 @@ nothing is counted toward intensity; ``restart_child`` (or a group restart) star
 again. For a resource that is optional on this machine (a bus that is not fitted)."""
 
 
-#: Names that are lifecycle hooks or runtime plumbing, never callable through a handle.
-LIFECYCLE = frozenset(
-    {"connect", "disconnect", "is_fault", "health_check", "replay", "forget", "replays",
-     "resource", "name", "kind", "fault_types", "Options", "stop_normally", "report_fault",
-     "poll", "poll_interval", "run_batch", "batch_methods", "max_batch", "counts_as_failure",
-     "max_pool_size", "abort"}
-)
+#: Calls a handle may make that ResourceActor itself defines (every other callable is a
+#: method the kind adds; see :func:`public_methods`).
+BUILT_IN_CALLS = frozenset({"transaction"})
+
+#: Attribute names the runtime sets on every actor; a kind may not define a method so named.
+RESERVED = frozenset({"context", "config", "resource", "name"})
+
+
+class Incarnation(Protocol):
+    """What the context needs of the runtime's current incarnation (the runner)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def conn(self) -> Any: ...
+
+    def report(self, error: BaseException) -> None: ...
+
+    def spawned(self, thread: threading.Thread) -> None: ...
+
+
+class ResourceContext:
+    """What the runtime gives one resource actor, for the actor's whole life.
+
+    The kind calls it (``self.context``, or the :class:`ResourceActor` shortcuts of the
+    same names); the runtime attaches each incarnation to it and reads what the kind
+    asked for, instead of poking the actor's private fields.
+
+    Threads: ``report_fault``, ``connected`` and ``spawn`` may be called from any
+    thread; ``stop_normally``, ``replay`` and ``forget`` from the actor's own thread
+    (a call or a hook). ``attach``, ``detach``, ``take_exit_reason`` and
+    ``replay_steps`` are the runtime's, on the actor thread of the incarnation concerned.
+    """
+
+    __slots__ = ("_exit_reason", "_incarnation", "_lock", "_replays")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._incarnation: Incarnation | None = None
+        """The incarnation connecting or serving; None between incarnations. Written
+        by incarnations' actor threads under ``_lock``."""
+        self._replays: dict[str, Callable[[Any], None]] = {}
+        """Replay steps in registration order. Actor thread only."""
+        self._exit_reason: str | None = None
+        """A normal exit asked for by the call in progress. Actor thread only."""
+
+    # -- the kind's side ----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while an incarnation holds an open connection (any thread)."""
+        incarnation = self._incarnation
+        return incarnation is not None and incarnation.connected
+
+    def report_fault(self, error: BaseException, resource: Any = None) -> None:
+        """Crash the current incarnation with ``error``, from any thread.
+
+        Also while ``connect()`` is still running: the report is queued and takes
+        effect as soon as the incarnation serves. If ``resource`` is given and is not
+        the current incarnation's connection (a stale reader of an earlier one), the
+        report is ignored; with no incarnation attached, too.
+        """
+        with self._lock:
+            incarnation = self._incarnation
+        if incarnation is None:
+            return
+        if resource is not None and incarnation.connected and resource is not incarnation.conn:
+            return
+        incarnation.report(error)
+
+    def stop_normally(self, reason: str = "finished") -> None:
+        """End this resource normally once the current call returns (actor thread)."""
+        self._exit_reason = reason
+
+    def spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """Start a thread that belongs to the current connection (a reader, a delivery
+        loop); call it from the actor thread (``connect()`` or a call).
+
+        The runtime joins it when the incarnation ends, after ``disconnect()``, which
+        must make it return (close what it blocks on, set the event it waits for); a
+        thread that outlives a bounded join is logged as left running. An exception
+        escaping ``target`` is reported as a fault of that connection. RuntimeError
+        with no incarnation attached.
+        """
+        with self._lock:
+            incarnation = self._incarnation
+        if incarnation is None:
+            raise RuntimeError("spawn() needs a running incarnation (call it from "
+                               "connect() or a call)")
+        conn = incarnation.conn
+
+        def run() -> None:
+            try:
+                target()
+            except Exception as exc:
+                log.debug("thread %s ended with %r", name, exc)
+                self.report_fault(exc, conn)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        incarnation.spawned(thread)
+        thread.start()
+        return thread
+
+    def replay(self, key: str, step: Callable[[Any], None]) -> None:
+        """Register a replay step: see :meth:`ResourceActor.replay`."""
+        self._replays[key] = step
+
+    def forget(self, key: str) -> None:
+        """Drop a replay step (no error if it is not registered)."""
+        self._replays.pop(key, None)
+
+    @property
+    def replays(self) -> tuple[str, ...]:
+        """Registered replay keys, in the order they will run."""
+        return tuple(self._replays)
+
+    # -- the runtime's side -----------------------------------------------------------
+
+    def attach(self, incarnation: Incarnation) -> None:
+        """``incarnation`` is now the actor's (before its ``connect()``); a normal exit
+        asked for under an earlier incarnation is not carried over."""
+        with self._lock:
+            self._incarnation = incarnation
+        self._exit_reason = None
+
+    def detach(self, incarnation: Incarnation) -> None:
+        """``incarnation`` ended; later reports from it are ignored."""
+        with self._lock:
+            if self._incarnation is incarnation:
+                self._incarnation = None
+
+    def take_exit_reason(self) -> str | None:
+        """The normal exit asked for since the last take, clearing it."""
+        reason, self._exit_reason = self._exit_reason, None
+        return reason
+
+    def replay_steps(self) -> list[Callable[[Any], None]]:
+        """The replay steps to run after a connect, in order (a copy)."""
+        return list(self._replays.values())
 
 
 class ResourceActor:
@@ -92,6 +229,12 @@ class ResourceActor:
     max_batch: ClassVar[int] = 256
     """Largest batch handed to ``run_batch``."""
 
+    Options: ClassVar[type[BaseModel] | None] = None
+    """The kind's options, declared once as a pydantic model (defaults included): the
+    config loader validates a resource's keys against it and reports every problem with
+    its path, ``sessions schema`` documents it, and the actor reads the result as
+    ``self.config``. None: the kind takes no options."""
+
     poll_interval: float | None = None
     """If set, ``poll()`` runs in the actor thread this often (and right after connect)."""
 
@@ -101,12 +244,36 @@ class ResourceActor:
     name: str
     """This resource's name in the config (set by the runtime before ``connect``)."""
 
-    def __init__(self) -> None:
+    context: ResourceContext
+    """What the runtime offers this actor (faults, normal exit, replay, threads)."""
+
+    config: Any
+    """The validated ``Options`` (an instance of the kind's model), or None for a kind
+    without ``Options``. Set by ``__init__``; read-only by convention."""
+
+    def __init__(self, **options: Any) -> None:
+        """``options`` are the kind's keys, validated against ``Options`` into
+        ``self.config`` (ValueError naming every bad key); a kind without ``Options``
+        takes none. Construction must be cheap and side-effect free: ``connect()`` does
+        the I/O (``sessions check`` constructs every actor and drops it)."""
         self.resource = None
         self.name = type(self).__name__
-        self._replays: dict[str, Callable[[Any], None]] = {}
-        self._exit_reason: str | None = None
-        self._runner: Runner | None = None
+        self.context = ResourceContext()
+        model = type(self).Options
+        if model is None:
+            if options:
+                raise TypeError(f"{type(self).__name__} takes no options "
+                                f"(got {', '.join(sorted(options))})")
+            self.config = None
+            return
+        try:
+            self.config = model.model_validate(options)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}"
+                for e in err.errors()
+            )
+            raise ValueError(f"{type(self).__name__}: {problems}") from None
 
     @classmethod
     def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -186,14 +353,9 @@ class ResourceActor:
         Thread-safe, also while ``connect()`` is still running (the report then takes
         effect as soon as the resource serves). If ``resource`` is given and is not the
         current connection of a connected resource (a stale reader of an earlier
-        incarnation), the report is ignored.
+        incarnation), the report is ignored. Same as ``self.context.report_fault``.
         """
-        runner = self._runner
-        if runner is None:
-            return
-        if resource is not None and resource is not self.resource and runner.connected:
-            return
-        runner.report(error)
+        self.context.report_fault(error, resource)
 
     def stop_normally(self, reason: str = "finished") -> None:
         """End this resource normally once the current call returns.
@@ -201,7 +363,7 @@ class ResourceActor:
         A ``permanent`` resource is restarted anyway; ``transient`` and ``temporary``
         ones stay stopped and further calls fail with ``ResourceUnavailable``.
         """
-        self._exit_reason = reason
+        self.context.stop_normally(reason)
 
     # -- replay -----------------------------------------------------------------------
 
@@ -213,16 +375,16 @@ class ResourceActor:
         existing key replaces its step in place. The step is only registered: do the
         action now yourself if it is needed now.
         """
-        self._replays[key] = step
+        self.context.replay(key, step)
 
     def forget(self, key: str) -> None:
         """Drop a replay step (no error if it is not registered)."""
-        self._replays.pop(key, None)
+        self.context.forget(key)
 
     @property
     def replays(self) -> tuple[str, ...]:
         """Registered replay keys, in the order they will run."""
-        return tuple(self._replays)
+        return self.context.replays
 
     # -- built-in call ----------------------------------------------------------------
 
@@ -236,8 +398,19 @@ class ResourceActor:
 
 
 def public_methods(cls: type[ResourceActor]) -> frozenset[str]:
-    """The names a handle may call on ``cls``."""
-    return frozenset(
+    """The names a handle may call on ``cls``; the rule in one line:
+
+    **every public method the kind adds, never a name ResourceActor itself defines
+    (hooks, shortcuts, settings), plus** ``transaction``.
+    """
+    return BUILT_IN_CALLS | frozenset(
         n for n in dir(cls)
-        if not n.startswith("_") and n not in LIFECYCLE and callable(getattr(cls, n, None))
+        if not n.startswith("_") and not hasattr(ResourceActor, n)
+        and inspect.isroutine(getattr(cls, n, None))
     )
+
+
+def reserved_clashes(cls: type[ResourceActor]) -> list[str]:
+    """Names in :data:`RESERVED` that ``cls`` defines as a method (a config error: the
+    runtime sets these attributes on every actor)."""
+    return sorted(n for n in RESERVED if callable(getattr(cls, n, None)))

@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from sessions._errors import ConfigError
-from sessions._runtime.contract import ResourceActor
+from sessions._runtime.contract import RESERVED, ResourceActor, reserved_clashes
 
 #: kind -> "module:Class" of the built-in kinds (imported only when a config names them).
 BUILTIN_KINDS: dict[str, str] = {
@@ -61,4 +61,9 @@ def resolve_kind(kind: str, path: str = "kind") -> type[ResourceActor]:
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, ResourceActor)):
         raise ConfigError([(path, f"{target!r} is not a sessions.ResourceActor subclass")])
+    clashes = reserved_clashes(cls)
+    if clashes:
+        raise ConfigError([(path, f"{target!r} defines {', '.join(clashes)} as a method; "
+                                  f"the runtime sets {', '.join(sorted(RESERVED))} on every "
+                                  f"actor: rename it")])
     return cls

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessions.actor")
 
+SPAWN_JOIN = 2.0
+"""Seconds an ended incarnation waits for the threads it spawned (reader, delivery)."""
+
 _HEALTH = HealthCheck()
 _SERVE = object()  # tells the runner to serve calls until a control message arrives
 _POLL = object()  # the actor's poll() is due
@@ -288,6 +291,9 @@ class Runner(pykka.ThreadingActor):
         self.abandoned = False
         """Set once, by the supervision or a stopper thread, when the runtime gives up
         on this incarnation; never cleared."""
+        self.threads: list[threading.Thread] = []
+        """Threads of this connection (``context.spawn``), joined after disconnect.
+        Appended on the actor thread, which alone joins them."""
         self.batch_fns = frozenset(
             getattr(type(actor), name) for name in actor.batch_methods
         )
@@ -296,6 +302,25 @@ class Runner(pykka.ThreadingActor):
     def report(self, error: BaseException) -> None:
         """Ask this incarnation to crash with ``error`` (from any thread)."""
         self.view.put(_Envelope(_Fault(error)))
+
+    def spawned(self, thread: threading.Thread) -> None:
+        """``thread`` belongs to this connection (``context.spawn``; actor thread)."""
+        self.threads.append(thread)
+
+    def _join_spawned(self) -> None:
+        """Join this connection's threads once it is closed (what they blocked on is
+        gone). Bounded: a thread still running after ``SPAWN_JOIN`` is logged, not
+        waited for, so a stuck driver cannot wedge a restart."""
+        threads, self.threads = self.threads, []
+        deadline = time.monotonic() + SPAWN_JOIN
+        for thread in threads:
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("thread %s of %r did not end within %.1f s of its "
+                            "disconnect (left running)", thread.name, self.actor.name,
+                            SPAWN_JOIN)
 
     def _create_actor_inbox(self) -> _InboxView:  # type: ignore[override]
         return self.view
@@ -309,11 +334,9 @@ class Runner(pykka.ThreadingActor):
         if self.abandoned:  # given up on before its thread even ran
             self.stop()
             return
-        # Set before connect(): a reader thread started by connect() may report a fault
-        # at once; it is queued and crashes this incarnation as soon as it serves.
-        self.actor._runner = self
-        # A normal exit asked for by a call that then faulted is not carried over.
-        self.actor._exit_reason = None
+        # Attached before connect(): a reader thread started by connect() may report a
+        # fault at once; it is queued and crashes this incarnation as soon as it serves.
+        self.actor.context.attach(self)
         try:
             self.busy_what = "connect()"
             resource = self.actor.connect()
@@ -327,7 +350,7 @@ class Runner(pykka.ThreadingActor):
             if self.abandoned:  # given up on while connecting: never publish it
                 raise _Abandoned()
             self.actor.resource = resource
-            for step in list(self.actor._replays.values()):
+            for step in self.actor.context.replay_steps():
                 step(resource)
                 if self.abandoned:
                     raise _Abandoned()
@@ -356,10 +379,10 @@ class Runner(pykka.ThreadingActor):
     def _close(self) -> None:
         """Stop serving for good (a fault reported later is moot) and close the
         resource. Idempotent: a crash does it at once, Pykka's stop again."""
-        if self.actor._runner is self:
-            self.actor._runner = None
+        self.actor.context.detach(self)
         self.view.stop_serving()
         self._disconnect()
+        self._join_spawned()
 
     def on_receive(self, message: Any) -> None:
         if message is _SERVE:
@@ -418,6 +441,7 @@ class Runner(pykka.ThreadingActor):
         dispatch off the hot path; control messages still win between any two calls.
         """
         next_work, run, actor = self.view.next_work, self._run, self.actor
+        context = actor.context
         batch_fns = self.batch_fns
         while (work := next_work()) is not None:
             if work is _HEALTH:
@@ -430,8 +454,7 @@ class Runner(pykka.ThreadingActor):
                 self._run_batch([work, *more])
             else:  # a lone call, batchable or not, runs as itself
                 run(work)
-            if actor._exit_reason is not None and self.view.serving:
-                reason, actor._exit_reason = actor._exit_reason, None
+            if (reason := context.take_exit_reason()) is not None and self.view.serving:
                 self._crash(None, reason)
             work = None  # an idle actor must not pin the last call's arguments
 
