@@ -1,0 +1,128 @@
+"""Fan-out to subscribers: one bounded, drop-oldest queue and one delivery thread each.
+
+Shared by every part of the library that hands data to user callbacks from a thread it
+must not block: the event stream (``System.subscribe``), Redis pub/sub callbacks and
+CAN subscribers. The producer (a socket reader, the event thread) calls :meth:`put`,
+which never blocks: when the subscriber is ``capacity`` items behind, the oldest is
+dropped (newest data wins) and counted, and a warning is logged at most every
+``warn_every`` seconds. A slow, blocked or raising callback delays only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger("sessions.fanout")
+
+WARN_EVERY = 10.0
+"""Seconds between warnings about one subscriber (drops, callback errors)."""
+
+
+class Delivery(Generic[T]):
+    """One subscriber's queue and delivery thread.
+
+    Threads: ``put`` from any producer thread; ``callback`` runs only on this
+    delivery's own thread; ``close``/``join`` from any thread. The counters are written
+    under the condition's lock (``delivered`` by the delivery thread, ``dropped`` by
+    producers) and may be read at any time.
+    """
+
+    def __init__(self, callback: Callable[[T], object], *, capacity: int, name: str,
+                 what: str = "subscriber", warn_every: float = WARN_EVERY,
+                 start: bool = True) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.callback = callback
+        self.capacity = capacity
+        self.name = name
+        self.what = what
+        """How warnings name this subscriber (e.g. ``"pub/sub callback <fn>"``)."""
+        self.warn_every = warn_every
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self._drop_warned_at = -math.inf
+        self._error_logged_at = -math.inf
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        if start:
+            self.thread.start()
+
+    def start(self) -> None:
+        """Start the delivery thread (when constructed with ``start=False``)."""
+        self.thread.start()
+
+    def put(self, item: T) -> bool:
+        """Queue ``item`` without blocking; False if the oldest item was dropped for it
+        (or the delivery is closed and ``item`` itself is dropped)."""
+        with self._cond:
+            if self._closing:
+                self.dropped += 1
+                return False
+            self._items.append(item)
+            if len(self._items) <= self.capacity:
+                self._cond.notify()
+                return True
+            self._items.popleft()
+            self.dropped += 1
+            dropped = self.dropped
+        now = time.monotonic()
+        if now - self._drop_warned_at >= self.warn_every:
+            self._drop_warned_at = now
+            log.warning("%s is %d items behind: oldest dropped (%d so far)",
+                        self.what, self.capacity, dropped)
+        return False
+
+    def pending(self) -> int:
+        """Items queued and not yet handed to the callback."""
+        with self._cond:
+            return len(self._items)
+
+    def close(self, *, drain: bool = True) -> None:
+        """End the delivery: after what is queued (``drain``), or now, dropping it.
+        Idempotent; does not wait (see :meth:`join`)."""
+        with self._cond:
+            self._closing = True
+            if not drain:
+                self.dropped += len(self._items)
+                self._items.clear()
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the delivery thread to end; True if it has (or never started)."""
+        if self.thread.ident is None:
+            return True
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                item = self._items.popleft()
+            try:
+                self.callback(item)
+            except Exception:
+                with self._cond:
+                    self.errors += 1
+                now = time.monotonic()
+                if now - self._error_logged_at >= self.warn_every:
+                    self._error_logged_at = now
+                    log.exception("%s raised (it keeps receiving)", self.what)
+            else:
+                with self._cond:
+                    self.delivered += 1
