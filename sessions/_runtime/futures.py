@@ -30,12 +30,16 @@ _FuturesTimeout = concurrent.futures.TimeoutError  # builtin TimeoutError from 3
 class SessionFuture(concurrent.futures.Future[T]):
     """The result of one handle call; resolves exactly once."""
 
-    def __init__(self, resource: str, method: str, deadline: float) -> None:
+    def __init__(self, resource: str, method: str, deadline: float,
+                 queued_at: float | None = None) -> None:
         super().__init__()
         self.resource = resource
         self.method = method
         self.deadline = deadline
         """``time.monotonic()`` after which the call may no longer start."""
+        self.queued_at = deadline if queued_at is None else queued_at
+        """``time.monotonic()`` when the caller queued the call: latency is measured
+        from here (what the caller waits), whatever the call's timeout."""
 
     # -- runtime side ---------------------------------------------------------------
 

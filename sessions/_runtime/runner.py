@@ -528,9 +528,10 @@ class Runner(pykka.ThreadingActor):
         else:
             self._succeeded(future, inner.result())
 
-    def _elapsed(self, future: SessionFuture[Any]) -> float:
-        """Seconds since the call was queued (its deadline minus call_timeout)."""
-        return time.monotonic() - future.deadline + self.view.mailbox.call_timeout
+    @staticmethod
+    def _elapsed(future: SessionFuture[Any]) -> float:
+        """Seconds since the caller queued the call."""
+        return time.monotonic() - future.queued_at
 
     def _counts(self, exc: BaseException) -> bool:
         try:
@@ -582,7 +583,7 @@ class Runner(pykka.ThreadingActor):
             return
         broken: BaseException | None = None
         owed: list[Owed] = []
-        now = time.monotonic() + mailbox.call_timeout
+        now = time.monotonic()
         for c, (ok, value) in zip(calls, outcomes, strict=True):
             if ok:
                 outcome = "ok" if _try_set(c.future, value) else ""
@@ -593,7 +594,7 @@ class Runner(pykka.ThreadingActor):
             else:
                 outcome = "error" if _try_fail(c.future, value) else ""
             if outcome:
-                mailbox.stats.record(outcome, now - c.future.deadline)
+                mailbox.stats.record(outcome, now - c.future.queued_at)
         if self.breaker is not None:
             self.breaker.record(broken is None, broken)
         if broken is not None:

@@ -188,9 +188,10 @@ class MetricsCollector:
             if entry.get("circuit") is not None:
                 for s in CIRCUIT_STATES:
                     circuit.add_metric([name, s], 1.0 if entry["circuit"] == s else 0.0)
-            stats = call_stats(system, name)
-            if stats is None:
+            live = call_stats(system, name)
+            if live is None:
                 continue
+            stats = live.copy()  # one consistent view: the resource keeps counting
             outcomes = dict(stats.outcomes)
             for outcome in OUTCOMES:
                 calls.add_metric([*labels, outcome], float(outcomes.get(outcome, 0)))

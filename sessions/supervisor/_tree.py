@@ -125,8 +125,9 @@ class ResourceChild(Node):
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
                **kwargs: Any) -> SessionFuture[Any]:
         """Queue one call; the hot path of every handle method."""
+        now = time.monotonic()
         future: SessionFuture[Any] = SessionFuture(
-            self.name, method, time.monotonic() + self.call_timeout
+            self.name, method, now + self.call_timeout, now
         )
         self.mailbox.put(Call(fn, args, kwargs, future))
         return future
