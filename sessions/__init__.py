@@ -27,6 +27,7 @@ from sessions.database import DatabaseSessionManager
 from sessions.http import HTTPSessionManager
 from sessions.i2c import I2CSessionManager
 from sessions.kafka import KafkaSessionManager
+from sessions.messages import ChildState, CircuitState
 from sessions.redis import RedisSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
@@ -41,6 +42,8 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "ChildCount",
     "ChildInfo",
     "ChildRunning",
+    "ChildState",
+    "CircuitState",
     "ConfigError",
     "DatabaseSessionManager",
     "Deferred",

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sessions._errors import ConfigError
 from sessions._redact import redact
+from sessions._runtime.contract import ResourceActor
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -316,7 +317,10 @@ def check_options(cls: type, options: Mapping[str, Any], path: str) -> dict[str,
             raise ConfigError(errors_from(exc, path)) from None
         fields = {k: getattr(validated, k) for k in model.model_fields}
         return fields | dict(validated.model_extra or {})
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    if cls.__init__ is ResourceActor.__init__:  # type: ignore[misc]
+        params = {}  # neither Options nor a constructor of its own: no options
+    else:
+        params = dict(inspect.signature(cls.__init__).parameters)  # type: ignore[misc]
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return dict(options)
     accepted = [n for n, p in params.items() if n != "self" and p.kind in

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from sessions import _config
 from sessions._errors import ConfigError
 from sessions._system import ConfigSource, Handle, System, start
+from sessions.messages import ChildState
 
 #: Constructor argument -> (attribute, kind, option key). Kinds are filled in by the
 #: issues that implement them; unknown kinds fail with a ConfigError naming the key.
@@ -171,7 +172,7 @@ class SessionManager:
 
     def start(self) -> Handle:
         """Start the system (once) and return the handle."""
-        if self._system is None or self._system.state == "stopped":
+        if self._system is None or self._system.state == ChildState.STOPPED:
             self._system = start(self._config)
         return self._system.get(self._name)
 

@@ -17,13 +17,13 @@ from typing import Any
 
 from sessions import _config
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig, check_options
-from sessions._errors import CallTimeout, ChildRunning, ConfigError, ResourceUnavailable
+from sessions._errors import CallTimeout, ConfigError, ResourceUnavailable
 from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import public_methods
 from sessions._runtime.futures import SessionFuture, resolved
 from sessions._runtime.kinds import resolve_kind
 from sessions._runtime.stats import CallStats
-from sessions.messages import Event
+from sessions.messages import ACTIVE, ChildState, Event
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._tree import (
     Kernel,
@@ -53,8 +53,8 @@ class ChildInfo:
     kind: str
     """Resource kind, or ``"supervisor"``."""
 
-    state: str
-    """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed``."""
+    state: ChildState
+    """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed`` (a str enum)."""
 
     restarts: int
     """Completed restarts."""
@@ -162,7 +162,7 @@ class Handle:
         return None if breaker is None else breaker.state
 
     def __repr__(self) -> str:
-        return f"<Handle {self.name!r} kind={self.kind!r} state={self.state!r}>"
+        return f"<Handle {self.name!r} kind={self.kind!r} state={str(self.state)!r}>"
 
     def __enter__(self) -> Handle:
         return self
@@ -273,10 +273,10 @@ class System:
         return self.get(name)
 
     @property
-    def state(self) -> str:
+    def state(self) -> ChildState:
         """``running``, ``failed`` (the root supervisor gave up) or ``stopped``."""
         root = self._kernel.root.state
-        return "running" if root in ("starting", "restarting") else root
+        return ChildState.RUNNING if root in ACTIVE else root
 
     @property
     def failure(self) -> str | None:
@@ -318,7 +318,7 @@ class System:
         children = list(self._supervisor(supervisor).children)
         sups = sum(1 for c in children if isinstance(c, SupervisorNode) and c.pool is None)
         return ChildCount(specs=len(children),
-                          active=sum(1 for c in children if c.state == "running"),
+                          active=sum(1 for c in children if c.state == ChildState.RUNNING),
                           supervisors=sups, resources=len(children) - sups)
 
     def child_spec(self, name: str) -> dict[str, Any]:
@@ -394,16 +394,7 @@ class System:
         its name is free again for ``start_child``; its handle keeps refusing calls.
         Raises ``ChildRunning`` if it is starting, running or restarting."""
         node = self._node(name)
-        self._kernel.call(self._delete, node)
-
-    def _delete(self, node: Node) -> None:
-        """Supervision thread: take ``node`` (and its subtree) out of the tree."""
-        if node.state in ("starting", "running", "restarting"):
-            raise ChildRunning(f"{node.kind} {node.name!r} is {node.state}: "
-                               "terminate_child() it before delete_child()", name=node.name)
-        assert node.parent is not None
-        node.parent.children.remove(node)
-        self._forget_node(node)
+        self._kernel.call(self._kernel.delete_child, node)
 
     def _forget_node(self, node: Node) -> None:
         """Supervision thread: ``node`` and its subtree left the tree; free their names."""
@@ -440,7 +431,7 @@ class System:
             self._kernel.call(self._kernel.shutdown).result()
             self._kernel.join()
         else:  # never booted: nothing runs but the event thread
-            self._kernel.root.state = "stopped"
+            self._kernel.discard()
         self._events.close()
 
     def __enter__(self) -> System:
@@ -458,7 +449,7 @@ class System:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
 
     def __repr__(self) -> str:
-        return f"<System state={self.state!r} resources={list(self._resources)}>"
+        return f"<System state={str(self.state)!r} resources={list(self._resources)}>"
 
 
 def _ordered_supervisors(config: SystemConfig) -> list[tuple[str, Any]]:

@@ -8,11 +8,13 @@ import dataclasses
 import importlib
 import importlib.resources
 import inspect
+import json
 import logging
 import subprocess
 import sys
 import textwrap
 import types
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +150,30 @@ def test_py_typed_ships() -> None:
 MESSAGE_CLASSES = [
     obj
     for name in sessions.messages.__all__
-    if isinstance(obj := getattr(sessions.messages, name), type)
+    if isinstance(obj := getattr(sessions.messages, name), type) and not issubclass(obj, Enum)
 ]
+
+STATE_ENUMS = [sessions.messages.ChildState, sessions.messages.CircuitState]
+
+
+@pytest.mark.parametrize("enum", STATE_ENUMS, ids=lambda e: e.__name__)
+def test_states_are_str_enums_that_read_as_their_value(enum: type[Enum]) -> None:
+    """A state compares, formats, hashes and serializes as its plain string (status JSON,
+    log lines, metric labels, dict keys), and every member has a docstring line."""
+    source = inspect.getsource(enum)
+    for member in enum:
+        assert isinstance(member, str)
+        assert member == member.value and f"{member}" == member.value == str(member)
+        assert {member.value: 1}[member] == 1
+        assert json.dumps(member) == f'"{member.value}"'
+        assert f'{member.name} = "{member.value}"' in source
+    tree = ast.parse(textwrap.dedent(source))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for i, node in enumerate(body):
+        if isinstance(node, ast.Assign):
+            following = body[i + 1] if i + 1 < len(body) else None
+            assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), (
+                f"{enum.__name__}.{node.targets[0].id} has no docstring line")  # type: ignore[attr-defined]
 
 
 def test_event_union_covers_public_events() -> None:

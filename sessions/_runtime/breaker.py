@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from sessions._redact import redact
-from sessions.messages import CircuitChanged, Event
+from sessions.messages import CircuitChanged, CircuitState, Event
 
 
 class Breaker:
@@ -28,7 +28,7 @@ class Breaker:
         self._emit = emit
         self._clock = clock
         self._lock = threading.Lock()
-        self.state = "closed"
+        self.state = CircuitState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
         self.last_error = ""
@@ -36,16 +36,19 @@ class Breaker:
 
     def allow(self) -> tuple[bool, bool]:
         """May a call go through now? Returns ``(allowed, is_probe)``."""
-        if self.state == "closed":  # the common case, read without the lock
+        if self.state == CircuitState.CLOSED:  # the common case, read without the lock
             return True, False
         with self._lock:
-            if self.state == "closed":
+            state: CircuitState = self.state  # again under the lock: it may have changed
+            if state == CircuitState.CLOSED:
                 return True, False
-            if self.state == "open" and self._clock() - self.opened_at >= self.reset_timeout:
-                self.state = "half_open"
+            if (state == CircuitState.OPEN
+                    and self._clock() - self.opened_at >= self.reset_timeout):
+                self.state = CircuitState.HALF_OPEN
                 self._probing = False
-                self._emit(CircuitChanged(self.resource, "half_open", "reset_timeout passed"))
-            if self.state == "half_open" and not self._probing:
+                self._emit(CircuitChanged(self.resource, CircuitState.HALF_OPEN,
+                                          "reset_timeout passed"))
+            if self.state == CircuitState.HALF_OPEN and not self._probing:
                 self._probing = True
                 return True, True
             return False, False
@@ -58,22 +61,23 @@ class Breaker:
     def record(self, ok: bool, error: BaseException | str | None = None) -> None:
         """The outcome of a call, or of a connect (a failed connect is a failure)."""
         if ok:
-            if self.state == "closed" and self.failures == 0:
+            if self.state == CircuitState.CLOSED and self.failures == 0:
                 return
             with self._lock:
                 self.failures = 0
                 self._probing = False
-                if self.state != "closed":
-                    self.state = "closed"
-                    self._emit(CircuitChanged(self.resource, "closed", "probe succeeded"))
+                if self.state != CircuitState.CLOSED:
+                    self.state = CircuitState.CLOSED
+                    self._emit(CircuitChanged(self.resource, CircuitState.CLOSED,
+                                              "probe succeeded"))
             return
         with self._lock:
             self.failures += 1
             self.last_error = redact(error if isinstance(error, str) else repr(error))
-            if self.state == "half_open" or (
-                self.state == "closed" and self.failures >= self.threshold
+            if self.state == CircuitState.HALF_OPEN or (
+                self.state == CircuitState.CLOSED and self.failures >= self.threshold
             ):
-                self.state = "open"
+                self.state = CircuitState.OPEN
                 self._probing = False
                 self.opened_at = self._clock()
-                self._emit(CircuitChanged(self.resource, "open", self.last_error))
+                self._emit(CircuitChanged(self.resource, CircuitState.OPEN, self.last_error))

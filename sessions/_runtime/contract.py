@@ -266,6 +266,8 @@ class ResourceActor:
                                 f"(got {', '.join(sorted(options))})")
             self.config = None
             return
+        if not options and "config" in self.__dict__:
+            return  # set by the runtime (construct()) for a kind that passes no options up
         try:
             self.config = model.model_validate(options)
         except ValidationError as err:
@@ -395,6 +397,18 @@ class ResourceActor:
         atomically: the whole function runs as one call in the actor's thread.
         """
         return fn(self.resource, *args, **kwargs)
+
+
+def construct(cls: type[ResourceActor], options: Mapping[str, Any]) -> ResourceActor:
+    """How the runtime builds an actor: ``self.config`` is set from ``options`` before
+    the kind's ``__init__`` runs, so it is there also for a kind whose constructor
+    takes its options as keywords and calls ``super().__init__()`` without them."""
+    actor = cls.__new__(cls)
+    model = cls.Options
+    if model is not None:
+        actor.config = model.model_validate(dict(options))
+    actor.__init__(**options)  # type: ignore[misc]
+    return actor
 
 
 def public_methods(cls: type[ResourceActor]) -> frozenset[str]:

@@ -55,7 +55,7 @@ from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
 from sessions._tools.check import read_config
 from sessions._tools.server import StatusServer
-from sessions.messages import Event, SupervisorGaveUp
+from sessions.messages import ChildState, Event, SupervisorGaveUp
 from sessions.supervisor._tree import stall_timeout
 
 __all__ = ["EXIT_CODES", "main"]
@@ -414,7 +414,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     interrupts.root_gave_up()
 
             system.subscribe(on_event)
-            if system.state == "failed":
+            if system.state == ChildState.FAILED:
                 interrupts.root_gave_up()
             if server is not None:
                 server.start(system)

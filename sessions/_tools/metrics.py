@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sessions._runtime.stats import BUCKETS, OUTCOMES, CallStats
-from sessions.messages import ChildFaulted, Event, SupervisorGaveUp
+from sessions.messages import ChildFaulted, ChildState, CircuitState, Event, SupervisorGaveUp
 
 if TYPE_CHECKING:
     from sessions._system import System
@@ -52,8 +52,8 @@ __all__ = ["CONTENT_TYPE", "MetricsCollector", "MetricsUnavailable"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format's content type (what ``prometheus_client`` also sends)."""
 
-STATES = ("starting", "running", "restarting", "stopped", "failed")
-CIRCUIT_STATES = ("closed", "open", "half_open")
+STATES = tuple(ChildState)
+CIRCUIT_STATES = tuple(CircuitState)
 SYSTEM_STATES = ("running", "failed", "stopped")
 
 

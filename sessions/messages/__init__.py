@@ -10,22 +10,65 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sessions._runtime.futures import SessionFuture
 
 __all__ = [
+    "ACTIVE",
     "Call",
     "ChildFaulted",
     "ChildRestarting",
     "ChildStarted",
+    "ChildState",
     "ChildStopped",
     "CircuitChanged",
+    "CircuitState",
     "Event",
     "HealthCheck",
     "SupervisorGaveUp",
 ]
+
+
+class _StrEnum(str, Enum):
+    """A state that is also its plain string: ``ChildState.RUNNING == "running"``,
+    formats and serializes (status JSON, logs, metrics labels) as ``running``."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__  # type: ignore[assignment]
+    __hash__ = str.__hash__
+
+
+class ChildState(_StrEnum):
+    """The state of a child (resource, pool or supervisor) or of the whole system."""
+
+    STARTING = "starting"
+    """Connecting (or its children starting) for the first time."""
+    RUNNING = "running"
+    """Up and serving calls."""
+    RESTARTING = "restarting"
+    """Between a fault and the next successful start (backoff included)."""
+    STOPPED = "stopped"
+    """Ended: terminated, exited normally, given up on by its supervisor, or ignored."""
+    FAILED = "failed"
+    """A supervisor that gave up (restart intensity exceeded); the system when the root did."""
+
+
+ACTIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
+"""The states of a child that is (or is coming) up."""
+
+
+class CircuitState(_StrEnum):
+    """The state of a resource's circuit breaker."""
+
+    CLOSED = "closed"
+    """Calls flow; failures are counted."""
+    OPEN = "open"
+    """Calls are refused at once until ``reset_timeout`` has passed."""
+    HALF_OPEN = "half_open"
+    """One probe call is let through; its outcome closes or reopens the circuit."""
 
 
 @dataclass(frozen=True, slots=True)

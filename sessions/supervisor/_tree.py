@@ -32,18 +32,20 @@ from typing import Any
 import pykka
 
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig
-from sessions._errors import ConfigError, ResourceUnavailable
+from sessions._errors import ChildRunning, ConfigError, ResourceUnavailable
 from sessions._redact import redact
 from sessions._runtime.breaker import Breaker
-from sessions._runtime.contract import IGNORE, ResourceActor
+from sessions._runtime.contract import IGNORE, ResourceActor, construct
 from sessions._runtime.futures import SessionFuture
 from sessions._runtime.runner import Mailbox, Owed, Runner, settle
 from sessions._runtime.stats import CallStats
 from sessions.messages import (
+    ACTIVE,
     Call,
     ChildFaulted,
     ChildRestarting,
     ChildStarted,
+    ChildState,
     ChildStopped,
     SupervisorGaveUp,
 )
@@ -52,7 +54,6 @@ from sessions.supervisor._policy import Backoff, RestartIntensity
 
 log = logging.getLogger("sessions.supervisor")
 
-ACTIVE = ("starting", "running", "restarting")
 
 
 class Node:
@@ -63,7 +64,7 @@ class Node:
     def __init__(self, name: str, parent: SupervisorNode | None) -> None:
         self.name = name
         self.parent = parent
-        self.state = "starting"
+        self.state = ChildState.STARTING
         self.restarts = 0
         self.pending = False
         """The supervisor's start cursor still has to (re)start this child."""
@@ -76,6 +77,8 @@ class Node:
         self.started_at = 0.0
         self.ever_started = False
         self.last_fault: str | None = None
+        """Why it last faulted. Supervision thread; also the actor thread whose
+        incarnation just faulted, with the same text, just before it shows RESTARTING."""
         self.waiters: list[concurrent.futures.Future[None]] = []
         """API callers (start_child, restart_child) waiting for this child's next start:
         resolved by its start, failed by its failed start. Supervision thread only."""
@@ -90,7 +93,7 @@ def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
     """Construct a kind's actor object (side-effect free by the ResourceActor contract:
     ``connect()`` does the I/O); a constructor rejecting its options is a config error."""
     try:
-        return cls(**options)
+        return construct(cls, options)
     except (TypeError, ValueError) as err:
         raise ConfigError([(path, f"kind {kind!r} rejected its options: {err}")]) from err
 
@@ -220,7 +223,7 @@ class Pool:
         best_load = math.inf
         for i in range(n):
             member = members[(start + i) % n]
-            if member.state != "running":
+            if member.state != ChildState.RUNNING:
                 continue
             load = len(member.mailbox.calls) + member.mailbox.running
             if load < best_load:
@@ -234,10 +237,10 @@ class Pool:
 
     @property
     def state(self) -> str:
-        if self.node.state != "running":
+        if self.node.state != ChildState.RUNNING:
             return self.node.state
         states = {m.state for m in self.members}
-        return "running" if "running" in states else "restarting"
+        return ChildState.RUNNING if ChildState.RUNNING in states else ChildState.RESTARTING
 
     @property
     def restarts(self) -> int:
@@ -416,7 +419,7 @@ class Kernel:
             if not isinstance(node, ResourceChild):
                 continue
             runner = node.runner
-            serving = node.state == "running" and runner is not None
+            serving = node.state == ChildState.RUNNING and runner is not None
             if node.mailbox.calls and (watch or not serving):
                 # While serving, the runner expires overdue calls itself as it reaches
                 # them; behind a stuck call that could be late, hence the watchdog look.
@@ -441,7 +444,7 @@ class Kernel:
         start_child are gone, and temporary children that had ended start again."""
         sup.epoch += 1
         sup.intensity = sup.intensity.reset()
-        sup.state = "restarting" if sup.ever_started else "starting"
+        sup.state = ChildState.RESTARTING if sup.ever_started else ChildState.STARTING
         sup.in_progress = True
         for child in [c for c in sup.children if c.dynamic]:
             self._remove(child, f"its supervisor {sup.name!r} restarted from its spec")
@@ -450,7 +453,7 @@ class Kernel:
                 if isinstance(node, ResourceChild):
                     node.mailbox.reopen()
             child.pending, child.not_before = True, 0.0
-            child.state = "restarting" if child.ever_started else "starting"
+            child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
         self.advance(sup)
 
     def advance(self, sup: SupervisorNode, epoch: int | None = None) -> None:
@@ -478,11 +481,11 @@ class Kernel:
                     child.wake_at = child.not_before
                     self.at(wait, self.advance, sup, epoch)
             elif isinstance(child, SupervisorNode):
-                if child.state != "running" and not child.in_progress:
+                if child.state != ChildState.RUNNING and not child.in_progress:
                     self.begin(child)
                     if sup.epoch != epoch:
                         return
-                if child.state == "running":
+                if child.state == ChildState.RUNNING:
                     self._started(sup, child)
                     continue
                 # else: it posts advance(sup) when it completes
@@ -497,8 +500,8 @@ class Kernel:
         if waiting or not sup.in_progress:
             return  # only a start begun by begin() completes the supervisor
         sup.in_progress = False
-        if sup.state != "running":
-            sup.state = "running"
+        if sup.state != ChildState.RUNNING:
+            sup.state = ChildState.RUNNING
             if sup.parent is not None:
                 self.post(self.advance, sup.parent)
             elif not self.booted.done():
@@ -521,7 +524,7 @@ class Kernel:
     def start_resource(self, child: ResourceChild) -> None:
         """Start one incarnation. Its connect runs on its own thread; ``_start_done``
         (or ``_connect_overdue`` at ``connect_timeout``) carries on from there."""
-        child.state = "restarting" if child.ever_started else "starting"
+        child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
 
         def register(runner: Runner) -> None:
             child.runner = runner
@@ -559,7 +562,7 @@ class Kernel:
             self._reap(self._retire(child, runner, []))
             self._ignored(sup, child)
             return
-        child.state = "running"
+        child.state = ChildState.RUNNING
         self._started(sup, child)
         self.advance(sup)
 
@@ -567,7 +570,7 @@ class Kernel:
         """connect() returned IGNORE: the child stays stopped, as OTP keeps a child
         whose start returned ``ignore``; no fault, no restart, the start cursor goes on."""
         child.pending = child.adding = False
-        child.state = "stopped"
+        child.state = ChildState.STOPPED
         child.mailbox.close(f"resource {child.name!r} chose not to run "
                             "(its connect() returned IGNORE)")
         self.events.emit(ChildStopped(sup.name, child.name, "ignored: connect() returned IGNORE"))
@@ -609,8 +612,10 @@ class Kernel:
     def _runner_ended(self, child: ResourceChild, runner: Runner,
                       exc: BaseException | None, where: str, owed: list[Owed]) -> None:
         """Called on the actor's thread when an incarnation faulted or exited normally."""
-        if child.runner is runner and child.state == "running":
-            child.state = "restarting"
+        if child.runner is runner and child.state == ChildState.RUNNING:
+            if exc is not None:  # the reason first: a status showing RESTARTING has it
+                child.last_fault = redact(f"{where}: {exc!r}")
+            child.state = ChildState.RESTARTING
         self.post(self._on_runner_ended, child, runner, exc, where, owed)
 
     def _on_runner_ended(self, child: ResourceChild, runner: Runner,
@@ -626,7 +631,8 @@ class Kernel:
 
     def _ended_runner(self, child: ResourceChild, runner: Runner,
                       exc: BaseException | None, where: str) -> None:
-        if child.runner is not runner or child.pending or child.state in ("stopped", "failed"):
+        if (child.runner is not runner or child.pending
+                or child.state in (ChildState.STOPPED, ChildState.FAILED)):
             return  # stale: already restarted, stopping, or stopped
         child.runner = None
         self._reap(self._retire(child, runner, []))
@@ -634,7 +640,7 @@ class Kernel:
         assert sup is not None
         if exc is None:
             if child.spec.restart != "permanent":
-                child.state = "stopped"
+                child.state = ChildState.STOPPED
                 child.mailbox.close(f"resource {child.name!r} stopped normally ({where})")
                 self.events.emit(ChildStopped(sup.name, child.name, f"exited normally: {where}"))
                 self._child_ended(sup, child)
@@ -678,7 +684,7 @@ class Kernel:
         entries: list[_Entry] = []
         if restart_type(child) == "temporary":
             self._stop_child(child, f"temporary {child.kind} {child.name!r} is not "
-                                    f"restarted after a fault: {msg}", "stopped", entries)
+                                    f"restarted after a fault: {msg}", ChildState.STOPPED, entries)
             self._reap(entries)
             self.events.emit(ChildStopped(sup.name, child.name, "temporary child faulted"))
             self.post(self.advance, sup)
@@ -699,16 +705,17 @@ class Kernel:
         group = [child] if alone else self._group(sup, child)
         for sibling in reversed(group):
             if sibling is not child:
-                self._stop_child(sibling, None, "restarting", entries)
+                self._stop_child(sibling, None, ChildState.RESTARTING, entries)
         wake = time.monotonic() + delay
         for member in group:
             if member is not child and restart_type(member) == "temporary":
                 self._stop_child(member, f"temporary {member.kind} {member.name!r} stopped "
-                                         f"because {child.name!r} faulted", "stopped", entries)
+                                         f"because {child.name!r} faulted",
+                                 ChildState.STOPPED, entries)
                 continue
             if isinstance(member, ResourceChild):
                 member.mailbox.reopen()  # a stopped member comes back with the group
-            member.pending, member.not_before, member.state = True, wake, "restarting"
+            member.pending, member.not_before, member.state = True, wake, ChildState.RESTARTING
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
         self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
@@ -733,9 +740,9 @@ class Kernel:
         sup.in_progress = False
         entries: list[_Entry] = []
         for child in reversed(sup.children):
-            self._stop_child(child, message, "stopped", entries)
+            self._stop_child(child, message, ChildState.STOPPED, entries)
         reaped = self._reap(entries)
-        sup.state = "stopped"
+        sup.state = ChildState.STOPPED
         log.info("%s", message)
         if sup.parent is None:  # the root: the whole system has finished its work
             self._fail_waiters(sup, ResourceUnavailable(message, resource=sup.name))
@@ -777,12 +784,12 @@ class Kernel:
         message = f"supervisor {sup.name!r} gave up: {reason}"
         entries: list[_Entry] = []
         for child in reversed(sup.children):
-            self._stop_child(child, message, "failed", entries)
+            self._stop_child(child, message, ChildState.FAILED, entries)
         self._reap(entries)
         sup.last_fault = reason
         if sup.parent is None:
-            self.failure = message  # before the state: readers of "failed" expect a reason
-        sup.state = "failed"
+            self.failure = message  # before the state: readers of FAILED expect a reason
+        sup.state = ChildState.FAILED
         self.events.emit(SupervisorGaveUp(sup.name, reason))
         log.error("%s", message)
         self._fail_waiters(sup, ResourceUnavailable(message, resource=sup.name))
@@ -799,7 +806,7 @@ class Kernel:
 
     # -- stopping ---------------------------------------------------------------------
 
-    def _stop_child(self, child: Node, final: str | None, state: str,
+    def _stop_child(self, child: Node, final: str | None, state: ChildState,
                     entries: list[_Entry]) -> None:
         """Stop ``child`` (reverse order for a subtree). ``final``: refuse its calls
         with this reason; None: a stop before a restart, queued calls are kept.
@@ -820,7 +827,7 @@ class Kernel:
         runner, child.runner, child.connecting = child.runner, None, False
         if runner is not None:
             self._retire(child, runner, entries)
-        if child.state != "stopped" or final is None:  # a child already ended stays "stopped"
+        if child.state != ChildState.STOPPED or final is None:  # an ended child stays STOPPED
             child.state = state
 
     def _retire(self, child: ResourceChild, runner: Runner,
@@ -937,8 +944,8 @@ class Kernel:
                 assert node.parent is not None
                 self.events.emit(ChildStopped(node.parent.name, node.name, reason))
         entries: list[_Entry] = []
-        self._stop_child(self.root, reason, "stopped", entries)
-        self.root.state = "stopped"
+        self._stop_child(self.root, reason, ChildState.STOPPED, entries)
+        self.root.state = ChildState.STOPPED
         self._reap(entries)
         self._fail_waiters(self.root, ResourceUnavailable(reason, resource=ROOT))
         if not self.booted.done():
@@ -985,7 +992,7 @@ class Kernel:
         sup = node.parent
         assert sup is not None
         entries: list[_Entry] = []
-        self._stop_child(node, f"{node.kind} {node.name!r} failed to start", "stopped",
+        self._stop_child(node, f"{node.kind} {node.name!r} failed to start", ChildState.STOPPED,
                          entries)
         self._reap(entries)
         if node in sup.children:
@@ -1010,7 +1017,7 @@ class Kernel:
             return waiter
         entries: list[_Entry] = []
         if node.state in ACTIVE:
-            self._stop_child(node, None, "restarting", entries)
+            self._stop_child(node, None, ChildState.RESTARTING, entries)
         self._reap(entries)
         node.waiters.append(waiter)
         node.pending, node.not_before = True, 0.0
@@ -1020,9 +1027,27 @@ class Kernel:
         else:
             assert isinstance(node, ResourceChild)
             node.mailbox.reopen()
-            node.state = "restarting" if node.ever_started else "starting"
+            node.state = ChildState.RESTARTING if node.ever_started else ChildState.STARTING
         self.advance(sup)
         return waiter
+
+    def delete_child(self, node: Node) -> None:
+        """delete_child: take a child that is not running (and its subtree) out of the
+        tree for good; its names are free again (``on_remove``)."""
+        if node.state in ACTIVE:
+            raise ChildRunning(f"{node.kind} {node.name!r} is {node.state}: "
+                               "terminate_child() it before delete_child()", name=node.name)
+        assert node.parent is not None
+        node.parent.children.remove(node)
+        if self.on_remove is not None:
+            self.on_remove(node)
+
+    def discard(self) -> None:
+        """The system is stopped before it ever booted: nothing runs but the event
+        thread, so the tree is simply marked stopped (caller's thread; the supervision
+        thread never started)."""
+        assert not self.alive
+        self.root.state = ChildState.STOPPED
 
     def stop_one(self, child: Node, reason: str) -> concurrent.futures.Future[None]:
         """terminate_child: stop for good (until restart_child); the future resolves
@@ -1030,7 +1055,7 @@ class Kernel:
         assert child.parent is not None
         entries: list[_Entry] = []
         self._stop_child(child, f"{child.kind} {child.name!r} was terminated ({reason})",
-                         "stopped", entries)
+                         ChildState.STOPPED, entries)
         child.pending = False
         self.events.emit(ChildStopped(child.parent.name, child.name, reason))
         self._fail_waiters(child, ResourceUnavailable(
