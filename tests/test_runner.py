@@ -1362,3 +1362,36 @@ def test_ignore_and_a_missing_connect() -> None:
 
 class NoConnect(sessions.ResourceActor):
     kind = "no-connect"
+
+
+def test_a_deferred_reply_that_never_comes_fails_at_stall_timeout_and_a_late_one_is_dropped(
+) -> None:
+    """No future stays unresolved: the runtime bounds a deferred reply by stall_timeout
+    (CallTimeout, started=True, counted as a timeout, not a fault); a reply arriving
+    after that is dropped, and the resource keeps serving, never restarted."""
+    rec = Recorder()
+    with _start("Later", call_timeout=0.2, stall_timeout=0.3) as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        asked, answer = _asked(r)
+        error = asked.exception(timeout=10)  # an explicit wait past the deadline
+        assert isinstance(error, sessions.CallTimeout)
+        assert error.started is True and error.resource == "r"
+        assert "ask()" in str(error) and "stall_timeout=0.3s" in str(error)
+        assert asked.done()
+        answer.set_result("too late")
+        assert asked.exception(0) is error
+        assert r.ping().result(5) == "pong"
+        assert system.stats("r").outcomes["timeout"] == 1
+        assert system.stats("r").outcomes["ok"] == 2  # answers() and ping()
+        assert rec.of(ChildFaulted) == [] and r.restarts == 0
+
+
+def test_a_deferred_reply_within_stall_timeout_is_not_expired() -> None:
+    with _start("Later", call_timeout=0.2, stall_timeout=5.0) as system:
+        r = system.get("r")
+        asked, answer = _asked(r)
+        with pytest.raises(sessions.CallTimeout):
+            asked.result()  # the caller's bare wait gives up at call_timeout ...
+        answer.set_result(42)
+        assert asked.result(5) == 42  # ... but the call still completes within stall_timeout

@@ -36,7 +36,10 @@ class Deferred:
 
     The actor thread is free for other calls at once; the caller's future resolves when
     ``future`` does, with its value or its error (a fault error still restarts the
-    resource). Keep the deadline in mind: the caller waits at most ``call_timeout``.
+    resource). The runtime bounds the wait: a reply that has not come ``stall_timeout``
+    after the call was queued fails the call with ``CallTimeout(started=True)`` (a
+    caller's bare ``result()`` already gives up at ``call_timeout``); a reply arriving
+    later is dropped. A kind needs no reply timeout of its own for that.
     """
 
     __slots__ = ("future",)

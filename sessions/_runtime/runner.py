@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from sessions._errors import ResourceFault, ResourceUnavailable
+from sessions._errors import CallTimeout, ResourceFault, ResourceUnavailable
 from sessions._redact import redact
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
@@ -304,7 +304,10 @@ class Runner(pykka.ThreadingActor):
         self.view.put(_Envelope(_Fault(error)))
 
     def spawned(self, thread: threading.Thread) -> None:
-        """``thread`` belongs to this connection (``context.spawn``; actor thread)."""
+        """``thread`` belongs to this connection (``context.spawn``; actor thread).
+        Threads that already ended are dropped, so a connection that spawns many
+        short-lived threads keeps no list of dead ones."""
+        self.threads = [t for t in self.threads if t.is_alive()]
         self.threads.append(thread)
 
     def _join_spawned(self) -> None:
@@ -527,6 +530,26 @@ class Runner(pykka.ThreadingActor):
             self._failed(future, exc, deferred=True)
         else:
             self._succeeded(future, inner.result())
+
+    def expire_deferred(self, now: float, limit: float) -> int:
+        """Fail the calls whose ``Deferred`` reply has not come ``limit`` seconds
+        (``stall_timeout``) after they were queued, with ``CallTimeout(started=True)``:
+        a reply that never arrives must not leave a future unresolved. Not a fault (the
+        resource may be fine; the kind's own timeouts decide that). Kernel thread;
+        returns how many it failed. A reply arriving later is dropped."""
+        failed = 0
+        for future in list(self.deferred):  # list() of a set is atomic under the GIL
+            if now - future.queued_at <= limit:
+                continue
+            self.deferred.discard(future)
+            error = CallTimeout(
+                f"call {future.method}() on resource {future.resource!r} started, but its "
+                f"deferred reply did not come within stall_timeout={limit:g}s; its outcome "
+                "is unknown", resource=future.resource, started=True)
+            if _try_fail(future, error):
+                self.view.mailbox.stats.record("timeout", self._elapsed(future))
+                failed += 1
+        return failed
 
     @staticmethod
     def _elapsed(future: SessionFuture[Any]) -> float:

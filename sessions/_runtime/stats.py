@@ -27,7 +27,8 @@ RECENT = 2048
 
 OUTCOMES = ("ok", "error", "fault", "timeout", "refused")
 """ok: returned; error: raised a caller error; fault: broke the resource; timeout: did
-not start within call_timeout; refused: failed at once (stopped, gave up, circuit open)."""
+not start within call_timeout, or its deferred reply did not come within stall_timeout;
+refused: failed at once (stopped, gave up, circuit open)."""
 
 
 class CallStats:

@@ -428,6 +428,8 @@ class Kernel:
                 since = runner.busy_since
                 if since and now - since > node.stall_timeout:
                     self._stalled(node, runner, now - since)
+                if runner.deferred:
+                    runner.expire_deferred(now, node.stall_timeout)
         if watch:
             self._next_stall_check = now + STALL_TICK
         return min(nearest, self._next_stall_check)
