@@ -340,6 +340,7 @@ class KafkaOptions(BaseModel):
 
     Extra keys are checked against the driver's own settings so a typo is a
     ``ConfigError`` naming the key (never echoing its value: it may be a password).
+    Each kind declares its own ``fault_after`` (what counts as work differs).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -349,16 +350,6 @@ class KafkaOptions(BaseModel):
 
     bootstrap_servers: str | list[str] = Field(
         description="Broker addresses, 'host:port' or a list of them."
-    )
-    fault_after: float = Field(
-        5.0,
-        gt=0,
-        allow_inf_nan=False,
-        description=(
-            "Seconds without any broker connection (while there is work: acks "
-            "awaited, a subscription) after which the resource counts as broken "
-            "and is restarted. A dead broker makes kafka-python retry silently."
-        ),
     )
     close_timeout: float = Field(
         2.0,
@@ -390,36 +381,30 @@ class KafkaOptions(BaseModel):
                 )
             elif key not in cls._driver_keys:
                 errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=None))
-        if data.get("on_handler_error") == "dead_letter" and not data.get("dead_letter_topic"):
-            errors.append(
-                InitErrorDetails(
-                    type=PydanticCustomError(
-                        "dead_letter_topic", "on_handler_error = 'dead_letter' needs it"
-                    ),
-                    loc=("dead_letter_topic",),
-                    input=None,
-                )
-            )
+        errors += cls._cross_check(data)
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
 
+    @classmethod
+    def _cross_check(cls, data: Mapping[str, Any]) -> list[InitErrorDetails]:
+        """Problems between keys, reported with the unknown keys (a kind's own rules)."""
+        return []
+
     def unbounded_waits(self) -> list[tuple[str, str]]:
         """``(config path, message)`` per kafka-python setting that makes a wait on the
         actor thread unbounded (``sessions check`` warns about each)."""
-        extra = self.model_extra or {}
-        found = [
-            (key, message)
-            for key, why in _BOUNDED_DRIVER_KEYS.items()
-            if key in extra and (message := _unbounded_message(extra[key], why)) is not None
-        ]
-        dead_letter = getattr(self, "dead_letter_options", None) or {}
-        value = dead_letter.get("max_block_ms")
-        if "max_block_ms" in dead_letter and (
-            message := _unbounded_message(value, _BOUNDED_DRIVER_KEYS["max_block_ms"])
-        ):
-            found.append(("dead_letter_options.max_block_ms", message))
-        return found
+        return unbounded_driver_waits(self.model_extra or {})
+
+
+def unbounded_driver_waits(driver: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``(prefix + key, message)`` per setting of ``driver`` (kafka-python settings) that
+    makes a wait on the actor thread unbounded."""
+    return [
+        (prefix + key, message)
+        for key, why in _BOUNDED_DRIVER_KEYS.items()
+        if key in driver and (message := _unbounded_message(driver[key], why)) is not None
+    ]
 
 
 _BOUNDED_DRIVER_KEYS: Mapping[str, str] = {

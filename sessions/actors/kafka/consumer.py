@@ -20,6 +20,7 @@ from kafka import errors as kerr
 from kafka.net.compat import KafkaNetClient
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, Field, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sessions._redact import redact
 from sessions._runtime.contract import ResourceActor
@@ -41,6 +42,7 @@ from sessions.actors.kafka._common import (
     is_link_fault,
     log,
     open_driver,
+    unbounded_driver_waits,
 )
 
 _LINK_CHECK = 0.2
@@ -296,6 +298,27 @@ class ConsumerOptions(KafkaOptions):
         if unknown:
             raise ValueError(f"unknown KafkaProducer settings: {', '.join(unknown)}")
         return value
+
+    @classmethod
+    def _cross_check(cls, data: Mapping[str, Any]) -> list[InitErrorDetails]:
+        if data.get("on_handler_error") == "dead_letter" and not data.get("dead_letter_topic"):
+            return [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "dead_letter_topic", "on_handler_error = 'dead_letter' needs it"
+                    ),
+                    loc=("dead_letter_topic",),
+                    input=None,
+                )
+            ]
+        return []
+
+    def unbounded_waits(self) -> list[tuple[str, str]]:
+        """The consumer's own and its dead-letter producer's (``dead_letter_options``)."""
+        return [
+            *super().unbounded_waits(),
+            *unbounded_driver_waits(self.dead_letter_options, "dead_letter_options."),
+        ]
 
 
 # -- the actor ------------------------------------------------------------------------
