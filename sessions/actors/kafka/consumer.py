@@ -329,55 +329,24 @@ class KafkaConsumerActor(ResourceActor):
 
     kind = "kafka_consumer"
     Options: ClassVar[type[BaseModel]] = ConsumerOptions
+    config: ConsumerOptions
 
-    def __init__(
-        self,
-        bootstrap_servers: str | list[str],
-        group_id: str,
-        *,
-        topics: Sequence[str] | str = (),
-        handler: str | Callable[[Record], Any] | None = None,
-        on_handler_error: Literal["retry", "skip", "dead_letter"] = "retry",
-        dead_letter_topic: str | None = None,
-        dead_letter_options: Mapping[str, Any] | None = None,
-        max_retries: int | None = None,
-        retry_backoff: float = 0.5,
-        retry_backoff_max: float = 30.0,
-        deserializer: Literal["raw", "str", "json"] = "raw",
-        max_records: int = 100,
-        poll_interval: float = 0.05,
-        rebalance_poll_timeout: float = 2.0,
-        commit_timeout: float = 4.0,
-        fault_after: float = 10.0,
-        close_timeout: float = 2.0,
-        **driver_options: Any,
-    ) -> None:
-        super().__init__()
-        if on_handler_error == "dead_letter" and not dead_letter_topic:
-            raise ValueError("on_handler_error = 'dead_letter' needs dead_letter_topic")
-        self.group_id = group_id
-        self._handler = _resolve_handler(handler) if isinstance(handler, str) else handler
-        self.on_handler_error = on_handler_error
-        self.dead_letter_topic = dead_letter_topic
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.deserializer = deserializer
-        self.max_records = max_records
-        self.poll_interval = poll_interval
-        self.rebalance_poll_timeout = rebalance_poll_timeout
-        self.commit_timeout = commit_timeout
-        self.fault_after = fault_after
-        self.close_timeout = close_timeout
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        config = self.config
+        self.poll_interval = config.poll_interval
+        self._handler: Callable[[Record], Any] | None = (
+            None if config.handler is None else _resolve_handler(config.handler)
+        )
         self._driver = {
             "auto_offset_reset": "earliest",
-            **bounded_driver(driver_options),
-            "bootstrap_servers": bootstrap_servers,
-            "group_id": group_id,
+            **bounded_driver(config.model_extra or {}),
+            "bootstrap_servers": config.bootstrap_servers,
+            "group_id": config.group_id,
             "enable_auto_commit": False,
         }
         self._dlq_driver: dict[str, Any] | None = None
-        if dead_letter_topic:
+        if config.dead_letter_topic:
             shared = {
                 k: v
                 for k, v in self._driver.items()
@@ -387,9 +356,9 @@ class KafkaConsumerActor(ResourceActor):
             # A dead-letter send runs on the actor thread: its metadata wait is bounded
             # like the rest of the consumer's waits (kafka-python: 60 s).
             self._dlq_driver = {
-                "max_block_ms": int(commit_timeout * 1000),
+                "max_block_ms": int(config.commit_timeout * 1000),
                 **shared,
-                **(dead_letter_options or {}),
+                **config.dead_letter_options,
             }
         self._client: Any = None
         self._dlq: Any = None
@@ -419,9 +388,8 @@ class KafkaConsumerActor(ResourceActor):
             "commits": 0,
             "commit_failures": 0,
         }
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        if topic_list:
-            self.replay("subscribe", self._subscribe_step(topic_list))
+        if config.topics:
+            self.replay("subscribe", self._subscribe_step(list(config.topics)))
 
     @classmethod
     def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -452,7 +420,7 @@ class KafkaConsumerActor(ResourceActor):
                 except BaseException:
                     if dlq_trap.aborted is not None:  # tear the consumer down the same way
                         abort_client(client, dlq_trap.aborted)
-                    _close_consumer(consumer, client, self.close_timeout,
+                    _close_consumer(consumer, client, self.config.close_timeout,
                                     aborted=dlq_trap.aborted is not None)
                     raise
         finally:
@@ -480,10 +448,10 @@ class KafkaConsumerActor(ResourceActor):
             self._buffer.clear()
             self._dlq = self._dlq_client = None
         try:
-            _close_consumer(resource, conn.client, self.close_timeout, aborted=conn.aborted)
+            _close_consumer(resource, conn.client, self.config.close_timeout, aborted=conn.aborted)
         finally:
             if conn.dlq is not None:
-                close_producer(conn.dlq, ABORT_JOIN if conn.aborted else self.close_timeout,
+                close_producer(conn.dlq, ABORT_JOIN if conn.aborted else self.config.close_timeout,
                                 aborted=conn.aborted)
 
     def abort(self, resource: Any) -> None:
@@ -655,9 +623,10 @@ class KafkaConsumerActor(ResourceActor):
 
     def _check_link(self) -> None:
         down = self._link.down_for(self._client, time.monotonic())
-        if down >= self.fault_after:
+        fault_after = self.config.fault_after
+        if down >= fault_after:
             raise kerr.KafkaConnectionError(
-                f"no connection to any broker for {down:.1f}s (fault_after={self.fault_after}s)"
+                f"no connection to any broker for {down:.1f}s (fault_after={fault_after}s)"
             )
 
     def _joining(self, consumer: Any) -> bool:
@@ -665,11 +634,11 @@ class KafkaConsumerActor(ResourceActor):
 
     def _poll_timeout(self, consumer: Any) -> float:
         """0 when the group is stable; while joining, long polls (see Options)."""
-        return self.rebalance_poll_timeout if self._joining(consumer) else 0.0
+        return self.config.rebalance_poll_timeout if self._joining(consumer) else 0.0
 
     def _take(self, consumer: Any, timeout: float, limit: int | None = None) -> None:
         """Poll the driver into the buffer (bounded by max_records)."""
-        room = (limit if limit is not None else self.max_records) - len(self._buffer)
+        room = (limit if limit is not None else self.config.max_records) - len(self._buffer)
         deadline = time.monotonic() + timeout
         while True:
             # Short polls, back to back while joining (kafka-python 3.0.12 drops a join
@@ -728,14 +697,14 @@ class KafkaConsumerActor(ResourceActor):
 
     def _decode(self, raw: Any) -> Record:
         value = raw.value
-        if value is not None and self.deserializer != "raw":
+        if value is not None and self.config.deserializer != "raw":
             try:
                 text = value.decode("utf-8")
-                value = json.loads(text) if self.deserializer == "json" else text
+                value = json.loads(text) if self.config.deserializer == "json" else text
             except (UnicodeDecodeError, ValueError) as err:
                 raise RecordDecodeError(
                     f"cannot decode the value of {raw.topic}[{raw.partition}]@{raw.offset} "
-                    f"as {self.deserializer}: {err}",
+                    f"as {self.config.deserializer}: {err}",
                     raw.topic,
                     raw.partition,
                     raw.offset,
@@ -789,13 +758,14 @@ class KafkaConsumerActor(ResourceActor):
     def _after_failure(self, consumer: Any, tp: TopicPartition, raw: Any, exc: Exception) -> bool:
         """Apply on_handler_error; True: move past the record, False: retry it later."""
         where = f"{raw.topic}[{raw.partition}]@{raw.offset}"
-        policy = self.on_handler_error
+        config = self.config
+        policy = config.on_handler_error
         if policy == "retry":
             key = (raw.topic, raw.partition, raw.offset)
             attempts = self._attempts.get(key, 0) + 1
-            if self.max_retries is None or attempts <= self.max_retries:
+            if config.max_retries is None or attempts <= config.max_retries:
                 self._attempts[key] = attempts
-                delay = min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
+                delay = min(config.retry_backoff * 2 ** (attempts - 1), config.retry_backoff_max)
                 log.warning(
                     "kafka consumer %r: handler failed on %s (attempt %d), retrying in %.2fs: %s",
                     self.name,
@@ -808,12 +778,12 @@ class KafkaConsumerActor(ResourceActor):
                 self._retry_later(consumer, tp, raw.offset, delay)
                 return False
             self._attempts.pop(key, None)
-            policy = "dead_letter" if self.dead_letter_topic else "skip"
+            policy = "dead_letter" if config.dead_letter_topic else "skip"
             log.error(
                 "kafka consumer %r: giving up on %s after %d retries (%s)",
                 self.name,
                 where,
-                self.max_retries,
+                config.max_retries,
                 policy,
             )
         if policy == "dead_letter":
@@ -827,9 +797,9 @@ class KafkaConsumerActor(ResourceActor):
                     self.name,
                     where,
                     redact(repr(dlq_exc)),
-                    self.retry_backoff_max,
+                    config.retry_backoff_max,
                 )
-                self._retry_later(consumer, tp, raw.offset, self.retry_backoff_max)
+                self._retry_later(consumer, tp, raw.offset, config.retry_backoff_max)
                 return False
             self._stats["dead_lettered"] += 1
             return True
@@ -857,10 +827,10 @@ class KafkaConsumerActor(ResourceActor):
             ("dlq.error", redact(repr(exc))[:1000].encode()),
         ]
         future = self._dlq.send(
-            self.dead_letter_topic, value=raw.value, key=raw.key, headers=headers
+            self.config.dead_letter_topic, value=raw.value, key=raw.key, headers=headers
         )
         stuck = _await_acks(
-            [future], self._broker_wait_ms() / 1000, self.fault_after, self._dlq_client
+            [future], self._broker_wait_ms() / 1000, self.config.fault_after, self._dlq_client
         )
         if stuck is not None:
             raise stuck
@@ -876,4 +846,4 @@ class KafkaConsumerActor(ResourceActor):
 
     def _broker_wait_ms(self) -> int:
         """How long a commit, committed() or a dead letter's ack may wait (see Options)."""
-        return int(min(self.commit_timeout, self.fault_after) * 1000)
+        return int(min(self.config.commit_timeout, self.config.fault_after) * 1000)

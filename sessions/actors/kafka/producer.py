@@ -148,29 +148,19 @@ class KafkaProducerActor(ResourceActor):
 
     kind = "kafka_producer"
     Options: ClassVar[type[BaseModel]] = ProducerOptions
+    config: ProducerOptions
     poll_interval = 0.1
     """How often the poll hook checks the records in flight (ack age, broker link)."""
 
-    def __init__(
-        self,
-        bootstrap_servers: str | list[str],
-        serializer: Literal["raw", "json"] = "raw",
-        ack_timeout: float = 4.0,
-        fault_after: float = 2.0,
-        close_timeout: float = 2.0,
-        **driver_options: Any,
-    ) -> None:
-        super().__init__()
-        self.serializer = serializer
-        self.ack_timeout = ack_timeout
-        self.fault_after = fault_after
-        self.close_timeout = close_timeout
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        config = self.config
         # A send must not block the actor for kafka-python's default 60 s when the topic
         # metadata cannot be fetched.
         self._driver = {
-            "max_block_ms": int(ack_timeout * 1000),
-            **bounded_driver(driver_options),
-            "bootstrap_servers": bootstrap_servers,
+            "max_block_ms": int(config.ack_timeout * 1000),
+            **bounded_driver(config.model_extra or {}),
+            "bootstrap_servers": config.bootstrap_servers,
         }
         self._client: Any = None
         self._in_flight: deque[tuple[float, Any]] = deque()
@@ -213,7 +203,7 @@ class KafkaProducerActor(ResourceActor):
         if conn is not None and conn is self._conn:
             self._conn = None  # from now on its records' failures are faults
         aborted = conn is not None and conn.aborted
-        close_producer(resource, ABORT_JOIN if aborted else self.close_timeout,
+        close_producer(resource, ABORT_JOIN if aborted else self.config.close_timeout,
                         aborted=aborted)
 
     def abort(self, resource: Any) -> None:
@@ -255,14 +245,15 @@ class KafkaProducerActor(ResourceActor):
             self._link.reset()
             return
         now = time.monotonic()
+        config = self.config
         broken: BaseException | None = None
-        if now - in_flight[0][0] >= self.ack_timeout:
+        if now - in_flight[0][0] >= config.ack_timeout:
             broken = AckTimeout(
-                f"no acknowledgement from the broker within ack_timeout={self.ack_timeout}s"
+                f"no acknowledgement from the broker within ack_timeout={config.ack_timeout}s"
             )
-        elif self._link.down_for(self._client, now) >= self.fault_after:
+        elif self._link.down_for(self._client, now) >= config.fault_after:
             broken = kerr.KafkaConnectionError(
-                f"no connection to any broker for fault_after={self.fault_after}s while "
+                f"no connection to any broker for fault_after={config.fault_after}s while "
                 f"records were waiting for acknowledgements"
             )
         if broken is not None:
@@ -295,7 +286,7 @@ class KafkaProducerActor(ResourceActor):
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
         if value is None:
             payload = None
-        elif self.serializer == "json":
+        elif self.config.serializer == "json":
             payload = json.dumps(value, separators=(",", ":")).encode("utf-8")
         else:
             try:
@@ -322,7 +313,7 @@ class KafkaProducerActor(ResourceActor):
 
         ``timeout`` defaults to ``ack_timeout``; not flushed in time is a fault.
         """
-        wait = timeout if timeout is not None else self.ack_timeout
+        wait = timeout if timeout is not None else self.config.ack_timeout
         if not 0 <= wait < math.inf:
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {wait!r}")
         conn = self._conn
