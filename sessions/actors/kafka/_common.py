@@ -351,6 +351,14 @@ class KafkaOptions(BaseModel):
     bootstrap_servers: str | list[str] = Field(
         description="Broker addresses, 'host:port' or a list of them."
     )
+    bootstrap_timeout_ms: int | float | None = Field(
+        5000,
+        description=(
+            "Milliseconds connect() waits for a first broker (kafka-python's bootstrap; "
+            "its default: 30000); passing api_version skips that bootstrap. None or inf: "
+            "forever (sessions check warns)."
+        ),
+    )
     close_timeout: float = Field(
         2.0,
         ge=0,
@@ -394,7 +402,12 @@ class KafkaOptions(BaseModel):
     def unbounded_waits(self) -> list[tuple[str, str]]:
         """``(config path, message)`` per kafka-python setting that makes a wait on the
         actor thread unbounded (``sessions check`` warns about each)."""
-        return unbounded_driver_waits(self.model_extra or {})
+        return unbounded_driver_waits(self.driver_settings())
+
+    def driver_settings(self) -> dict[str, Any]:
+        """The kafka-python settings given: the ones declared here, then every one
+        passed through."""
+        return {"bootstrap_timeout_ms": self.bootstrap_timeout_ms, **(self.model_extra or {})}
 
 
 def unbounded_driver_waits(driver: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -429,11 +442,6 @@ def _unbounded_message(value: Any, why: str) -> str | None:
     ):
         return f"= {value!r} is unbounded: {why}"
     return None
-
-
-def bounded_driver(driver: Mapping[str, Any]) -> dict[str, Any]:
-    """Driver settings with our fail-fast default for the bootstrap."""
-    return {"bootstrap_timeout_ms": 5000, **driver}
 
 
 # -- one connection -------------------------------------------------------------------

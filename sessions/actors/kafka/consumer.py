@@ -36,7 +36,6 @@ from sessions.actors.kafka._common import (
     abort_client,
     abort_producer,
     aborted_error,
-    bounded_driver,
     close_client,
     close_producer,
     is_link_fault,
@@ -166,8 +165,8 @@ def _close_consumer(consumer: Any, client: Any, timeout: float, *, aborted: bool
 
 class ConsumerOptions(KafkaOptions):
     """Options of a ``kafka_consumer``. Any other ``KafkaConsumer`` setting
-    (``auto_offset_reset``, ``session_timeout_ms``, ``max_poll_interval_ms``,
-    ``security_protocol``, ...) may be given too and is passed through."""
+    (``session_timeout_ms``, ``max_poll_interval_ms``, ``security_protocol``, ...) may be
+    given too and is passed through."""
 
     _driver_keys = frozenset(KafkaConsumer.DEFAULT_CONFIG)
     _reserved = {
@@ -190,6 +189,13 @@ class ConsumerOptions(KafkaOptions):
         ),
     )
     group_id: str = Field(description="Consumer group (offsets are committed to it).")
+    auto_offset_reset: str = Field(
+        "earliest",
+        description=(
+            "Where a partition without a committed offset starts: 'earliest' or "
+            "'latest' (a KafkaConsumer setting; kafka-python's default: 'latest')."
+        ),
+    )
     topics: list[str] = Field(
         [], description="Topics to subscribe to at start; subscribe() can change them."
     )
@@ -313,6 +319,9 @@ class ConsumerOptions(KafkaOptions):
             ]
         return []
 
+    def driver_settings(self) -> dict[str, Any]:
+        return {"auto_offset_reset": self.auto_offset_reset, **super().driver_settings()}
+
     def unbounded_waits(self) -> list[tuple[str, str]]:
         """The consumer's own and its dead-letter producer's (``dead_letter_options``)."""
         return [
@@ -339,8 +348,7 @@ class KafkaConsumerActor(ResourceActor):
             None if config.handler is None else _resolve_handler(config.handler)
         )
         self._driver = {
-            "auto_offset_reset": "earliest",
-            **bounded_driver(config.model_extra or {}),
+            **config.driver_settings(),
             "bootstrap_servers": config.bootstrap_servers,
             "group_id": config.group_id,
             "enable_auto_commit": False,

@@ -33,7 +33,6 @@ from sessions.actors.kafka._common import (
     LinkWatch,
     abort_producer,
     aborted_error,
-    bounded_driver,
     close_producer,
     is_link_fault,
     open_driver,
@@ -100,8 +99,8 @@ def _headers(
 class ProducerOptions(KafkaOptions):
     """Options of a ``kafka_producer``. Any other ``KafkaProducer`` setting (``acks``,
     ``linger_ms``, ``compression_type``, ``security_protocol``, ``sasl_*``, ``ssl_*``,
-    ``bootstrap_timeout_ms``, ``max_block_ms``, ...) may be given too and is passed
-    through; idempotence stays on unless those settings turn it off."""
+    ``max_block_ms``, ...) may be given too and is passed through; idempotence stays on
+    unless those settings turn it off."""
 
     _driver_keys = frozenset(KafkaProducer.DEFAULT_CONFIG)
     _reserved = {
@@ -159,7 +158,7 @@ class KafkaProducerActor(ResourceActor):
         # metadata cannot be fetched.
         self._driver = {
             "max_block_ms": int(config.ack_timeout * 1000),
-            **bounded_driver(config.model_extra or {}),
+            **config.driver_settings(),
             "bootstrap_servers": config.bootstrap_servers,
         }
         self._client: Any = None
