@@ -447,7 +447,8 @@ def test_abort_releases_a_producer_blocked_on_a_frozen_broker(make_kafka_server:
     server: KafkaServer = make_kafka_server()
     topic = server.create_topic()
     actor = KafkaProducerActor(
-        server.bootstrap, ack_timeout=60.0, fault_after=60.0, max_block_ms=60_000
+        bootstrap_servers=server.bootstrap, ack_timeout=60.0, fault_after=60.0,
+        max_block_ms=60_000,
     )
     producer = actor.resource = actor.connect()
     assert isinstance(actor.send(topic, b"up").future.result(10), SendResult)
@@ -477,8 +478,8 @@ def test_abort_releases_a_consumer_blocked_on_a_frozen_broker(
     server: KafkaServer = make_kafka_server()
     topic = server.create_topic()
     actor = KafkaConsumerActor(
-        server.bootstrap, "g-abort", commit_timeout=60.0, fault_after=60.0,
-        **FAST_GROUP_CONSUMER,
+        bootstrap_servers=server.bootstrap, group_id="g-abort", commit_timeout=60.0,
+        fault_after=60.0, **FAST_GROUP_CONSUMER,
     )
     consumer = actor.resource = actor.connect()
     actor.subscribe([topic])
@@ -512,9 +513,10 @@ def test_abort_of_a_pending_connect_ends_its_bootstrap(make_kafka_server: Any, k
     60 s here); it fails at once and leaves no client thread behind."""
     server: KafkaServer = make_kafka_server()
     actor: Any = (
-        KafkaProducerActor(server.bootstrap, bootstrap_timeout_ms=60_000)
+        KafkaProducerActor(bootstrap_servers=server.bootstrap, bootstrap_timeout_ms=60_000)
         if kind == "producer"
-        else KafkaConsumerActor(server.bootstrap, "g-abort-connect", bootstrap_timeout_ms=60_000)
+        else KafkaConsumerActor(bootstrap_servers=server.bootstrap, group_id="g-abort-connect",
+                                bootstrap_timeout_ms=60_000)
     )
     with frozen(server):
         connecting = in_thread(actor.connect)
