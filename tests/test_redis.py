@@ -650,6 +650,21 @@ def test_options_the_supervisor_owns_or_redis_py_lacks_are_config_errors(redis_u
     assert all(field.get("description") for field in schema["properties"].values())
 
 
+def test_bad_keys_are_reported_at_their_own_path_all_at_once() -> None:
+    url = "redis://127.0.0.1:6379/0"  # never connected to: validation comes first
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(redis_config(url, sll=True, retry=1, socket_timeout=0))
+    assert [path for path, _ in info.value.errors] == [
+        "resources.cache.socket_timeout",
+        "resources.cache.sll",
+        "resources.cache.retry",
+    ]
+    with pytest.raises(ValueError, match=r"sll: .*unknown redis-py connection option 'sll'"):
+        RedisActor(url=url, sll=True)
+    with pytest.raises(ValueError, match=r"url: .*non-empty"):
+        RedisActor(url="")
+
+
 def test_passwords_stay_out_of_errors_events_status_and_logs(
     make_redis_server: MakeRedis, caplog: pytest.LogCaptureFixture
 ) -> None:

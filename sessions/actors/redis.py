@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import difflib
 import functools
 import inspect
 import logging
@@ -96,7 +97,16 @@ from typing import Any, ClassVar, cast
 import redis
 import redis.client
 import redis.connection
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails
 from redis.backoff import NoBackoff
 from redis.commands.core import CoreCommands
 from redis.commands.sentinel import SentinelCommands
@@ -325,7 +335,7 @@ def _keepalive_options(value: Any) -> Any:
             constant = int(key) if key.isdigit() else getattr(socket, key.upper(), None)
         if not isinstance(constant, int) or isinstance(constant, bool):
             raise ValueError(
-                f"socket_keepalive_options: unknown TCP option {key!r} on this platform "
+                f"unknown TCP option {key!r} on this platform "
                 "(use names like TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)"
             )
         options[constant] = item
@@ -337,45 +347,33 @@ def _tcp_url(url: str) -> bool:
     return url.split(":", 1)[0].lower() in ("redis", "rediss")
 
 
-def unbounded_redis_waits(options: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(config path, message)`` for each wait set to unbounded (``sessions check``)."""
-    url = options.get("url")
-    effective = dict(options)
-    if isinstance(url, str):
-        # query-string options win; a bad url is reported by validation, or at connect
-        with contextlib.suppress(Exception):
-            effective.update(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
-    problems: list[tuple[str, str]] = []
-    timeout = effective.get("socket_timeout", 5.0)
-    if timeout is None:
-        problems.append(
-            (
-                "socket_timeout",
-                "= None is unbounded: a reply is waited for forever, so a frozen server or a dead "
-                "host wedges the resource until the stall watchdog aborts it "
-                "(default: 5.0)",
-            )
+def _key_problem(key: str, value: Any) -> tuple[str, Any]:
+    """``(problem, value)`` for one key that is not a field of :class:`RedisOptions`:
+    the problem is "" for a redis-py connection option (``value`` converted if needed)."""
+    if key in _FORBIDDEN:
+        return f"not allowed: {_FORBIDDEN[key]}", value
+    if key not in _PASSTHROUGH:
+        close = difflib.get_close_matches(key, sorted(_PASSTHROUGH), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (
+            f"unknown redis-py connection option {key!r} ({hint}TLS: use a rediss:// url; "
+            "a socket: unix://)",
+            value,
         )
-    connect_timeout = effective.get("socket_connect_timeout", 2.0)
-    if connect_timeout is None and timeout is None:  # redis-py: None -> socket_timeout
-        problems.append(
-            (
-                "socket_connect_timeout",
-                "= None (and socket_timeout = None) is unbounded: a TCP connect to a "
-                "black-holed host is waited for until the kernel gives up, about 2 "
-                "minutes (default: 2.0)",
-            )
-        )
-    if isinstance(url, str) and _tcp_url(url) and effective.get("socket_keepalive") is False:
-        problems.append(
-            (
-                "socket_keepalive",
-                "= false is unbounded: an idle connection (a pub/sub subscription) to a "
-                "host that vanished is never noticed, subscribers wait for messages "
-                "forever (default: true)",
-            )
-        )
-    return problems
+    if key == "socket_keepalive_options":
+        try:
+            return "", _keepalive_options(value)
+        except ValueError as err:
+            return str(err), value
+    return "", value
+
+
+def _value_error(key: str, value: Any, problem: str) -> InitErrorDetails:
+    """A pydantic line error at ``key``, as a ValueError raised by a field validator
+    gives (the config loader reports its message as it is)."""
+    return InitErrorDetails(
+        type="value_error", loc=(key,), input=value, ctx={"error": ValueError(problem)}
+    )
 
 
 class RedisOptions(BaseModel):
@@ -383,7 +381,10 @@ class RedisOptions(BaseModel):
 
     Any other key is passed to redis-py's connection (``decode_responses``,
     ``password``, ``username``, ``db``, ``ssl_*``, ``protocol``, ``health_check_interval``,
-    ``socket_keepalive``, ...); an unknown one is a config error.
+    ``socket_keepalive``, ...); an unknown one, or one the supervisor owns (``retry``,
+    ``max_connections``, ...), is a config error at its own path. A TCP url gets TCP
+    keepalive unless configured (``socket_keepalive = true`` and
+    :data:`KEEPALIVE_DEFAULTS`, both then in ``model_extra``).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -418,9 +419,90 @@ class RedisOptions(BaseModel):
         "behind, its oldest message is dropped (counted, logged), never another's.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _non_empty_url(cls, url: str) -> str:
+        if not url:
+            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
+        return url
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _redis_py_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RedisOptions]
+    ) -> RedisOptions:
+        """Check every other key against redis-py's connection options (turning the TCP
+        option names of ``socket_keepalive_options`` into constants), add the TCP
+        keepalive defaults, and report every problem at its own key, together with the
+        fields' own."""
+        problems: list[InitErrorDetails] = []
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for key in [k for k in data if k not in cls.model_fields]:
+                problem, data[key] = _key_problem(str(key), data[key])
+                if problem:
+                    problems.append(_value_error(str(key), data[key], problem))
+            if isinstance(data.get("url"), str) and _tcp_url(data["url"]):
+                data.setdefault("socket_keepalive", True)
+                data.setdefault("socket_keepalive_options", dict(KEEPALIVE_DEFAULTS))
+        try:
+            options = handler(data)
+        except ValidationError as err:
+            if not problems:
+                raise
+            problems = [_line_error(e) for e in err.errors()] + problems
+            raise ValidationError.from_exception_data(cls.__name__, problems) from None
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return options
+
     def unbounded_waits(self) -> list[tuple[str, str]]:
-        """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
-        return unbounded_redis_waits({**self.model_dump(), **(self.model_extra or {})})
+        """``(config path, message)`` per wait set to unbounded (``sessions check``).
+        Options in the url's query string win, as in redis-py."""
+        effective = {**self.model_dump(), **(self.model_extra or {})}
+        # a bad url is reported at connect
+        with contextlib.suppress(Exception):
+            effective.update(redis.connection.parse_url(self.url))  # type: ignore[no-untyped-call]
+        fields = type(self).model_fields
+        problems: list[tuple[str, str]] = []
+        timeout = effective.get("socket_timeout")
+        if timeout is None:
+            problems.append(
+                (
+                    "socket_timeout",
+                    "= None is unbounded: a reply is waited for forever, so a frozen server or "
+                    "a dead host wedges the resource until the stall watchdog aborts it "
+                    f"(default: {fields['socket_timeout'].default})",
+                )
+            )
+        if effective.get("socket_connect_timeout") is None and timeout is None:
+            # redis-py: None -> socket_timeout
+            problems.append(
+                (
+                    "socket_connect_timeout",
+                    "= None (and socket_timeout = None) is unbounded: a TCP connect to a "
+                    "black-holed host is waited for until the kernel gives up, about 2 "
+                    f"minutes (default: {fields['socket_connect_timeout'].default})",
+                )
+            )
+        if _tcp_url(self.url) and effective.get("socket_keepalive") is False:
+            problems.append(
+                (
+                    "socket_keepalive",
+                    "= false is unbounded: an idle connection (a pub/sub subscription) to a "
+                    "host that vanished is never noticed, subscribers wait for messages "
+                    "forever (default: true)",
+                )
+            )
+        return problems
+
+
+def _line_error(error: ErrorDetails) -> InitErrorDetails:
+    """A reported pydantic error as a line error to raise again (with others)."""
+    line = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        line["ctx"] = error["ctx"]
+    return line
 
 
 class _AbortablePool(redis.ConnectionPool):
@@ -585,7 +667,7 @@ class _Listener:
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
         self._actor = actor
         self.owner = owner  # the command client of this incarnation (stale reports ignored)
-        self._pool = _AbortablePool.from_url(actor._url, **actor._connection_kwargs())
+        self._pool = _AbortablePool.from_url(actor.config.url, **actor._connection_kwargs())
         client = redis.Redis(connection_pool=self._pool)
         # redis-py < 8.2 leaves pubsub() untyped; 8.2 types it and its encoder as Optional.
         self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
@@ -697,7 +779,9 @@ class _Listener:
                 assert control.callback is not None
                 callback = control.callback
                 if callback not in self._deliveries:
-                    delivery = _Delivery(self._actor.name, callback, self._actor._pubsub_queue_size)
+                    delivery = _Delivery(
+                        self._actor.name, callback, self._actor.config.pubsub_queue_size
+                    )
                     with self._lock:  # abort() reads the deliveries from another thread
                         self._deliveries[callback] = delivery
                 for name in names:
@@ -762,41 +846,12 @@ class RedisActor(ResourceActor):
 
     batch_methods: ClassVar[frozenset[str]] = frozenset(set(COMMANDS) - UNBATCHED)
 
-    def __init__(
-        self,
-        url: str,
-        client_name: str | None = None,
-        socket_timeout: float | None = 5.0,
-        socket_connect_timeout: float | None = 2.0,
-        pubsub_queue_size: int = 10_000,
-        **redis_options: Any,
-    ) -> None:
-        super().__init__()
-        forbidden = [f"{k} ({_FORBIDDEN[k]})" for k in redis_options if k in _FORBIDDEN]
-        unknown = sorted(k for k in redis_options if k not in _PASSTHROUGH and k not in _FORBIDDEN)
-        if forbidden or unknown:
-            problems = [f"not allowed: {k}" for k in forbidden]
-            if unknown:
-                problems.append(
-                    f"unknown redis-py connection option(s): {', '.join(unknown)} "
-                    "(TLS: use a rediss:// url; a socket: unix://)"
-                )
-            raise ValueError("; ".join(problems))
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
-        self._url = url
-        self._client_name = client_name
-        self._socket_timeout = socket_timeout
-        self._socket_connect_timeout = socket_connect_timeout
-        self._pubsub_queue_size = pubsub_queue_size
-        self._redis_options = dict(redis_options)
-        if "socket_keepalive_options" in self._redis_options:
-            self._redis_options["socket_keepalive_options"] = _keepalive_options(
-                self._redis_options["socket_keepalive_options"]
-            )
-        if _tcp_url(url):
-            self._redis_options.setdefault("socket_keepalive", True)
-            self._redis_options.setdefault("socket_keepalive_options", dict(KEEPALIVE_DEFAULTS))
+    config: RedisOptions
+
+    def __init__(self, **options: Any) -> None:
+        """``options``: the keys of :class:`RedisOptions` and redis-py connection options
+        (ValueError naming every bad key). No I/O: ``connect()`` does it."""
+        super().__init__(**options)
         self._subs: dict[tuple[str, bytes], Callback] = {}
         """(channel|pattern, name) -> callback; survives restarts (replayed)."""
         self._listeners: dict[int, _Listener] = {}
@@ -810,11 +865,12 @@ class RedisActor(ResourceActor):
 
     def _connection_kwargs(self) -> dict[str, Any]:
         """redis-py connection keywords: one connection, no retries, bounded waits."""
+        config = self.config
         return {
-            **self._redis_options,
-            "client_name": self._client_name,
-            "socket_timeout": self._socket_timeout,
-            "socket_connect_timeout": self._socket_connect_timeout,
+            **(config.model_extra or {}),
+            "client_name": config.client_name,
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.socket_connect_timeout,
             "retry": Retry(NoBackoff(), 0),
             "retry_on_error": [],
             "max_connections": 1,
@@ -824,7 +880,7 @@ class RedisActor(ResourceActor):
 
     def connect(self) -> redis.Redis:
         """A client on a one-connection pool, connected (PING) before it serves calls."""
-        pool = _AbortablePool.from_url(self._url, **self._connection_kwargs())
+        pool = _AbortablePool.from_url(self.config.url, **self._connection_kwargs())
         client = redis.Redis(connection_pool=pool)
         with self._abort_lock:
             self._connecting.append(pool)
@@ -1066,7 +1122,7 @@ class RedisActor(ResourceActor):
 
     def _wait(self, future: concurrent.futures.Future[None], what: str) -> None:
         """Wait for Redis to confirm a subscription change (a fault if it never does)."""
-        timeout = self._socket_timeout or 30.0
+        timeout = self.config.socket_timeout or 30.0
         try:
             future.result(timeout)
         except concurrent.futures.TimeoutError:
