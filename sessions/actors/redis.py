@@ -658,15 +658,18 @@ class _Control:
 class _Listener:
     """The pub/sub side of one incarnation: its own connection, read by one thread.
 
-    The reader thread owns the ``PubSub`` object (redis-py's is not thread-safe): the
-    actor asks for subscription changes through a queue and waits for Redis to confirm
-    them. A broken connection is reported as a fault of the resource, whose replay step
-    then subscribes again on the next connection.
+    The reader thread belongs to the incarnation (``context.spawn``: the runtime joins it
+    after ``disconnect()``, and an error escaping it is a fault of that connection, never
+    of a later one). It owns the ``PubSub`` object (redis-py's is not thread-safe) and
+    closes it as it ends: the actor asks for subscription changes through a queue and
+    waits for Redis to confirm them. Messages go to one delivery thread per callback,
+    closed and joined when the listener closes. A broken connection is a fault of the
+    resource, whose replay step then subscribes again on the next one.
     """
 
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
         self._actor = actor
-        self.owner = owner  # the command client of this incarnation (stale reports ignored)
+        self.owner = owner  # the command client of this incarnation
         self._pool = _AbortablePool.from_url(actor.config.url, **actor._connection_kwargs())
         client = redis.Redis(connection_pool=self._pool)
         # redis-py < 8.2 leaves pubsub() untyped; 8.2 types it and its encoder as Optional.
@@ -678,12 +681,11 @@ class _Listener:
         self._lock = threading.Lock()
         self._callbacks: dict[tuple[str, bytes], Callback] = {}
         self._deliveries: dict[Callback, _Delivery] = {}
+        """Written by the reader under ``_lock``, never once ``_stop`` is set."""
         self._awaiting: dict[tuple[str, bytes], deque[_Control]] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._read, name=f"sessions-{actor.name}-pubsub-reader", daemon=True
-        )
-        self._thread.start()
+        """Set to end the reader (close, abort), and by the reader as it ends."""
+        self._thread = actor.context.spawn(self._read, f"sessions-{actor.name}-pubsub-reader")
 
     def request(
         self, kind: str, names: list[bytes], callback: Callback | None = None
@@ -704,32 +706,16 @@ class _Listener:
         (a reader blocked on it wakes), and let delivery threads end once they have
         handed out what they hold. The reader fails pending subscription requests as it
         ends, so an actor waiting for a confirmation returns at once."""
-        self._stop.set()
-        self._pool.abort()
-        with self._lock:
-            deliveries = list(self._deliveries.values())
-        for delivery in deliveries:
+        for delivery in self._stop_reading():
             delivery.close()
 
     def close(self) -> None:
-        """Stop reading, close the connection, let delivery threads finish (bounded)."""
-        self._stop.set()
-        self._thread.join(_POLL * 4 + 1.0)
-        if self._thread.is_alive():  # stuck in a read: closing the socket wakes it
-            with contextlib.suppress(Exception):
-                conn = self._pubsub.connection
-                if conn is not None:
-                    conn.disconnect()
-            self._thread.join(1.0)
-        with contextlib.suppress(Exception):
-            self._pubsub.close()
-        with contextlib.suppress(Exception):
-            self._pool.disconnect()
-        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        deliveries = list(self._deliveries.values())
+        """Stop reading (the reader closes the connection as it ends; the runtime joins
+        it), and let delivery threads hand out what they hold (bounded wait)."""
+        deliveries = self._stop_reading()
         for delivery in deliveries:
             delivery.close()
+        deadline = time.monotonic() + _JOIN_TIMEOUT
         for delivery in deliveries:
             delivery.thread.join(max(0.0, deadline - time.monotonic()))
             if delivery.thread.is_alive():
@@ -741,6 +727,14 @@ class _Listener:
                     _JOIN_TIMEOUT,
                 )
 
+    def _stop_reading(self) -> list[_Delivery]:
+        """End the reader now (a read in progress fails at once: the socket is shut
+        down, and the pool refuses to reconnect); the deliveries, none made after."""
+        self._stop.set()
+        self._pool.abort()
+        with self._lock:
+            return list(self._deliveries.values())
+
     # -- reader thread ------------------------------------------------------------------
 
     def _read(self) -> None:
@@ -751,15 +745,22 @@ class _Listener:
                 if message is not None:
                     self._handle(message)
         except Exception as exc:
-            if not self._stop.is_set():
-                self._fail_pending(exc)
-                log.warning(
-                    "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
-                )
-                self._actor.report_fault(exc, self.owner)
+            if self._stop.is_set():  # closed or aborted under it: not a fault
                 return
-        # Closed or aborted: whoever waits for a confirmation learns it now.
-        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
+            self._fail_pending(exc)
+            log.warning(
+                "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
+            )
+            raise  # context.spawn reports it as a fault of this incarnation's connection
+        finally:
+            # Ended: later requests fail at once, and whoever waits for a confirmation
+            # learns it now.
+            self._stop.set()
+            self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+            with contextlib.suppress(Exception):
+                self._pool.disconnect()
 
     def _apply_controls(self) -> None:
         while True:
@@ -778,12 +779,14 @@ class _Listener:
             else:
                 assert control.callback is not None
                 callback = control.callback
-                if callback not in self._deliveries:
-                    delivery = _Delivery(
-                        self._actor.name, callback, self._actor.config.pubsub_queue_size
-                    )
-                    with self._lock:  # abort() reads the deliveries from another thread
-                        self._deliveries[callback] = delivery
+                with self._lock:  # close() and abort() read the deliveries elsewhere
+                    if self._stop.is_set():  # closing: the request fails as we end
+                        self._controls.appendleft(control)
+                        return
+                    if callback not in self._deliveries:
+                        self._deliveries[callback] = _Delivery(
+                            self._actor.name, callback, self._actor.config.pubsub_queue_size
+                        )
                 for name in names:
                     self._callbacks[(sub_kind, name)] = callback
             if not names:
