@@ -85,7 +85,6 @@ import difflib
 import functools
 import inspect
 import logging
-import math
 import socket
 import threading
 import time
@@ -121,6 +120,7 @@ from redis.retry import Retry
 from sessions._redact import redact
 from sessions._runtime.abort import shutdown_socket
 from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
+from sessions._runtime.fanout import Delivery
 
 __all__ = [
     "COMMANDS",
@@ -574,73 +574,6 @@ _POLL = 0.05
 _JOIN_TIMEOUT = 2.0
 """How long a disconnect waits for delivery threads to hand out what they hold."""
 
-_WARN_EVERY = 10.0
-"""Seconds between warnings about one callback (dropped messages, exceptions)."""
-
-
-class _Delivery:
-    """One delivery thread per callback: a slow, blocked or raising callback delays only
-    the subscriptions it serves, and never the socket reader.
-
-    The queue is bounded: when it is full the oldest message is dropped (newest data
-    wins, as for the CAN kind's subscribers) and counted; a warning is logged at most
-    every ``_WARN_EVERY`` seconds.
-    """
-
-    def __init__(self, resource: str, callback: Callback, capacity: int) -> None:
-        self.callback = callback
-        self.capacity = capacity
-        self.dropped = 0
-        self._warned_at = -math.inf
-        self._items: deque[Message] = deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._closing = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"sessions-{resource}-pubsub", daemon=True
-        )
-        self.thread.start()
-
-    def put(self, message: Message) -> None:
-        with self._cond:
-            self._items.append(message)
-            if len(self._items) <= self.capacity:
-                self._cond.notify()
-                return
-            self._items.popleft()
-            self.dropped += 1
-            dropped = self.dropped
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
-            log.warning(
-                "pub/sub callback %r is %d messages behind: oldest dropped (%d so far)",
-                self.callback,
-                self.capacity,
-                dropped,
-            )
-
-    def close(self) -> None:
-        """Deliver what is queued, then end."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._items and not self._closing:
-                    self._cond.wait()
-                if not self._items:
-                    return
-                message = self._items.popleft()
-            try:
-                self.callback(message)
-            except Exception:
-                now = time.monotonic()
-                if now - self._warned_at >= _WARN_EVERY:
-                    self._warned_at = now
-                    log.exception("pub/sub callback %r raised (it keeps receiving)", self.callback)
-
 
 class _Control:
     """A subscription change for the reader thread, resolved once Redis confirmed it."""
@@ -662,9 +595,10 @@ class _Listener:
     after ``disconnect()``, and an error escaping it is a fault of that connection, never
     of a later one). It owns the ``PubSub`` object (redis-py's is not thread-safe) and
     closes it as it ends: the actor asks for subscription changes through a queue and
-    waits for Redis to confirm them. Messages go to one delivery thread per callback,
-    closed and joined when the listener closes. A broken connection is a fault of the
-    resource, whose replay step then subscribes again on the next one.
+    waits for Redis to confirm them. Messages go to one
+    :class:`~sessions._runtime.fanout.Delivery` per callback (bounded, drop-oldest, a
+    thread each), closed and joined when the listener closes. A broken connection is a
+    fault of the resource, whose replay step then subscribes again on the next one.
     """
 
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
@@ -680,7 +614,7 @@ class _Listener:
         self._controls: deque[_Control] = deque()
         self._lock = threading.Lock()
         self._callbacks: dict[tuple[str, bytes], Callback] = {}
-        self._deliveries: dict[Callback, _Delivery] = {}
+        self._deliveries: dict[Callback, Delivery[Message]] = {}
         """Written by the reader under ``_lock``, never once ``_stop`` is set."""
         self._awaiting: dict[tuple[str, bytes], deque[_Control]] = {}
         self._stop = threading.Event()
@@ -717,8 +651,7 @@ class _Listener:
             delivery.close()
         deadline = time.monotonic() + _JOIN_TIMEOUT
         for delivery in deliveries:
-            delivery.thread.join(max(0.0, deadline - time.monotonic()))
-            if delivery.thread.is_alive():
+            if not delivery.join(max(0.0, deadline - time.monotonic())):
                 log.error(
                     "pub/sub callback %r of %r is still running after %.1fs; its "
                     "thread is abandoned",
@@ -727,7 +660,7 @@ class _Listener:
                     _JOIN_TIMEOUT,
                 )
 
-    def _stop_reading(self) -> list[_Delivery]:
+    def _stop_reading(self) -> list[Delivery[Message]]:
         """End the reader now (a read in progress fails at once: the socket is shut
         down, and the pool refuses to reconnect); the deliveries, none made after."""
         self._stop.set()
@@ -784,8 +717,11 @@ class _Listener:
                         self._controls.appendleft(control)
                         return
                     if callback not in self._deliveries:
-                        self._deliveries[callback] = _Delivery(
-                            self._actor.name, callback, self._actor.config.pubsub_queue_size
+                        self._deliveries[callback] = Delivery(
+                            callback,
+                            capacity=self._actor.config.pubsub_queue_size,
+                            name=f"sessions-{self._actor.name}-pubsub",
+                            what=f"pub/sub callback {callback!r}",
                         )
                 for name in names:
                     self._callbacks[(sub_kind, name)] = callback
