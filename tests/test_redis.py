@@ -38,7 +38,7 @@ from sessions.actors.redis import (
 from sessions.messages import ChildFaulted, ChildStarted, CircuitChanged
 from sessions.redis import RedisSessionManager
 from tests.servers import RedisServer
-from tests.support import FakeClock, Recorder, wait_until
+from tests.support import ABORT_JOIN, FakeClock, Recorder, wait_until
 
 MakeRedis = Callable[..., RedisServer]
 
@@ -636,6 +636,33 @@ def test_subscriptions_are_replayed_after_the_server_restarts(
             received.add(inbox.get(timeout=10)[1]["data"])
 
 
+def test_a_killed_pubsub_connection_is_one_fault_and_its_subscriptions_come_back(
+    make_redis_server: MakeRedis,
+) -> None:
+    """The reader belongs to its connection (``context.spawn``): its error restarts the
+    resource once, the replay subscribes on the new connection, and the old
+    connection's reader and delivery threads end."""
+    server = make_redis_server()
+    rec = Recorder()
+    with sessions.start(redis_config(server.url)) as system, server.client() as admin:
+        system.subscribe(rec)
+        cache = system.get("cache")
+        inbox, callback = collector()
+        cache.subscribe("news", callback).result(10)
+        old = _pubsub_threads("cache")
+        assert len(old) == 2  # the reader and the callback's delivery thread
+        assert admin.client_kill_filter(_type="pubsub") == 1  # the commands' one lives on
+        rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1, timeout=30)
+        for thread in old:
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
+        assert cache.publish("news", "again").result(10) == 1  # replayed before serving
+        assert inbox.get(timeout=10)[1]["data"] == b"again"
+        faults = rec.of(ChildFaulted)
+        assert len(faults) == 1 and "ConnectionError" in faults[0].error, faults
+        assert cache.restarts == 1
+
+
 # -- configuration, credentials, the seed's facade --------------------------------------
 
 
@@ -648,6 +675,21 @@ def test_options_the_supervisor_owns_or_redis_py_lacks_are_config_errors(redis_u
         sessions.start(redis_config(redis_url, sll=True))
     schema = RedisOptions.model_json_schema()
     assert all(field.get("description") for field in schema["properties"].values())
+
+
+def test_bad_keys_are_reported_at_their_own_path_all_at_once() -> None:
+    url = "redis://127.0.0.1:6379/0"  # never connected to: validation comes first
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start(redis_config(url, sll=True, retry=1, socket_timeout=0))
+    assert [path for path, _ in info.value.errors] == [
+        "resources.cache.socket_timeout",
+        "resources.cache.sll",
+        "resources.cache.retry",
+    ]
+    with pytest.raises(ValueError, match=r"sll: .*unknown redis-py connection option 'sll'"):
+        RedisActor(url=url, sll=True)
+    with pytest.raises(ValueError, match=r"url: .*non-empty"):
+        RedisActor(url="")
 
 
 def test_passwords_stay_out_of_errors_events_status_and_logs(
@@ -700,28 +742,61 @@ def test_session_registry_redis_url(redis_url: str) -> None:
 # -- abort and bounded waits (issue 9) -------------------------------------------------
 
 
+class Incarnation:
+    """The runtime's side of one connection, as ``ResourceContext`` sees it (what the
+    runner is): the connection, the faults reported, the threads spawned."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.connected = False
+        self.faults: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+
+    def report(self, error: BaseException) -> None:
+        self.faults.append(error)
+
+    def spawned(self, thread: threading.Thread) -> None:
+        self.threads.append(thread)
+
+
 class OnItsThread:
     """The actor driven as its runtime drives it: every hook and call on one thread of
-    its own (a plain executor thread), ``abort()`` from the test's thread."""
+    its own (a plain executor thread), ``abort()`` from the test's thread; each
+    connection attached to the actor's context, and the threads it spawned joined
+    after its disconnect."""
 
     def __init__(self, actor: RedisActor) -> None:
         self.actor = actor
+        self.incarnation = Incarnation()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="redis-actor")
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._thread.submit(fn, *args, **kwargs)
 
     def connect(self) -> redis.Redis:
+        incarnation = self.incarnation = Incarnation()
+
         def connect() -> redis.Redis:
+            self.actor.context.attach(incarnation)
             self.actor.resource = self.actor.connect()
+            incarnation.conn, incarnation.connected = self.actor.resource, True
             return self.actor.resource
 
         client: redis.Redis = self.run(connect).result(timeout=30)
         return client
 
     def disconnect(self) -> None:
+        incarnation = self.incarnation
         resource, self.actor.resource = self.actor.resource, None
-        self.run(self.actor.disconnect, resource).result(timeout=30)
+
+        def disconnect() -> None:
+            self.actor.context.detach(incarnation)
+            self.actor.disconnect(resource)
+            for thread in incarnation.threads:
+                thread.join(ABORT_JOIN)
+                assert not thread.is_alive(), f"{thread.name} outlived its disconnect"
+
+        self.run(disconnect).result(timeout=60)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

@@ -81,10 +81,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import difflib
 import functools
 import inspect
 import logging
-import math
 import socket
 import threading
 import time
@@ -96,7 +96,16 @@ from typing import Any, ClassVar, cast
 import redis
 import redis.client
 import redis.connection
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails
 from redis.backoff import NoBackoff
 from redis.commands.core import CoreCommands
 from redis.commands.sentinel import SentinelCommands
@@ -111,6 +120,7 @@ from redis.retry import Retry
 from sessions._redact import redact
 from sessions._runtime.abort import shutdown_socket
 from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
+from sessions._runtime.fanout import Delivery
 
 __all__ = [
     "COMMANDS",
@@ -325,7 +335,7 @@ def _keepalive_options(value: Any) -> Any:
             constant = int(key) if key.isdigit() else getattr(socket, key.upper(), None)
         if not isinstance(constant, int) or isinstance(constant, bool):
             raise ValueError(
-                f"socket_keepalive_options: unknown TCP option {key!r} on this platform "
+                f"unknown TCP option {key!r} on this platform "
                 "(use names like TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)"
             )
         options[constant] = item
@@ -337,45 +347,33 @@ def _tcp_url(url: str) -> bool:
     return url.split(":", 1)[0].lower() in ("redis", "rediss")
 
 
-def unbounded_redis_waits(options: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(config path, message)`` for each wait set to unbounded (``sessions check``)."""
-    url = options.get("url")
-    effective = dict(options)
-    if isinstance(url, str):
-        # query-string options win; a bad url is reported by validation, or at connect
-        with contextlib.suppress(Exception):
-            effective.update(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
-    problems: list[tuple[str, str]] = []
-    timeout = effective.get("socket_timeout", 5.0)
-    if timeout is None:
-        problems.append(
-            (
-                "socket_timeout",
-                "= None is unbounded: a reply is waited for forever, so a frozen server or a dead "
-                "host wedges the resource until the stall watchdog aborts it "
-                "(default: 5.0)",
-            )
+def _key_problem(key: str, value: Any) -> tuple[str, Any]:
+    """``(problem, value)`` for one key that is not a field of :class:`RedisOptions`:
+    the problem is "" for a redis-py connection option (``value`` converted if needed)."""
+    if key in _FORBIDDEN:
+        return f"not allowed: {_FORBIDDEN[key]}", value
+    if key not in _PASSTHROUGH:
+        close = difflib.get_close_matches(key, sorted(_PASSTHROUGH), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (
+            f"unknown redis-py connection option {key!r} ({hint}TLS: use a rediss:// url; "
+            "a socket: unix://)",
+            value,
         )
-    connect_timeout = effective.get("socket_connect_timeout", 2.0)
-    if connect_timeout is None and timeout is None:  # redis-py: None -> socket_timeout
-        problems.append(
-            (
-                "socket_connect_timeout",
-                "= None (and socket_timeout = None) is unbounded: a TCP connect to a "
-                "black-holed host is waited for until the kernel gives up, about 2 "
-                "minutes (default: 2.0)",
-            )
-        )
-    if isinstance(url, str) and _tcp_url(url) and effective.get("socket_keepalive") is False:
-        problems.append(
-            (
-                "socket_keepalive",
-                "= false is unbounded: an idle connection (a pub/sub subscription) to a "
-                "host that vanished is never noticed, subscribers wait for messages "
-                "forever (default: true)",
-            )
-        )
-    return problems
+    if key == "socket_keepalive_options":
+        try:
+            return "", _keepalive_options(value)
+        except ValueError as err:
+            return str(err), value
+    return "", value
+
+
+def _value_error(key: str, value: Any, problem: str) -> InitErrorDetails:
+    """A pydantic line error at ``key``, as a ValueError raised by a field validator
+    gives (the config loader reports its message as it is)."""
+    return InitErrorDetails(
+        type="value_error", loc=(key,), input=value, ctx={"error": ValueError(problem)}
+    )
 
 
 class RedisOptions(BaseModel):
@@ -383,7 +381,10 @@ class RedisOptions(BaseModel):
 
     Any other key is passed to redis-py's connection (``decode_responses``,
     ``password``, ``username``, ``db``, ``ssl_*``, ``protocol``, ``health_check_interval``,
-    ``socket_keepalive``, ...); an unknown one is a config error.
+    ``socket_keepalive``, ...); an unknown one, or one the supervisor owns (``retry``,
+    ``max_connections``, ...), is a config error at its own path. A TCP url gets TCP
+    keepalive unless configured (``socket_keepalive = true`` and
+    :data:`KEEPALIVE_DEFAULTS`, both then in ``model_extra``).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -418,9 +419,90 @@ class RedisOptions(BaseModel):
         "behind, its oldest message is dropped (counted, logged), never another's.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _non_empty_url(cls, url: str) -> str:
+        if not url:
+            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
+        return url
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _redis_py_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RedisOptions]
+    ) -> RedisOptions:
+        """Check every other key against redis-py's connection options (turning the TCP
+        option names of ``socket_keepalive_options`` into constants), add the TCP
+        keepalive defaults, and report every problem at its own key, together with the
+        fields' own."""
+        problems: list[InitErrorDetails] = []
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for key in [k for k in data if k not in cls.model_fields]:
+                problem, data[key] = _key_problem(str(key), data[key])
+                if problem:
+                    problems.append(_value_error(str(key), data[key], problem))
+            if isinstance(data.get("url"), str) and _tcp_url(data["url"]):
+                data.setdefault("socket_keepalive", True)
+                data.setdefault("socket_keepalive_options", dict(KEEPALIVE_DEFAULTS))
+        try:
+            options = handler(data)
+        except ValidationError as err:
+            if not problems:
+                raise
+            problems = [_line_error(e) for e in err.errors()] + problems
+            raise ValidationError.from_exception_data(cls.__name__, problems) from None
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return options
+
     def unbounded_waits(self) -> list[tuple[str, str]]:
-        """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
-        return unbounded_redis_waits({**self.model_dump(), **(self.model_extra or {})})
+        """``(config path, message)`` per wait set to unbounded (``sessions check``).
+        Options in the url's query string win, as in redis-py."""
+        effective = {**self.model_dump(), **(self.model_extra or {})}
+        # a bad url is reported at connect
+        with contextlib.suppress(Exception):
+            effective.update(redis.connection.parse_url(self.url))  # type: ignore[no-untyped-call]
+        fields = type(self).model_fields
+        problems: list[tuple[str, str]] = []
+        timeout = effective.get("socket_timeout")
+        if timeout is None:
+            problems.append(
+                (
+                    "socket_timeout",
+                    "= None is unbounded: a reply is waited for forever, so a frozen server or "
+                    "a dead host wedges the resource until the stall watchdog aborts it "
+                    f"(default: {fields['socket_timeout'].default})",
+                )
+            )
+        if effective.get("socket_connect_timeout") is None and timeout is None:
+            # redis-py: None -> socket_timeout
+            problems.append(
+                (
+                    "socket_connect_timeout",
+                    "= None (and socket_timeout = None) is unbounded: a TCP connect to a "
+                    "black-holed host is waited for until the kernel gives up, about 2 "
+                    f"minutes (default: {fields['socket_connect_timeout'].default})",
+                )
+            )
+        if _tcp_url(self.url) and effective.get("socket_keepalive") is False:
+            problems.append(
+                (
+                    "socket_keepalive",
+                    "= false is unbounded: an idle connection (a pub/sub subscription) to a "
+                    "host that vanished is never noticed, subscribers wait for messages "
+                    "forever (default: true)",
+                )
+            )
+        return problems
+
+
+def _line_error(error: ErrorDetails) -> InitErrorDetails:
+    """A reported pydantic error as a line error to raise again (with others)."""
+    line = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        line["ctx"] = error["ctx"]
+    return line
 
 
 class _AbortablePool(redis.ConnectionPool):
@@ -492,73 +574,6 @@ _POLL = 0.05
 _JOIN_TIMEOUT = 2.0
 """How long a disconnect waits for delivery threads to hand out what they hold."""
 
-_WARN_EVERY = 10.0
-"""Seconds between warnings about one callback (dropped messages, exceptions)."""
-
-
-class _Delivery:
-    """One delivery thread per callback: a slow, blocked or raising callback delays only
-    the subscriptions it serves, and never the socket reader.
-
-    The queue is bounded: when it is full the oldest message is dropped (newest data
-    wins, as for the CAN kind's subscribers) and counted; a warning is logged at most
-    every ``_WARN_EVERY`` seconds.
-    """
-
-    def __init__(self, resource: str, callback: Callback, capacity: int) -> None:
-        self.callback = callback
-        self.capacity = capacity
-        self.dropped = 0
-        self._warned_at = -math.inf
-        self._items: deque[Message] = deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._closing = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"sessions-{resource}-pubsub", daemon=True
-        )
-        self.thread.start()
-
-    def put(self, message: Message) -> None:
-        with self._cond:
-            self._items.append(message)
-            if len(self._items) <= self.capacity:
-                self._cond.notify()
-                return
-            self._items.popleft()
-            self.dropped += 1
-            dropped = self.dropped
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_EVERY:
-            self._warned_at = now
-            log.warning(
-                "pub/sub callback %r is %d messages behind: oldest dropped (%d so far)",
-                self.callback,
-                self.capacity,
-                dropped,
-            )
-
-    def close(self) -> None:
-        """Deliver what is queued, then end."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._items and not self._closing:
-                    self._cond.wait()
-                if not self._items:
-                    return
-                message = self._items.popleft()
-            try:
-                self.callback(message)
-            except Exception:
-                now = time.monotonic()
-                if now - self._warned_at >= _WARN_EVERY:
-                    self._warned_at = now
-                    log.exception("pub/sub callback %r raised (it keeps receiving)", self.callback)
-
 
 class _Control:
     """A subscription change for the reader thread, resolved once Redis confirmed it."""
@@ -576,16 +591,20 @@ class _Control:
 class _Listener:
     """The pub/sub side of one incarnation: its own connection, read by one thread.
 
-    The reader thread owns the ``PubSub`` object (redis-py's is not thread-safe): the
-    actor asks for subscription changes through a queue and waits for Redis to confirm
-    them. A broken connection is reported as a fault of the resource, whose replay step
-    then subscribes again on the next connection.
+    The reader thread belongs to the incarnation (``context.spawn``: the runtime joins it
+    after ``disconnect()``, and an error escaping it is a fault of that connection, never
+    of a later one). It owns the ``PubSub`` object (redis-py's is not thread-safe) and
+    closes it as it ends: the actor asks for subscription changes through a queue and
+    waits for Redis to confirm them. Messages go to one
+    :class:`~sessions._runtime.fanout.Delivery` per callback (bounded, drop-oldest, a
+    thread each), closed and joined when the listener closes. A broken connection is a
+    fault of the resource, whose replay step then subscribes again on the next one.
     """
 
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
         self._actor = actor
-        self.owner = owner  # the command client of this incarnation (stale reports ignored)
-        self._pool = _AbortablePool.from_url(actor._url, **actor._connection_kwargs())
+        self.owner = owner  # the command client of this incarnation
+        self._pool = _AbortablePool.from_url(actor.config.url, **actor._connection_kwargs())
         client = redis.Redis(connection_pool=self._pool)
         # redis-py < 8.2 leaves pubsub() untyped; 8.2 types it and its encoder as Optional.
         self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
@@ -595,13 +614,12 @@ class _Listener:
         self._controls: deque[_Control] = deque()
         self._lock = threading.Lock()
         self._callbacks: dict[tuple[str, bytes], Callback] = {}
-        self._deliveries: dict[Callback, _Delivery] = {}
+        self._deliveries: dict[Callback, Delivery[Message]] = {}
+        """Written by the reader under ``_lock``, never once ``_stop`` is set."""
         self._awaiting: dict[tuple[str, bytes], deque[_Control]] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._read, name=f"sessions-{actor.name}-pubsub-reader", daemon=True
-        )
-        self._thread.start()
+        """Set to end the reader (close, abort), and by the reader as it ends."""
+        self._thread = actor.context.spawn(self._read, f"sessions-{actor.name}-pubsub-reader")
 
     def request(
         self, kind: str, names: list[bytes], callback: Callback | None = None
@@ -622,35 +640,18 @@ class _Listener:
         (a reader blocked on it wakes), and let delivery threads end once they have
         handed out what they hold. The reader fails pending subscription requests as it
         ends, so an actor waiting for a confirmation returns at once."""
-        self._stop.set()
-        self._pool.abort()
-        with self._lock:
-            deliveries = list(self._deliveries.values())
-        for delivery in deliveries:
+        for delivery in self._stop_reading():
             delivery.close()
 
     def close(self) -> None:
-        """Stop reading, close the connection, let delivery threads finish (bounded)."""
-        self._stop.set()
-        self._thread.join(_POLL * 4 + 1.0)
-        if self._thread.is_alive():  # stuck in a read: closing the socket wakes it
-            with contextlib.suppress(Exception):
-                conn = self._pubsub.connection
-                if conn is not None:
-                    conn.disconnect()
-            self._thread.join(1.0)
-        with contextlib.suppress(Exception):
-            self._pubsub.close()
-        with contextlib.suppress(Exception):
-            self._pool.disconnect()
-        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        deliveries = list(self._deliveries.values())
+        """Stop reading (the reader closes the connection as it ends; the runtime joins
+        it), and let delivery threads hand out what they hold (bounded wait)."""
+        deliveries = self._stop_reading()
         for delivery in deliveries:
             delivery.close()
+        deadline = time.monotonic() + _JOIN_TIMEOUT
         for delivery in deliveries:
-            delivery.thread.join(max(0.0, deadline - time.monotonic()))
-            if delivery.thread.is_alive():
+            if not delivery.join(max(0.0, deadline - time.monotonic())):
                 log.error(
                     "pub/sub callback %r of %r is still running after %.1fs; its "
                     "thread is abandoned",
@@ -658,6 +659,14 @@ class _Listener:
                     self._actor.name,
                     _JOIN_TIMEOUT,
                 )
+
+    def _stop_reading(self) -> list[Delivery[Message]]:
+        """End the reader now (a read in progress fails at once: the socket is shut
+        down, and the pool refuses to reconnect); the deliveries, none made after."""
+        self._stop.set()
+        self._pool.abort()
+        with self._lock:
+            return list(self._deliveries.values())
 
     # -- reader thread ------------------------------------------------------------------
 
@@ -669,15 +678,22 @@ class _Listener:
                 if message is not None:
                     self._handle(message)
         except Exception as exc:
-            if not self._stop.is_set():
-                self._fail_pending(exc)
-                log.warning(
-                    "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
-                )
-                self._actor.report_fault(exc, self.owner)
+            if self._stop.is_set():  # closed or aborted under it: not a fault
                 return
-        # Closed or aborted: whoever waits for a confirmation learns it now.
-        self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
+            self._fail_pending(exc)
+            log.warning(
+                "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
+            )
+            raise  # context.spawn reports it as a fault of this incarnation's connection
+        finally:
+            # Ended: later requests fail at once, and whoever waits for a confirmation
+            # learns it now.
+            self._stop.set()
+            self._fail_pending(redis.ConnectionError("the pub/sub connection was closed"))
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+            with contextlib.suppress(Exception):
+                self._pool.disconnect()
 
     def _apply_controls(self) -> None:
         while True:
@@ -696,10 +712,17 @@ class _Listener:
             else:
                 assert control.callback is not None
                 callback = control.callback
-                if callback not in self._deliveries:
-                    delivery = _Delivery(self._actor.name, callback, self._actor._pubsub_queue_size)
-                    with self._lock:  # abort() reads the deliveries from another thread
-                        self._deliveries[callback] = delivery
+                with self._lock:  # close() and abort() read the deliveries elsewhere
+                    if self._stop.is_set():  # closing: the request fails as we end
+                        self._controls.appendleft(control)
+                        return
+                    if callback not in self._deliveries:
+                        self._deliveries[callback] = Delivery(
+                            callback,
+                            capacity=self._actor.config.pubsub_queue_size,
+                            name=f"sessions-{self._actor.name}-pubsub",
+                            what=f"pub/sub callback {callback!r}",
+                        )
                 for name in names:
                     self._callbacks[(sub_kind, name)] = callback
             if not names:
@@ -762,41 +785,12 @@ class RedisActor(ResourceActor):
 
     batch_methods: ClassVar[frozenset[str]] = frozenset(set(COMMANDS) - UNBATCHED)
 
-    def __init__(
-        self,
-        url: str,
-        client_name: str | None = None,
-        socket_timeout: float | None = 5.0,
-        socket_connect_timeout: float | None = 2.0,
-        pubsub_queue_size: int = 10_000,
-        **redis_options: Any,
-    ) -> None:
-        super().__init__()
-        forbidden = [f"{k} ({_FORBIDDEN[k]})" for k in redis_options if k in _FORBIDDEN]
-        unknown = sorted(k for k in redis_options if k not in _PASSTHROUGH and k not in _FORBIDDEN)
-        if forbidden or unknown:
-            problems = [f"not allowed: {k}" for k in forbidden]
-            if unknown:
-                problems.append(
-                    f"unknown redis-py connection option(s): {', '.join(unknown)} "
-                    "(TLS: use a rediss:// url; a socket: unix://)"
-                )
-            raise ValueError("; ".join(problems))
-        if not isinstance(url, str) or not url:
-            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
-        self._url = url
-        self._client_name = client_name
-        self._socket_timeout = socket_timeout
-        self._socket_connect_timeout = socket_connect_timeout
-        self._pubsub_queue_size = pubsub_queue_size
-        self._redis_options = dict(redis_options)
-        if "socket_keepalive_options" in self._redis_options:
-            self._redis_options["socket_keepalive_options"] = _keepalive_options(
-                self._redis_options["socket_keepalive_options"]
-            )
-        if _tcp_url(url):
-            self._redis_options.setdefault("socket_keepalive", True)
-            self._redis_options.setdefault("socket_keepalive_options", dict(KEEPALIVE_DEFAULTS))
+    config: RedisOptions
+
+    def __init__(self, **options: Any) -> None:
+        """``options``: the keys of :class:`RedisOptions` and redis-py connection options
+        (ValueError naming every bad key). No I/O: ``connect()`` does it."""
+        super().__init__(**options)
         self._subs: dict[tuple[str, bytes], Callback] = {}
         """(channel|pattern, name) -> callback; survives restarts (replayed)."""
         self._listeners: dict[int, _Listener] = {}
@@ -810,11 +804,12 @@ class RedisActor(ResourceActor):
 
     def _connection_kwargs(self) -> dict[str, Any]:
         """redis-py connection keywords: one connection, no retries, bounded waits."""
+        config = self.config
         return {
-            **self._redis_options,
-            "client_name": self._client_name,
-            "socket_timeout": self._socket_timeout,
-            "socket_connect_timeout": self._socket_connect_timeout,
+            **(config.model_extra or {}),
+            "client_name": config.client_name,
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.socket_connect_timeout,
             "retry": Retry(NoBackoff(), 0),
             "retry_on_error": [],
             "max_connections": 1,
@@ -824,7 +819,7 @@ class RedisActor(ResourceActor):
 
     def connect(self) -> redis.Redis:
         """A client on a one-connection pool, connected (PING) before it serves calls."""
-        pool = _AbortablePool.from_url(self._url, **self._connection_kwargs())
+        pool = _AbortablePool.from_url(self.config.url, **self._connection_kwargs())
         client = redis.Redis(connection_pool=pool)
         with self._abort_lock:
             self._connecting.append(pool)
@@ -1066,7 +1061,7 @@ class RedisActor(ResourceActor):
 
     def _wait(self, future: concurrent.futures.Future[None], what: str) -> None:
         """Wait for Redis to confirm a subscription change (a fault if it never does)."""
-        timeout = self._socket_timeout or 30.0
+        timeout = self.config.socket_timeout or 30.0
         try:
             future.result(timeout)
         except concurrent.futures.TimeoutError:
