@@ -483,7 +483,7 @@ class BusOffWhileConnecting(CANBusActor):
         bus = super().connect()
         if type(self).armed:
             type(self).armed = False
-            with can.Bus(interface="virtual", channel=self._channel) as other:
+            with can.Bus(interface="virtual", channel=self.config.channel) as other:
                 other.send(bus_off_frame())
             assert type(self).reported.wait(10), "the reader did not see the bus-off"
         return bus

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import ResourceFault
@@ -436,6 +436,15 @@ class CANBusActor(ResourceActor):
             1000, ge=1, description="Frames queued per subscriber before the oldest is dropped."
         )
 
+        @model_validator(mode="before")
+        @classmethod
+        def _not_can_filters(cls, data: Any) -> Any:
+            if isinstance(data, Mapping) and "can_filters" in data:
+                raise PydanticCustomError(
+                    "can_filters", "use the 'filters' key, not 'can_filters'"
+                )
+            return data
+
         @field_validator("interface")
         @classmethod
         def _known_interface(cls, value: str) -> str:
@@ -456,33 +465,12 @@ class CANBusActor(ResourceActor):
                 )
             return value
 
-    def __init__(
-        self,
-        *,
-        interface: str = "virtual",
-        channel: str | int | None = None,
-        bitrate: int | None = None,
-        receive_own_messages: bool = False,
-        filters: FilterList | None = None,
-        fd: bool = False,
-        send_timeout: float = 1.0,
-        request_timeout: float = 1.0,
-        subscriber_queue_size: int = 1000,
-        **bus_options: Any,
-    ) -> None:
-        super().__init__()
-        if "can_filters" in bus_options:
-            raise TypeError("use the 'filters' key, not 'can_filters'")
-        self._interface = interface
-        self._channel = channel
-        self._bitrate = bitrate
-        self._receive_own = receive_own_messages
-        self._config_filters = _normalize_filters(filters)
-        self._fd = fd
-        self._send_timeout = send_timeout
-        self._request_timeout = request_timeout
-        self._queue_size = subscriber_queue_size
-        self._bus_options = bus_options
+    config: Options
+
+    def __init__(self, **options: Any) -> None:
+        """``options``: the keys of :class:`CANBusActor.Options` (validated into
+        ``self.config``; ValueError naming a bad key); any other key goes to ``can.Bus``."""
+        super().__init__(**options)
 
         # Actor state: survives restarts.
         # Guards each link's waiters and tasks, and _subs (reader, actor and abort threads).
@@ -514,18 +502,19 @@ class CANBusActor(ResourceActor):
 
     def connect(self) -> can.BusABC:
         """Open the bus, start the reader and the subscribers' delivery threads."""
-        kwargs: dict[str, Any] = dict(self._bus_options)
-        if self._channel is not None:
-            kwargs["channel"] = self._channel
-        if self._bitrate is not None:
-            kwargs["bitrate"] = self._bitrate
+        config = self.config
+        kwargs: dict[str, Any] = dict(config.model_extra or {})
+        if config.channel is not None:
+            kwargs["channel"] = config.channel
+        if config.bitrate is not None:
+            kwargs["bitrate"] = config.bitrate
         opening = self._opening = _Opening()
         try:
             bus = can.Bus(
-                interface=self._interface,
-                receive_own_messages=self._receive_own,
-                can_filters=_python_can_filters(self._config_filters),
-                fd=self._fd,
+                interface=config.interface,
+                receive_own_messages=config.receive_own_messages,
+                can_filters=_python_can_filters(_normalize_filters(config.filters)),
+                fd=config.fd,
                 **kwargs,
             )
         except BaseException:
@@ -891,7 +880,7 @@ class CANBusActor(ResourceActor):
 
     def _check_size(self, size: int | None, what: str) -> int:
         if size is None:
-            return self._queue_size
+            return self.config.subscriber_queue_size
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"{what} must be an integer >= 1, got {size!r}")
         return size
@@ -996,7 +985,7 @@ class CANBusActor(ResourceActor):
             raise TypeError(f"request needs a can.Message, got {type(msg).__name__}")
         matches, describe = _matcher(match)
         if timeout is None:
-            timeout = self._request_timeout
+            timeout = self.config.request_timeout
         if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         reply = PendingReply(msg, float(timeout))
@@ -1132,7 +1121,7 @@ class CANBusActor(ResourceActor):
                 errno.EBADF,
             )
         with link.tx_lock:
-            link.bus.send(msg, timeout=self._send_timeout)
+            link.bus.send(msg, timeout=self.config.send_timeout)
 
     @staticmethod
     def _message(
