@@ -4,8 +4,8 @@ Why an actor, and why its own reader: python-can's ``BusABC`` has no locks, seve
 threads reading one channel steal each other's frames, and a bus allows one
 ``can.Notifier`` whose thread dies on the first receive error. So one actor owns the
 bus: calls (send, periodic tasks, filters) run one at a time on the actor's thread,
-and a single reader thread of the actor (``sessions-<name>-reader``) is the only
-code that calls ``recv``. The reader
+and a single reader thread per connection (``sessions-<name>-reader``, started with
+``context.spawn``: the runtime owns it) is the only code that calls ``recv``. The reader
 
 * resolves pending :meth:`CANBusActor.request` calls with the first matching frame,
   so a request in flight never holds the actor: other calls run meanwhile;
@@ -544,13 +544,9 @@ class CANBusActor(ResourceActor):
                 setattr(  # noqa: B010
                     bus, "_matches_filters", lambda m: m.is_error_frame or matches(m)
                 )
-            link.reader = threading.Thread(
-                target=self._read_loop,
-                args=(link,),
-                name=f"sessions-{self.name}-reader",
-                daemon=True,
+            link.reader = self.context.spawn(
+                functools.partial(self._read_loop, link), f"sessions-{self.name}-reader"
             )
-            link.reader.start()
             for sub in self._sub_list:
                 if sub.callback is not None:
                     self._start_delivery(sub, link)
@@ -623,7 +619,9 @@ class CANBusActor(ResourceActor):
         deadline = time.monotonic() + _PERIODIC_JOIN
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        # 2. The reader (it must not be inside recv() when the bus closes).
+        # 2. The reader. The runtime joins it (context.spawn), but only after
+        # disconnect(): it must be out of recv() before the bus closes (a bus is not
+        # thread-safe, and a SocketCAN fd closed under it may be reused by the next bus).
         reader, link.reader = link.reader, None
         link.stop.set()
         if reader is not None and reader is not threading.current_thread():
@@ -1005,7 +1003,12 @@ class CANBusActor(ResourceActor):
 
     def _read_loop(self, link: _Link) -> None:
         """The one reader of ``link``'s bus: dispatch frames, expire requests, report
-        faults."""
+        faults.
+
+        Runs under ``context.spawn`` but lets nothing escape: it reports a fault itself,
+        naming ``link.bus``, so a stale reader of an earlier connection cannot crash the
+        current one (spawn's own report is made while ``connect()`` runs, before the
+        runtime knows the new connection, and so is not tied to it)."""
         bus, stop = link.bus, link.stop
         while not stop.is_set():
             try:
