@@ -483,7 +483,7 @@ class BusOffWhileConnecting(CANBusActor):
         bus = super().connect()
         if type(self).armed:
             type(self).armed = False
-            with can.Bus(interface="virtual", channel=self._channel) as other:
+            with can.Bus(interface="virtual", channel=self.config.channel) as other:
                 other.send(bus_off_frame())
             assert type(self).reported.wait(10), "the reader did not see the bus-off"
         return bus
@@ -522,13 +522,48 @@ def threads_named(*prefixes: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefixes) and t.is_alive()]
 
 
+class StandIn:
+    """Stands in for the runtime's incarnation, so a test can call the actor's hooks
+    itself: ``connect()`` starts its reader with ``context.spawn``, which needs one.
+    Faults reported are kept; ``end()`` detaches and joins the spawned threads, as the
+    runner does after ``disconnect()``."""
+
+    def __init__(self, actor: CANBusActor) -> None:
+        self.actor = actor
+        self.conn: Any = None
+        self.faults: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+        actor.context.attach(self)
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def report(self, error: BaseException) -> None:
+        self.faults.append(error)
+
+    def spawned(self, thread: threading.Thread) -> None:
+        self.threads.append(thread)
+
+    def connect(self) -> can.BusABC:
+        self.conn = self.actor.resource = self.actor.connect()
+        return self.conn
+
+    def end(self) -> None:
+        self.actor.context.detach(self)
+        for thread in self.threads:
+            thread.join(JOIN)
+            assert not thread.is_alive(), f"{thread.name} still runs after disconnect()"
+
+
 def test_abort_ends_the_reader_deliveries_requests_and_periodic_tasks(channel: str) -> None:
     """abort() from another thread: every thread the connection runs ends (the reader,
     the delivery threads, python-can's periodic senders), a request waiting for a reply
     fails, a send fails at once with a fault, and disconnect() works after."""
     actor = CANBusActor(channel=channel, request_timeout=60.0)
     actor.name = "abortbus"
-    bus = actor.resource = actor.connect()
+    incarnation = StandIn(actor)
+    bus = incarnation.connect()
     seen = Collector()
     actor.subscribe(seen)
     actor.send_periodic(can.Message(arbitration_id=0x3A1, data=b"\x01"), 0.01)
@@ -547,6 +582,7 @@ def test_abort_ends_the_reader_deliveries_requests_and_periodic_tasks(channel: s
     actor.abort(bus)  # idempotent
     closer = in_thread(lambda: actor.disconnect(bus))
     assert closer.result(JOIN) is None
+    incarnation.end()
     with pytest.raises(can.CanOperationError, match="closed bus"):
         bus.send(can.Message(arbitration_id=0x1))
     assert actor.stats()["pending_requests"] == 0
@@ -560,7 +596,8 @@ def test_a_send_blocked_on_a_frozen_node_returns_after_abort(channel: str) -> No
     with node:
         node.freeze()
         actor = CANBusActor(channel=channel, send_timeout=1.0)
-        bus = actor.resource = actor.connect()
+        incarnation = StandIn(actor)
+        bus = incarnation.connect()
         actor.send(set_speed(1, 100))  # fills the frozen node's queue
         blocked = in_thread(lambda: actor.send(set_speed(1, 200)))
         abort_from_another_thread(actor, bus)
@@ -571,6 +608,7 @@ def test_a_send_blocked_on_a_frozen_node_returns_after_abort(channel: str) -> No
         assert in_thread(lambda: actor.disconnect(bus)).result(JOIN) is None
         node.thaw()
         assert not threads_named("sessions-CANBusActor-")
+        incarnation.end()
 
 
 def test_a_stalled_send_is_a_fault_and_the_late_disconnect_spares_the_new_bus(

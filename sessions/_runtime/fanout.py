@@ -6,6 +6,12 @@ CAN subscribers. The producer (a socket reader, the event thread) calls :meth:`p
 which never blocks: when the subscriber is ``capacity`` items behind, the oldest is
 dropped (newest data wins) and counted, and a warning is logged at most every
 ``warn_every`` seconds. A slow, blocked or raising callback delays only itself.
+
+A subscriber that outlives the connection feeding it (a subscription kept across
+restarts) can :meth:`Delivery.pause` its thread with the connection and
+:meth:`Delivery.resume` it with the next one: what is queued and the counters carry
+over, and a callback still running from before the pause carries on as the one
+delivery thread, so callbacks never overlap and stay in order.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ class Delivery(Generic[T]):
     """One subscriber's queue and delivery thread.
 
     Threads: ``put`` from any producer thread; ``callback`` runs only on this
-    delivery's own thread; ``close``/``join`` from any thread. The counters are written
+    delivery's own thread (one at a time, also across ``pause``/``resume``);
+    ``close``/``join``/``pause``/``resume`` from any thread. The counters are written
     under the condition's lock (``delivered`` by the delivery thread, ``dropped`` by
     producers) and may be read at any time.
     """
@@ -52,15 +59,52 @@ class Delivery(Generic[T]):
         self._items: deque[T] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
+        self._paused = False
+        self._running = False
+        """A thread is in the delivery loop (started, and has not decided to end).
+        Guarded by the condition's lock."""
         self._drop_warned_at = -math.inf
         self._error_logged_at = -math.inf
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        """The delivery thread (the latest one, after a pause and a resume)."""
         if start:
-            self.thread.start()
+            self.start()
 
     def start(self) -> None:
         """Start the delivery thread (when constructed with ``start=False``)."""
+        with self._cond:
+            if self.thread.ident is not None:
+                raise RuntimeError(f"delivery {self.name!r} was already started")
+            self._running = True
         self.thread.start()
+
+    def pause(self) -> None:
+        """Let the delivery thread end once the callback in progress (if any) returns,
+        keeping what is queued and the counters for :meth:`resume`. Items put meanwhile
+        are queued as ever (bounded, oldest dropped). Does not wait (see :meth:`join`);
+        no effect once closed."""
+        with self._cond:
+            if self._closing:
+                return
+            self._paused = True
+            self._cond.notify()
+
+    def resume(self) -> None:
+        """Deliver again after :meth:`pause` (or start a delivery constructed with
+        ``start=False``): a thread still inside a callback from before the pause carries
+        on, otherwise a new thread (of the same name) starts. No effect once closed."""
+        with self._cond:
+            if self._closing:
+                return
+            self._paused = False
+            if self._running:
+                self._cond.notify()
+                return
+            self._running = True
+            if self.thread.ident is not None:  # the last thread ended after a pause
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            thread = self.thread
+        thread.start()
 
     def put(self, item: T) -> bool:
         """Queue ``item`` without blocking; False if the oldest item was dropped for it
@@ -90,28 +134,31 @@ class Delivery(Generic[T]):
 
     def close(self, *, drain: bool = True) -> None:
         """End the delivery: after what is queued (``drain``), or now, dropping it.
+        A paused delivery has no thread to drain with: what it queued is dropped.
         Idempotent; does not wait (see :meth:`join`)."""
         with self._cond:
             self._closing = True
-            if not drain:
+            if not drain or self._paused:
                 self.dropped += len(self._items)
                 self._items.clear()
             self._cond.notify()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the delivery thread to end; True if it has (or never started)."""
-        if self.thread.ident is None:
+        thread = self.thread
+        if thread.ident is None:
             return True
-        if self.thread is not threading.current_thread():
-            self.thread.join(timeout)
-        return not self.thread.is_alive()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        return not thread.is_alive()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._items and not self._closing:
+                while not self._items and not self._closing and not self._paused:
                     self._cond.wait()
-                if not self._items:
+                if self._paused or not self._items:
+                    self._running = False
                     return
                 item = self._items.popleft()
             try:

@@ -4,21 +4,24 @@ Why an actor, and why its own reader: python-can's ``BusABC`` has no locks, seve
 threads reading one channel steal each other's frames, and a bus allows one
 ``can.Notifier`` whose thread dies on the first receive error. So one actor owns the
 bus: calls (send, periodic tasks, filters) run one at a time on the actor's thread,
-and a single reader thread of the actor (``sessions-<name>-reader``) is the only
-code that calls ``recv``. The reader
+and a single reader thread per connection (``sessions-<name>-reader``, started with
+``context.spawn``: the runtime owns it) is the only code that calls ``recv``. The reader
 
 * resolves pending :meth:`CANBusActor.request` calls with the first matching frame,
   so a request in flight never holds the actor: other calls run meanwhile;
 * fans every frame out to subscribers without ever blocking: each callback
   subscriber has a bounded queue and its own delivery thread
-  (``sessions-<name>-deliver-<id>``), each pull subscriber a bounded
-  ``queue.Queue``; a full queue drops its oldest frame and counts the drop;
+  (``sessions-<name>-deliver-<id>``; a :class:`sessions._runtime.fanout.Delivery`),
+  each pull subscriber a bounded ``queue.Queue``; a full queue drops its oldest frame
+  and counts the drop;
 * turns a receive error that is a fault, or a bus-off error frame, into a crash of
   the actor (``report_fault``), so the supervisor reopens the bus.
 
 What outlives a restart: subscriptions are actor state and simply continue; periodic
 tasks and bus filters live in the bus object, so they are re-created on the new bus
-by replay steps. Undelivered frames stay queued for their subscriber.
+by replay steps. Undelivered frames stay queued for their subscriber: its delivery is
+paused with the connection and resumed by the next one (a callback still running then
+carries on as its one delivery thread).
 
 Hangs: no wait is unbounded (``recv()`` in 50 ms slices, a send at most
 ``send_timeout``, a request's reply ``timeout``; both keys finite). ``abort(bus)`` (the
@@ -47,16 +50,16 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import ResourceFault
 from sessions._runtime.contract import Deferred, ResourceActor
+from sessions._runtime.fanout import WARN_EVERY, Delivery
 
 
 class _LazyCan:
@@ -104,7 +107,6 @@ _ERROR_PAUSE = 0.05  # pause after a non-fault receive error, so a broken driver
 _READER_JOIN = 2.0
 _DELIVERY_JOIN = 1.0  # total budget for delivery threads at disconnect
 _PERIODIC_JOIN = 1.0  # total budget for python-can's periodic send threads at disconnect
-_WARN_EVERY = 10.0  # seconds between repeated warnings about one subscriber
 
 Match = int | tuple[int, int] | Callable[["can.Message"], bool]
 """What a reply must look like: an arbitration id, an ``(id, mask)`` pair, or a predicate."""
@@ -239,61 +241,50 @@ class _Waiter:
 
 
 class _Subscription:
-    """One subscriber: filters, a bounded queue, counters, and (for a callback) the
-    delivery thread of the current connection."""
+    """One subscriber: its filters and either a callback's :class:`Delivery` (bounded
+    queue, counters, delivery thread; kept across restarts, paused between connections)
+    or a pull subscriber's bounded ``queue.Queue`` and its counters."""
 
     def __init__(
         self,
         sub_id: str,
         filters: tuple[_Filter, ...],
-        maxsize: int,
-        callback: Callable[[can.Message], Any] | None,
+        delivery: Delivery[can.Message] | None,
         out: queue.Queue[can.Message] | None,
     ) -> None:
         self.id = sub_id
         self.filters = filters
-        self.maxsize = maxsize
-        self.callback = callback
+        self.delivery = delivery
         self.out = out
-        self.cond = threading.Condition(threading.Lock())
-        self.frames: deque[can.Message] = deque()
-        self.stopping = True  # no delivery thread until a connection starts one
-        self.removed = False
-        self.thread: threading.Thread | None = None
         self.owner: _Link | None = None
-        """The connection whose delivery this is; only it may stop the delivery (an
-        abandoned connection's late teardown must not stop its successor's)."""
+        """The connection whose delivery thread this is; only it may pause the delivery
+        (an abandoned connection's late teardown must not stop its successor's).
+        Guarded by the actor's ``_lock``."""
+        # A pull subscriber's counters (a callback's are its delivery's); reader thread.
         self.delivered = 0
         self.dropped = 0
-        self.errors = 0
         self.last_drop_warning = -math.inf
-        self.last_error_log = -math.inf
 
     def offer(self, msg: can.Message, resource: str) -> None:
         """Queue ``msg`` without blocking (reader thread); drop the oldest when full."""
+        if self.delivery is not None:
+            self.delivery.put(msg)  # drops, counts and warns itself
+            return
+        assert self.out is not None
         dropped = False
-        if self.out is not None:
-            while True:
-                try:
-                    self.out.put_nowait(msg)
-                    break
-                except queue.Full:
-                    with contextlib.suppress(queue.Empty):
-                        self.out.get_nowait()
-                        self.dropped += 1
-                        dropped = True
-            self.delivered += 1
-        else:
-            with self.cond:
-                if len(self.frames) >= self.maxsize:
-                    self.frames.popleft()
+        while True:
+            try:
+                self.out.put_nowait(msg)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.out.get_nowait()
                     self.dropped += 1
                     dropped = True
-                self.frames.append(msg)
-                self.cond.notify()
+        self.delivered += 1
         if dropped:
             now = time.monotonic()
-            if now - self.last_drop_warning >= _WARN_EVERY:
+            if now - self.last_drop_warning >= WARN_EVERY:
                 self.last_drop_warning = now
                 log.warning(
                     "CAN bus %r: subscriber %s is too slow; dropped its oldest frames (%d so far)",
@@ -302,11 +293,15 @@ class _Subscription:
                     self.dropped,
                 )
 
-    def queued(self) -> int:
-        if self.out is not None:
-            return self.out.qsize()
-        with self.cond:
-            return len(self.frames)
+    def counters(self) -> dict[str, Any]:
+        """What ``stats()`` shows for this subscriber."""
+        if self.delivery is not None:
+            d = self.delivery
+            return {"type": "callback", "delivered": d.delivered, "dropped": d.dropped,
+                    "errors": d.errors, "queued": d.pending()}
+        assert self.out is not None
+        return {"type": "queue", "delivered": self.delivered, "dropped": self.dropped,
+                "errors": 0, "queued": self.out.qsize()}
 
 
 class _Periodic:
@@ -436,6 +431,15 @@ class CANBusActor(ResourceActor):
             1000, ge=1, description="Frames queued per subscriber before the oldest is dropped."
         )
 
+        @model_validator(mode="before")
+        @classmethod
+        def _not_can_filters(cls, data: Any) -> Any:
+            if isinstance(data, Mapping) and "can_filters" in data:
+                raise PydanticCustomError(
+                    "can_filters", "use the 'filters' key, not 'can_filters'"
+                )
+            return data
+
         @field_validator("interface")
         @classmethod
         def _known_interface(cls, value: str) -> str:
@@ -456,33 +460,12 @@ class CANBusActor(ResourceActor):
                 )
             return value
 
-    def __init__(
-        self,
-        *,
-        interface: str = "virtual",
-        channel: str | int | None = None,
-        bitrate: int | None = None,
-        receive_own_messages: bool = False,
-        filters: FilterList | None = None,
-        fd: bool = False,
-        send_timeout: float = 1.0,
-        request_timeout: float = 1.0,
-        subscriber_queue_size: int = 1000,
-        **bus_options: Any,
-    ) -> None:
-        super().__init__()
-        if "can_filters" in bus_options:
-            raise TypeError("use the 'filters' key, not 'can_filters'")
-        self._interface = interface
-        self._channel = channel
-        self._bitrate = bitrate
-        self._receive_own = receive_own_messages
-        self._config_filters = _normalize_filters(filters)
-        self._fd = fd
-        self._send_timeout = send_timeout
-        self._request_timeout = request_timeout
-        self._queue_size = subscriber_queue_size
-        self._bus_options = bus_options
+    config: Options
+
+    def __init__(self, **options: Any) -> None:
+        """``options``: the keys of :class:`CANBusActor.Options` (validated into
+        ``self.config``; ValueError naming a bad key); any other key goes to ``can.Bus``."""
+        super().__init__(**options)
 
         # Actor state: survives restarts.
         # Guards each link's waiters and tasks, and _subs (reader, actor and abort threads).
@@ -494,7 +477,7 @@ class CANBusActor(ResourceActor):
         self._task_ids = itertools.count(1)
         self._received = 0
         self._retired_tasks: list[threading.Thread] = []  # joined at disconnect
-        self._retired_delivery: list[threading.Thread] = []  # joined at disconnect
+        self._retired_delivery: list[Delivery[can.Message]] = []  # joined at disconnect
 
         # Connection state: one _Link per open bus, by id() of the bus object. The
         # current one is the link of self.resource (never "the last connect()": a
@@ -514,18 +497,19 @@ class CANBusActor(ResourceActor):
 
     def connect(self) -> can.BusABC:
         """Open the bus, start the reader and the subscribers' delivery threads."""
-        kwargs: dict[str, Any] = dict(self._bus_options)
-        if self._channel is not None:
-            kwargs["channel"] = self._channel
-        if self._bitrate is not None:
-            kwargs["bitrate"] = self._bitrate
+        config = self.config
+        kwargs: dict[str, Any] = dict(config.model_extra or {})
+        if config.channel is not None:
+            kwargs["channel"] = config.channel
+        if config.bitrate is not None:
+            kwargs["bitrate"] = config.bitrate
         opening = self._opening = _Opening()
         try:
             bus = can.Bus(
-                interface=self._interface,
-                receive_own_messages=self._receive_own,
-                can_filters=_python_can_filters(self._config_filters),
-                fd=self._fd,
+                interface=config.interface,
+                receive_own_messages=config.receive_own_messages,
+                can_filters=_python_can_filters(_normalize_filters(config.filters)),
+                fd=config.fd,
                 **kwargs,
             )
         except BaseException:
@@ -555,16 +539,11 @@ class CANBusActor(ResourceActor):
                 setattr(  # noqa: B010
                     bus, "_matches_filters", lambda m: m.is_error_frame or matches(m)
                 )
-            link.reader = threading.Thread(
-                target=self._read_loop,
-                args=(link,),
-                name=f"sessions-{self.name}-reader",
-                daemon=True,
+            link.reader = self.context.spawn(
+                functools.partial(self._read_loop, link), f"sessions-{self.name}-reader"
             )
-            link.reader.start()
             for sub in self._sub_list:
-                if sub.callback is not None:
-                    self._start_delivery(sub, link)
+                self._start_delivery(sub, link)
         except BaseException:
             self._teardown(link)
             raise
@@ -634,7 +613,9 @@ class CANBusActor(ResourceActor):
         deadline = time.monotonic() + _PERIODIC_JOIN
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        # 2. The reader (it must not be inside recv() when the bus closes).
+        # 2. The reader. The runtime joins it (context.spawn), but only after
+        # disconnect(): it must be out of recv() before the bus closes (a bus is not
+        # thread-safe, and a SocketCAN fd closed under it may be reused by the next bus).
         reader, link.reader = link.reader, None
         link.stop.set()
         if reader is not None and reader is not threading.current_thread():
@@ -648,20 +629,19 @@ class CANBusActor(ResourceActor):
             error = self._closed_error(waiter, "closed (restart or stop)")
             self._settle(waiter.future, error=error)
         # 4. Delivery threads: undelivered frames stay queued for the next connection.
-        delivery, self._retired_delivery = self._retired_delivery, []
+        deliveries, self._retired_delivery = self._retired_delivery, []
         for sub in self._sub_list:
-            thread = self._stop_delivery(sub, link)
-            if thread is not None:
-                delivery.append(thread)
+            delivery = self._stop_delivery(sub, link)
+            if delivery is not None:
+                deliveries.append(delivery)
         deadline = time.monotonic() + _DELIVERY_JOIN
-        for thread in delivery:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        for delivery in deliveries:
+            if not delivery.join(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "CAN bus %r: a subscriber callback is still running (%s); its "
                     "delivery thread ends when the callback returns",
                     self.name,
-                    thread.name,
+                    delivery.name,
                 )
         # 5. Close the bus (also stops any periodic task python-can still tracks).
         try:
@@ -816,14 +796,7 @@ class CANBusActor(ResourceActor):
             "received": self._received,
             "pending_requests": pending,
             "subscriptions": {
-                sub.id: {
-                    "type": "callback" if sub.callback is not None else "queue",
-                    "delivered": sub.delivered,
-                    "dropped": sub.dropped,
-                    "errors": sub.errors,
-                    "queued": sub.queued(),
-                }
-                for sub in self._sub_list
+                sub.id: sub.counters() for sub in self._sub_list
             },
             "periodic_tasks": {
                 spec.id: {
@@ -854,7 +827,15 @@ class CANBusActor(ResourceActor):
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         size = self._check_size(queue_size, "queue_size")
-        sub = self._add_subscription(filters, size, callback, None)
+        sub_id = f"sub-{next(self._sub_ids)}"
+        delivery: Delivery[can.Message] = Delivery(
+            callback,
+            capacity=size,
+            name=f"sessions-{self.name}-deliver-{sub_id}",
+            what=f"CAN bus {self.name!r}: subscriber {sub_id}",
+            start=False,  # started for the current connection below
+        )
+        sub = self._add_subscription(sub_id, filters, delivery, None)
         self._start_delivery(sub, self._current())  # handle calls run only while connected
         return sub.id
 
@@ -868,7 +849,7 @@ class CANBusActor(ResourceActor):
         ``subscriber_queue_size``); when full, the oldest frame is dropped and counted."""
         size = self._check_size(maxsize, "maxsize")
         out: queue.Queue[can.Message] = queue.Queue(size)
-        sub = self._add_subscription(filters, size, None, out)
+        sub = self._add_subscription(f"sub-{next(self._sub_ids)}", filters, None, out)
         return sub.id, out
 
     def unsubscribe(self, sub_id: str) -> None:
@@ -879,100 +860,50 @@ class CANBusActor(ResourceActor):
             except KeyError:
                 raise KeyError(f"no subscription {sub_id!r} on {self.name!r}") from None
             self._sub_list = tuple(self._subs.values())
-        with sub.cond:
-            sub.removed = sub.stopping = True
             sub.owner = None
-            sub.frames.clear()
-            sub.cond.notify_all()
-            thread = sub.thread
-        if thread is not None:
-            self._retired_delivery = [t for t in self._retired_delivery if t.is_alive()]
-            self._retired_delivery.append(thread)
+        if sub.delivery is not None:  # closed: a later resume() does nothing
+            sub.delivery.close(drain=False)
+            self._retired_delivery = [d for d in self._retired_delivery if d.thread.is_alive()]
+            self._retired_delivery.append(sub.delivery)
 
     def _check_size(self, size: int | None, what: str) -> int:
         if size is None:
-            return self._queue_size
+            return self.config.subscriber_queue_size
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"{what} must be an integer >= 1, got {size!r}")
         return size
 
     def _add_subscription(
         self,
+        sub_id: str,
         filters: FilterList | None,
-        size: int,
-        callback: Callable[[can.Message], Any] | None,
+        delivery: Delivery[can.Message] | None,
         out: queue.Queue[can.Message] | None,
     ) -> _Subscription:
-        sub = _Subscription(
-            f"sub-{next(self._sub_ids)}",
-            _normalize_filters(filters),
-            size,
-            callback,
-            out,
-        )
+        sub = _Subscription(sub_id, _normalize_filters(filters), delivery, out)
         with self._lock:
             self._subs[sub.id] = sub
             self._sub_list = tuple(self._subs.values())
         return sub
 
     def _start_delivery(self, sub: _Subscription, link: _Link) -> None:
-        """Give ``sub`` a delivery thread for ``link`` (a thread still inside a callback
-        from the last connection simply carries on instead)."""
-        with sub.cond:
-            if sub.removed:
-                return
+        """Run ``sub``'s delivery for ``link`` (a thread still inside a callback from the
+        last connection simply carries on instead); nothing for a pull subscriber."""
+        if sub.delivery is None:
+            return
+        with self._lock:
             sub.owner = link
-            sub.stopping = False
-            if sub.thread is None:
-                sub.thread = threading.Thread(
-                    target=self._deliver_loop,
-                    args=(sub,),
-                    name=f"sessions-{self.name}-deliver-{sub.id}",
-                    daemon=True,
-                )
-                sub.thread.start()
+            sub.delivery.resume()
 
-    @staticmethod
-    def _stop_delivery(sub: _Subscription, link: _Link) -> threading.Thread | None:
-        """End ``sub``'s delivery if ``link`` runs it (never another connection's); the
-        thread to join. Does not block: a callback running now finishes first."""
-        with sub.cond:
-            if sub.owner is not link:
+    def _stop_delivery(self, sub: _Subscription, link: _Link) -> Delivery[can.Message] | None:
+        """Pause ``sub``'s delivery if ``link`` runs it (never another connection's); the
+        delivery to join. Does not block: a callback running now finishes first."""
+        with self._lock:
+            if sub.delivery is None or sub.owner is not link:
                 return None
             sub.owner = None
-            sub.stopping = True
-            sub.cond.notify_all()
-            return sub.thread
-
-    def _deliver_loop(self, sub: _Subscription) -> None:
-        me = threading.current_thread()
-        callback = sub.callback
-        assert callback is not None
-        while True:
-            with sub.cond:
-                while not sub.frames and not sub.stopping:
-                    sub.cond.wait()
-                if sub.stopping:
-                    if sub.thread is me:
-                        sub.thread = None
-                    return
-                msg = sub.frames.popleft()
-            try:
-                callback(msg)
-                sub.delivered += 1
-            except Exception as exc:
-                sub.errors += 1
-                now = time.monotonic()
-                if now - sub.last_error_log >= _WARN_EVERY:
-                    sub.last_error_log = now
-                    log.error(
-                        "CAN bus %r: subscriber %s callback raised (%d times so far); "
-                        "it keeps receiving",
-                        self.name,
-                        sub.id,
-                        sub.errors,
-                        exc_info=exc,
-                    )
+            sub.delivery.pause()
+            return sub.delivery
 
     # -- request/response -------------------------------------------------------------
 
@@ -996,7 +927,7 @@ class CANBusActor(ResourceActor):
             raise TypeError(f"request needs a can.Message, got {type(msg).__name__}")
         matches, describe = _matcher(match)
         if timeout is None:
-            timeout = self._request_timeout
+            timeout = self.config.request_timeout
         if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         reply = PendingReply(msg, float(timeout))
@@ -1016,7 +947,12 @@ class CANBusActor(ResourceActor):
 
     def _read_loop(self, link: _Link) -> None:
         """The one reader of ``link``'s bus: dispatch frames, expire requests, report
-        faults."""
+        faults.
+
+        Runs under ``context.spawn`` but lets nothing escape: it reports a fault itself,
+        naming ``link.bus``, so a stale reader of an earlier connection cannot crash the
+        current one (spawn's own report is made while ``connect()`` runs, before the
+        runtime knows the new connection, and so is not tied to it)."""
         bus, stop = link.bus, link.stop
         while not stop.is_set():
             try:
@@ -1132,7 +1068,7 @@ class CANBusActor(ResourceActor):
                 errno.EBADF,
             )
         with link.tx_lock:
-            link.bus.send(msg, timeout=self._send_timeout)
+            link.bus.send(msg, timeout=self.config.send_timeout)
 
     @staticmethod
     def _message(
