@@ -145,22 +145,22 @@ class ResourceContext:
         The runtime joins it when the incarnation ends, after ``disconnect()``, which
         must make it return (close what it blocks on, set the event it waits for); a
         thread that outlives a bounded join is logged as left running. An exception
-        escaping ``target`` is reported as a fault of that connection. RuntimeError
-        with no incarnation attached.
+        escaping ``target`` is reported as a fault of the incarnation that spawned it
+        (moot once that one has ended). RuntimeError with no incarnation attached.
         """
         with self._lock:
             incarnation = self._incarnation
         if incarnation is None:
             raise RuntimeError("spawn() needs a running incarnation (call it from "
                                "connect() or a call)")
-        conn = incarnation.conn
-
         def run() -> None:
             try:
                 target()
             except Exception as exc:
                 log.debug("thread %s ended with %r", name, exc)
-                self.report_fault(exc, conn)
+                # To the incarnation that spawned it, not whichever is current: a stale
+                # thread's report then reaches an ended incarnation and is moot.
+                incarnation.report(exc)
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         incarnation.spawned(thread)
