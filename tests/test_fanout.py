@@ -291,3 +291,65 @@ def test_resume_starts_a_delivery_constructed_without_start(
     assert gate.wait_for(1) == [1]
     delivery.close()
     assert delivery.join(TIMEOUT)
+
+
+def test_flush_waits_for_the_callback_in_progress_and_the_queue() -> None:
+    gate = Gate(block_on=frozenset({1}))
+    delivery: Delivery[int] = Delivery(gate, capacity=10, name="sessions-test-flush")
+    try:
+        for i in (1, 2, 3):
+            delivery.put(i)
+        assert gate.entered.wait(TIMEOUT)
+        assert delivery.flush(0.05) is False  # item 1 is still in its callback
+        gate.release.set()
+        assert delivery.flush(TIMEOUT) is True
+        assert gate.got == [1, 2, 3] and delivery.delivered == 3
+    finally:
+        gate.release.set()
+        delivery.close()
+        assert delivery.join(TIMEOUT)
+
+
+def test_flush_from_the_delivery_thread_returns_at_once() -> None:
+    results: list[bool] = []
+    done = threading.Event()
+    delivery: Delivery[int] = Delivery(
+        lambda _: (results.append(delivery.flush(TIMEOUT)), done.set()),
+        capacity=1, name="sessions-test-self-flush")
+    try:
+        delivery.put(1)
+        assert done.wait(TIMEOUT)
+        assert results == [False]
+    finally:
+        delivery.close()
+        assert delivery.join(TIMEOUT)
+
+
+def test_the_event_stream_is_bounded_and_keeps_the_newest() -> None:
+    """A wedged subscriber cannot grow the event queue without bound: past the backlog
+    the oldest events are dropped (and warned about), the newest are delivered."""
+    from sessions.messages import ChildStarted  # noqa: PLC0415
+    from sessions.supervisor._events import EventBus  # noqa: PLC0415
+
+    got: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def wedged(event: ChildStarted) -> None:
+        got.append(event.name)
+        if event.name == "first":
+            entered.set()
+            release.wait(TIMEOUT)
+
+    bus = EventBus(backlog=2)
+    bus.subscribe(wedged)  # type: ignore[arg-type]
+    try:
+        bus.emit(ChildStarted("root", "first", "probe", 0))
+        assert entered.wait(TIMEOUT)
+        for name in ("a", "b", "c", "d"):
+            bus.emit(ChildStarted("root", name, "probe", 0))
+        release.set()
+        bus.flush(TIMEOUT)
+        assert got == ["first", "c", "d"]
+    finally:
+        release.set()
+        bus.close(TIMEOUT)

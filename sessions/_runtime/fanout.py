@@ -63,6 +63,8 @@ class Delivery(Generic[T]):
         self._running = False
         """A thread is in the delivery loop (started, and has not decided to end).
         Guarded by the condition's lock."""
+        self._busy = False
+        """The callback is running (delivery thread; guarded by the condition's lock)."""
         self._drop_warned_at = -math.inf
         self._error_logged_at = -math.inf
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -87,7 +89,7 @@ class Delivery(Generic[T]):
             if self._closing:
                 return
             self._paused = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def resume(self) -> None:
         """Deliver again after :meth:`pause` (or start a delivery constructed with
@@ -98,7 +100,7 @@ class Delivery(Generic[T]):
                 return
             self._paused = False
             if self._running:
-                self._cond.notify()
+                self._cond.notify_all()
                 return
             self._running = True
             if self.thread.ident is not None:  # the last thread ended after a pause
@@ -115,7 +117,7 @@ class Delivery(Generic[T]):
                 return False
             self._items.append(item)
             if len(self._items) <= self.capacity:
-                self._cond.notify()
+                self._cond.notify_all()
                 return True
             self._items.popleft()
             self.dropped += 1
@@ -132,6 +134,21 @@ class Delivery(Generic[T]):
         with self._cond:
             return len(self._items)
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything put so far has been handed to the callback and the
+        callback has returned; True if so within ``timeout``. From the delivery thread
+        itself (a callback flushing) it returns False at once rather than deadlock."""
+        if threading.current_thread() is self.thread:
+            return False
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._running:
+                    return False
+                self._cond.wait(left)
+        return True
+
     def close(self, *, drain: bool = True) -> None:
         """End the delivery: after what is queued (``drain``), or now, dropping it.
         A paused delivery has no thread to drain with: what it queued is dropped.
@@ -141,7 +158,7 @@ class Delivery(Generic[T]):
             if not drain or self._paused:
                 self.dropped += len(self._items)
                 self._items.clear()
-            self._cond.notify()
+            self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the delivery thread to end; True if it has (or never started)."""
@@ -159,13 +176,17 @@ class Delivery(Generic[T]):
                     self._cond.wait()
                 if self._paused or not self._items:
                     self._running = False
+                    self._cond.notify_all()  # a flush() waiting on this thread
                     return
                 item = self._items.popleft()
+                self._busy = True
             try:
                 self.callback(item)
             except Exception:
                 with self._cond:
                     self.errors += 1
+                    self._busy = False
+                    self._cond.notify_all()
                 now = time.monotonic()
                 if now - self._error_logged_at >= self.warn_every:
                     self._error_logged_at = now
@@ -173,3 +194,5 @@ class Delivery(Generic[T]):
             else:
                 with self._cond:
                     self.delivered += 1
+                    self._busy = False
+                    self._cond.notify_all()
