@@ -1,0 +1,182 @@
+"""The resource contract a kind author reads: which methods a handle may call, the
+reserved names, options declared once as ``self.config``, and the ResourceContext the
+runtime hands each actor (faults from other threads, normal exit, per-connection
+threads the runtime joins)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+import sessions
+from sessions._runtime.contract import BUILT_IN_CALLS, RESERVED, public_methods
+from sessions.messages import ChildFaulted, ChildStarted
+from tests.support import Recorder, wait_until
+
+HERE = "tests.test_contract"
+
+
+class Broken(Exception):
+    pass
+
+
+class Echo(sessions.ResourceActor):
+    """A kind with options, one callable method, and helpers that are not callable."""
+
+    kind = "echo"
+    fault_types = (Broken,)
+
+    class Options(BaseModel):
+        prefix: str = ">"
+        repeat: int = Field(1, ge=1)
+
+    config: Options
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.reader_started = threading.Event()
+        self.stop_reader = threading.Event()
+
+    def connect(self) -> object:
+        self.stop_reader.clear()
+        return object()
+
+    def disconnect(self, resource: Any) -> None:
+        self.stop_reader.set()
+
+    def echo(self, text: str) -> str:
+        return self.config.prefix + text * self.config.repeat
+
+    def start_reader(self, fail: bool) -> str:
+        """Spawn a per-connection thread; if ``fail``, it raises (a fault)."""
+
+        def read() -> None:
+            self.reader_started.set()
+            if fail:
+                raise Broken("reader lost the link")
+            self.stop_reader.wait(10)
+
+        return self.context.spawn(read, name=f"sessions-{self.name}-reader").name
+
+    def finish(self) -> str:
+        self.context.stop_normally("job done")
+        return "bye"
+
+    def _private(self) -> None:
+        """Never callable: private."""
+
+
+def start(**spec: Any) -> sessions.System:
+    return sessions.start({
+        "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+        "resources": {"e": {"kind": f"{HERE}:Echo", **spec}},
+    })
+
+
+def test_the_callable_rule_is_what_the_kind_adds_plus_transaction() -> None:
+    assert public_methods(Echo) == {"echo", "start_reader", "finish", *BUILT_IN_CALLS}
+    # Every hook, shortcut and setting of the base is out, the Options class too.
+    assert not public_methods(sessions.ResourceActor) - BUILT_IN_CALLS
+    with start() as system, pytest.raises(AttributeError, match="connect"):
+        system.get("e").connect  # noqa: B018 - a hook is not callable through a handle
+
+
+def test_options_are_validated_into_self_config_with_their_defaults() -> None:
+    actor = Echo(repeat=2)
+    assert actor.config == Echo.Options(prefix=">", repeat=2)
+    with pytest.raises(ValueError, match="repeat"):
+        Echo(repeat=0)
+    with start(prefix="#", repeat=3) as system:
+        assert system.get("e").echo("ab").result(5) == "#ababab"
+
+
+def test_a_bad_option_is_a_config_error_naming_its_key() -> None:
+    with pytest.raises(sessions.ConfigError, match=r"resources\.e\.repeat"):
+        start(repeat=0)
+
+
+class Clash(sessions.ResourceActor):
+    def connect(self) -> object:
+        return object()
+
+    def config(self) -> None:  # type: ignore[override]
+        """Clashes with the runtime's ``self.config``."""
+
+
+def test_a_kind_defining_a_reserved_name_as_a_method_is_a_config_error() -> None:
+    with pytest.raises(sessions.ConfigError, match="defines config as a method") as err:
+        sessions.start({"resources": {"c": {"kind": f"{HERE}:Clash"}}})
+    for name in RESERVED:
+        assert name in str(err.value)
+
+
+class OldStyle(sessions.ResourceActor):
+    """A kind written before ``self.config``: keywords in its own signature, and
+    ``super().__init__()`` without them. The runtime still sets ``self.config``."""
+
+    class Options(BaseModel):
+        port: int
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def connect(self) -> object:
+        return object()
+
+    def seen(self) -> tuple[int, int]:
+        return self.port, self.config.port
+
+
+def test_a_kind_that_passes_no_options_up_still_gets_self_config() -> None:
+    with sessions.start({"resources": {"o": {"kind": f"{HERE}:OldStyle", "port": 7}}}) as s:
+        assert s.get("o").seen().result(5) == (7, 7)
+
+
+def test_a_spawned_thread_is_joined_when_its_connection_ends() -> None:
+    rec = Recorder()
+    with start(restart="permanent") as system:
+        system.subscribe(rec)
+        e = system.get("e")
+        name = e.start_reader(False).result(5)
+        assert [t for t in threading.enumerate() if t.name == name]
+        e.transaction(lambda conn: None).result(5)
+        system.restart_child("e")  # the connection ends: its reader must end with it
+        assert not [t for t in threading.enumerate() if t.name == name]
+        assert e.echo("x").result(5) == ">x"
+
+
+def test_an_error_escaping_a_spawned_thread_is_a_fault_of_its_connection() -> None:
+    rec = Recorder()
+    with start() as system:
+        system.subscribe(rec)
+        e = system.get("e")
+        e.start_reader(True).result(5)
+        rec.wait_for(lambda ev: isinstance(ev, ChildStarted) and ev.restarts == 1)
+        (fault,) = rec.of(ChildFaulted)
+        assert fault.name == "e" and "reader lost the link" in fault.error
+        assert e.echo("y").result(5) == ">y"
+
+
+def test_spawn_needs_a_running_incarnation() -> None:
+    actor = Echo()
+    with pytest.raises(RuntimeError, match="running incarnation"):
+        actor.context.spawn(lambda: None, name="sessions-nowhere")
+
+
+def test_stop_normally_through_the_context_ends_a_transient_resource() -> None:
+    with start(restart="transient") as system:
+        e = system.get("e")
+        assert e.finish().result(5) == "bye"
+        wait_until(lambda: e.state == "stopped", what="e stopped normally")
+        with pytest.raises(sessions.ResourceUnavailable):
+            e.echo("z").result(5)
+
+
+def test_report_fault_without_an_incarnation_is_ignored() -> None:
+    actor = Echo()
+    actor.report_fault(Broken("nobody is connected"))  # no error, nothing to crash
+    assert actor.context.connected is False
