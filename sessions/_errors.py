@@ -59,6 +59,13 @@ class ResourceFault(SessionsError):
     method: str
 
 
+class ResourceBroken(SessionsError):
+    """Raised by a kind where it finds its resource broken (a reader saw EOF, a reply
+    proved the link desynchronized): always a fault, whatever ``is_fault`` says, so the
+    kind need not recognise its own errors after the fact. Raise it ``from`` the
+    driver's error; the caller gets ``ResourceFault`` with this as ``__cause__``."""
+
+
 class ResourceUnavailable(SessionsError):
     """The resource is not serving calls: stopped, terminated, its supervisor gave up,
     or its circuit is open. The call was not executed."""

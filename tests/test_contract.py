@@ -61,6 +61,13 @@ class Echo(sessions.ResourceActor):
 
         return self.context.spawn(read, name=f"sessions-{self.name}-reader").name
 
+    def desync(self) -> None:
+        """Found broken where it happens: a fault although not in fault_types."""
+        try:
+            raise ValueError("reply for another request")
+        except ValueError as err:
+            raise sessions.ResourceBroken("link desynchronized") from err
+
     def finish(self) -> str:
         self.context.stop_normally("job done")
         return "bye"
@@ -77,7 +84,8 @@ def start(**spec: Any) -> sessions.System:
 
 
 def test_the_callable_rule_is_what_the_kind_adds_plus_transaction() -> None:
-    assert public_methods(Echo) == {"echo", "start_reader", "finish", *BUILT_IN_CALLS}
+    assert public_methods(Echo) == {"echo", "start_reader", "desync", "finish",
+                                    *BUILT_IN_CALLS}
     # Every hook, shortcut and setting of the base is out, the Options class too.
     assert not public_methods(sessions.ResourceActor) - BUILT_IN_CALLS
     with start() as system, pytest.raises(AttributeError, match="connect"):
@@ -180,3 +188,16 @@ def test_report_fault_without_an_incarnation_is_ignored() -> None:
     actor = Echo()
     actor.report_fault(Broken("nobody is connected"))  # no error, nothing to crash
     assert actor.context.connected is False
+
+
+def test_a_kind_raising_resource_broken_is_a_fault_whatever_is_fault_says() -> None:
+    rec = Recorder()
+    with start() as system:
+        system.subscribe(rec)
+        e = system.get("e")
+        error = e.desync().exception(5)
+        assert isinstance(error, sessions.ResourceFault) and error.method == "desync"
+        assert isinstance(error.__cause__, sessions.ResourceBroken)
+        assert isinstance(error.__cause__.__cause__, ValueError)
+        rec.wait_for(lambda ev: isinstance(ev, ChildStarted) and ev.restarts == 1)
+        assert e.echo("ok").result(5) == ">ok"

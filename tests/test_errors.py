@@ -16,6 +16,7 @@ from sessions import (
     ChildRunning,
     ConfigError,
     DeviceError,
+    ResourceBroken,
     ResourceFault,
     ResourceUnavailable,
     SessionsError,
@@ -26,6 +27,7 @@ EXAMPLES: list[tuple[SessionsError, dict[str, object]]] = [
     (SessionsError("plain"), {}),
     (SessionsError("with details", resource="a", extra=[1, 2]), {"resource": "a"}),
     (ResourceFault("query broke", resource="db", method="query"), {"method": "query"}),
+    (ResourceBroken("link desynchronized"), {}),
     (ResourceUnavailable("stopped", resource="cache"), {"resource": "cache"}),
     (
         CallTimeout("m", resource="a", started=False),
@@ -97,7 +99,8 @@ def test_pickled_error_can_be_raised_and_caught() -> None:
 
 @pytest.mark.parametrize(
     "cls",
-    [ConfigError, ResourceFault, ResourceUnavailable, CallTimeout, ChildRunning, DeviceError],
+    [ConfigError, ResourceFault, ResourceBroken, ResourceUnavailable, CallTimeout, ChildRunning,
+     DeviceError],
 )
 def test_all_derive_from_sessions_error(cls: type[Exception]) -> None:
     """Every library exception is a SessionsError (one ``except`` catches them all)."""

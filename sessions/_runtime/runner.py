@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from sessions._errors import CallTimeout, ResourceFault, ResourceUnavailable
+from sessions._errors import CallTimeout, ResourceBroken, ResourceFault, ResourceUnavailable
 from sessions._redact import redact
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
@@ -663,6 +663,8 @@ class Runner(pykka.ThreadingActor):
     def _is_fault(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception):
             return True  # SystemExit and friends: the resource's state is unknown
+        if isinstance(exc, ResourceBroken):
+            return True  # the kind said so where it happened
         try:
             return bool(self.actor.is_fault(exc))
         except Exception:
