@@ -1395,3 +1395,19 @@ def test_a_deferred_reply_within_stall_timeout_is_not_expired() -> None:
             asked.result()  # the caller's bare wait gives up at call_timeout ...
         answer.set_result(42)
         assert asked.result(5) == 42  # ... but the call still completes within stall_timeout
+
+
+def test_deferred_replies_still_owed_when_the_connection_closes_fail_at_once() -> None:
+    """A reply the closed connection can no longer bring fails with ResourceFault when
+    the incarnation ends, not at stall_timeout; the kind need not fail it itself."""
+    with _start("Later", stall_timeout=60.0) as system:
+        r = system.get("r")
+        asked, answer = _asked(r)
+        system.restart_child("r")
+        error = asked.exception(5)
+        assert isinstance(error, sessions.ResourceFault)
+        assert error.method == "ask" and error.resource == "r"
+        assert "connection closed before the deferred reply came" in str(error)
+        answer.set_result("too late")  # dropped
+        assert asked.exception(0) is error
+        assert r.ping().result(5) == "pong"

@@ -386,6 +386,10 @@ class Runner(pykka.ThreadingActor):
         self.view.stop_serving()
         self._disconnect()
         self._join_spawned()
+        if self.deferred:  # replies this connection can no longer bring: fail them now
+            owed = list(self.deferred)
+            self.deferred.clear()
+            self._fail_owed(owed, "its connection closed before the deferred reply came")
 
     def on_receive(self, message: Any) -> None:
         if message is _SERVE:
@@ -413,6 +417,11 @@ class Runner(pykka.ThreadingActor):
         elif current is not None:
             owed.append(current)
         owed += list(self.deferred)  # list() of a set is atomic under the GIL
+        return self._fail_owed(owed, reason)
+
+    def _fail_owed(self, owed: list[SessionFuture[Any]], reason: str) -> int:
+        """Fail ``owed`` (started calls) with ``ResourceFault`` naming ``reason``;
+        returns how many this call failed (one already resolved is left alone)."""
         failed = 0
         mailbox = self.view.mailbox
         for future in owed:
