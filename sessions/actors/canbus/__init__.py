@@ -921,7 +921,9 @@ class CANBusActor(ResourceActor):
         reply is awaited. A reply frame resolves one request - the oldest one waiting
         for it - and is delivered to subscribers as well. Error frames and this bus's
         own echoes never match. ``timeout`` (default ``request_timeout``) expiring
-        raises ``can.CanTimeoutError``: a caller error, not a fault.
+        raises ``can.CanTimeoutError``: a caller error, not a fault. The runtime bounds
+        the wait as for any ``Deferred`` (``CallTimeout(started=True)`` at
+        ``stall_timeout``; ``ResourceFault`` at once if the bus closes first).
         """
         if not isinstance(msg, can.Message):
             raise TypeError(f"request needs a can.Message, got {type(msg).__name__}")
