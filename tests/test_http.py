@@ -534,7 +534,7 @@ def test_seed_manager_with_and_options(http_server: HttpServer) -> None:
 
 def test_actor_constructor_checks_its_options() -> None:
     actor = HTTPActor("http://127.0.0.1:8080/api", retries={"total": 1}, timeout=4)
-    assert actor.timeout == 4
+    assert actor.config.timeout == 4
     assert actor.url("/v1") == "http://127.0.0.1:8080/api/v1"
     assert actor.url("?x=1") == "http://127.0.0.1:8080/api?x=1"
     with pytest.raises(ValueError, match="retries"):

@@ -911,7 +911,7 @@ def test_abort_ends_a_wait_for_the_process_lock(tmp_path: Path) -> None:
         with pytest.raises(TimeoutError, match=r"lock_timeout=0\.2s") as timeout:
             actor.read_byte(REG)
         assert not actor.is_fault(timeout.value)
-        actor.options = actor.options.model_copy(update={"lock_timeout": 60.0})
+        actor.config = actor.config.model_copy(update={"lock_timeout": 60.0})
         waiting = in_thread(lambda: actor.transaction(lambda b: b.read_byte(REG)))
         abort_from_another_thread(actor, bus)
         with pytest.raises(OSError) as info:

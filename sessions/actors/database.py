@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -79,14 +79,11 @@ from sessions._redact import redact
 from sessions._runtime.abort import Cut, dup_socket, shutdown_socket
 from sessions._runtime.contract import ResourceActor
 
-__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor"]
+__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor", "DatabaseOptions"]
 
 log = logging.getLogger("sessions.database")
 
 T = TypeVar("T")
-
-DEFAULT_URL = "sqlite:///sessions.db"
-"""The embedded default: a SQLite file in the working directory."""
 
 Params = Mapping[str, Any]
 Statement = str | Executable
@@ -278,6 +275,61 @@ def _unreachable(exc: BaseException) -> bool:
     return any(fragment in message for fragment in _UNREACHABLE_TEXT)
 
 
+class DatabaseOptions(BaseModel):
+    """Config keys of the ``database`` kind (besides the supervision keys); the one place
+    they and their defaults are declared (``DatabaseActor.Options``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        "sqlite:///sessions.db",
+        description="SQLAlchemy URL, e.g. 'sqlite:///plant.db', 'sqlite:///:memory:' or "
+        "'postgresql+psycopg://user:pass@host/db'. Default: a SQLite file in the working "
+        "directory.",
+    )
+    echo: bool = Field(False, description="Log every statement (SQLAlchemy's echo).")
+    on_connect: list[str] = Field(
+        default_factory=list,
+        description="SQL statements run, in order, on every new connection before any "
+        'call (e.g. "SET search_path TO plant", "PRAGMA foreign_keys=ON").',
+    )
+    connect_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the DBAPI connect() (e.g. timeout, the busy "
+        "timeout, default 5 s, for SQLite). PostgreSQL via psycopg/psycopg2 gets by "
+        "default connect_timeout = 10 (s), keepalives = 1, keepalives_idle = 10, "
+        "keepalives_interval = 5, keepalives_count = 3 and tcp_user_timeout = 30000 "
+        "(ms), so that a dead host or network is noticed in about 30 s; a key given "
+        "here or in the URL's query string wins. 0 means unbounded for these "
+        "(sessions check warns).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        """A SQLAlchemy URL whose dialect and driver SQLAlchemy knows. Whether the driver
+        is installed is the actor's question (it builds the engine): a config may be
+        checked, or its schema built, where the driver is not."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError as err:
+            raise ValueError(f"url {redact(url)!r} is not a SQLAlchemy URL: {err}") from None
+        try:
+            parsed.get_dialect()  # the dialect's module only, not the DBAPI driver
+        except ImportError:
+            pass  # a third-party dialect without its package: the actor says so
+        except ArgumentError as err:  # NoSuchModuleError: an unknown dialect or driver
+            raise ValueError(
+                f"cannot use url {parsed.render_as_string(hide_password=True)!r}: "
+                f"{redact(err)}"
+            ) from None
+        return url
+
+    def unbounded_waits(self) -> list[tuple[str, str]]:
+        """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
+        return unbounded_libpq_waits(self.url, self.connect_args)
+
+
 class DatabaseActor(ResourceActor):
     """A relational database through SQLAlchemy (SQLite, PostgreSQL via psycopg, ...).
 
@@ -287,50 +339,12 @@ class DatabaseActor(ResourceActor):
 
     kind: ClassVar[str] = "database"
 
-    class Options(BaseModel):
-        """Config keys of the ``database`` kind (besides the supervision keys)."""
+    Options = DatabaseOptions
+    config: DatabaseOptions
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
-
-        url: str = Field(
-            DEFAULT_URL,
-            description="SQLAlchemy URL, e.g. 'sqlite:///plant.db', 'sqlite:///:memory:' or "
-            "'postgresql+psycopg://user:pass@host/db'.",
-        )
-        echo: bool = Field(False, description="Log every statement (SQLAlchemy's echo).")
-        on_connect: list[str] = Field(
-            default_factory=list,
-            description="SQL statements run, in order, on every new connection before any "
-            'call (e.g. "SET search_path TO plant", "PRAGMA foreign_keys=ON").',
-        )
-        connect_args: dict[str, Any] = Field(
-            default_factory=dict,
-            description="Keyword arguments for the DBAPI connect() (e.g. timeout, the busy "
-            "timeout, default 5 s, for SQLite). PostgreSQL via psycopg/psycopg2 gets by "
-            "default connect_timeout = 10 (s), keepalives = 1, keepalives_idle = 10, "
-            "keepalives_interval = 5, keepalives_count = 3 and tcp_user_timeout = 30000 "
-            "(ms), so that a dead host or network is noticed in about 30 s; a key given "
-            "here or in the URL's query string wins. 0 means unbounded for these "
-            "(sessions check warns).",
-        )
-
-        def unbounded_waits(self) -> list[tuple[str, str]]:
-            """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
-            return unbounded_libpq_waits(self.url, self.connect_args)
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        echo: bool = False,
-        on_connect: Sequence[str] = (),
-        connect_args: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.on_connect = tuple(on_connect)
-        try:
-            parsed = make_url(url)
-        except ArgumentError as err:
-            raise ValueError(f"url {redact(url)!r} is not a SQLAlchemy URL: {err}") from None
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        parsed = make_url(self.config.url)  # checked by DatabaseOptions
         self.url = parsed.render_as_string(hide_password=True)
         """The URL with its password masked (for messages)."""
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -338,7 +352,7 @@ class DatabaseActor(ResourceActor):
         # wait on the busy timeout instead of failing at once on the lock upgrade.
         self._begin_sql = "BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN"
         try:
-            given = dict(connect_args or {})
+            given = dict(self.config.connect_args)
             self.connect_args: dict[str, Any] = {**libpq_defaults(parsed, given), **given}
             """What the DBAPI connect() gets besides the URL (with LIBPQ_DEFAULTS)."""
             # NullPool: the engine's only connection is the one connect() keeps open.
@@ -348,7 +362,7 @@ class DatabaseActor(ResourceActor):
                 parsed,
                 poolclass=NullPool,
                 isolation_level="AUTOCOMMIT",
-                echo=echo,
+                echo=self.config.echo,
                 connect_args=dict(self.connect_args),
             )
         except ImportError as err:
@@ -383,7 +397,8 @@ class DatabaseActor(ResourceActor):
     @classmethod
     def max_pool_size(cls, options: Mapping[str, Any]) -> tuple[int, str] | None:
         """An in-memory SQLite database exists once per connection: one actor only."""
-        if _is_memory_sqlite(str(options.get("url", DEFAULT_URL))):
+        url = options.get("url", DatabaseOptions.model_fields["url"].default)
+        if _is_memory_sqlite(str(url)):
             return 1, (
                 "an in-memory SQLite database exists once per connection, so a pool "
                 "would be several unrelated databases"
@@ -401,7 +416,7 @@ class DatabaseActor(ResourceActor):
         try:
             conn = self.engine.connect()
             try:
-                for statement in self.on_connect:
+                for statement in self.config.on_connect:
                     conn.exec_driver_sql(statement)
                 conn.commit()
                 if cut.aborted:

@@ -64,7 +64,7 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -75,8 +75,8 @@ from pydantic import (
     Field,
     SecretStr,
     Tag,
-    ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sessions._redact import redact
@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     from urllib3 import PoolManager
     from urllib3.util.retry import Retry
 
-__all__ = ["HTTPActor"]
+__all__ = ["HTTPActor", "HTTPOptions"]
 
 log = logging.getLogger("sessions.http")
 
@@ -167,6 +167,68 @@ class AuthOptions(BaseModel):
     token: SecretStr | None = Field(None, description="Bearer token.")
     scheme: str = Field("Bearer", description="Authorization scheme used with `token`.")
 
+    @model_validator(mode="after")
+    def _complete(self) -> AuthOptions:
+        """Either basic or bearer, complete. Messages name keys, never values."""
+        basic = self.username is not None or self.password is not None
+        if basic and self.token is not None:
+            raise ValueError("give either username and password, or token, not both")
+        if basic and (self.username is None or self.password is None):
+            raise ValueError("basic auth needs both username and password")
+        if not basic and self.token is None:
+            raise ValueError("give username and password, or token")
+        return self
+
+
+class HTTPOptions(BaseModel):
+    """Config keys of an ``http`` resource (besides the supervision keys); the one place
+    they and their defaults are declared (``HTTPActor.Options``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(
+        description="http(s)://host[:port][/prefix]; every path is joined to it. "
+        "No credentials in it: use `auth`."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent with every request."
+    )
+    timeout: Annotated[
+        Annotated[_Seconds, Tag("number")] | Annotated[tuple[_Seconds, _Seconds], Tag("pair")],
+        Discriminator(_number_or("pair")),
+    ] = Field(
+        (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
+        description="Seconds: one number for both, or [connect, read]. Never "
+        "unbounded (None and infinity are refused). Keep the read timeout at or "
+        "below call_timeout.",
+    )
+    retries: Annotated[
+        Annotated[Annotated[int, Field(ge=0, strict=True)], Tag("number")]
+        | Annotated[RetryOptions, Tag("table")],
+        Discriminator(_number_or("table")),
+    ] = Field(
+        0,
+        description="0: requests' default (no retry once the request was sent); "
+        "N: a urllib3 Retry(total=N); or a table (see RetryOptions).",
+    )
+    verify: bool | str = Field(
+        True, description="Verify TLS certificates (true), skip (false), or a CA bundle path."
+    )
+    cert: str | tuple[str, str] | None = Field(
+        None, description="Client certificate: a PEM path, or [cert, key] paths."
+    )
+    auth: AuthOptions | None = Field(None, description="Basic or bearer credentials.")
+    trust_env: bool = Field(
+        True,
+        description="Let requests read proxies, CA bundles and .netrc from the "
+        "environment (requests' default).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _usable_base_url(cls, url: str) -> str:
+        return _check_base_url(url)
+
 
 class HTTPActor(ResourceActor):
     """One ``requests.Session`` to one HTTP API (``base_url``).
@@ -180,101 +242,30 @@ class HTTPActor(ResourceActor):
 
     kind: ClassVar[str] = "http"
 
-    class Options(BaseModel):
-        """Config keys of an ``http`` resource (besides the supervision keys)."""
+    Options = HTTPOptions
+    config: HTTPOptions
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
-
-        base_url: str = Field(
-            description="http(s)://host[:port][/prefix]; every path is joined to it. "
-            "No credentials in it: use `auth`."
-        )
-        headers: dict[str, str] = Field(
-            default_factory=dict, description="Headers sent with every request."
-        )
-        timeout: Annotated[
-            Annotated[_Seconds, Tag("number")] | Annotated[tuple[_Seconds, _Seconds], Tag("pair")],
-            Discriminator(_number_or("pair")),
-        ] = Field(
-            (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
-            description="Seconds: one number for both, or [connect, read]. Never "
-            "unbounded (None and infinity are refused). Keep the read timeout at or "
-            "below call_timeout.",
-        )
-        retries: Annotated[
-            Annotated[Annotated[int, Field(ge=0, strict=True)], Tag("number")]
-            | Annotated[RetryOptions, Tag("table")],
-            Discriminator(_number_or("table")),
-        ] = Field(
-            0,
-            description="0: requests' default (no retry once the request was sent); "
-            "N: a urllib3 Retry(total=N); or a table (see RetryOptions).",
-        )
-        verify: bool | str = Field(
-            True, description="Verify TLS certificates (true), skip (false), or a CA bundle path."
-        )
-        cert: str | tuple[str, str] | None = Field(
-            None, description="Client certificate: a PEM path, or [cert, key] paths."
-        )
-        auth: AuthOptions | None = Field(None, description="Basic or bearer credentials.")
-        trust_env: bool = Field(
-            True,
-            description="Let requests read proxies, CA bundles and .netrc from the "
-            "environment (requests' default).",
-        )
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | Sequence[float] = (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT),
-        retries: int | RetryOptions | Mapping[str, Any] = 0,
-        verify: bool | str = True,
-        cert: str | Sequence[str] | None = None,
-        auth: AuthOptions | Mapping[str, Any] | None = None,
-        trust_env: bool = True,
-    ) -> None:
-        super().__init__()
-        raw = {
-            "base_url": base_url,
-            "headers": dict(headers or {}),
-            "timeout": timeout,
-            "retries": retries,
-            "verify": verify,
-            "cert": cert,
-            "auth": auth,
-            "trust_env": trust_env,
-        }
-        try:
-            opts = self.Options.model_validate(raw)
-        except ValidationError as exc:  # no input values: they may hold secrets
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ValueError(problems) from None
-        self.base_url = _check_base_url(opts.base_url)
-        self._origin = _origin(self.base_url)
-        self.headers = dict(opts.headers)
-        self.timeout: float | tuple[float, float] = opts.timeout
-        self.retries = opts.retries
-        self.verify = opts.verify
-        self.cert = opts.cert
-        self.trust_env = opts.trust_env
-        self._auth = opts.auth
-        if opts.auth is not None:
-            _check_auth(opts.auth)
+    def __init__(self, base_url: str | None = None, /, **options: Any) -> None:
+        """``HTTPActor(base_url, **options)``: the keys of :class:`HTTPOptions`;
+        ``base_url`` may also be given as a keyword (as the config does)."""
+        if base_url is not None:
+            if "base_url" in options:
+                raise TypeError("HTTPActor got base_url both as an argument and a keyword")
+            options["base_url"] = base_url
+        super().__init__(**options)
+        self._origin = _origin(self.config.base_url)
 
     # -- lifecycle --------------------------------------------------------------------
 
     def connect(self) -> requests.Session:
         """Build a fresh Session (no network I/O: the API may be down at start)."""
-        session = _session_class()(frozenset(self.headers))
-        session.trust_env = self.trust_env
-        session.headers.update(self.headers)
-        session.verify = self.verify
-        session.cert = self.cert
-        session.auth = _auth(self._auth)
+        config = self.config
+        session = _session_class()(frozenset(config.headers))
+        session.trust_env = config.trust_env
+        session.headers.update(config.headers)
+        session.verify = config.verify
+        session.cert = config.cert
+        session.auth = _auth(config.auth)
         # One thread uses this Session, so one connection per host is all it needs.
         adapter: HTTPAdapter = _adapter_class()(pool_maxsize=1, max_retries=self._build_retry())
         session.mount("http://", adapter)
@@ -338,7 +329,7 @@ class HTTPActor(ResourceActor):
         a request has reached the server)."""
         from urllib3.util.retry import Retry  # noqa: PLC0415
 
-        spec = self.retries
+        spec = self.config.retries
         if isinstance(spec, int):
             if spec == 0:
                 return 0
@@ -371,7 +362,7 @@ class HTTPActor(ResourceActor):
         if "timeout" in kwargs:
             _check_timeout(kwargs["timeout"])
         else:
-            kwargs["timeout"] = self.timeout
+            kwargs["timeout"] = self.config.timeout
         session: requests.Session = self.resource
         response = session.request(method.upper(), self.url(path), **kwargs)
         return _detached(response)
@@ -414,9 +405,10 @@ class HTTPActor(ResourceActor):
         Session's headers and credentials belong to this API, and the resource, its
         pool and its breaker stand for this one service.
         """
+        base_url = self.config.base_url
         parts = urlsplit(path)
         if parts.scheme or parts.netloc:
-            target = path if parts.scheme else f"{urlsplit(self.base_url).scheme}:{path}"
+            target = path if parts.scheme else f"{urlsplit(base_url).scheme}:{path}"
             if _origin(target) != self._origin:
                 raise ValueError(
                     f"{redact(path)!r} is not on this resource's origin "
@@ -425,10 +417,10 @@ class HTTPActor(ResourceActor):
                 )
             return target
         if not path:
-            return self.base_url
+            return base_url
         if path.startswith(("?", "#")):
-            return self.base_url + path
-        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+            return base_url + path
+        return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -587,17 +579,6 @@ def _origin(url: str) -> tuple[str, str, int]:
     except ValueError:
         raise ValueError(f"invalid port in {redact(url)!r}") from None
     return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
-
-
-def _check_auth(auth: AuthOptions) -> None:
-    """Either basic or bearer, complete. Messages name keys, never values."""
-    basic = auth.username is not None or auth.password is not None
-    if basic and auth.token is not None:
-        raise ValueError("auth: give either username and password, or token, not both")
-    if basic and (auth.username is None or auth.password is None):
-        raise ValueError("auth: basic auth needs both username and password")
-    if not basic and auth.token is None:
-        raise ValueError("auth: give username and password, or token")
 
 
 def _auth(auth: AuthOptions | None) -> Any:

@@ -72,7 +72,7 @@ Hangs
 Nothing here waits without a bound but the kernel: one transfer is one ioctl, ended by
 the bus driver's own timeout (the adapter's; a device holding SCL low gives
 ETIMEDOUT). The ``process_lock`` is polled (non-blocking ``flock``) for at most
-``lock_timeout`` (5 s), never waited for in the kernel. ``abort(bus)`` (the runtime gave
+``lock_timeout``, never waited for in the kernel. ``abort(bus)`` (the runtime gave
 up on a stalled call) replaces the bus descriptor by an ``O_PATH`` one (``dup2``), so
 every later ioctl fails with EBADF (a fault) while the number stays taken until
 ``disconnect()``; it ends a wait for the process lock; on the simulator it calls
@@ -95,6 +95,7 @@ import errno
 import fcntl
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import tempfile
@@ -132,6 +133,7 @@ from sessions.actors.i2c._smbus import (
 )
 from sessions.actors.i2c.sim import (
     EEPROM24C02,
+    STANDARD_MODE_HZ,
     TMP102,
     RegisterDevice,
     SimAdapter,
@@ -209,6 +211,12 @@ Register = Annotated[
     int, BeforeValidator(_register), Field(json_schema_extra={"minimum": 0, "maximum": 255})
 ]
 
+
+def _default(device: type[SimDevice], key: str) -> Any:
+    """The default of ``key`` in ``device``'s constructor (the one place it is written)."""
+    return inspect.signature(device).parameters[key].default
+
+
 _DEVICE_KEYS: dict[str, tuple[str, ...]] = {
     "tmp102": ("temperature", "drift", "seed"),
     "eeprom24c02": ("size", "page_size", "write_cycle_s", "initial"),
@@ -230,16 +238,35 @@ class SimDeviceSpec(BaseModel):
         "registers (a generic register file behind a pointer register)."
     )
     address: Address = Field(description="7-bit address, 0x03..0x77.")
-    temperature: float | None = Field(None, description="tmp102: start temperature, C (25).")
-    drift: float | None = Field(None, ge=0, description="tmp102: max drift, C/s (0.01; 0 holds).")
-    seed: int | None = Field(None, description="tmp102: drift phase seed (random).")
-    size: int | None = Field(None, description="eeprom24c02: bytes, a power of 2 (256).")
-    page_size: int | None = Field(None, description="eeprom24c02: page bytes (8).")
-    write_cycle_s: float | None = Field(
-        None, ge=0, description="eeprom24c02: internal write cycle, s (0.005)."
+    # None: the device's own default (its constructor's, quoted in the description).
+    temperature: float | None = Field(
+        None, description=f"tmp102: start temperature, C ({_default(TMP102, 'temperature')})."
     )
-    registers: int | None = Field(None, ge=1, le=256, description="registers: how many (256).")
-    width: Literal[8, 16] | None = Field(None, description="registers: bits per register (8).")
+    drift: float | None = Field(
+        None, ge=0, description=f"tmp102: max drift, C/s ({_default(TMP102, 'drift')}; 0 holds)."
+    )
+    seed: int | None = Field(None, description="tmp102: drift phase seed (random).")
+    size: int | None = Field(
+        None, description=f"eeprom24c02: bytes, a power of 2 ({_default(EEPROM24C02, 'size')})."
+    )
+    page_size: int | None = Field(
+        None, description=f"eeprom24c02: page bytes ({_default(EEPROM24C02, 'page_size')})."
+    )
+    write_cycle_s: float | None = Field(
+        None,
+        ge=0,
+        description="eeprom24c02: internal write cycle, s "
+        f"({_default(EEPROM24C02, 'write_cycle_s')}).",
+    )
+    registers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=f"registers: how many ({_default(RegisterDevice, 'registers')}).",
+    )
+    width: Literal[8, 16] | None = Field(
+        None, description=f"registers: bits per register ({_default(RegisterDevice, 'width')})."
+    )
     initial: dict[int, int] | None = Field(
         None,
         description="registers: {register: value}; eeprom24c02: {address: byte} "
@@ -267,39 +294,28 @@ class SimDeviceSpec(BaseModel):
         return self
 
     def build(self) -> SimDevice:
-        """A new simulated device with these settings."""
+        """A new simulated device with these settings (the device's own defaults for
+        the keys not given)."""
+        given = {
+            key: value
+            for key in _DEVICE_KEYS[self.type]
+            if key != "initial" and (value := getattr(self, key)) is not None
+        }
         if self.type == "tmp102":
-            return TMP102(
-                self.address,
-                25.0 if self.temperature is None else self.temperature,
-                drift=0.01 if self.drift is None else self.drift,
-                seed=self.seed,
-            )
+            return TMP102(self.address, **given)
         if self.type == "eeprom24c02":
-            size = 256 if self.size is None else self.size
-            memory = None
-            if self.initial is not None:
-                buf = bytearray(b"\xff" * size)
-                for address, value in self.initial.items():
-                    if not 0 <= address < size or not 0 <= value <= 0xFF:
-                        raise ValueError(
-                            f"initial[{address}]={value} is not a byte in 0..{size - 1}"
-                        )
-                    buf[address] = value
-                memory = bytes(buf)
-            return EEPROM24C02(
-                self.address,
-                size,
-                8 if self.page_size is None else self.page_size,
-                0.005 if self.write_cycle_s is None else self.write_cycle_s,
-                initial=memory,
-            )
-        return RegisterDevice(
-            self.address,
-            256 if self.registers is None else self.registers,
-            8 if self.width is None else self.width,
-            self.initial,
-        )
+            chip = EEPROM24C02(self.address, **given)
+            if self.initial is None:
+                return chip
+            memory = bytearray(chip.contents)  # erased, as the chip comes
+            for address, value in self.initial.items():
+                if not 0 <= address < chip.size or not 0 <= value <= 0xFF:
+                    raise ValueError(
+                        f"initial[{address}]={value} is not a byte in 0..{chip.size - 1}"
+                    )
+                memory[address] = value
+            return EEPROM24C02(self.address, **given, initial=bytes(memory))
+        return RegisterDevice(self.address, **given, initial=self.initial)
 
 
 class InitWrite(BaseModel):
@@ -355,8 +371,6 @@ class InitWrite(BaseModel):
         bus.write_word_data(self.address, self.reg, value)
 
 
-_SIM_CLOCK_HZ = 100_000.0  # standard-mode I2C
-
 _BUS_HELP = (
     "expected a bus number N for /dev/i2c-N, an absolute device path such as '/dev/i2c-1', or 'sim'"
 )
@@ -399,7 +413,9 @@ class I2COptions(BaseModel):
         "sessions.actors.i2c.sim_adapter(name) returns it (to inject faults).",
     )
     clock_hz: float = Field(
-        _SIM_CLOCK_HZ, gt=0, description="'sim' only: simulated SCL clock, Hz (inf: no bit time)."
+        STANDARD_MODE_HZ,
+        gt=0,
+        description="'sim' only: simulated SCL clock, Hz (inf: no bit time).",
     )
     init: list[InitWrite] = Field(
         [], description="Device init writes, applied in order at connect and every reconnect."
@@ -457,7 +473,7 @@ class I2COptions(BaseModel):
     @classmethod
     def _sim_only(cls, value: Any, info: ValidationInfo) -> Any:
         bus = info.data.get("bus")
-        if info.field_name == "clock_hz" and value == _SIM_CLOCK_HZ:
+        if info.field_name == "clock_hz" and value == STANDARD_MODE_HZ:
             return value  # the default (re-validated when the actor is built): not "given"
         if bus is not None and bus != "sim" and value is not None:
             raise PydanticCustomError(
@@ -764,11 +780,11 @@ class I2CActor(_SMBusSurface, ResourceActor):
 
     kind: ClassVar[str] = "i2c"
     Options = I2COptions
+    config: I2COptions
 
     def __init__(self, **options: Any) -> None:
-        super().__init__()
-        self.options = I2COptions.model_validate(options)
-        opts = self.options
+        super().__init__(**options)
+        opts = self.config
         self._sim: SimAdapter | None = None
         if opts.bus == "sim":
             if opts.adapter is not None:
@@ -816,7 +832,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
         The ``init`` writes follow as replay steps, at the first connect and after
         every reconnect.
         """
-        opts = self.options
+        opts = self.config
         bus: Any
         if self._sim is not None:
             bus = SimBus("sim", opts.force, devices=self._sim, clock_hz=opts.clock_hz)
@@ -1071,7 +1087,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
             )
         if code in TRANSIENT_ERRNOS:
             conn.strikes += 1
-            threshold = self.options.fault_threshold
+            threshold = self.config.fault_threshold
             if conn.strikes >= threshold:
                 conn.fault = exc
                 return exc
@@ -1129,7 +1145,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
         fd = conn.lock_fd
         if fd is None:
             return
-        deadline = time.monotonic() + self.options.lock_timeout
+        deadline = time.monotonic() + self.config.lock_timeout
         pause = 0.001
         while True:
             try:
@@ -1150,7 +1166,7 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 raise TimeoutError(
                     errno.ETIMEDOUT,
                     f"another process held the bus lock {self._lock_path!r} for more than "
-                    f"lock_timeout={self.options.lock_timeout}s",
+                    f"lock_timeout={self.config.lock_timeout}s",
                 )
             conn.aborted.wait(min(pause, left))
             pause = min(pause * 2, 0.02)

@@ -88,6 +88,10 @@ __all__ = [
     "SimDevice",
 ]
 
+STANDARD_MODE_HZ = 100_000.0
+"""The default simulated SCL clock: standard-mode I2C (``SimBus``, and ``clock_hz`` of
+an ``i2c`` resource with ``bus = "sim"``)."""
+
 FaultKind = Literal["nack", "eio", "timeout", "disconnect", "hang"]
 """What :meth:`SimAdapter.inject` can make go wrong."""
 
@@ -704,7 +708,7 @@ class SimBus:
         force: bool = False,
         *,
         devices: Mapping[int, SimDevice] | Iterable[SimDevice] | SimAdapter | None = None,
-        clock_hz: float = 100_000,
+        clock_hz: float = STANDARD_MODE_HZ,
     ) -> None:
         if not clock_hz > 0:
             raise ValueError(f"clock_hz={clock_hz!r} must be > 0")
