@@ -1020,11 +1020,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not owner._wait_thawed():
             self.close_connection = True
             return
+        # Counted before it shows as in flight: a test that waits for a request in
+        # flight then reads the per-path count must find it there.
+        parts = urlsplit(self.path)
+        count = owner._count(parts.path)
         owner._begin_request()
         try:
             body = self._read_body()
-            parts = urlsplit(self.path)
-            count = owner._count(parts.path)
             if owner.mode == "drop":  # read the request, close without a response
                 self.close_connection = True
                 return
