@@ -15,6 +15,10 @@ server of their own from a factory (closed when the test ends), e.g.
 
 A missing server binary skips those tests with a loud reason, except in CI (``CI`` set
 and not "0"/"false"), where it fails them: CI must never skip server tests.
+
+``tests.servers`` (and with it every driver and server plugin) is imported only by the
+fixtures that start a server: the runtime's tests import this module with nothing but
+the core dependencies installed (the core stage of scripts/test).
 """
 
 from __future__ import annotations
@@ -22,20 +26,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
-from tests.servers import (
-    HttpServer,
-    KafkaServer,
-    PostgresServer,
-    RedisServer,
-    Server,
-    ServerUnavailable,
-)
+if TYPE_CHECKING:
+    from tests.servers import (
+        HttpServer,
+        KafkaServer,
+        PostgresServer,
+        RedisServer,
+        Server,
+        ServerUnavailable,
+    )
 
-S = TypeVar("S", bound=Server)
+S = TypeVar("S", bound="Server")
 
 
 def in_ci() -> bool:
@@ -56,6 +61,8 @@ def server_unavailable(exc: ServerUnavailable) -> NoReturn:
 
 def _new(factory: Callable[..., S], **kwargs: Any) -> S:
     """A server not started yet; a missing binary skips (fails in CI)."""
+    from tests.servers import ServerUnavailable  # noqa: PLC0415
+
     try:
         return factory(**kwargs)
     except ServerUnavailable as exc:
@@ -84,6 +91,8 @@ def _factory(factory: Callable[..., S]) -> Generator[Callable[..., S], None, Non
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster shared by the session. Never stop or kill it."""
+    from tests.servers import PostgresServer  # noqa: PLC0415
+
     yield from _shared(PostgresServer)
 
 
@@ -98,6 +107,8 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def make_postgres_server() -> Iterator[Callable[..., PostgresServer]]:
     """``make_postgres_server(**kwargs)``: a started server of the test's own."""
+    from tests.servers import PostgresServer  # noqa: PLC0415
+
     yield from _factory(PostgresServer)
 
 
@@ -107,6 +118,8 @@ def make_postgres_server() -> Iterator[Callable[..., PostgresServer]]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server shared by the session. Never stop or kill it."""
+    from tests.servers import RedisServer  # noqa: PLC0415
+
     yield from _shared(RedisServer)
 
 
@@ -120,6 +133,8 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
     """``make_redis_server(persistence=False)``: a started server of the test's own."""
+    from tests.servers import RedisServer  # noqa: PLC0415
+
     yield from _factory(RedisServer)
 
 
@@ -129,6 +144,8 @@ def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture(scope="session")
 def kafka_server() -> Iterator[KafkaServer]:
     """A Tansu (Kafka protocol) broker shared by the session. Never stop or kill it."""
+    from tests.servers import KafkaServer  # noqa: PLC0415
+
     yield from _shared(KafkaServer)
 
 
@@ -141,6 +158,8 @@ def kafka_topic(kafka_server: KafkaServer) -> str:
 @pytest.fixture
 def make_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
     """``make_kafka_server()``: a started broker of the test's own."""
+    from tests.servers import KafkaServer  # noqa: PLC0415
+
     yield from _factory(KafkaServer)
 
 
@@ -150,10 +169,14 @@ def make_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
 @pytest.fixture
 def http_server() -> Iterator[HttpServer]:
     """A local HTTP server for this test (see ``tests.servers.HttpServer``)."""
+    from tests.servers import HttpServer  # noqa: PLC0415
+
     yield from _shared(HttpServer)
 
 
 @pytest.fixture
 def make_http_server() -> Iterator[Callable[..., HttpServer]]:
     """``make_http_server()``: more HTTP servers for this test."""
+    from tests.servers import HttpServer  # noqa: PLC0415
+
     yield from _factory(HttpServer)
