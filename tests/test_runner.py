@@ -1407,7 +1407,7 @@ def test_deferred_replies_still_owed_when_the_connection_closes_fail_at_once() -
         error = asked.exception(5)
         assert isinstance(error, sessions.ResourceFault)
         assert error.method == "ask" and error.resource == "r"
-        assert "connection closed before the deferred reply came" in str(error)
+        assert "resource 'r' was stopped before the deferred reply came" in str(error)
         answer.set_result("too late")  # dropped
         assert asked.exception(0) is error
         assert r.ping().result(5) == "pong"

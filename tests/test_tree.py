@@ -1368,6 +1368,7 @@ def test_a_deferred_reply_owed_by_an_incarnation_that_faulted_fails() -> None:
         error = owed.exception(10)
         assert isinstance(error, sessions.ResourceFault)
         assert str(error) == ("call apply() on resource 'a' was in progress when resource "
-                              "'a' stopped; its outcome is unknown")
+                              "'a' faulted before the deferred reply came; its outcome is "
+                              "unknown")
         never.set_result("too late")
         assert owed.exception(0) is error

@@ -379,7 +379,7 @@ class Runner(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, why: str = "was stopped") -> None:
         """Stop serving for good (a fault reported later is moot) and close the
         resource. Idempotent: a crash does it at once, Pykka's stop again."""
         self.actor.context.detach(self)
@@ -389,7 +389,8 @@ class Runner(pykka.ThreadingActor):
         if self.deferred:  # replies this connection can no longer bring: fail them now
             owed = list(self.deferred)
             self.deferred.clear()
-            self._fail_owed(owed, "its connection closed before the deferred reply came")
+            self._fail_owed(owed, f"resource {self.actor.name!r} {why} before the "
+                                  "deferred reply came")
 
     def on_receive(self, message: Any) -> None:
         if message is _SERVE:
@@ -692,7 +693,7 @@ class Runner(pykka.ThreadingActor):
         incarnation. An abandoned incarnation only closes: the supervisor has moved on
         (and failed its callers already).
         """
-        self._close()
+        self._close("faulted" if exc is not None else "exited normally")
         self.stop()
         if not self.abandoned:
             self.on_fault(self, exc, where, owed or [])
