@@ -469,6 +469,23 @@ def test_abort_releases_a_producer_blocked_on_a_frozen_broker(make_kafka_server:
     assert producer._closed
 
 
+def test_a_send_that_reaches_the_driver_after_abort_is_aborted(make_kafka_server: Any) -> None:
+    """The race the test above can lose: abort() lands before send() reaches the driver,
+    which then finds its network selector closed. The caller still gets KafkaAborted (a
+    fault), not the driver's RuntimeError."""
+    server: KafkaServer = make_kafka_server()
+    topic = server.create_topic()
+    actor = KafkaProducerActor(bootstrap_servers=server.bootstrap)
+    producer = actor.resource = actor.connect()
+    try:
+        actor.abort(producer)
+        with pytest.raises(KafkaAborted) as info:
+            actor.send(f"{topic}-new", b"x")
+        assert actor.is_fault(info.value)
+    finally:
+        assert in_thread(lambda: actor.disconnect(producer)).result(JOIN) is None
+
+
 def test_abort_releases_a_consumer_blocked_on_a_frozen_broker(
     make_kafka_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -122,9 +122,13 @@ class ResourceContext:
         """Crash the current incarnation with ``error``, from any thread.
 
         Also while ``connect()`` is still running: the report is queued and takes
-        effect as soon as the incarnation serves. If ``resource`` is given and is not
-        the current incarnation's connection (a stale reader of an earlier one), the
-        report is ignored; with no incarnation attached, too.
+        effect as soon as the incarnation serves. If ``resource`` is given and the
+        current incarnation is connected to another one (a stale reader of an earlier
+        connection), the report is ignored; with no incarnation attached, too. While the
+        next ``connect()`` runs the current connection is not known yet, so a stale
+        reader's report then reaches the new incarnation: a kind whose readers may
+        outlive their connection stops them in ``disconnect()`` (or uses ``spawn``,
+        whose threads report to their own incarnation).
         """
         with self._lock:
             incarnation = self._incarnation
@@ -235,8 +239,8 @@ class ResourceActor:
     Options: ClassVar[type[BaseModel] | None] = None
     """The kind's options, declared once as a pydantic model (defaults included): the
     config loader validates a resource's keys against it and reports every problem with
-    its path, ``sessions schema`` documents it, and the actor reads the result as
-    ``self.config``. None: the kind takes no options."""
+    its path, and the actor reads the result as ``self.config`` (``sessions schema``
+    documents the built-in kinds' models). None: the kind takes no options."""
 
     poll_interval: float | None = None
     """If set, ``poll()`` runs in the actor thread this often (and right after connect)."""

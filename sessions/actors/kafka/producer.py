@@ -293,14 +293,22 @@ class KafkaProducerActor(ResourceActor):
             except TypeError as err:
                 raise TypeError(f'{err} (serializer = "json" sends other values)') from None
         key_bytes = None if key is None else _to_bytes(key, "key")
-        sent = self.resource.send(
-            topic,
-            value=payload,
-            key=key_bytes,
-            headers=_headers(headers),
-            partition=partition,
-            timestamp_ms=timestamp_ms,
-        )
+        conn = self._conn
+        try:
+            sent = self.resource.send(
+                topic,
+                value=payload,
+                key=key_bytes,
+                headers=_headers(headers),
+                partition=partition,
+                timestamp_ms=timestamp_ms,
+            )
+        except Exception as err:
+            # Aborted under it (or just before: the driver then finds its network
+            # selector closed): whatever the driver raised, it is the abort.
+            if conn is not None and conn.aborted:
+                raise aborted_error(self.name) from err
+            raise
         done: concurrent.futures.Future[SendResult] = concurrent.futures.Future()
         self._in_flight.append((time.monotonic(), sent))
         sent.add_callback(_acknowledged, done)
