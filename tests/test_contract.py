@@ -5,15 +5,16 @@ threads the runtime joins)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 import sessions
 from sessions._runtime.contract import BUILT_IN_CALLS, RESERVED, public_methods
-from sessions.messages import ChildFaulted, ChildStarted
+from sessions.messages import ChildFaulted, ChildStarted, ChildStopped
 from tests.support import Recorder, wait_until
 
 HERE = "tests.test_contract"
@@ -68,6 +69,9 @@ class Echo(sessions.ResourceActor):
         except ValueError as err:
             raise sessions.ResourceBroken("link desynchronized") from err
 
+    def done(self) -> None:
+        self.context.stop_normally()
+
     def finish(self) -> str:
         self.context.stop_normally("job done")
         return "bye"
@@ -84,7 +88,7 @@ def start(**spec: Any) -> sessions.System:
 
 
 def test_the_callable_rule_is_what_the_kind_adds_plus_transaction() -> None:
-    assert public_methods(Echo) == {"echo", "start_reader", "desync", "finish",
+    assert public_methods(Echo) == {"echo", "start_reader", "desync", "done", "finish",
                                     *BUILT_IN_CALLS}
     # Every hook, shortcut and setting of the base is out, the Options class too.
     assert not public_methods(sessions.ResourceActor) - BUILT_IN_CALLS
@@ -201,3 +205,77 @@ def test_a_kind_raising_resource_broken_is_a_fault_whatever_is_fault_says() -> N
         assert isinstance(error.__cause__.__cause__, ValueError)
         rec.wait_for(lambda ev: isinstance(ev, ChildStarted) and ev.restarts == 1)
         assert e.echo("ok").result(5) == ">ok"
+
+
+class Bare(sessions.ResourceActor):
+    def connect(self) -> object:
+        return object()
+
+
+class Strict(sessions.ResourceActor):
+    class Options(BaseModel):
+        low: int = 0
+        high: int = 1
+
+        @model_validator(mode="after")
+        def ordered(self) -> Strict.Options:
+            if self.low > self.high:
+                raise ValueError("low must not exceed high")
+            return self
+
+    def connect(self) -> object:
+        return object()
+
+
+def test_direct_construction_reports_bad_options_by_key() -> None:
+    """Constructed directly (a test, a tool), a kind reports what ``sessions check``
+    would: every bad key by name, and a rule across keys as ``(options)``."""
+    assert Bare().config is None
+    assert Echo().config == Echo.Options()  # the defaults, validated
+    with pytest.raises(TypeError) as no_options:
+        Bare(b=1, a=2)
+    assert str(no_options.value) == "Bare takes no options (got a, b)"
+    with pytest.raises(ValueError) as bad:
+        Echo(repeat=0, prefix=[1])
+    assert str(bad.value) == ("Echo: prefix: Input should be a valid string; "
+                              "repeat: Input should be greater than or equal to 1")
+    with pytest.raises(ValueError) as across:
+        Strict(low=3, high=2)
+    assert str(across.value) == "Strict: (options): Value error, low must not exceed high"
+
+
+def test_spawn_names_its_thread_makes_it_a_daemon_and_logs_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sessions.actor")
+    rec = Recorder()
+    with start() as system:
+        system.subscribe(rec)
+        e = system.get("e")
+        names: list[tuple[str, bool]] = []
+        e.transaction(lambda conn: None).result(5)
+        assert e.start_reader(False).result(5) == "sessions-e-reader"
+        names += [(t.name, t.daemon) for t in threading.enumerate()
+                  if t.name == "sessions-e-reader"]
+        assert names == [("sessions-e-reader", True)]
+        e.start_reader(True).result(5)
+        rec.wait_for(lambda ev: isinstance(ev, ChildStarted) and ev.restarts == 1)
+    assert ("thread sessions-e-reader ended with Broken('reader lost the link')"
+            in caplog.messages)
+
+
+def test_spawn_outside_an_incarnation_says_where_to_call_it() -> None:
+    with pytest.raises(RuntimeError) as err:
+        Echo().context.spawn(lambda: None, name="sessions-nowhere")
+    assert str(err.value) == ("spawn() needs a running incarnation (call it from "
+                              "connect() or a call)")
+
+
+def test_stop_normally_without_a_reason_says_finished() -> None:
+    rec = Recorder()
+    with start(restart="transient") as system:
+        system.subscribe(rec)
+        e = system.get("e")
+        e.done().result(5)
+        (stopped,) = rec.wait_for(lambda ev: isinstance(ev, ChildStopped))
+        assert stopped.reason == "exited normally: finished"
