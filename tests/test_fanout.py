@@ -353,3 +353,68 @@ def test_the_event_stream_is_bounded_and_keeps_the_newest() -> None:
     finally:
         release.set()
         bus.close(TIMEOUT)
+
+
+def test_drops_are_counted_and_warned_about_with_the_default_name(
+    deliveries: list[Delivery[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sessions.fanout")
+    gate = Gate(frozenset({0}))
+    delivery: Delivery[int] = Delivery(gate, capacity=1, name="sessions-test-fanout")
+    deliveries.append(delivery)
+    delivery.put(0)
+    assert gate.entered.wait(TIMEOUT)
+    for i in (1, 2, 3):
+        delivery.put(i)  # 1 queued; 2 drops 1; 3 drops 2
+    assert delivery.dropped == 2
+    assert caplog.messages == ["subscriber is 1 items behind: oldest dropped (1 so far)"]
+    delivery.close(drain=False)  # 3 is dropped too: counted on top
+    assert delivery.dropped == 3
+    gate.release.set()
+
+
+def test_flush_sees_a_lone_callback_in_progress() -> None:
+    gate = Gate(frozenset({1}))
+    delivery: Delivery[int] = Delivery(gate, capacity=5, name="sessions-test-flush")
+    try:
+        delivery.put(1)
+        assert gate.entered.wait(TIMEOUT)
+        assert delivery.pending() == 0
+        assert delivery.flush(0.05) is False  # nothing queued, but the callback runs
+        threading.Timer(0.05, gate.release.set).start()
+        assert delivery.flush(0.9) is True  # a timeout under a second is honoured
+    finally:
+        gate.release.set()
+        delivery.close()
+        assert delivery.join(TIMEOUT)
+
+
+def test_flush_after_a_raising_callback() -> None:
+    def fail(item: int) -> None:
+        raise RuntimeError(f"bad item {item}")
+
+    delivery: Delivery[int] = Delivery(fail, capacity=5, name="sessions-test-flush")
+    try:
+        delivery.put(1)
+        assert delivery.flush(TIMEOUT) is True
+        assert delivery.errors == 1
+    finally:
+        delivery.close()
+        assert delivery.join(TIMEOUT)
+
+
+def test_resume_twice_runs_one_daemon_thread(deliveries: list[Delivery[int]]) -> None:
+    gate = Gate()
+    delivery = make(deliveries, gate)
+    delivery.put(0)
+    gate.wait_for(1)
+    delivery.pause()
+    assert delivery.join(TIMEOUT)  # the thread ended at the pause
+    delivery.resume()
+    delivery.resume()  # a second resume neither starts nor needs another thread
+    threads = [t for t in threading.enumerate() if t.name == "sessions-test-fanout"]
+    assert len(threads) == 1 and threads[0].daemon
+    for i in (1, 2, 3):
+        delivery.put(i)
+    assert gate.wait_for(4) == [0, 1, 2, 3]
+    assert not gate.overlapped
