@@ -1,8 +1,8 @@
 """Every example of the README and the docs site is executed: a document cannot drift
 from the code.
 
-Every document is covered: every ``docs/**/*.md`` (a new page is picked up without
-touching this file).
+Every document is covered: ``README.md`` and every ``docs/**/*.md`` (a new page is
+picked up without touching this file).
 
 * The ```python blocks of a document, in order, make one script, run in a fresh
   directory in a subprocess (``sys.executable``, this checkout first on
@@ -89,8 +89,8 @@ _FENCE = re.compile(
 
 
 def documents() -> list[Path]:
-    """Every page of the docs site."""
-    return sorted(DOCS.rglob("*.md"))
+    """README.md and every page of the docs site."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def _name(doc: Path) -> str:
@@ -427,6 +427,17 @@ def test_every_python_and_toml_block_runs_or_says_why_not() -> None:
                 assert f"# --- {block.where}\n" in "\n".join(prog.script)
             elif block.lang in ("python", "toml") and block.words[:1] != ["file"]:
                 assert block.line in accounted, f"{block.where}: neither run nor checked"
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    """The README's first lines: the main job on embedded defaults, then the whole
+    test suite; nothing else before them but the title."""
+    text = README.read_text(encoding="utf-8")
+    first = blocks(README)[0]
+    assert text[: text.index("```")].strip().splitlines() == ["# sessions"]
+    commands = [line.split("#", 1)[0].strip() for line in first.body.splitlines()]
+    assert first.lang == "sh"
+    assert [c for c in commands if c] == ["bash scripts/demo", "bash scripts/test"]
 
 
 # -- docs/architecture.md: the layer picture ---------------------------------------------
