@@ -3,9 +3,10 @@
 ``tests/otp/scenario.escript`` runs a scenario (strategy, children with restart types,
 actions) on OTP's own ``supervisor`` and prints the order in which the children's
 processes started and ended. The same scenario runs here on probe resources, whose
-connects and disconnects are the starts and stops. The two traces must be equal: the
-README's "Differences from Erlang/OTP" lists where sessions differs on purpose, and no
-scenario here touches those (backoff is near zero, so it does not change an order).
+connects and disconnects are the starts and stops. The two traces must be equal:
+"Differences from Erlang/OTP" in docs/supervision.md lists where sessions differs on
+purpose, and no scenario here touches those (backoff is near zero, so it does not
+change an order).
 
 The oracle needs ``escript`` (Debian's ``erlang-base``, installed by
 ``scripts/ensure-servers.sh``): without it these tests skip loudly, and fail in CI.

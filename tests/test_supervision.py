@@ -664,9 +664,9 @@ def test_check_childspecs_reports_every_problem_without_starting_anything() -> N
 
 
 def test_restart_child_of_a_running_or_ended_temporary_child() -> None:
-    """The two deliberate differences from OTP (README): restart_child of a running
-    child stops and restarts it (OTP: {error, running}); a temporary child that ended
-    stays listed as stopped and restart_child starts it again (OTP: removed)."""
+    """The two deliberate differences from OTP (docs/supervision.md): restart_child of a
+    running child stops and restarts it (OTP: {error, running}); a temporary child that
+    ended stays listed as stopped and restart_child starts it again (OTP: removed)."""
     rec = Recorder()
     with sessions.start(config({"a": {}, "t": {"restart": "temporary"}})) as system:
         system.subscribe(rec)

@@ -1105,8 +1105,9 @@ def test_a_fault_counts_once_toward_the_breaker_and_a_failed_start_names_itself(
 
 
 def test_a_child_failing_to_start_while_its_supervisor_starts_is_retried_alone() -> None:
-    """README: while a supervisor starts as a whole, a child failing to start is retried
-    alone with backoff, even under one_for_all; the children started stay up."""
+    """docs/supervision.md: while a supervisor starts as a whole, a child failing to
+    start is retried alone with backoff, even under one_for_all; the children started
+    stay up."""
     rec = Recorder()
     controls("b").fail_connects = 1
     cfg = config(["a", "b", "c"], strategy="one_for_all", max_restarts=5)
