@@ -20,7 +20,7 @@ from sessions._errors import (
     SessionsError,
 )
 from sessions._registry import SessionManager, SessionRegistry
-from sessions._runtime.contract import IGNORE, Deferred, ResourceActor
+from sessions._runtime.contract import IGNORE, Deferred, ResourceActor, ResourceContext
 from sessions._runtime.futures import SessionFuture
 from sessions._system import ChildCount, ChildInfo, Handle, System, check_childspecs, start
 from sessions.canbus import CANBusSessionManager
@@ -58,6 +58,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "ResourceActor",
     "ResourceBroken",
     "ResourceConfig",
+    "ResourceContext",
     "ResourceFault",
     "ResourceUnavailable",
     "RestartIntensity",

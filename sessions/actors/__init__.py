@@ -9,7 +9,14 @@ imported only when a config names it, so every driver stays an optional extra.
 
 from __future__ import annotations
 
-from sessions._runtime.contract import IGNORE, Deferred, ResourceActor
+from sessions._runtime.contract import IGNORE, Deferred, ResourceActor, ResourceContext
 from sessions._runtime.kinds import BUILTIN_KINDS, resolve_kind
 
-__all__ = ["BUILTIN_KINDS", "Deferred", "IGNORE", "ResourceActor", "resolve_kind"]  # noqa: RUF022
+__all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py checks
+    "BUILTIN_KINDS",
+    "Deferred",
+    "IGNORE",
+    "ResourceActor",
+    "ResourceContext",
+    "resolve_kind",
+]
