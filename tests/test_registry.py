@@ -61,20 +61,22 @@ def test_registry_options() -> None:
 
 
 def test_registry_handle_context_managers() -> None:
-    """``with registry.db as h`` yields the handle itself."""
+    """``with registry.db as db`` is a lease of the resource for the block."""
     with make_registry() as registry:
-        with registry.db as handle:
-            assert handle is registry.db
-            assert handle.echo("sync").result(10) == "sync"
-        assert registry.db.state == "running"  # leaving the handle's block stops nothing
+        with registry.db as db:
+            assert isinstance(db, sessions.Lease)
+            assert (db.name, db.member, db.active) == ("db", "db", True)
+            assert db.echo("sync").result(10) == "sync"
+        assert not db.active
+        assert registry.db.state == "running"  # leaving the block stops nothing
 
 
 def test_registry_async_handle_context_manager() -> None:
-    """``async with registry.db as h`` yields the handle; calls can be awaited."""
+    """``async with registry.db as db`` is a lease too; its calls can be awaited."""
 
     async def main(registry: SessionRegistry) -> tuple[bool, Any]:
-        async with registry.db as handle:
-            return handle is registry.db, await handle.echo("async")
+        async with registry.db as db:
+            return isinstance(db, sessions.Lease) and db.active, await db.echo("async")
 
     with make_registry() as registry:
         assert asyncio.run(main(registry)) == (True, "async")

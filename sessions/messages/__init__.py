@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sessions._runtime.futures import SessionFuture
+    from sessions._runtime.runner import LeaseToken
 
 __all__ = [
     "ACTIVE",
@@ -86,6 +87,11 @@ class Call:
 
     future: SessionFuture[Any]
     """Resolved exactly once with the result or the error; carries the deadline."""
+
+    lease: LeaseToken | None = None
+    """The lease this call belongs to (``handle.lease()``), or None for a plain call.
+    The first call of a lease, queued with the plain calls, begins it; the others
+    queue behind it on the same member only."""
 
 
 @dataclass(frozen=True, slots=True)
