@@ -435,9 +435,10 @@ class System:
     """A running supervision tree. Leaving its ``with``/``async with`` stops it."""
 
     def __init__(self, config: SystemConfig, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, partial: bool = False) -> None:
         self.config = config
         self._clock = clock
+        self._partial = partial
         self._events = EventBus()
         try:
             root = SupervisorNode(ROOT, config.supervisor, None)
@@ -485,6 +486,7 @@ class System:
         node: Node
         if size == 1:
             node = target = ResourceChild(name, spec, sup, cls, options, breaker=breaker)
+            node.keep_trying = self._partial
         else:
             pool_cfg = SupervisorConfig(
                 strategy="one_for_one", max_restarts=sup.config.max_restarts,
@@ -495,6 +497,8 @@ class System:
             members = [ResourceChild(f"{name}#{i}", spec, pool_node, cls, options,
                                      breaker=breaker)
                        for i in range(size)]
+            for member in members:
+                member.keep_trying = self._partial
             pool_node.children.extend(members)
             node = pool_node
             target = pool_node.pool = Pool(name, pool_node, members)
@@ -503,15 +507,26 @@ class System:
         self._handles[name] = Handle(target)
         return node
 
-    def _boot(self) -> None:
+    def _boot(self, wait: bool = True) -> None:
         self._kernel.start()
         self._kernel.post(self._kernel.boot)
+        if not wait:
+            return
         try:
             self._kernel.booted.result()
         except BaseException:
             self.stop()
             raise
         self._events.flush()  # boot events are history for later subscribers
+
+    @property
+    def ready(self) -> concurrent.futures.Future[None]:
+        """Resolved once the tree has started: every resource serves (or, for a
+        partial start, serves or has failed its first start); failed with
+        ``ResourceUnavailable`` if the root supervisor gave up while starting, or the
+        system was stopped first. Done already when ``start(wait=True)`` returned;
+        ``await asyncio.wrap_future(system.ready)`` in async code."""
+        return self._kernel.booted
 
     # -- handles ----------------------------------------------------------------------
 
@@ -809,14 +824,28 @@ def check_childspecs(specs: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def start(config: ConfigSource, *, clock: Callable[[], float] = time.monotonic,
-          rng: random.Random | None = None) -> System:
+          rng: random.Random | None = None, partial: bool = False,
+          wait: bool = True) -> System:
     """Validate ``config`` (a TOML path or a mapping), start the tree, return the System.
 
     Returns once every resource has connected, in config order. Raises ``ConfigError``
     for an invalid config (before any thread starts) and ``ResourceUnavailable`` if the
     root supervisor gives up while starting. ``clock`` and ``rng`` are for tests
     (restart intensity and backoff jitter).
+
+    ``partial=True`` starts what can start: a resource whose start fails does not fail
+    the start, nor hold up the resources after it. Its supervisor keeps retrying it
+    with backoff (up to ``backoff.max`` apart) for as long as the system runs, and its
+    failed starts do not count toward restart intensity; meanwhile its calls fail at
+    once with ``ResourceUnavailable`` naming it and why, and its state is ``starting``
+    (``restarting`` if it ran before) with ``last_fault`` in the status. Once up it is
+    supervised as any resource (faults of a running resource count as usual). Returns
+    once every resource serves or has failed its first start.
+
+    ``wait=False`` returns at once, the tree starting in the background: calls made
+    meanwhile wait in their resource's mailbox (within their ``call_timeout``);
+    :attr:`System.ready` resolves when the start is done. Stop the system as usual.
     """
-    system = System(_config.load(config), clock=clock, rng=rng)
-    system._boot()
+    system = System(_config.load(config), clock=clock, rng=rng, partial=partial)
+    system._boot(wait)
     return system

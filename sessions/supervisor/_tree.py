@@ -86,6 +86,12 @@ class Node:
         """Being added by start_child: a failed start removes it instead of retrying."""
         self.dynamic = False
         """Added by start_child, not in the config: gone when its supervisor restarts."""
+        self.keep_trying = False
+        """A resource of a partial start (``start(partial=True)``): a failed start is
+        retried with backoff for as long as the system runs, without counting toward
+        restart intensity and without holding up its siblings' start."""
+        self.start_failed = False
+        """keep_trying: its latest start failed (its calls are refused meanwhile)."""
 
 
 def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
@@ -537,6 +543,7 @@ class Kernel:
             for node in walk(child):
                 if isinstance(node, ResourceChild):
                     node.mailbox.reopen()
+                    node.start_failed = False
             child.pending, child.not_before = True, 0.0
             child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
         self.advance(sup)
@@ -579,6 +586,8 @@ class Kernel:
                 if not (child.connecting or child.retired):
                     self.start_resource(child)
                 # _start_done (or _reaped) re-enters
+            if child.keep_trying and child.start_failed:
+                continue  # retried in the background: the children after it go on
             if ordered:
                 return
             waiting = True
@@ -599,6 +608,10 @@ class Kernel:
             child.restarts += 1
         child.ever_started = True
         child.started_at = self.clock()
+        if child.start_failed:  # a partial start's resource is up at last
+            child.start_failed = False
+            if isinstance(child, ResourceChild):
+                child.mailbox.reopen()
         self.events.emit(ChildStarted(sup.name, child.name, child.kind, child.restarts))
         if isinstance(child, ResourceChild) and child.runner is not None:
             child.runner.serve()  # only now: the state and counters above are current
@@ -775,6 +788,9 @@ class Kernel:
             self.post(self.advance, sup)
             self._child_ended(sup, child)
             return
+        if during_start and child.keep_trying and isinstance(child, ResourceChild):
+            self._retry_start(sup, child, msg)
+            return
         now = self.clock()
         sup.intensity = sup.intensity.increment(now)
         if sup.intensity.is_exhausted():
@@ -804,6 +820,23 @@ class Kernel:
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
         self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
+
+    def _retry_start(self, sup: SupervisorNode, child: ResourceChild, msg: str) -> None:
+        """A partial start's resource failed to start: refuse its calls (they would
+        only wait for a start that may never come), and try again after a backoff, on
+        its own; not counted toward intensity, so it never makes its supervisor give up."""
+        child.attempt += 1
+        child.start_failed = True
+        delay = sup.backoff.get_backoff_time(child.attempt, self.rng)
+        child.mailbox.close(
+            f"resource {child.name!r} is unavailable ({msg}); its supervisor retries its "
+            f"start every {sup.config.backoff.max:g}s at most"
+        )
+        child.pending, child.not_before = True, time.monotonic() + delay
+        child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
+        self.events.emit(ChildRestarting(sup.name, child.name, delay, child.attempt))
+        self.at(delay, self.advance, sup, sup.epoch)
+        self.post(self.advance, sup, sup.epoch)  # its siblings' start goes on now
 
     def _child_ended(self, sup: SupervisorNode, child: Node) -> None:
         """``child`` ended by itself and stays ended (a transient one normally, a
@@ -1113,6 +1146,7 @@ class Kernel:
         else:
             assert isinstance(node, ResourceChild)
             node.mailbox.reopen()
+            node.start_failed = False
             node.state = ChildState.RESTARTING if node.ever_started else ChildState.STARTING
         self.advance(sup)
         return waiter
