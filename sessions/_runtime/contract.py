@@ -345,7 +345,8 @@ class ResourceActor:
         the caller's ``with`` raises that error and :meth:`end_lease` is not called, so
         leave nothing half begun; a fault restarts the resource as from any call.
         Default: nothing (the block is exclusive use of this actor and its connection,
-        which is already what it gives every call).
+        which is already what it gives every call). ``health_check()`` and ``poll()``
+        still run between the block's calls, inside whatever it began.
         """
 
     def end_lease(self, ok: bool) -> None:
