@@ -1,5 +1,5 @@
-"""The docs' examples run: docs/architecture.md and docs/writing-a-kind.md cannot drift
-from the code.
+"""The docs' examples run: docs/architecture.md, docs/writing-a-kind.md and
+docs/leases.md cannot drift from the code.
 
 The ```python blocks of a document, in order, make one script, run in a fresh directory
 in a subprocess (``sys.executable``, this checkout first on ``PYTHONPATH``). An HTML
@@ -31,7 +31,7 @@ else:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-RUNNABLE = ("architecture.md", "writing-a-kind.md")
+RUNNABLE = ("architecture.md", "writing-a-kind.md", "leases.md")
 TIMEOUT = 90.0
 """Seconds one document's script may take (it takes a few)."""
 
