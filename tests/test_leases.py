@@ -416,3 +416,50 @@ def test_with_handle_nested_and_concurrent_tasks() -> None:
         results = asyncio.run(main(system.get("p"), system.get("q")))
         assert sorted(m for _, m in results) == ["p#0", "p#1"]
         assert all(thread[0] == f"sessions-{m}" for thread, m in results)
+
+
+class Batcher(sessions.ResourceActor):
+    """A kind with a batch method: the log shows how calls were batched."""
+
+    batch_methods = frozenset({"put"})
+
+    def connect(self) -> list[Any]:
+        return []
+
+    def put(self, who: str, value: int) -> int:
+        self.resource.append((who, value))
+        return value
+
+    def run_batch(self, calls: Any) -> Any:
+        self.resource.append(("batch", [args[0] for _, args, _ in calls]))
+        return super().run_batch(calls)
+
+    def hold(self, started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        release.wait(10)
+
+    def log(self) -> list[Any]:
+        return list(self.resource)
+
+
+def test_lease_calls_are_batched_among_themselves() -> None:
+    """Calls of a batch method queued under a lease are batched together, never with
+    other callers' calls, which wait and are batched after the lease."""
+    with sessions.start({"resources": {"b": {"kind": "tests.test_leases:Batcher"}}}) as system:
+        b = system.get("b")
+        started, release = threading.Event(), threading.Event()
+        with b.lease() as lease:
+            held = lease.hold(started, release)
+            assert started.wait(5)
+            mine = [lease.put("lease", i) for i in range(3)]
+            theirs = [b.put("other", i) for i in range(3)]
+            release.set()
+            held.result(5)
+            assert [f.result(5) for f in mine] == [0, 1, 2]
+            time.sleep(0.05)
+            assert not any(f.done() for f in theirs)
+        assert [f.result(5) for f in theirs] == [0, 1, 2]
+        assert b.log().result(5) == [
+            ("batch", ["lease"] * 3), ("lease", 0), ("lease", 1), ("lease", 2),
+            ("batch", ["other"] * 3), ("other", 0), ("other", 1), ("other", 2),
+        ]

@@ -385,12 +385,16 @@ class _InboxView:
                     return mb.calls.popleft()
                 mb.cond.wait(None if due == math.inf else due)
 
-    def take_batch(self, fns: frozenset[Any], limit: int) -> list[Call]:
-        """More calls from the head of the mailbox whose function is in ``fns``."""
+    def take_batch(self, fns: frozenset[Any], limit: int,
+                   lease: LeaseToken | None = None) -> list[Call]:
+        """More calls from the head of the mailbox whose function is in ``fns``: plain
+        calls, or the calls of ``lease`` while it is the active one."""
         batch: list[Call] = []
         mb = self.mailbox
         with mb.cond:
-            calls = mb.lease_calls if mb.lease is not None else mb.calls
+            if mb.lease is not lease:
+                return batch
+            calls = mb.calls if lease is None else mb.lease_calls
             while calls and len(batch) < limit and calls[0].fn in fns and not self.control:
                 batch.append(calls.popleft())
         return batch
@@ -646,12 +650,12 @@ class Runner(pykka.ThreadingActor):
                 self._health()
             elif work is _POLL:
                 self._poll()
+            elif work.lease is not None:
+                self._run_leased(work)
             elif batch_fns and work.fn in batch_fns and (
                 more := self.view.take_batch(batch_fns, actor.max_batch - 1)
             ):
                 self._run_batch([work, *more])
-            elif work.lease is not None:
-                self._run_leased(work)
             else:  # a lone call, batchable or not, runs as itself
                 run(work)
             if (reason := context.take_exit_reason()) is not None and self.view.serving:
@@ -666,7 +670,13 @@ class Runner(pykka.ThreadingActor):
         assert lease is not None
         mailbox = self.view.mailbox
         if mailbox.lease is lease:
-            self._run(call)
+            batch_fns = self.batch_fns
+            if batch_fns and call.fn in batch_fns and (
+                more := self.view.take_batch(batch_fns, self.actor.max_batch - 1, lease)
+            ):
+                self._run_batch([call, *more])
+            else:
+                self._run(call)
             lease.last_active = time.monotonic()
             if call is lease.end:
                 mailbox.finish(lease)
