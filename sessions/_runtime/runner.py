@@ -42,7 +42,7 @@ from sessions._errors import (
 from sessions._redact import redact
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
-from sessions.messages import Call, HealthCheck
+from sessions.messages import Call, HealthCheck, LeaseCall
 
 if TYPE_CHECKING:
     from sessions._runtime.breaker import Breaker
@@ -93,7 +93,7 @@ class LeaseToken:
         """Why it is broken (its incarnation ended, the mailbox closed), or None."""
         self.revoked: str | None = None
         """Why the supervisor ended it on the owner's behalf (idle, garbage), or None."""
-        self.end: Call | None = None
+        self.end: LeaseCall | None = None
         """Its last call; the mailbox is free again once that has run."""
         self.view: _InboxView | None = None
         """The incarnation it is active on (set when its first call runs)."""
@@ -133,7 +133,7 @@ class Mailbox:
         """1 while a call from this mailbox runs (for least-loaded routing in pools)."""
         self.lease: LeaseToken | None = None
         """The active lease: while set, only its calls (``lease_calls``) are served."""
-        self.lease_calls: deque[Call] = deque()
+        self.lease_calls: deque[LeaseCall] = deque()
         """The active lease's queued calls."""
         self.leases: set[LeaseToken] = set()
         """Leases pending (first call queued) or active here (for pool routing)."""
@@ -141,30 +141,33 @@ class Mailbox:
     def put(self, call: Call) -> None:
         """Queue ``call``, or fail its future at once if the mailbox is closed (a call of
         a lease: unless that lease is active here and not closed)."""
-        lease = call.lease
+        if type(call) is LeaseCall:
+            self._put_leased(call)
+            return
         with self.cond:
             refusal = self.refusal
-            if lease is None:
-                if refusal is None:
-                    self.calls.append(call)
-                    self.cond.notify()  # one serving incarnation waits at most
-                    return
-                error: BaseException = ResourceUnavailable(refusal, resource=self.resource)
-            elif self.lease is lease and not lease.closed:
+            if refusal is None:
+                self.calls.append(call)
+                self.cond.notify()  # one serving incarnation waits at most
+                return
+        self.stats.count_only("refused")
+        call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
+
+    def _put_leased(self, call: LeaseCall) -> None:
+        lease = call.lease
+        with self.cond:
+            if self.lease is lease and not lease.closed:
                 self.lease_calls.append(call)
                 lease.last_active = time.monotonic()
                 self.cond.notify()
                 return
-            else:
-                error = lease.error(self.resource)
         self.stats.count_only("refused")
-        call.future.set_exception(error)
+        call.future.set_exception(lease.error(self.resource))
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: LeaseCall) -> None:
         """Queue a lease's first call (``call.lease``) with the plain calls: the lease
         becomes active when it runs. Refused at once if the mailbox is closed."""
         lease = call.lease
-        assert lease is not None
         with self.cond:
             refusal = self.refusal
             if refusal is None:
@@ -175,13 +178,12 @@ class Mailbox:
         self.stats.count_only("refused")
         call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
 
-    def end(self, call: Call, revoked: str | None = None) -> bool:
+    def end(self, call: LeaseCall, revoked: str | None = None) -> bool:
         """Queue a lease's last call (``call.lease``) behind its other calls, and accept
         no more. False if the lease is not active here (it never began, is broken or
         has ended already): the caller resolves ``call``'s future itself. ``revoked``:
         the supervisor ends it on the owner's behalf, for that reason."""
         lease = call.lease
-        assert lease is not None
         with self.cond:
             if lease.closed or self.lease is not lease:
                 lease.closed = True
@@ -214,7 +216,7 @@ class Mailbox:
             leftover = self._unlease(lease, broken)
         self._refuse(leftover)
 
-    def _unlease(self, lease: LeaseToken, broken: str | None) -> list[Call]:
+    def _unlease(self, lease: LeaseToken, broken: str | None) -> list[LeaseCall]:
         """Under ``cond``: end ``lease`` if it is the active one; its queued calls."""
         self.leases.discard(lease)
         if self.lease is not lease:
@@ -237,12 +239,10 @@ class Mailbox:
             leftover = self._unlease(lease, reason)
         self._refuse(leftover)
 
-    def _refuse(self, calls: list[Call]) -> None:
+    def _refuse(self, calls: list[LeaseCall]) -> None:
         """Fail calls of a lease that is over with ``LeaseBroken``."""
         for call in calls:
-            lease = call.lease
-            assert lease is not None
-            if _try_fail(call.future, lease.error(self.resource)):
+            if _try_fail(call.future, call.lease.error(self.resource)):
                 self.stats.count_only("refused")
 
     def close(self, reason: str) -> None:
@@ -281,7 +281,7 @@ class Mailbox:
                 if head.future.deadline > now and not head.future.done():
                     return head.future.deadline
                 self.calls.popleft()
-                if head.lease is not None:  # a lease that never began
+                if type(head) is LeaseCall:  # a lease that never began
                     self.leases.discard(head.lease)
                     head.lease.closed = True
             head.future.expire()  # unless its caller expired it already, or cancelled it
@@ -650,7 +650,7 @@ class Runner(pykka.ThreadingActor):
                 self._health()
             elif work is _POLL:
                 self._poll()
-            elif work.lease is not None:
+            elif type(work) is LeaseCall:
                 self._run_leased(work)
             elif batch_fns and work.fn in batch_fns and (
                 more := self.view.take_batch(batch_fns, actor.max_batch - 1)
@@ -662,12 +662,11 @@ class Runner(pykka.ThreadingActor):
                 self._crash(None, reason)
             work = None  # an idle actor must not pin the last call's arguments
 
-    def _run_leased(self, call: Call) -> None:
+    def _run_leased(self, call: LeaseCall) -> None:
         """A call of a lease: its first one (taken from the plain calls) makes the
         lease active on this incarnation before it runs; its last one frees the
         mailbox after it has run, whatever its outcome."""
         lease = call.lease
-        assert lease is not None
         mailbox = self.view.mailbox
         if mailbox.lease is lease:
             batch_fns = self.batch_fns

@@ -29,6 +29,7 @@ __all__ = [
     "CircuitState",
     "Event",
     "HealthCheck",
+    "LeaseCall",
     "SupervisorGaveUp",
 ]
 
@@ -88,10 +89,15 @@ class Call:
     future: SessionFuture[Any]
     """Resolved exactly once with the result or the error; carries the deadline."""
 
-    lease: LeaseToken | None = None
-    """The lease this call belongs to (``handle.lease()``), or None for a plain call.
-    The first call of a lease, queued with the plain calls, begins it; the others
-    queue behind it on the same member only."""
+
+@dataclass(frozen=True, slots=True)
+class LeaseCall(Call):
+    """A call made under a lease (``handle.lease()``). The lease's first call, queued
+    with the plain calls, begins it; the others queue on the same member only, behind
+    it. (A subclass, so that a plain call carries nothing more.)"""
+
+    lease: LeaseToken
+    """The lease this call belongs to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from sessions.messages import (
     ChildStarted,
     ChildState,
     ChildStopped,
+    LeaseCall,
     SupervisorGaveUp,
 )
 from sessions.supervisor._events import EventBus
@@ -153,7 +154,7 @@ class ResourceChild(Node):
         (``CallTimeout(started=False)``) and the lease never begins."""
         now = time.monotonic()
         future: SessionFuture[Any] = SessionFuture(self.name, "begin_lease", now + timeout, now)
-        self.mailbox.begin(Call(self.cls.begin_lease, (), {}, future, lease))
+        self.mailbox.begin(LeaseCall(self.cls.begin_lease, (), {}, future, lease))
         return future
 
     def lease_submit(self, lease: LeaseToken, fn: Callable[..., Any], method: str,
@@ -163,7 +164,7 @@ class ResourceChild(Node):
         future: SessionFuture[Any] = SessionFuture(
             self.name, method, now + self.call_timeout, now
         )
-        self.mailbox.put(Call(fn, args, kwargs, future, lease))
+        self.mailbox.put(LeaseCall(fn, args, kwargs, future, lease))
         return future
 
     def lease_end(self, lease: LeaseToken, ok: bool,
@@ -174,7 +175,7 @@ class ResourceChild(Node):
         ``LeaseBroken`` if it is broken or revoked."""
         future: SessionFuture[Any] = SessionFuture(self.name, "end_lease", math.inf,
                                                    time.monotonic())
-        if not self.mailbox.end(Call(self.cls.end_lease, (ok,), {}, future, lease), revoked):
+        if not self.mailbox.end(LeaseCall(self.cls.end_lease, (ok,), {}, future, lease), revoked):
             if lease.broken is not None or lease.revoked is not None:
                 future.set_exception(lease.error(self.name))
             else:
