@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 import sessions
 from sessions import CallTimeout, LeaseBroken, ResourceFault, ResourceUnavailable
 from tests import kinds
+from tests.servers import PostgresServer
 from tests.support import config, wait_until
 
 
@@ -463,3 +464,57 @@ def test_lease_calls_are_batched_among_themselves() -> None:
             ("batch", ["lease"] * 3), ("lease", 0), ("lease", 1), ("lease", 2),
             ("batch", ["other"] * 3), ("other", 0), ("other", 1), ("other", 2),
         ]
+
+
+# -- PostgreSQL: concurrent leases, a server-side abort, a backend terminated mid-lease ---
+
+
+def test_pg_leases_commit_rollback_and_doom(postgres_url: str) -> None:
+    """On PostgreSQL two leases of a pool hold two transactions at once; a failed
+    statement dooms its lease (PostgreSQL would refuse the next one anyway) and the
+    exit rolls it back."""
+    cfg = {"resources": {"db": {"kind": "database", "url": postgres_url, "pool_size": 2}}}
+    with sessions.start(cfg) as system:
+        db = system.get("db")
+        db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)").result()
+        with db.lease() as one, db.lease() as two:
+            assert one.member != two.member
+            pids = {one.scalar("SELECT pg_backend_pid()").result(),
+                    two.scalar("SELECT pg_backend_pid()").result()}
+            assert len(pids) == 2
+            one.execute("INSERT INTO t VALUES (1, 'one')").result()
+            two.execute("INSERT INTO t VALUES (2, 'two')").result()
+            assert one.scalar("SELECT count(*) FROM t").result() == 1  # its own only
+        assert db.scalar("SELECT count(*) FROM t").result() == 2
+        with pytest.raises(PendingRollbackError), db.lease() as tx:
+            tx.execute("INSERT INTO t VALUES (3, 'three')").result()
+            with pytest.raises(IntegrityError):
+                tx.execute("INSERT INTO t VALUES (1, 'dup')").result()
+        with pytest.raises(ZeroDivisionError), db.lease() as tx:
+            tx.execute("INSERT INTO t VALUES (4, 'four')").result()
+            _ = 1 / 0
+        assert db.scalar("SELECT count(*) FROM t").result() == 2
+        assert db.restarts == 0
+
+
+def test_pg_backend_terminated_mid_lease(postgres_server: PostgresServer,
+                                        postgres_url: str) -> None:
+    """The lease's backend is terminated mid-block: the next call faults (outcome
+    unknown), the one after fails with LeaseBroken, nothing of the block is committed,
+    and the database serves on a new connection."""
+    cfg = {"supervisor": {"backoff": {"initial": 0.01, "max": 0.05, "jitter": 0.0}},
+           "resources": {"db": {"kind": "database", "url": postgres_url}}}
+    with sessions.start(cfg) as system:
+        db = system.get("db")
+        db.execute("CREATE TABLE t (v int)").result()
+        with pytest.raises(LeaseBroken), db.lease() as tx:
+            tx.execute("INSERT INTO t VALUES (1)").result()
+            pid = tx.scalar("SELECT pg_backend_pid()").result()
+            postgres_server.execute(f"SELECT pg_terminate_backend({pid})",
+                                    dbname=postgres_url.rsplit("/", 1)[1])
+            with pytest.raises(ResourceFault):
+                tx.execute("INSERT INTO t VALUES (2)").result()
+            with pytest.raises(LeaseBroken, match="faulted during execute"):
+                tx.execute("INSERT INTO t VALUES (3)").result()
+        assert db.scalar("SELECT count(*) FROM t").result(10) == 0
+        assert db.restarts == 1
