@@ -14,6 +14,7 @@ from sessions._errors import (
     ChildRunning,
     ConfigError,
     DeviceError,
+    LeaseBroken,
     ResourceBroken,
     ResourceFault,
     ResourceUnavailable,
@@ -22,7 +23,15 @@ from sessions._errors import (
 from sessions._registry import SessionManager, SessionRegistry
 from sessions._runtime.contract import IGNORE, Deferred, ResourceActor, ResourceContext
 from sessions._runtime.futures import SessionFuture
-from sessions._system import ChildCount, ChildInfo, Handle, System, check_childspecs, start
+from sessions._system import (
+    ChildCount,
+    ChildInfo,
+    Handle,
+    Lease,
+    System,
+    check_childspecs,
+    start,
+)
 from sessions.canbus import CANBusSessionManager
 from sessions.database import DatabaseSessionManager
 from sessions.http import HTTPSessionManager
@@ -54,6 +63,8 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "I2CSessionManager",
     "IGNORE",
     "KafkaSessionManager",
+    "Lease",
+    "LeaseBroken",
     "RedisSessionManager",
     "ResourceActor",
     "ResourceBroken",

@@ -73,6 +73,19 @@ class ResourceUnavailable(SessionsError):
     resource: str
 
 
+class LeaseBroken(ResourceUnavailable):
+    """A call made under a lease (``handle.lease()``, ``with handle``) cannot run: the
+    lease's member faulted, stopped or restarted, the lease was revoked (left idle past
+    its ``idle_timeout``, or dropped without being exited), or it has ended.
+
+    Nothing was sent to another member in its place: whatever the lease did on its
+    member's connection may be lost (a database rolled its transaction back). Leave the
+    block and take a new lease. ``lease`` names the lease, ``resource`` its member.
+    """
+
+    lease: str
+
+
 class CallTimeout(SessionsError, TimeoutError):
     """The call did not complete within its ``call_timeout``.
 

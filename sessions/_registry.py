@@ -8,6 +8,7 @@ against the original ``sessions`` module keeps working, now with supervision.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar
@@ -38,6 +39,27 @@ class SessionRegistry:
     of an attribute (``{"db": "tests.fakes:FakeDb"}``) so tests can substitute a fake;
     ``options`` adds per-attribute options (``{"db": {"pool_size": 4}}``); ``config``
     adds resources and supervisors from a config file or mapping.
+
+    **A partial start**: one resource that cannot start (``i2c_bus_id=1`` on a machine
+    without that bus, a database that is down) does not fail the registry. The others
+    start and serve; that one is retried in the background by its supervisor, with
+    backoff, for as long as the registry is open, and its calls fail at once with
+    ``ResourceUnavailable`` naming it and why until it is up. :meth:`status` and
+    :attr:`unavailable` report each resource (see ``sessions.start(partial=True)``).
+    A bad argument or config still raises ``ConfigError`` before anything starts.
+
+    **Starting from async code** never blocks the event loop: ``registry = await
+    SessionRegistry.open(...)`` builds and starts it in a worker thread, and ``async
+    with SessionRegistry(...) as registry`` waits for the start without blocking.
+    Constructed inside a running event loop, the registry returns at once and starts
+    in the background (calls made meanwhile wait for their resource, within their
+    ``call_timeout``); only validating the config (which imports the kinds' modules)
+    happens on the loop. Constructed outside a loop, it returns once every resource has
+    started or failed its first start.
+
+    ``with registry.db as db`` / ``async with registry.db as db`` is a lease
+    (``registry.db.lease()``): one connection for the block, and for a database one
+    transaction, committed on a normal exit and rolled back on an exception.
     """
 
     ATTRIBUTES: ClassVar[tuple[str, ...]] = ("db", "redis", "kafka", "i2c", "can", "http")
@@ -87,7 +109,57 @@ class SessionRegistry:
                 raise ConfigError([(f"options.{attr}", f"no resource {attr!r} was configured")])
             resources[attr].update(extra)
         merged = _merge(config, resources)
-        self.system: System = start(merged)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not inside an event loop: start and wait
+            in_loop = False
+        else:
+            in_loop = True
+        self.system: System = start(merged, partial=True, wait=not in_loop)
+
+    @classmethod
+    async def open(cls, **kwargs: Any) -> SessionRegistry:
+        """``await SessionRegistry.open(...)``: the same arguments as the constructor;
+        builds and starts the registry in a worker thread, so the event loop is never
+        blocked, and returns once every resource has started or failed its first start."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(cls, **kwargs))
+
+    async def _wait_started(self) -> None:
+        """Wait, without blocking the loop, until the start is done (a background one)."""
+        ready = self.system.ready
+        if ready.done():
+            ready.result()  # raises if the start failed
+        else:
+            await asyncio.wrap_future(ready)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each resource by name: ``kind``, ``state`` (``running`` when it serves; for a
+        pool, when one member does), ``restarts`` and ``last_fault`` (why it last failed
+        to start or faulted, None if it never did)."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def visit(node: dict[str, Any]) -> None:
+            if node.get("type") in ("resource", "pool"):
+                name = node["name"]
+                last = node["last_fault"]
+                for member in node.get("children", []):
+                    last = last or member["last_fault"]
+                out[name] = {"kind": node["kind"], "state": str(self.system.get(name).state),
+                             "restarts": self.system.get(name).restarts, "last_fault": last}
+                return
+            for child in node.get("children", []):
+                visit(child)
+
+        visit(self.system.status())
+        return out
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """The resources not serving now, each with why (its last fault, or its state):
+        empty when everything is up."""
+        return {name: row["last_fault"] or f"it is {row['state']}"
+                for name, row in self.status().items() if row["state"] != ChildState.RUNNING}
 
     def __getattr__(self, attr: str) -> Handle:
         if attr in self.ATTRIBUTES or attr == "kafka_consumer":
@@ -109,12 +181,18 @@ class SessionRegistry:
         self.system.stop()
 
     def __enter__(self) -> SessionRegistry:
+        self.system.ready.result()  # started already, unless constructed in a loop
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     async def __aenter__(self) -> SessionRegistry:
+        try:
+            await self._wait_started()
+        except BaseException:
+            await asyncio.get_running_loop().run_in_executor(None, self.close)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
+import itertools
 import logging
 import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,6 +25,7 @@ from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import public_methods
 from sessions._runtime.futures import SessionFuture, resolved
 from sessions._runtime.kinds import resolve_kind
+from sessions._runtime.runner import LeaseToken
 from sessions._runtime.stats import CallStats
 from sessions.messages import ACTIVE, ChildState, Event
 from sessions.supervisor._events import EventBus
@@ -77,12 +81,28 @@ class ChildCount:
     """Children that are resources (OTP's workers; a pool counts as one)."""
 
 
+DEFAULT_IDLE_TIMEOUT = 60.0
+"""Seconds a lease may go without a call before the supervisor revokes it (rolling a
+database transaction back): a block stuck or forgotten does not hold its member for
+ever. ``handle.lease(idle_timeout=None)`` disables it."""
+
+_HELD: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
+    "sessions_held_leases", default=())
+"""The leases entered with ``with handle``/``async with handle`` in this thread or task,
+innermost last (so that ``__exit__`` finds its own)."""
+
+_LEASE_NUMBERS = itertools.count(1)
+
+
 class Handle:
     """A stable reference to one resource, valid across any number of restarts.
 
     ``handle.method(*args, **kwargs)`` queues the call and returns a
     :class:`~sessions.SessionFuture` at once. Unknown methods raise
     ``AttributeError`` naming the resource and its methods.
+
+    ``with handle as x`` / ``async with handle as x`` is ``handle.lease()``: ``x`` is a
+    :class:`Lease` holding one member (one connection) for the block.
     """
 
     def __init__(self, target: ResourceChild | Pool) -> None:
@@ -90,27 +110,38 @@ class Handle:
         self._methods = public_methods(target.cls)
         self._submit = target.submit if target.breaker is None else self._guarded
 
-    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+    def _method(self, method: str) -> Callable[..., Any]:
+        """The kind's function for ``method``, or AttributeError listing the methods."""
         if method.startswith("_") or method not in self._methods:
             raise AttributeError(
                 f"resource {self._child.name!r} (kind {self._child.kind!r}) has no method "
                 f"{method!r}; its methods: {', '.join(sorted(self._methods))}"
             )
-        caller = functools.partial(self._submit, getattr(self._child.cls, method), method)
+        fn: Callable[..., Any] = getattr(self._child.cls, method)
+        return fn
+
+    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+        caller = functools.partial(self._submit, self._method(method), method)
         self.__dict__[method] = caller  # later lookups skip __getattr__
         return caller
 
     def _guarded(self, fn: Callable[..., Any], method: str, /, *args: Any,
                  **kwargs: Any) -> SessionFuture[Any]:
         """Submit through the circuit breaker: refused at once while it is open."""
+        return self._gate(method, lambda: self._child.submit(fn, method, *args, **kwargs))
+
+    def _gate(self, method: str,
+              submit: Callable[[], SessionFuture[Any]]) -> SessionFuture[Any]:
+        """``submit()`` unless the circuit breaker (if any) refuses the call."""
         breaker = self._child.breaker
-        assert breaker is not None
+        if breaker is None:
+            return submit()
         allowed, probe = breaker.allow()
         if not allowed:
             self._child.own_stats.count_only("refused")
             return resolved(self._child.name, method,
                             ResourceUnavailable(breaker.refusal(), resource=self._child.name))
-        future = self._child.submit(fn, method, *args, **kwargs)
+        future = submit()
         if probe:  # a probe that never ran (timed out in the queue, refused, cancelled)
             def settle(f: concurrent.futures.Future[Any]) -> None:  # is a failure
                 if f.cancelled():  # else the circuit would stay half-open for ever
@@ -164,26 +195,250 @@ class Handle:
     def __repr__(self) -> str:
         return f"<Handle {self.name!r} kind={self.kind!r} state={str(self.state)!r}>"
 
-    def __enter__(self) -> Handle:
+    # -- leases -----------------------------------------------------------------------
+
+    def lease(self, *, timeout: float | None = None,
+              idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT) -> Lease:
+        """A :class:`Lease` of one member of this resource (of a pool: the least-loaded
+        one without a lease), for a ``with``/``async with`` block.
+
+        ``timeout``: seconds the lease may wait to begin (default: the resource's
+        ``call_timeout``); ``idle_timeout``: seconds without a call after which the
+        lease is revoked (default :data:`DEFAULT_IDLE_TIMEOUT`; None: never).
+        """
+        return Lease(self, timeout, idle_timeout)
+
+    def __enter__(self) -> Lease:
+        """``with handle as x``: the same as ``with handle.lease() as x``."""
+        lease = self.lease()
+        lease.__enter__()
+        _HELD.set((*_HELD.get(), lease))
+        return lease
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._held().__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> Lease:
+        """``async with handle as x``: the same as ``async with handle.lease() as x``."""
+        lease = self.lease()
+        await lease.__aenter__()
+        _HELD.set((*_HELD.get(), lease))
+        return lease
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._held().__aexit__(exc_type, exc, tb)
+
+    def _held(self) -> Lease:
+        """Take the innermost lease of this handle entered with ``with handle``."""
+        held = _HELD.get()
+        for i in range(len(held) - 1, -1, -1):
+            if held[i]._handle is self:
+                _HELD.set(held[:i] + held[i + 1:])
+                return held[i]
+        raise RuntimeError(f"no lease of resource {self.name!r} was entered with "
+                           "'with handle' in this thread or task")
+
+
+class Lease:
+    """One member of a resource (one connection), held by one caller for a block.
+
+    ``with handle.lease() as db:`` (or ``async with``, or ``with handle as db``): every
+    call made through ``db`` inside the block runs on that one member, in the order
+    made, with no other caller's call in between; other callers use the pool's other
+    members, or wait (a lone resource: their calls queue until the block ends). The
+    lease ends when the block exits. What the block means on the connection is the
+    kind's (``begin_lease``/``end_lease``): for the ``database`` kind one transaction,
+    committed on a normal exit and rolled back when the block raises.
+
+    Entering waits (without blocking the event loop, for ``async with``) until the
+    lease has begun: at most ``timeout`` (``CallTimeout`` if it could not begin by
+    then). Calls through the lease return :class:`~sessions.SessionFuture` as a
+    handle's do, and are not refused by the circuit breaker once the lease has begun.
+
+    If the member faults, stalls, restarts or stops during the block, the lease is
+    broken: its later calls fail with :class:`~sessions.LeaseBroken` naming it, never
+    going to another member mid-block; a normal exit then raises ``LeaseBroken`` too,
+    and an exit by an exception leaves that exception alone. Leaving never hangs: it
+    waits for the lease's last call at most ``call_timeout``.
+
+    A lease is never held for ever: it ends when its block exits; one dropped without
+    an exit (its object garbage collected) and one left without a call for
+    ``idle_timeout`` are revoked by the supervisor within a tenth of a second (its last
+    call, ``end_lease(False)``, is a rollback), and its owner's later calls fail with
+    ``LeaseBroken`` saying why.
+
+    Do not call the plain handle of a lone resource from inside its own block and wait
+    for that call: it queues behind the lease (and ends in ``CallTimeout``).
+    """
+
+    def __init__(self, handle: Handle, timeout: float | None,
+                 idle_timeout: float | None) -> None:
+        self._handle = handle
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._member: ResourceChild | None = None
+        self._token: LeaseToken | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._ended = False
+
+    # -- calls --------------------------------------------------------------------------
+
+    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        caller = functools.partial(self._submit, self._handle._method(method), method)
+        self.__dict__[method] = caller
+        return caller
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
+        """Call ``method`` by name (for names that clash with lease attributes)."""
+        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
+        return caller(*args, **kwargs)
+
+    def _submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
+                **kwargs: Any) -> SessionFuture[Any]:
+        member, token = self._member, self._token
+        if member is None or token is None:
+            raise RuntimeError("enter the lease (with / async with) before calling through it")
+        return member.lease_submit(token, fn, method, args, kwargs)
+
+    # -- what it holds ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The resource's name (the handle's)."""
+        return self._handle.name
+
+    @property
+    def kind(self) -> str:
+        """The resource's kind."""
+        return self._handle.kind
+
+    @property
+    def member(self) -> str | None:
+        """The member held (``db#1`` in a pool; the resource's name for a lone one);
+        None before the block is entered."""
+        return None if self._member is None else self._member.name
+
+    @property
+    def label(self) -> str | None:
+        """How errors name this lease, e.g. ``lease #3 of 'db' (member 'db#1')``."""
+        return None if self._token is None else self._token.label
+
+    @property
+    def active(self) -> bool:
+        """Entered, not exited, and neither broken nor revoked."""
+        token = self._token
+        return (token is not None and not self._ended and token.broken is None
+                and token.revoked is None and token.view is not None)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "new" if self._token is None else "over"
+        return f"<Lease {self.name!r} member={self.member!r} {state}>"
+
+    # -- the block ----------------------------------------------------------------------
+
+    def _begin(self) -> SessionFuture[Any]:
+        if self._token is not None:
+            raise RuntimeError("a Lease is entered once; take a new one with handle.lease()")
+        child = self._handle._child
+        member = child.lease_member()
+        label = f"lease #{next(_LEASE_NUMBERS)} of {child.name!r}"
+        if member.name != child.name:
+            label += f" (member {member.name!r})"
+        token = LeaseToken(label, self._idle_timeout)
+        self._member, self._token = member, token
+        timeout = member.call_timeout if self._timeout is None else self._timeout
+        future = self._handle._gate("begin_lease", lambda: member.lease_begin(token, timeout))
+        self._finalizer = weakref.finalize(self, _abandoned, token)
+        return future
+
+    def _end(self, ok: bool) -> SessionFuture[Any] | None:
+        """Queue the lease's last call (None if it has ended already)."""
+        if self._ended or self._member is None or self._token is None:
+            return None
+        self._ended = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return self._member.lease_end(self._token, ok)
+
+    def _settle(self, end: SessionFuture[Any], ok: bool) -> None:
+        """After waiting for the last call: raise its error on a normal exit."""
+        assert self._member is not None
+        if not end.done():
+            message = (f"{self.label}: its end (end_lease) did not finish within "
+                       f"call_timeout={self._member.call_timeout:g}s; it still runs, and "
+                       "the member serves others once it has")
+            if ok:
+                raise CallTimeout(message, resource=self._member.name, started=True)
+            log.warning("%s", message)
+            return
+        err = end.exception()
+        if err is None:
+            return
+        if ok:
+            raise err
+        log.debug("%s ended after an error in its block; its end failed too: %r",
+                  self.label, err)
+
+    def __enter__(self) -> Lease:
+        begin = self._begin()
+        try:
+            begin.result()
+        except BaseException:
+            self._end(False)
+            raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        ok = exc_type is None
+        end = self._end(ok)
+        if end is None:
+            return
+        assert self._member is not None
+        concurrent.futures.wait([end], timeout=self._member.call_timeout)
+        self._settle(end, ok)
 
-    async def __aenter__(self) -> Handle:
+    async def __aenter__(self) -> Lease:
+        begin = self._begin()
+        try:
+            await begin
+        except BaseException:
+            self._end(False)
+            raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        ok = exc_type is None
+        end = self._end(ok)
+        if end is None:
+            return
+        assert self._member is not None
+        waiting = asyncio.wrap_future(end)
+        # The outcome is read from ``end`` itself: mark the asyncio copy's as retrieved.
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait([waiting], timeout=self._member.call_timeout)
+        self._settle(end, ok)
+
+
+def _abandoned(token: LeaseToken) -> None:
+    """Finalizer of a lease object dropped inside its block: a flag only (it may run on
+    any thread, at any allocation); the supervisor revokes the lease."""
+    token.abandoned = True
 
 
 class System:
     """A running supervision tree. Leaving its ``with``/``async with`` stops it."""
 
     def __init__(self, config: SystemConfig, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, partial: bool = False) -> None:
         self.config = config
         self._clock = clock
+        self._partial = partial
         self._events = EventBus()
         try:
             root = SupervisorNode(ROOT, config.supervisor, None)
@@ -231,6 +486,7 @@ class System:
         node: Node
         if size == 1:
             node = target = ResourceChild(name, spec, sup, cls, options, breaker=breaker)
+            node.keep_trying = self._partial
         else:
             pool_cfg = SupervisorConfig(
                 strategy="one_for_one", max_restarts=sup.config.max_restarts,
@@ -241,6 +497,8 @@ class System:
             members = [ResourceChild(f"{name}#{i}", spec, pool_node, cls, options,
                                      breaker=breaker)
                        for i in range(size)]
+            for member in members:
+                member.keep_trying = self._partial
             pool_node.children.extend(members)
             node = pool_node
             target = pool_node.pool = Pool(name, pool_node, members)
@@ -249,15 +507,26 @@ class System:
         self._handles[name] = Handle(target)
         return node
 
-    def _boot(self) -> None:
+    def _boot(self, wait: bool = True) -> None:
         self._kernel.start()
         self._kernel.post(self._kernel.boot)
+        if not wait:
+            return
         try:
             self._kernel.booted.result()
         except BaseException:
             self.stop()
             raise
         self._events.flush()  # boot events are history for later subscribers
+
+    @property
+    def ready(self) -> concurrent.futures.Future[None]:
+        """Resolved once the tree has started: every resource serves (or, for a
+        partial start, serves or has failed its first start); failed with
+        ``ResourceUnavailable`` if the root supervisor gave up while starting, or the
+        system was stopped first. Done already when ``start(wait=True)`` returned;
+        ``await asyncio.wrap_future(system.ready)`` in async code."""
+        return self._kernel.booted
 
     # -- handles ----------------------------------------------------------------------
 
@@ -555,14 +824,28 @@ def check_childspecs(specs: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def start(config: ConfigSource, *, clock: Callable[[], float] = time.monotonic,
-          rng: random.Random | None = None) -> System:
+          rng: random.Random | None = None, partial: bool = False,
+          wait: bool = True) -> System:
     """Validate ``config`` (a TOML path or a mapping), start the tree, return the System.
 
     Returns once every resource has connected, in config order. Raises ``ConfigError``
     for an invalid config (before any thread starts) and ``ResourceUnavailable`` if the
     root supervisor gives up while starting. ``clock`` and ``rng`` are for tests
     (restart intensity and backoff jitter).
+
+    ``partial=True`` starts what can start: a resource whose start fails does not fail
+    the start, nor hold up the resources after it. Its supervisor keeps retrying it
+    with backoff (up to ``backoff.max`` apart) for as long as the system runs, and its
+    failed starts do not count toward restart intensity; meanwhile its calls fail at
+    once with ``ResourceUnavailable`` naming it and why, and its state is ``starting``
+    (``restarting`` if it ran before) with ``last_fault`` in the status. Once up it is
+    supervised as any resource (faults of a running resource count as usual). Returns
+    once every resource serves or has failed its first start.
+
+    ``wait=False`` returns at once, the tree starting in the background: calls made
+    meanwhile wait in their resource's mailbox (within their ``call_timeout``);
+    :attr:`System.ready` resolves when the start is done. Stop the system as usual.
     """
-    system = System(_config.load(config), clock=clock, rng=rng)
-    system._boot()
+    system = System(_config.load(config), clock=clock, rng=rng, partial=partial)
+    system._boot(wait)
     return system

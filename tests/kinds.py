@@ -35,6 +35,10 @@ class Controls:
     """connect() returns IGNORE (decides not to run)."""
     connect_aborted: threading.Event = field(default_factory=threading.Event)
     """Set by abort(None): a connect blocked on ``connect_gate`` gives up."""
+    leases: list[tuple[Any, ...]] = field(default_factory=list)
+    """("begin", generation) and ("end", ok) per lease hook run, in order."""
+    refuse_lease: bool = False
+    """begin_lease() raises ValueError (a caller error: the lease is refused)."""
 
 
 CONTROLS: dict[str, Controls] = {}
@@ -110,6 +114,15 @@ class Probe(ResourceActor):
             ctl.connect_aborted.set()
         else:
             resource.aborted.set()
+
+    def begin_lease(self) -> None:
+        ctl = self.ctl
+        if ctl.refuse_lease:
+            raise ValueError("lease refused")
+        ctl.leases.append(("begin", self.resource.generation))
+
+    def end_lease(self, ok: bool) -> None:
+        self.ctl.leases.append(("end", ok))
 
     # -- callable methods -------------------------------------------------------------
 

@@ -260,10 +260,10 @@ def test_handle_is_stable_and_a_context_manager() -> None:
     with sessions.start(config(["a"])) as system:
         system.subscribe(rec)
         h1 = system.get("a")
-        with h1 as h:
-            assert h is h1
+        with pytest.raises(sessions.LeaseBroken), h1 as lease:  # a lease of the resource
+            assert isinstance(lease, sessions.Lease)
             with pytest.raises(sessions.ResourceFault):
-                h.break_it().result(5)
+                lease.break_it().result(5)
         rec.wait_for(lambda e: isinstance(e, ChildRestarting))
         assert system.get("a") is h1
         assert h1.echo("same").result(5) == "same"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,7 +14,9 @@ import pytest
 
 import sessions
 from sessions import ConfigError, Handle, ResourceUnavailable, SessionManager, SessionRegistry
+from sessions.messages import ChildFaulted
 from tests import kinds
+from tests.support import Recorder, wait_until
 
 PROBE = "tests.kinds:Probe"
 DB_URL = "postgresql://u:pw@h/db"
@@ -61,20 +66,22 @@ def test_registry_options() -> None:
 
 
 def test_registry_handle_context_managers() -> None:
-    """``with registry.db as h`` yields the handle itself."""
+    """``with registry.db as db`` is a lease of the resource for the block."""
     with make_registry() as registry:
-        with registry.db as handle:
-            assert handle is registry.db
-            assert handle.echo("sync").result(10) == "sync"
-        assert registry.db.state == "running"  # leaving the handle's block stops nothing
+        with registry.db as db:
+            assert isinstance(db, sessions.Lease)
+            assert (db.name, db.member, db.active) == ("db", "db", True)
+            assert db.echo("sync").result(10) == "sync"
+        assert not db.active
+        assert registry.db.state == "running"  # leaving the block stops nothing
 
 
 def test_registry_async_handle_context_manager() -> None:
-    """``async with registry.db as h`` yields the handle; calls can be awaited."""
+    """``async with registry.db as db`` is a lease too; its calls can be awaited."""
 
     async def main(registry: SessionRegistry) -> tuple[bool, Any]:
-        async with registry.db as handle:
-            return handle is registry.db, await handle.echo("async")
+        async with registry.db as db:
+            return isinstance(db, sessions.Lease) and db.active, await db.echo("async")
 
     with make_registry() as registry:
         assert asyncio.run(main(registry)) == (True, "async")
@@ -346,3 +353,139 @@ def test_manager_is_exported() -> None:
     """Both facades are part of the public API."""
     assert sessions.SessionManager is SessionManager
     assert sessions.SessionRegistry is SessionRegistry
+
+
+# -- partial start: one unavailable resource does not fail the registry ---------------
+
+FAST = {"supervisor": {"backoff": {"initial": 0.01, "max": 0.05, "jitter": 0.0}}}
+
+
+@pytest.mark.skipif(os.path.exists("/dev/i2c-1"), reason="this machine has an I2C bus 1")
+def test_registry_unavailable_i2c_bus_does_not_fail_the_registry(tmp_path: Path) -> None:
+    """``i2c_bus_id=1`` with no such bus: the registry starts, the SQLite database
+    serves, the bus is reported unavailable and retried, and its calls fail with
+    ResourceUnavailable naming it."""
+    started = time.monotonic()
+    with SessionRegistry(db_url=f"sqlite:///{tmp_path / 'r.db'}", i2c_bus_id=1,
+                         config=FAST) as registry:
+        assert time.monotonic() - started < 10
+        assert registry.db.scalar("SELECT 1").result(10) == 1
+        with registry.db as tx:
+            tx.execute("CREATE TABLE t (x INTEGER)").result()
+        assert registry.db.execute("SELECT * FROM t").result(10) == []
+        assert list(registry.unavailable) == ["i2c"]
+        assert "FileNotFoundError" in registry.unavailable["i2c"]
+        status = registry.status()
+        assert status["db"] == {"kind": "database", "state": "running", "restarts": 0,
+                                "last_fault": None}
+        assert status["i2c"]["state"] == "starting"
+        assert registry.i2c.state == "starting"
+        with pytest.raises(ResourceUnavailable) as info:
+            registry.i2c.read_byte(0x40).result(10)
+        assert info.value.resource == "i2c"
+        assert "resource 'i2c' is unavailable" in str(info.value)
+        assert "retries its start" in str(info.value)
+        faults = Recorder()
+        registry.system.subscribe(faults)
+        faults.wait_for(lambda e: isinstance(e, ChildFaulted) and e.name == "i2c", count=3)
+        assert registry.system.state == "running"  # never gives up on it
+    assert registry.system.state == "stopped"
+
+
+def test_registry_resource_comes_up_later() -> None:
+    """A resource whose first starts fail is unavailable at first, then serves once a
+    retry succeeds; its failed starts do not count toward restart intensity."""
+    kinds.controls("db").fail_connects = 10**6
+    config: dict[str, Any] = {"supervisor": {**FAST["supervisor"], "max_restarts": 1},
+                              "resources": {"other": {"kind": PROBE}}}
+    with make_registry(config=config) as registry:
+        assert registry.get("other").echo(1).result(10) == 1
+        assert list(registry.unavailable) == ["db"]
+        with pytest.raises(ResourceUnavailable, match="'db' is unavailable"):
+            registry.db.echo(1).result(10)
+        wait_until(lambda: kinds.controls("db").connects >= 5, what="retries")
+        kinds.controls("db").fail_connects = 0  # the database is back
+        wait_until(lambda: registry.db.state == "running", what="db to come up")
+        assert registry.db.echo(2).result(10) == 2
+        assert registry.unavailable == {}
+        assert registry.status()["db"]["last_fault"].startswith("start failed")
+        assert registry.system.state == "running"  # 5+ failed starts, max_restarts = 1
+
+
+def test_registry_every_resource_unavailable_still_opens() -> None:
+    """Even with nothing able to start, the registry opens and reports each resource."""
+    kinds.controls("db").fail_connects = 10**6
+    with make_registry(config=FAST) as registry:
+        assert list(registry.unavailable) == ["db"]
+        with pytest.raises(ResourceUnavailable):
+            registry.db.echo(1).result(10)
+
+
+class _Ticker:
+    """A task that counts while the event loop is free."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.005)
+
+
+def _open_gate_later(gate: threading.Event, delay: float) -> None:
+    threading.Timer(delay, gate.set).start()
+
+
+def test_registry_open_does_not_block_the_loop() -> None:
+    """``await SessionRegistry.open(...)`` starts in a worker thread: another task keeps
+    ticking while a connect takes its time."""
+    gate = threading.Event()
+    kinds.controls("db").connect_gate = gate
+
+    async def main() -> tuple[int, int, Any]:
+        ticker = _Ticker()
+        task = asyncio.create_task(ticker.run())
+        await asyncio.sleep(0)
+        _open_gate_later(gate, 0.3)
+        registry = await SessionRegistry.open(db_url=DB_URL, kinds={"db": PROBE})
+        during = ticker.ticks
+        async with registry:
+            value = await registry.db.echo("up")
+        task.cancel()
+        return during, ticker.ticks, value
+
+    during, _, value = asyncio.run(main())
+    assert during >= 10  # the loop ran all along the 0.3 s start
+    assert value == "up"
+
+
+def test_registry_async_with_starts_in_the_background() -> None:
+    """``async with SessionRegistry(...)``: constructed in the loop, it returns at once
+    and starts in the background; entering waits without blocking; a call made before
+    the start is done waits for the resource."""
+    gate = threading.Event()
+    kinds.controls("db").connect_gate = gate
+
+    async def main() -> tuple[float, str, int, Any, Any]:
+        ticker = _Ticker()
+        task = asyncio.create_task(ticker.run())
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        registry = make_registry()
+        took = time.monotonic() - started
+        state = str(registry.db.state)
+        early = registry.db.echo("early")
+        _open_gate_later(gate, 0.3)
+        before = ticker.ticks
+        async with registry:
+            during = ticker.ticks - before
+            late = await registry.db.echo("late")
+        task.cancel()
+        return took, state, during, await early, late
+
+    took, state, during, early, late = asyncio.run(main())
+    assert took < 0.25
+    assert state == "starting"
+    assert during >= 10
+    assert (early, late) == ("early", "late")

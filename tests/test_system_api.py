@@ -196,8 +196,9 @@ def test_handle_properties() -> None:
         assert (p.name, p.kind, p.state, p.circuit) == ("p", "probe", "running", None)
         assert b.circuit == "closed"
         assert repr(a) == "<Handle 'a' kind='probe' state='running'>"
-        with a as same:
-            assert same is a
+        with a as lease:  # a lease of the resource, not the handle itself
+            assert isinstance(lease, sessions.Lease)
+            assert (lease.name, lease.kind, lease.member) == ("a", "probe", "a")
 
 
 def test_handle_queued_counts_waiting_calls() -> None:
@@ -216,9 +217,12 @@ def test_handle_queued_counts_waiting_calls() -> None:
 
 
 def test_handle_async_context_manager() -> None:
+    """``async with handle`` leases the resource for the block."""
+
     async def use(handle: sessions.Handle) -> Any:
-        async with handle as same:
-            return await same.echo("async")
+        async with handle as lease:
+            assert isinstance(lease, sessions.Lease)
+            return await lease.echo("async")
 
     with sessions.start(config(["a"])) as system:
         assert asyncio.run(use(system.get("a"))) == "async"

@@ -220,6 +220,8 @@ class ResourceActor:
     * ``is_fault(exc)`` decides whether an exception from a call means the resource is
       broken (default: ``isinstance(exc, fault_types)``).
     * ``health_check()`` runs every ``health_interval`` seconds when configured.
+    * ``begin_lease()`` / ``end_lease(ok)`` bracket a caller's lease of this actor
+      (``with handle.lease()``): what the block means for the kind (a transaction).
 
     Every other public method is callable through a handle and returns a future.
     """
@@ -331,6 +333,32 @@ class ResourceActor:
         needs on ``self``). Must not block, must tolerate being called more than once
         and concurrently with the blocked call, and must not raise (errors are logged).
         Default: nothing (the driver's own timeouts are then the only bound).
+        """
+
+    def begin_lease(self) -> None:
+        """A caller takes this actor for a block (``with handle.lease()``,
+        ``with handle``): from now until :meth:`end_lease` only that caller's calls run
+        here, in order. Runs on the actor thread, as the lease's first call.
+
+        Override it to give the block a meaning on the connection, e.g. begin a
+        transaction (the ``database`` kind). Raising (not a fault) refuses the lease:
+        the caller's ``with`` raises that error and :meth:`end_lease` is not called, so
+        leave nothing half begun; a fault restarts the resource as from any call.
+        Default: nothing (the block is exclusive use of this actor and its connection,
+        which is already what it gives every call). ``health_check()`` and ``poll()``
+        still run between the block's calls, inside whatever it began.
+        """
+
+    def end_lease(self, ok: bool) -> None:
+        """The lease's block is over: ``ok`` is True when it ended normally, False when
+        it raised (or the lease was revoked, or never fully began). Runs on the actor
+        thread, as the lease's last call, after every call of the block.
+
+        Override it to finish what :meth:`begin_lease` started: commit if ``ok``, else
+        roll back. An error raised here reaches the caller from the block's exit (when
+        ``ok``). If the connection is lost during the lease, this is not called: the
+        lease is broken and the connection is gone; a new ``connect()`` starts with no
+        lease, so reset any lease state there. Default: nothing.
         """
 
     def poll(self) -> None:

@@ -8,6 +8,15 @@ fresh ``Runner`` (a ``pykka.ThreadingActor``) that reads the mailbox through an
 ``_InboxView``: control messages (Pykka's stop) addressed to that incarnation come
 first, then calls while it is serving. When the incarnation ends, the view reports
 itself empty so Pykka's teardown leaves the calls for the next incarnation.
+
+A **lease** reserves the mailbox for one caller: its first call (the kind's
+``begin_lease``) waits in line with the plain calls; once it runs, the incarnation serves
+only the lease's own calls, in order, until the lease's last call (``end_lease``) has run.
+Plain calls queued meanwhile wait behind it. A lease lives on one incarnation: if that
+one ends (a fault, a stall, a stop), the lease is broken and its later calls fail with
+``LeaseBroken``; they never go to the next incarnation. The runtime knows nothing of
+what a lease means to a kind (a transaction, exclusive use of a bus): the kind's hooks
+say that.
 """
 
 from __future__ import annotations
@@ -23,11 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from sessions._errors import CallTimeout, ResourceBroken, ResourceFault, ResourceUnavailable
+from sessions._errors import (
+    CallTimeout,
+    LeaseBroken,
+    ResourceBroken,
+    ResourceFault,
+    ResourceUnavailable,
+)
 from sessions._redact import redact
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
-from sessions.messages import Call, HealthCheck
+from sessions.messages import Call, HealthCheck, LeaseCall
 
 if TYPE_CHECKING:
     from sessions._runtime.breaker import Breaker
@@ -53,6 +68,56 @@ class _Fault:
         self.error = error
 
 
+class LeaseToken:
+    """One lease of one mailbox, as the runtime sees it (kind-agnostic).
+
+    Pending from the moment its first call is queued, active once that call runs
+    (``Mailbox.lease``), over once its last call has run or it is broken. Fields are
+    written under the mailbox's ``cond``, except ``last_active`` (a timestamp) and
+    ``abandoned`` (a flag set by a finalizer), which are plain stores.
+    """
+
+    __slots__ = ("abandoned", "broken", "closed", "end", "idle_timeout", "label",
+                 "last_active", "revoked", "view")
+
+    def __init__(self, label: str, idle_timeout: float | None = None) -> None:
+        self.label = label
+        """How messages name it, e.g. ``lease #3 of 'db' (member 'db#1')``."""
+        self.idle_timeout = idle_timeout
+        """Seconds without a call after which the supervisor revokes it; None: never."""
+        self.last_active = time.monotonic()
+        """When it last had a call queued or finished."""
+        self.closed = False
+        """Its last call is queued (or it is broken): no further call is accepted."""
+        self.broken: str | None = None
+        """Why it is broken (its incarnation ended, the mailbox closed), or None."""
+        self.revoked: str | None = None
+        """Why the supervisor ended it on the owner's behalf (idle, garbage), or None."""
+        self.end: LeaseCall | None = None
+        """Its last call; the mailbox is free again once that has run."""
+        self.view: _InboxView | None = None
+        """The incarnation it is active on (set when its first call runs)."""
+        self.abandoned = False
+        """Set when the owner's lease object was garbage collected without an exit."""
+
+    def error(self, resource: str) -> LeaseBroken:
+        """Why a call of this lease is refused now."""
+        if self.broken is not None:
+            why = (f"{self.label} is broken: {self.broken}; whatever it did on "
+                   f"{resource!r} may be lost, and its calls are not sent to another "
+                   "connection (leave the block and take a new lease)")
+        elif self.revoked is not None:
+            why = f"{self.label} was revoked ({self.revoked})"
+        elif self.closed:
+            why = f"{self.label} has ended"
+        else:
+            why = f"{self.label} has not begun"
+        return LeaseBroken(why, resource=resource, lease=self.label)
+
+    def __repr__(self) -> str:
+        return f"<LeaseToken {self.label}>"
+
+
 class Mailbox:
     """A resource's FIFO of calls; survives restarts, refuses calls once closed."""
 
@@ -66,9 +131,19 @@ class Mailbox:
         """Why calls are refused (set while closed), or None while open."""
         self.running = 0
         """1 while a call from this mailbox runs (for least-loaded routing in pools)."""
+        self.lease: LeaseToken | None = None
+        """The active lease: while set, only its calls (``lease_calls``) are served."""
+        self.lease_calls: deque[LeaseCall] = deque()
+        """The active lease's queued calls."""
+        self.leases: set[LeaseToken] = set()
+        """Leases pending (first call queued) or active here (for pool routing)."""
 
     def put(self, call: Call) -> None:
-        """Queue ``call``, or fail its future at once if the mailbox is closed."""
+        """Queue ``call``, or fail its future at once if the mailbox is closed (a call of
+        a lease: unless that lease is active here and not closed)."""
+        if type(call) is LeaseCall:
+            self._put_leased(call)
+            return
         with self.cond:
             refusal = self.refusal
             if refusal is None:
@@ -78,17 +153,113 @@ class Mailbox:
         self.stats.count_only("refused")
         call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
 
+    def _put_leased(self, call: LeaseCall) -> None:
+        lease = call.lease
+        with self.cond:
+            if self.lease is lease and not lease.closed:
+                self.lease_calls.append(call)
+                lease.last_active = time.monotonic()
+                self.cond.notify()
+                return
+        self.stats.count_only("refused")
+        call.future.set_exception(lease.error(self.resource))
+
+    def begin(self, call: LeaseCall) -> None:
+        """Queue a lease's first call (``call.lease``) with the plain calls: the lease
+        becomes active when it runs. Refused at once if the mailbox is closed."""
+        lease = call.lease
+        with self.cond:
+            refusal = self.refusal
+            if refusal is None:
+                self.calls.append(call)
+                self.leases.add(lease)
+                self.cond.notify()
+                return
+        self.stats.count_only("refused")
+        call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
+
+    def end(self, call: LeaseCall, revoked: str | None = None) -> bool:
+        """Queue a lease's last call (``call.lease``) behind its other calls, and accept
+        no more. False if the lease is not active here (it never began, is broken or
+        has ended already): the caller resolves ``call``'s future itself. ``revoked``:
+        the supervisor ends it on the owner's behalf, for that reason."""
+        lease = call.lease
+        with self.cond:
+            if lease.closed or self.lease is not lease:
+                lease.closed = True
+                return False
+            lease.closed = True
+            lease.revoked = revoked
+            lease.end = call
+            self.lease_calls.append(call)
+            self.cond.notify()
+            return True
+
+    def activate(self, lease: LeaseToken, view: _InboxView) -> bool:
+        """A lease's first call is about to run on ``view``'s incarnation: from now on
+        that incarnation serves only its calls. False (and the lease dropped) if the
+        owner has given it up already or the incarnation has stopped serving."""
+        with self.cond:
+            if lease.closed or not view.serving or self.lease is not None:
+                self.leases.discard(lease)
+                lease.closed = True
+                return False
+            self.lease = lease
+            lease.view = view
+            lease.last_active = time.monotonic()
+            return True
+
+    def finish(self, lease: LeaseToken, broken: str | None = None) -> None:
+        """``lease`` is over (its last call ran; or ``broken``, for that reason): the
+        mailbox serves plain calls again. Calls of it still queued fail."""
+        with self.cond:
+            leftover = self._unlease(lease, broken)
+        self._refuse(leftover)
+
+    def _unlease(self, lease: LeaseToken, broken: str | None) -> list[LeaseCall]:
+        """Under ``cond``: end ``lease`` if it is the active one; its queued calls."""
+        self.leases.discard(lease)
+        if self.lease is not lease:
+            return []
+        self.lease = None
+        lease.closed = True
+        if broken is not None and lease.broken is None:
+            lease.broken = broken
+        leftover = list(self.lease_calls)
+        self.lease_calls.clear()
+        self.cond.notify_all()
+        return leftover
+
+    def break_lease(self, view: _InboxView, reason: str) -> None:
+        """``view``'s incarnation stops serving: a lease active on it is broken."""
+        with self.cond:
+            lease = self.lease
+            if lease is None or lease.view is not view:
+                return
+            leftover = self._unlease(lease, reason)
+        self._refuse(leftover)
+
+    def _refuse(self, calls: list[LeaseCall]) -> None:
+        """Fail calls of a lease that is over with ``LeaseBroken``."""
+        for call in calls:
+            if _try_fail(call.future, call.lease.error(self.resource)):
+                self.stats.count_only("refused")
+
     def close(self, reason: str) -> None:
-        """Refuse new calls and fail the queued ones with ``ResourceUnavailable(reason)``."""
+        """Refuse new calls and fail the queued ones with ``ResourceUnavailable(reason)``
+        (an active lease is broken, its calls fail with ``LeaseBroken``)."""
         with self.cond:
             self.refusal = reason
             dropped = list(self.calls)
             self.calls.clear()
+            leftover = [] if self.lease is None else self._unlease(self.lease, reason)
+            self.leases.clear()
             self.cond.notify_all()
         for call in dropped:
             if call.future.claim():
                 self.stats.count_only("refused")
                 call.future.set_exception(ResourceUnavailable(reason, resource=self.resource))
+        self._refuse(leftover)
 
     def reopen(self) -> None:
         """Accept calls again (the resource is being started anew)."""
@@ -110,12 +281,19 @@ class Mailbox:
                 if head.future.deadline > now and not head.future.done():
                     return head.future.deadline
                 self.calls.popleft()
+                if type(head) is LeaseCall:  # a lease that never began
+                    self.leases.discard(head.lease)
+                    head.lease.closed = True
             head.future.expire()  # unless its caller expired it already, or cancelled it
             if not head.future.cancelled():
                 self.stats.count_only("timeout")
 
+    def ready(self) -> bool:
+        """Under ``cond``: a call is waiting that the serving incarnation may take."""
+        return bool(self.lease_calls if self.lease is not None else self.calls)
+
     def __len__(self) -> int:
-        return len(self.calls)
+        return len(self.calls) + len(self.lease_calls)
 
 
 class _Envelope:
@@ -184,7 +362,7 @@ class _InboxView:
                 timeout = None
                 if self.serving:
                     due = self._due()
-                    if mb.calls or type(due) is not float:
+                    if mb.ready() or type(due) is not float:
                         return _SERVE_ENVELOPE
                     timeout = None if due == math.inf else due
                 mb.cond.wait(timeout)
@@ -200,16 +378,23 @@ class _InboxView:
                 due = self._due()
                 if type(due) is not float:
                     return due
-                if mb.calls:
+                if mb.lease is not None:  # leased: only the lease's calls
+                    if mb.lease_calls:
+                        return mb.lease_calls.popleft()
+                elif mb.calls:
                     return mb.calls.popleft()
                 mb.cond.wait(None if due == math.inf else due)
 
-    def take_batch(self, fns: frozenset[Any], limit: int) -> list[Call]:
-        """More calls from the head of the mailbox whose function is in ``fns``."""
+    def take_batch(self, fns: frozenset[Any], limit: int,
+                   lease: LeaseToken | None = None) -> list[Call]:
+        """More calls from the head of the mailbox whose function is in ``fns``: plain
+        calls, or the calls of ``lease`` while it is the active one."""
         batch: list[Call] = []
         mb = self.mailbox
         with mb.cond:
-            calls = mb.calls
+            if mb.lease is not lease:
+                return batch
+            calls = mb.calls if lease is None else mb.lease_calls
             while calls and len(batch) < limit and calls[0].fn in fns and not self.control:
                 batch.append(calls.popleft())
         return batch
@@ -232,10 +417,14 @@ class _InboxView:
             if self.poll_interval is not None:
                 self.next_poll = now
 
-    def stop_serving(self) -> None:
+    def stop_serving(self, reason: str = "") -> None:
+        """The incarnation serves no more calls; a lease active on it is broken
+        (``reason``: why, for its later calls' error)."""
         with self.mailbox.cond:
             self.serving = False
             self.ended = True
+        self.mailbox.break_lease(
+            self, reason or f"resource {self.mailbox.resource!r} stopped serving")
 
 
 class Runner(pykka.ThreadingActor):
@@ -383,7 +572,7 @@ class Runner(pykka.ThreadingActor):
         """Stop serving for good (a fault reported later is moot) and close the
         resource. Idempotent: a crash does it at once, Pykka's stop again."""
         self.actor.context.detach(self)
-        self.view.stop_serving()
+        self.view.stop_serving(f"resource {self.actor.name!r} {why}")
         self._disconnect()
         self._join_spawned()
         if self.deferred:  # replies this connection can no longer bring: fail them now
@@ -409,7 +598,7 @@ class Runner(pykka.ThreadingActor):
         whoever resolves a future first wins, the other side's resolution is dropped.
         """
         self.abandoned = True
-        self.view.stop_serving()
+        self.view.stop_serving(reason)
         self.started.cancel()  # a connect still running will not be published
         owed: list[SessionFuture[Any]] = []
         current = self.current
@@ -461,6 +650,8 @@ class Runner(pykka.ThreadingActor):
                 self._health()
             elif work is _POLL:
                 self._poll()
+            elif type(work) is LeaseCall:
+                self._run_leased(work)
             elif batch_fns and work.fn in batch_fns and (
                 more := self.view.take_batch(batch_fns, actor.max_batch - 1)
             ):
@@ -471,10 +662,43 @@ class Runner(pykka.ThreadingActor):
                 self._crash(None, reason)
             work = None  # an idle actor must not pin the last call's arguments
 
-    def _run(self, call: Call) -> None:
+    def _run_leased(self, call: LeaseCall) -> None:
+        """A call of a lease: its first one (taken from the plain calls) makes the
+        lease active on this incarnation before it runs; its last one frees the
+        mailbox after it has run, whatever its outcome."""
+        lease = call.lease
+        mailbox = self.view.mailbox
+        if mailbox.lease is lease:
+            batch_fns = self.batch_fns
+            if batch_fns and call.fn in batch_fns and (
+                more := self.view.take_batch(batch_fns, self.actor.max_batch - 1, lease)
+            ):
+                self._run_batch([call, *more])
+            else:
+                self._run(call)
+            lease.last_active = time.monotonic()
+            if call is lease.end:
+                mailbox.finish(lease)
+            return
+        future = call.future
+        if not future.claim():  # expired in the queue, or cancelled: never began
+            mailbox.finish(lease)
+            if not future.cancelled():
+                mailbox.stats.count_only("timeout")
+            return
+        if not mailbox.activate(lease, self.view):
+            _try_fail(future, lease.error(self.actor.name))
+            return
+        self._run(call, claimed=True)
+        if mailbox.lease is lease and (
+            future.done() and not future.cancelled() and future.exception() is not None
+        ):  # the kind's begin_lease raised: the lease never began
+            mailbox.finish(lease, "its first call, begin_lease(), failed")
+
+    def _run(self, call: Call, claimed: bool = False) -> None:
         future = call.future
         mailbox = self.view.mailbox
-        if not future.claim():
+        if not claimed and not future.claim():
             if not future.cancelled():
                 mailbox.stats.count_only("timeout")
             return
@@ -693,6 +917,10 @@ class Runner(pykka.ThreadingActor):
         incarnation. An abandoned incarnation only closes: the supervisor has moved on
         (and failed its callers already).
         """
+        if exc is not None:  # the precise reason first, for the lease it breaks
+            during = f"during {where}()" if where.isidentifier() else f"({where})"
+            self.view.stop_serving(f"resource {self.actor.name!r} faulted {during}: "
+                                   f"{redact(repr(exc))}")
         self._close("faulted" if exc is not None else "exited normally")
         self.stop()
         if not self.abandoned:

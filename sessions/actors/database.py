@@ -12,6 +12,18 @@ autocommit mode, so each one is committed on its own, in a single round trip.
 ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite) that is committed when they return and rolled
 back when they raise: all of it or none of it.
 
+A lease is one transaction: ``with handle.lease() as tx:`` (or ``with handle as tx``,
+``async with``) holds one connection; ``begin_lease`` sends ``BEGIN`` (``BEGIN
+IMMEDIATE`` on SQLite, which takes the write lock for the whole block), every call made
+through ``tx`` runs inside that transaction without a commit of its own, and
+``end_lease`` commits when the block exits normally and rolls back when it raises. A
+call that fails inside the block dooms the transaction, as a failed flush does an ORM
+``Session``'s: the error goes to the caller, the block's later calls fail at once with
+``PendingRollbackError``, and the exit rolls back (a normal exit then raises
+``PendingRollbackError`` too, so nothing looks committed that is not). ``session(fn)``
+inside a lease joins the lease's transaction (its ``commit()`` does not end it). A
+lease broken by a lost connection has no transaction left: the server rolled it back.
+
 Every result crossing back to the caller is plain data (lists of dicts, ints, scalars),
 never a live cursor or result.
 
@@ -69,7 +81,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
@@ -334,7 +346,8 @@ class DatabaseActor(ResourceActor):
     """A relational database through SQLAlchemy (SQLite, PostgreSQL via psycopg, ...).
 
     Callable through a handle: ``execute``, ``executemany``, ``scalar``,
-    ``transaction(fn)``, ``session(fn)``.
+    ``transaction(fn)``, ``session(fn)``. Through a lease (``with handle.lease() as
+    tx``), the same calls run in one transaction: see the module's docstring.
     """
 
     kind: ClassVar[str] = "database"
@@ -375,6 +388,10 @@ class DatabaseActor(ResourceActor):
             raise ValueError(f"cannot use url {self.url!r}: {redact(err)}") from None
         self._explicit = False
         """True while a call wants a real transaction: autobegin then sends BEGIN."""
+        self._leased = False
+        """A lease's transaction is open: calls run in it and do not commit."""
+        self._doomed: BaseException | None = None
+        """The error of the lease's first failed call: its transaction rolls back."""
         self._connects = 0
         """DBAPI connections opened by the engine (a change mid-life = silent reconnect)."""
         self._expected_connects = 0
@@ -411,6 +428,7 @@ class DatabaseActor(ResourceActor):
         """Open the one connection and run the ``on_connect`` statements on it."""
         cut = Cut(f"the database connection to {self.url}")
         self._local.cut = cut
+        self._leased, self._doomed = False, None  # a lease dies with its connection
         with self._cut_lock:
             self._connecting.append(cut)
         try:
@@ -477,8 +495,58 @@ class DatabaseActor(ResourceActor):
         return self.is_fault(exc) or _unreachable(exc)
 
     def health_check(self) -> None:
-        """``SELECT 1`` on the connection; a disconnect surfaces as a fault."""
+        """``SELECT 1`` on the connection; a disconnect surfaces as a fault. During a
+        lease it runs inside the lease's transaction (not at all once that is doomed:
+        PostgreSQL would refuse it)."""
+        if self._leased and self._doomed is not None:
+            if not self._healthy():
+                raise ConnectionLost(f"the connection to {self.url} was lost")
+            return
         self._run(lambda conn: conn.exec_driver_sql("SELECT 1").close(), explicit=False)
+
+    # -- leases: one transaction per block ----------------------------------------------
+
+    def begin_lease(self) -> None:
+        """Begin the lease's transaction: ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite)."""
+        if not self._healthy():
+            raise ConnectionLost(
+                f"the connection to {self.url} was lost before the lease; reconnecting"
+            )
+        conn: Connection = self.resource
+        if conn.in_transaction():  # cannot happen: every call commits or rolls back
+            self._rollback(conn)
+        self._explicit = True
+        try:
+            conn.begin()
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._explicit = False
+        self._leased, self._doomed = True, None
+
+    def end_lease(self, ok: bool) -> None:
+        """Commit the lease's transaction if ``ok`` and no call in it failed, else roll
+        it back. After a failed call, a normal exit (``ok``) raises
+        ``PendingRollbackError`` naming that call: the block was not committed."""
+        doomed, self._leased, self._doomed = self._doomed, False, None
+        conn: Connection = self.resource
+        if not self._healthy():
+            raise ConnectionLost(f"the connection to {self.url} was lost during the lease; "
+                                 "its transaction was not committed")
+        if not ok or doomed is not None:
+            self._rollback(conn)
+            if ok and doomed is not None:
+                raise PendingRollbackError(
+                    "the lease's transaction was rolled back, not committed: a call in "
+                    f"it failed with {redact(repr(doomed))}"
+                ) from doomed
+            return
+        try:
+            conn.commit()
+        except BaseException:
+            self._rollback(conn)
+            raise
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -630,6 +698,8 @@ class DatabaseActor(ResourceActor):
                 f"the connection to {self.url} was lost before this call; reconnecting"
             )
         conn: Connection = self.resource
+        if self._leased:
+            return self._run_leased(conn, work)
         self._explicit = explicit
         try:
             result = work(conn)
@@ -646,6 +716,25 @@ class DatabaseActor(ResourceActor):
             raise ConnectionLost(
                 f"the connection to {self.url} was lost or replaced during the call; "
                 f"its outcome is unknown"
+            )
+        return result
+
+    def _run_leased(self, conn: Connection, work: Callable[[Connection], T]) -> T:
+        """One call inside a lease's transaction: no commit; an error dooms it."""
+        if self._doomed is not None:
+            raise PendingRollbackError(
+                "the lease's transaction will be rolled back: an earlier call in it failed "
+                f"with {redact(repr(self._doomed))}; no later call of the lease runs"
+            ) from self._doomed
+        try:
+            result = work(conn)
+        except BaseException as exc:
+            self._doomed = exc
+            raise
+        if not self._healthy():
+            raise ConnectionLost(
+                f"the connection to {self.url} was lost or replaced during the call; "
+                "the lease's transaction is lost"
             )
         return result
 

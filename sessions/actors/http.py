@@ -233,6 +233,10 @@ class HTTPOptions(BaseModel):
 class HTTPActor(ResourceActor):
     """One ``requests.Session`` to one HTTP API (``base_url``).
 
+    A lease (``with api.lease() as s``) holds one member, so one Session with its
+    cookies and keep-alive connection: the block's requests go out on it one at a time,
+    in order. Nothing is undone if the block raises (HTTP has no transaction).
+
     Methods ``get``, ``post``, ``put``, ``patch``, ``delete``, ``head``, ``options``
     and ``request(method, path, **kwargs)`` take a path (joined to ``base_url``) and
     the keyword arguments of ``requests.Session.request`` (``params``, ``json``,

@@ -766,7 +766,15 @@ class _Listener:
 
 
 class RedisActor(ResourceActor):
-    """One Redis connection, owned by one actor thread (see the module docstring)."""
+    """One Redis connection, owned by one actor thread (see the module docstring).
+
+    A lease (``with cache.lease() as r``, ``async with registry.redis as r``) holds one
+    actor, so one connection: the block's commands run on it in the order made, with no
+    other caller's command in between (consecutive ones may still share a pipeline). It
+    is not a Redis transaction: each command takes effect when it runs and nothing is
+    undone if the block raises; for MULTI/EXEC (and WATCH) use
+    ``pipeline(fn, transaction=True)``.
+    """
 
     kind: ClassVar[str] = "redis"
     fault_types: ClassVar[tuple[type[BaseException], ...]] = (

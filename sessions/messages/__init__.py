@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sessions._runtime.futures import SessionFuture
+    from sessions._runtime.runner import LeaseToken
 
 __all__ = [
     "ACTIVE",
@@ -28,6 +29,7 @@ __all__ = [
     "CircuitState",
     "Event",
     "HealthCheck",
+    "LeaseCall",
     "SupervisorGaveUp",
 ]
 
@@ -86,6 +88,16 @@ class Call:
 
     future: SessionFuture[Any]
     """Resolved exactly once with the result or the error; carries the deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCall(Call):
+    """A call made under a lease (``handle.lease()``). The lease's first call, queued
+    with the plain calls, begins it; the others queue on the same member only, behind
+    it. (A subclass, so that a plain call carries nothing more.)"""
+
+    lease: LeaseToken
+    """The lease this call belongs to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from sessions._redact import redact
 from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import IGNORE, ResourceActor, construct
 from sessions._runtime.futures import SessionFuture
-from sessions._runtime.runner import Mailbox, Owed, Runner, settle
+from sessions._runtime.runner import LeaseToken, Mailbox, Owed, Runner, settle
 from sessions._runtime.stats import CallStats
 from sessions.messages import (
     ACTIVE,
@@ -47,6 +47,7 @@ from sessions.messages import (
     ChildStarted,
     ChildState,
     ChildStopped,
+    LeaseCall,
     SupervisorGaveUp,
 )
 from sessions.supervisor._events import EventBus
@@ -86,6 +87,12 @@ class Node:
         """Being added by start_child: a failed start removes it instead of retrying."""
         self.dynamic = False
         """Added by start_child, not in the config: gone when its supervisor restarts."""
+        self.keep_trying = False
+        """A resource of a partial start (``start(partial=True)``): a failed start is
+        retried with backoff for as long as the system runs, without counting toward
+        restart intensity and without holding up its siblings' start."""
+        self.start_failed = False
+        """keep_trying: its latest start failed (its calls are refused meanwhile)."""
 
 
 def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
@@ -133,6 +140,46 @@ class ResourceChild(Node):
             self.name, method, now + self.call_timeout, now
         )
         self.mailbox.put(Call(fn, args, kwargs, future))
+        return future
+
+    # -- leases: one caller holds this resource for a block ---------------------------
+
+    def lease_member(self) -> ResourceChild:
+        """The member a new lease takes: a lone resource is its own."""
+        return self
+
+    def lease_begin(self, lease: LeaseToken, timeout: float) -> SessionFuture[Any]:
+        """Queue the lease's first call (the kind's ``begin_lease``) with the plain
+        calls; it must start within ``timeout`` seconds, else it expires
+        (``CallTimeout(started=False)``) and the lease never begins."""
+        now = time.monotonic()
+        future: SessionFuture[Any] = SessionFuture(self.name, "begin_lease", now + timeout, now)
+        self.mailbox.begin(LeaseCall(self.cls.begin_lease, (), {}, future, lease))
+        return future
+
+    def lease_submit(self, lease: LeaseToken, fn: Callable[..., Any], method: str,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> SessionFuture[Any]:
+        """Queue one call of an active lease (refused with ``LeaseBroken`` otherwise)."""
+        now = time.monotonic()
+        future: SessionFuture[Any] = SessionFuture(
+            self.name, method, now + self.call_timeout, now
+        )
+        self.mailbox.put(LeaseCall(fn, args, kwargs, future, lease))
+        return future
+
+    def lease_end(self, lease: LeaseToken, ok: bool,
+                  revoked: str | None = None) -> SessionFuture[Any]:
+        """Queue the lease's last call (the kind's ``end_lease(ok)``), behind its other
+        calls; it never expires (a begun lease is always ended, or broken). Resolved at
+        once if the lease is not active: with None if it simply never began, with
+        ``LeaseBroken`` if it is broken or revoked."""
+        future: SessionFuture[Any] = SessionFuture(self.name, "end_lease", math.inf,
+                                                   time.monotonic())
+        if not self.mailbox.end(LeaseCall(self.cls.end_lease, (ok,), {}, future, lease), revoked):
+            if lease.broken is not None or lease.revoked is not None:
+                future.set_exception(lease.error(self.name))
+            else:
+                future.set_result(None)
         return future
 
     @property
@@ -199,9 +246,20 @@ def _alive(runner: Runner) -> bool:
     return thread is None or thread.is_alive()
 
 
+LEASED = 1 << 20
+"""Load a lease (pending or active) adds to a pool member: plain calls and new leases go
+to a member without one while there is such a member running."""
+
+
 class Pool:
     """``pool_size`` members behind one handle: each call goes to the least-loaded
-    running member; a member restarting does not stop the others from serving."""
+    running member; a member restarting does not stop the others from serving.
+
+    A lease takes one member for a block, chosen the same way: while it is held (or
+    waits to begin), that member serves only the lease's calls and gets no plain calls
+    and no other lease as long as another member runs without one; when every running
+    member is leased, a call or lease waits on the least-loaded one.
+    """
 
     def __init__(self, name: str, node: SupervisorNode, members: list[ResourceChild]) -> None:
         self.name = name
@@ -216,6 +274,15 @@ class Pool:
 
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
                **kwargs: Any) -> SessionFuture[Any]:
+        return self._pick().submit(fn, method, *args, **kwargs)
+
+    def lease_member(self) -> ResourceChild:
+        """The member a new lease takes (the one a plain call would go to)."""
+        return self._pick()
+
+    def _pick(self) -> ResourceChild:
+        """The least-loaded running member (a lease weighs ``LEASED``); with none
+        running, the open one with the shortest queue."""
         members = self.members
         n = len(members)
         start = next(self._turn)
@@ -225,15 +292,19 @@ class Pool:
             member = members[(start + i) % n]
             if member.state != ChildState.RUNNING:
                 continue
-            load = len(member.mailbox.calls) + member.mailbox.running
+            mailbox = member.mailbox
+            load = len(mailbox.calls) + mailbox.running
+            if mailbox.leases:
+                load += LEASED * len(mailbox.leases)
             if load < best_load:
                 best, best_load = member, load
                 if not load:
                     break
         if best is None:  # nobody running: queue where the wait is shortest
             open_members = [m for m in members if m.mailbox.refusal is None] or members
-            best = min(open_members, key=lambda m: len(m.mailbox.calls))
-        return best.submit(fn, method, *args, **kwargs)
+            best = min(open_members,
+                       key=lambda m: len(m.mailbox.calls) + LEASED * len(m.mailbox.leases))
+        return best
 
     @property
     def state(self) -> str:
@@ -430,9 +501,28 @@ class Kernel:
                     self._stalled(node, runner, now - since)
                 if runner.deferred:
                     runner.expire_deferred(now, node.stall_timeout)
+            if watch and (lease := node.mailbox.lease) is not None:
+                self._check_lease(node, lease, now)
         if watch:
             self._next_stall_check = now + STALL_TICK
         return min(nearest, self._next_stall_check)
+
+    def _check_lease(self, node: ResourceChild, lease: LeaseToken, now: float) -> None:
+        """Revoke a lease nobody will end: its owner's lease object was garbage
+        collected without an exit, or it had no call for its ``idle_timeout``. Its last
+        call (``end_lease(False)``: a rollback) is queued for it; its owner's later
+        calls fail with ``LeaseBroken`` saying why."""
+        if lease.closed:
+            return
+        if lease.abandoned:
+            reason = "its lease object was dropped without leaving the block"
+        elif (lease.idle_timeout is not None and not node.mailbox.lease_calls
+              and not node.mailbox.running and now - lease.last_active > lease.idle_timeout):
+            reason = f"no call for idle_timeout={lease.idle_timeout:g}s"
+        else:
+            return
+        log.warning("%s revoked: %s", lease.label, reason)
+        node.lease_end(lease, False, revoked=reason)
 
     # -- start cursor -----------------------------------------------------------------
 
@@ -454,6 +544,7 @@ class Kernel:
             for node in walk(child):
                 if isinstance(node, ResourceChild):
                     node.mailbox.reopen()
+                    node.start_failed = False
             child.pending, child.not_before = True, 0.0
             child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
         self.advance(sup)
@@ -496,6 +587,8 @@ class Kernel:
                 if not (child.connecting or child.retired):
                     self.start_resource(child)
                 # _start_done (or _reaped) re-enters
+            if child.keep_trying and child.start_failed:
+                continue  # retried in the background: the children after it go on
             if ordered:
                 return
             waiting = True
@@ -516,6 +609,10 @@ class Kernel:
             child.restarts += 1
         child.ever_started = True
         child.started_at = self.clock()
+        if child.start_failed:  # a partial start's resource is up at last
+            child.start_failed = False
+            if isinstance(child, ResourceChild):
+                child.mailbox.reopen()
         self.events.emit(ChildStarted(sup.name, child.name, child.kind, child.restarts))
         if isinstance(child, ResourceChild) and child.runner is not None:
             child.runner.serve()  # only now: the state and counters above are current
@@ -661,7 +758,7 @@ class Kernel:
         reason = (f"{what} stalled: still running after {elapsed:.3g}s "
                   f"(stall_timeout={child.stall_timeout:g}s)")
         child.runner = None
-        entries = self._retire(child, runner, [])
+        entries = self._retire(child, runner, [], reason)
         if child.breaker is not None:
             child.breaker.record(False, reason)
         sup = child.parent
@@ -692,6 +789,9 @@ class Kernel:
             self.post(self.advance, sup)
             self._child_ended(sup, child)
             return
+        if during_start and child.keep_trying and isinstance(child, ResourceChild):
+            self._retry_start(sup, child, msg)
+            return
         now = self.clock()
         sup.intensity = sup.intensity.increment(now)
         if sup.intensity.is_exhausted():
@@ -721,6 +821,23 @@ class Kernel:
             self.events.emit(ChildRestarting(sup.name, member.name, delay, child.attempt))
         self._reap(entries)
         self.at(delay, self.advance, sup, sup.epoch)
+
+    def _retry_start(self, sup: SupervisorNode, child: ResourceChild, msg: str) -> None:
+        """A partial start's resource failed to start: refuse its calls (they would
+        only wait for a start that may never come), and try again after a backoff, on
+        its own; not counted toward intensity, so it never makes its supervisor give up."""
+        child.attempt += 1
+        child.start_failed = True
+        delay = sup.backoff.get_backoff_time(child.attempt, self.rng)
+        child.mailbox.close(
+            f"resource {child.name!r} is unavailable ({msg}); its supervisor retries its "
+            f"start every {sup.config.backoff.max:g}s at most"
+        )
+        child.pending, child.not_before = True, time.monotonic() + delay
+        child.state = ChildState.RESTARTING if child.ever_started else ChildState.STARTING
+        self.events.emit(ChildRestarting(sup.name, child.name, delay, child.attempt))
+        self.at(delay, self.advance, sup, sup.epoch)
+        self.post(self.advance, sup, sup.epoch)  # its siblings' start goes on now
 
     def _child_ended(self, sup: SupervisorNode, child: Node) -> None:
         """``child`` ended by itself and stays ended (a transient one normally, a
@@ -833,9 +950,10 @@ class Kernel:
             child.state = state
 
     def _retire(self, child: ResourceChild, runner: Runner,
-                entries: list[_Entry]) -> list[_Entry]:
-        """``runner`` serves no more calls; a stopper will end it (appended to entries)."""
-        runner.view.stop_serving()
+                entries: list[_Entry], why: str = "") -> list[_Entry]:
+        """``runner`` serves no more calls; a stopper will end it (appended to entries).
+        ``why`` it stops is what a lease active on it is broken with."""
+        runner.view.stop_serving(f"resource {child.name!r}: {why}" if why else "")
         runner.started.cancel()  # a connect still running will not be published
         child.mailbox.running = 0
         child.retired.append(runner)
@@ -1029,6 +1147,7 @@ class Kernel:
         else:
             assert isinstance(node, ResourceChild)
             node.mailbox.reopen()
+            node.start_failed = False
             node.state = ChildState.RESTARTING if node.ever_started else ChildState.STARTING
         self.advance(sup)
         return waiter

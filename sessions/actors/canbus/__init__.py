@@ -367,6 +367,11 @@ def _stop_task(task: CyclicSendTaskABC) -> threading.Thread | None:
 class CANBusActor(ResourceActor):
     """A CAN bus: send, periodic transmission, subscriptions and request/response.
 
+    A lease (``with can.lease() as c``) is exclusive use of the bus's actor for the
+    block: its sends and requests go out in order, with no other caller's send in
+    between. Frames still arrive for every subscriber meanwhile (the reader does not
+    stop), and nothing is undone if the block raises.
+
     Config keys are the fields of :class:`CANBusActor.Options`; other keys go to
     ``can.Bus`` unchanged. Handle methods (each returns a future):
 

@@ -769,6 +769,13 @@ class _Conn:
 class I2CActor(_SMBusSurface, ResourceActor):
     """Owns one I2C bus (``/dev/i2c-N`` through smbus2, or the simulator).
 
+    A lease (``with bus.lease() as b``, ``with registry.i2c as b``) is exclusive use
+    of the bus for the block: its transfers run in order and no other caller's transfer
+    comes in between, so a multi-step exchange may span several calls (and the caller's
+    own logic between them) where ``transaction(fn)`` needs it in one function. Other
+    callers wait until the block ends; writes already made are not undone if it raises.
+    ``process_lock`` is held per transfer, not for the block.
+
     Why the state lives where it does: the ``SimAdapter`` (the simulated wire and its
     devices) and the ``init`` replay steps are made once in ``__init__`` and survive
     restarts, as the chips and the config do; the open bus, the process-lock file and

@@ -334,7 +334,13 @@ class ConsumerOptions(KafkaOptions):
 
 
 class KafkaConsumerActor(ResourceActor):
-    """One ``KafkaConsumer`` in a group; handler mode or manual mode (package docstring)."""
+    """One ``KafkaConsumer`` in a group; handler mode or manual mode (package docstring).
+
+    A lease (``with consumer.lease() as c``) holds the consumer for the block: in manual
+    mode, ``fetch()`` then ``commit()`` with no other caller's fetch or commit between
+    them. The poll hook keeps running between the block's calls (group membership), and
+    nothing is undone if the block raises: offsets committed stay committed.
+    """
 
     kind = "kafka_consumer"
     Options: ClassVar[type[BaseModel]] = ConsumerOptions

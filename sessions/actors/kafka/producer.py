@@ -143,7 +143,13 @@ class ProducerOptions(KafkaOptions):
 
 
 class KafkaProducerActor(ResourceActor):
-    """One ``KafkaProducer``; sends are in flight together (see the package docstring)."""
+    """One ``KafkaProducer``; sends are in flight together (see the package docstring).
+
+    A lease (``with producer.lease() as p``) holds one member, so one producer: the
+    block's sends are handed to it in order with no other caller's in between (per
+    partition, Kafka keeps that order). It is not a Kafka transaction: records already
+    sent are not withdrawn if the block raises.
+    """
 
     kind = "kafka_producer"
     Options: ClassVar[type[BaseModel]] = ProducerOptions
