@@ -16,6 +16,7 @@ from sessions import (
     ChildRunning,
     ConfigError,
     DeviceError,
+    LeaseBroken,
     ResourceBroken,
     ResourceFault,
     ResourceUnavailable,
@@ -29,6 +30,8 @@ EXAMPLES: list[tuple[SessionsError, dict[str, object]]] = [
     (ResourceFault("query broke", resource="db", method="query"), {"method": "query"}),
     (ResourceBroken("link desynchronized"), {}),
     (ResourceUnavailable("stopped", resource="cache"), {"resource": "cache"}),
+    (LeaseBroken("lease ended", resource="db#1", lease="db-lease-1"),
+     {"resource": "db#1", "lease": "db-lease-1"}),
     (
         CallTimeout("m", resource="a", started=False),
         {"resource": "a", "started": False},
@@ -99,8 +102,8 @@ def test_pickled_error_can_be_raised_and_caught() -> None:
 
 @pytest.mark.parametrize(
     "cls",
-    [ConfigError, ResourceFault, ResourceBroken, ResourceUnavailable, CallTimeout, ChildRunning,
-     DeviceError],
+    [ConfigError, ResourceFault, ResourceBroken, ResourceUnavailable, LeaseBroken, CallTimeout,
+     ChildRunning, DeviceError],
 )
 def test_all_derive_from_sessions_error(cls: type[Exception]) -> None:
     """Every library exception is a SessionsError (one ``except`` catches them all)."""
