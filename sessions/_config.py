@@ -7,6 +7,7 @@ messages and tracebacks never reach the user.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import os
@@ -19,8 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sessions._errors import ConfigError
+from sessions._explain import did_you_mean, explain
 from sessions._redact import redact
-from sessions._runtime.contract import ResourceActor
+from sessions._runtime.contract import ResourceActor, construct
+from sessions._runtime.kinds import resolve_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,7 +132,6 @@ class ServerConfig(_Model):
         ge=0, le=65535, description="TCP port; 0 picks a free one (printed at start)."
     )
 
-
 class SystemConfig(_Model):
     """The whole file."""
 
@@ -140,6 +142,10 @@ class SystemConfig(_Model):
 
 
 # -- loading --------------------------------------------------------------------------
+
+#: The top-level tables of a config file, as the operator writes them.
+TOP_LEVEL = {"supervisor": "[supervisor]", "supervisors": "[supervisors.NAME]",
+             "resources": "[resources.NAME]", "server": "[server]"}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _NAME_RULE = "names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
@@ -165,7 +171,7 @@ def _substitute(value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
     if isinstance(value, Mapping):
         return {k: _substitute(v, _join(path, str(k)), errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, _join(path, str(i)), errors) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     return value
 
 
@@ -173,66 +179,129 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _describe(err: Mapping[str, Any]) -> str:
-    """One plain sentence for one pydantic error."""
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if isinstance(value, str):
-        value = redact(value)
-    if kind == "literal_error":
-        expected = ctx.get("expected", "")
-        options = ", ".join(re.findall(r"'([^']*)'", expected)) or expected
-        return f"expected one of {options}, got {value!r}"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-              "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()), "?")
-        return f"must be {op} {bound}, got {value!r}"
-    if kind == "value_error" and "error" in ctx:  # our own validators say it all
-        return str(ctx["error"])
-    msg = str(err.get("msg", "invalid value"))
-    return f"{msg[0].lower()}{msg[1:]}, got {value!r}"
+def errors_from(exc: ValidationError, prefix: str = "", data: Any = None,
+                model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """Translate a pydantic ValidationError into ``(path, message)`` pairs naming the
+    user's keys (see :mod:`sessions._explain`); ``data`` is what was validated."""
+    return explain(exc, prefix, data, model) if data is not None else explain(exc, prefix,
+                                                                             model=model)
 
 
-def errors_from(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Translate a pydantic ValidationError into ``(path, message)`` pairs."""
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
-        out.append((_join(prefix, *loc), _describe(err)))
-    return out
+def read_file(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file; ``ConfigError`` (path ``""``) saying what is wrong with it."""
+    path = Path(source)
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([("", f"config file {str(path)!r} does not exist")]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([("", f"{path}: not UTF-8 text: {err}")]) from None
+    except OSError as err:
+        raise ConfigError([("", f"cannot read config file {str(path)!r}: "
+                                f"{err.strerror or err}")]) from None
+    return raw
 
 
 def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
-    """Read, substitute and validate a config file path or mapping."""
-    if isinstance(source, Mapping):
-        raw: Any = source
-    else:
-        path = Path(source)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError([("", f"config file {str(path)!r} does not exist")]) from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
-        except UnicodeDecodeError as err:
-            raise ConfigError([("", f"{path}: not UTF-8 text: {err}")]) from None
-        except OSError as err:
-            raise ConfigError([("", f"cannot read config file {str(path)!r}: "
-                                    f"{err.strerror or err}")]) from None
+    """Read, substitute and validate a config file path or mapping.
+
+    Every problem is reported at once: the supervision keys, the cross-references
+    between tables and each resource's kind and kind keys (also of a table whose
+    supervision keys are wrong), as one ``ConfigError``.
+    """
+    raw: Any = source if isinstance(source, Mapping) else read_file(source)
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
+    if not isinstance(raw, Mapping):
+        raise ConfigError([("", f"expected a table of tables, got {type(raw).__name__}")])
+    errors += _unknown_tables(raw)
+    known = {k: v for k, v in raw.items() if k in TOP_LEVEL}
+    config: SystemConfig | None = None
     try:
-        config = SystemConfig.model_validate(raw)
+        config = SystemConfig.model_validate(known)
     except ValidationError as exc:
-        raise ConfigError(errors + errors_from(exc)) from None
-    errors += _check_tree(config)
+        errors += errors_from(exc, "", known, SystemConfig)
+    errors += _check_tree(config if config is not None else _valid_part(known))
     if errors:
+        resources = known.get("resources")
+        if isinstance(resources, Mapping):
+            errors += kind_errors(resources)
         raise ConfigError(errors)
+    assert config is not None
     return config
+
+
+def _unknown_tables(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A top-level key that is none of the four tables, with what it may have meant."""
+    errors = []
+    for key, value in raw.items():
+        if key in TOP_LEVEL:
+            continue
+        what = f"unknown table [{key}]" if isinstance(value, Mapping) else \
+            f"unknown top-level key {key!r}"
+        close = difflib.get_close_matches(str(key), list(TOP_LEVEL), n=1, cutoff=0.7)
+        hint = f" (did you mean {TOP_LEVEL[close[0]]}?)" if close else ""
+        if not hint and isinstance(value, Mapping) and "kind" in value:
+            hint = f" (a resource? write [resources.{key}])"
+        errors.append((str(key), f"{what}{hint}; a config file has the tables "
+                                 f"{', '.join(TOP_LEVEL.values())}"))
+    return errors
+
+
+def _valid_part(raw: Mapping[str, Any]) -> SystemConfig:
+    """The tables of an invalid config that are valid on their own (an invalid supervisor
+    as a default one, so references to its name still resolve), for the cross-reference
+    checks to run on as much of the file as they can."""
+
+    def valid(model: type[_Model] | type[ResourceConfig], table: Any) -> Any:
+        try:
+            return model.model_validate(table)
+        except ValidationError:
+            return None
+
+    sups = raw.get("supervisors")
+    resources = raw.get("resources")
+    return SystemConfig.model_construct(
+        supervisor=valid(SupervisorConfig, raw.get("supervisor", {})) or SupervisorConfig(),
+        supervisors={str(n): valid(SupervisorConfig, t) or SupervisorConfig()
+                     for n, t in sups.items()} if isinstance(sups, Mapping) else {},
+        resources={str(n): r for n, t in resources.items()
+                   if (r := valid(ResourceConfig, t)) is not None}
+        if isinstance(resources, Mapping) else {},
+        server=None,
+    )
+
+
+def kind_errors(resources: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The kind and kind-key problems of every resource table that names a kind, whatever
+    its supervision keys (so one report has both)."""
+    errors: list[tuple[str, str]] = []
+    for name, table in resources.items():
+        if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+            continue  # reported by the schema
+        path = f"resources.{name}"
+        options = {k: v for k, v in table.items() if k not in ResourceConfig.model_fields}
+        try:
+            cls = resolve_kind(table["kind"], f"{path}.kind")
+            make_actor(cls, check_options(cls, options, path), table["kind"], path)
+        except ConfigError as err:
+            errors += err.errors
+    return errors
+
+
+def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
+               path: str) -> ResourceActor:
+    """Construct a kind's actor object (side-effect free by the ResourceActor contract:
+    ``connect()`` does the I/O); a constructor rejecting its options is a config error."""
+    try:
+        return construct(cls, options)
+    except ValidationError as err:
+        raise ConfigError(errors_from(err, path, options, cls.Options)) from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError([(path, f"kind {kind!r} rejected its options: "
+                                  f"{redact(err)}")]) from err
 
 
 def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
@@ -297,7 +366,8 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
     try:
         res = ResourceConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(errors + errors_from(exc, path or f"resources.{name}")) from None
+        raise ConfigError(errors + errors_from(exc, path or f"resources.{name}", raw,
+                                               ResourceConfig)) from None
     if res.significant and (res.restart == "permanent" or res.pool_size > 1):
         errors.append((f"{path or f'resources.{name}'}.significant", "a significant child "
                        "needs restart = transient or temporary, and pool_size = 1"))
@@ -314,7 +384,8 @@ def check_options(cls: type, options: Mapping[str, Any], path: str) -> dict[str,
         try:
             validated = model.model_validate(dict(options))
         except ValidationError as exc:
-            raise ConfigError(errors_from(exc, path)) from None
+            raise ConfigError(_suggest(errors_from(exc, path, dict(options), model), path,
+                                       model.model_fields)) from None
         fields = {k: getattr(validated, k) for k in model.model_fields}
         return fields | dict(validated.model_extra or {})
     if cls.__init__ is ResourceActor.__init__:  # type: ignore[misc]
@@ -328,10 +399,27 @@ def check_options(cls: type, options: Mapping[str, Any], path: str) -> dict[str,
     unknown = [k for k in options if k not in accepted]
     if unknown:
         hint = f"accepted: {', '.join(accepted)}" if accepted else "this kind takes no options"
-        raise ConfigError([(_join(path, k), f"unknown key for kind {cls.__name__} ({hint})")
-                           for k in unknown])
+        raise ConfigError(_suggest(
+            [(_join(path, k), f"unknown key for kind {cls.__name__} ({hint})") for k in unknown],
+            path, accepted))
     missing = [n for n, p in params.items() if n != "self" and p.default is p.empty
                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in options]
     if missing:
         raise ConfigError([(_join(path, k), "required key is missing") for k in missing])
     return dict(options)
+
+
+def _suggest(errors: list[tuple[str, str]], path: str,
+             fields: Mapping[str, Any] | list[str]) -> list[tuple[str, str]]:
+    """Add "did you mean" to an unknown key of a resource table, among the kind's keys and
+    the supervision keys (``call_timout`` -> ``call_timeout``)."""
+    out = []
+    for where, message in errors:
+        key = where[len(path) + 1:] if where.startswith(f"{path}.") else ""
+        hint = ""
+        direct = bool(key) and "." not in key and "[" not in key and key not in fields
+        if direct and "did you mean" not in message and (
+                "unknown" in message or "not allowed" in message):
+            hint = did_you_mean(key, [*fields, *ResourceConfig.model_fields])
+        out.append((where, message + hint))
+    return out

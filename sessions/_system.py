@@ -19,7 +19,14 @@ from types import TracebackType
 from typing import Any
 
 from sessions import _config
-from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig, check_options
+from sessions._config import (
+    ROOT,
+    ResourceConfig,
+    SupervisorConfig,
+    SystemConfig,
+    check_options,
+    make_actor,
+)
 from sessions._errors import CallTimeout, ConfigError, ResourceUnavailable
 from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import public_methods
@@ -35,7 +42,6 @@ from sessions.supervisor._tree import (
     Pool,
     ResourceChild,
     SupervisorNode,
-    make_actor,
     walk,
 )
 

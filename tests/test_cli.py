@@ -185,6 +185,61 @@ url = "${SESSIONS_TEST_UNSET_VAR}"
     assert result.stdout == ""
 
 
+
+def test_check_reports_every_problem_of_a_resource_in_one_run(tmp_path: Path) -> None:
+    """Bad supervision keys do not hide the kind's own keys' problems (nor the other way
+    round): one run lists them all, in file order, at the keys written."""
+    path = write(
+        tmp_path,
+        """
+[resources.cache]
+kind = "redis"
+url = "redis://localhost:6379/0"
+socket_timeout = -1
+bogus_key = 1
+pubsub_queue_size = 0
+call_timeout = "x"
+call_timout = 3
+breaker = { failures = 0 }
+""",
+    )
+    result = sessions_cli("check", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"sessions: {path}: resources.cache.socket_timeout: must be > 0, got -1",
+        f"sessions: {path}: resources.cache.bogus_key: unknown redis-py connection option "
+        "'bogus_key' (TLS: use a rediss:// url; a socket: unix://)",
+        f"sessions: {path}: resources.cache.pubsub_queue_size: must be >= 1, got 0",
+        f"sessions: {path}: resources.cache.call_timeout: expected a number, got 'x'",
+        f"sessions: {path}: resources.cache.call_timout: unknown redis-py connection option "
+        "'call_timout' (did you mean call_timeout? TLS: use a rediss:// url; a socket: "
+        "unix://)",
+        f"sessions: {path}: resources.cache.breaker.failures: must be >= 1, got 0",
+    ]
+
+
+def test_check_names_the_users_keys_not_pydantics(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[resources.api]
+kind = "http"
+base_url = "http://127.0.0.1:1"
+timeout = [1, 2, 3]
+verify = 3
+retries = "x"
+""",
+    )
+    result = sessions_cli("check", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"sessions: {path}: resources.api.timeout: expected at most 2 items, got 3 items",
+        f"sessions: {path}: resources.api.verify: expected true, false or a string, got 3",
+        f"sessions: {path}: resources.api.retries: expected an integer >= 0 or a table, "
+        "got 'x'",
+    ]
+
+
 def test_check_kind_option_errors_name_the_key(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -198,7 +253,7 @@ fault_threshold = 0
     )
     result = sessions_cli("check", path)
     assert result.returncode == 2
-    assert "resources.bus.devices.0.address: " in result.stderr
+    assert "resources.bus.devices[0].address: " in result.stderr
     assert "resources.bus.fault_threshold: must be >= 1" in result.stderr
 
 
@@ -211,6 +266,17 @@ def test_check_missing_file_and_bad_toml_are_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1
     assert "invalid TOML" in bad.stderr
+
+
+def test_check_a_typo_in_a_table_name_is_suggested(tmp_path: Path) -> None:
+    path = write(tmp_path, '[resource.db]\nkind = "tests.kinds:Probe"\n')
+    result = sessions_cli("check", path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sessions: {path}: resource: unknown table [resource] (did you mean "
+        "[resources.NAME]?); a config file has the tables [supervisor], [supervisors.NAME], "
+        "[resources.NAME], [server]\n"
+    )
 
 
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:

@@ -106,21 +106,39 @@ def test_bad_strategy_in_named_supervisor() -> None:
     assert "got 'all_for_one'" in str(err)
 
 
+TABLES = "a config file has the tables [supervisor], [supervisors.NAME], [resources.NAME], [server]"
+
+
 @pytest.mark.parametrize(
-    ("config", "path"),
+    ("config", "path", "message"),
     [
-        ({"supervisor": {"bogus": 1}}, "supervisor.bogus"),
-        ({"supervisor": {"backoff": {"bogus": 1}}}, "supervisor.backoff.bogus"),
-        ({"supervisors": {"s": {"restarts": 2}}}, "supervisors.s.restarts"),
-        ({"supervisors": {"s": {"backoff": {"factor": 2}}}}, "supervisors.s.backoff.factor"),
-        ({"resourcez": {}}, "resourcez"),
+        ({"supervisor": {"bogus": 1}}, "supervisor.bogus", "unknown key"),
+        ({"supervisor": {"backoff": {"bogus": 1}}}, "supervisor.backoff.bogus", "unknown key"),
+        ({"supervisors": {"s": {"restarts": 2}}}, "supervisors.s.restarts",
+         "unknown key (did you mean 'restart'?)"),
+        ({"supervisors": {"s": {"backoff": {"factor": 2}}}}, "supervisors.s.backoff.factor",
+         "unknown key"),
+        ({"supervisors": {"s": {"backoff": {"multiplyer": 2}}}},
+         "supervisors.s.backoff.multiplyer", "unknown key (did you mean 'multiplier'?)"),
+        ({"resourcez": {}}, "resourcez",
+         f"unknown table [resourcez] (did you mean [resources.NAME]?); {TABLES}"),
+        ({"resource": {"db": {"kind": "x"}}}, "resource",
+         f"unknown table [resource] (did you mean [resources.NAME]?); {TABLES}"),
+        ({"Server": {"port": 1}}, "Server",
+         f"unknown table [Server] (did you mean [server]?); {TABLES}"),
+        ({"db": {"kind": "x"}}, "db",
+         f"unknown table [db] (a resource? write [resources.db]); {TABLES}"),
+        ({"other": {}}, "other", f"unknown table [other]; {TABLES}"),
+        ({"strategy": "one_for_all"}, "strategy",
+         f"unknown top-level key 'strategy'; {TABLES}"),
     ],
 )
-def test_unknown_key(config: dict[str, Any], path: str) -> None:
-    """A key the schema does not know is named with its full path."""
+def test_unknown_key(config: dict[str, Any], path: str, message: str) -> None:
+    """A key the schema does not know is named with its full path, with the key it may
+    have meant; an unknown top-level table with the table it may have meant."""
     err = config_error(config)
     assert err.path == path
-    assert str(err) == f"{path}: unknown key"
+    assert str(err) == f"{path}: {message}"
 
 
 @pytest.mark.parametrize(
@@ -129,25 +147,25 @@ def test_unknown_key(config: dict[str, Any], path: str) -> None:
         (
             {"resources": {"a": probe(call_timeout=-1)}},
             "resources.a.call_timeout",
-            "must be > 0.0, got -1",
+            "must be > 0, got -1",
         ),
         (
             {"resources": {"a": probe(call_timeout=0)}},
             "resources.a.call_timeout",
-            "must be > 0.0, got 0",
+            "must be > 0, got 0",
         ),
         (
             {"resources": {"a": probe(connect_timeout=0)}},
             "resources.a.connect_timeout",
-            "must be > 0.0, got 0",
+            "must be > 0, got 0",
         ),
         (
             {"resources": {"a": probe(health_interval=-2.5)}},
             "resources.a.health_interval",
-            "must be > 0.0, got -2.5",
+            "must be > 0, got -2.5",
         ),
-        ({"supervisor": {"period": 0}}, "supervisor.period", "must be > 0.0, got 0"),
-        ({"supervisor": {"period": -1.0}}, "supervisor.period", "must be > 0.0, got -1.0"),
+        ({"supervisor": {"period": 0}}, "supervisor.period", "must be > 0, got 0"),
+        ({"supervisor": {"period": -1.0}}, "supervisor.period", "must be > 0, got -1.0"),
         ({"supervisor": {"max_restarts": -1}}, "supervisor.max_restarts", "must be >= 0, got -1"),
         (
             {"supervisors": {"s": {"max_restarts": -3}}},
@@ -157,22 +175,22 @@ def test_unknown_key(config: dict[str, Any], path: str) -> None:
         (
             {"supervisor": {"backoff": {"jitter": 1.5}}},
             "supervisor.backoff.jitter",
-            "must be <= 1.0, got 1.5",
+            "must be <= 1, got 1.5",
         ),
         (
             {"supervisor": {"backoff": {"jitter": -0.1}}},
             "supervisor.backoff.jitter",
-            "must be >= 0.0, got -0.1",
+            "must be >= 0, got -0.1",
         ),
         (
             {"supervisor": {"backoff": {"initial": -1}}},
             "supervisor.backoff.initial",
-            "must be >= 0.0, got -1",
+            "must be >= 0, got -1",
         ),
         (
             {"supervisor": {"backoff": {"multiplier": 0.5}}},
             "supervisor.backoff.multiplier",
-            "must be >= 1.0, got 0.5",
+            "must be >= 1, got 0.5",
         ),
     ],
 )
@@ -520,7 +538,7 @@ def test_env_value_not_expanded_again(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (probe(label="${SESSIONS_TEST_MISSING}"), "resources.a.label"),
         ({"kind": BAG, "nested": {"deep": "x${SESSIONS_TEST_MISSING}"}}, "resources.a.nested.deep"),
-        ({"kind": BAG, "items": ["ok", "${SESSIONS_TEST_MISSING}"]}, "resources.a.items.1"),
+        ({"kind": BAG, "items": ["ok", "${SESSIONS_TEST_MISSING}"]}, "resources.a.items[1]"),
     ],
 )
 def test_env_missing_variable(

@@ -237,11 +237,11 @@ def test_direct_construction_reports_bad_options_by_key() -> None:
     assert str(no_options.value) == "Bare takes no options (got a, b)"
     with pytest.raises(ValueError) as bad:
         Echo(repeat=0, prefix=[1])
-    assert str(bad.value) == ("Echo: prefix: Input should be a valid string; "
-                              "repeat: Input should be greater than or equal to 1")
+    assert str(bad.value) == ("Echo: prefix: expected a string, got [1]; "
+                              "repeat: must be >= 1, got 0")
     with pytest.raises(ValueError) as across:
         Strict(low=3, high=2)
-    assert str(across.value) == "Strict: (options): Value error, low must not exceed high"
+    assert str(across.value) == "Strict: (options): low must not exceed high"
 
 
 def test_spawn_names_its_thread_makes_it_a_daemon_and_logs_its_end(

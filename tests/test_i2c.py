@@ -577,10 +577,10 @@ def test_devices_may_be_simdevice_objects() -> None:
         ({"bus": None}, "resources.bus.bus", "bus number"),
         (
             {"devices": [{"type": "tmp103", "address": TMP}]},
-            "resources.bus.devices.0.type",
+            "resources.bus.devices[0].type",
             "tmp102",
         ),
-        ({"devices": [{"address": TMP}]}, "resources.bus.devices.0.type", "missing"),
+        ({"devices": [{"address": TMP}]}, "resources.bus.devices[0].type", "missing"),
         (
             {
                 "devices": [
@@ -588,17 +588,17 @@ def test_devices_may_be_simdevice_objects() -> None:
                     {"type": "registers", "address": 0x78},
                 ]
             },
-            "resources.bus.devices.1.address",
+            "resources.bus.devices[1].address",
             "0x03..0x77",
         ),
         (
             {"devices": [{"type": "tmp102", "address": TMP, "width": 16}]},
-            "resources.bus.devices.0",
+            "resources.bus.devices[0]",
             "'width' does not apply to type 'tmp102'",
         ),
         (
             {"devices": [{"type": "eeprom24c02", "address": EE, "size": 100}]},
-            "resources.bus.devices.0",
+            "resources.bus.devices[0]",
             "powers of 2",
         ),
         (
@@ -613,30 +613,34 @@ def test_devices_may_be_simdevice_objects() -> None:
         ),
         (
             {"init": [{"address": 0x100, "register": 0, "value": 0}]},
-            "resources.bus.init.0.address",
+            "resources.bus.init[0].address",
             "7-bit",
         ),
         (
             {"init": [{"address": REG, "register": 0, "value": 0}, {"address": REG, "value": 1}]},
-            "resources.bus.init.1.register",
+            "resources.bus.init[1].register",
             "missing",
         ),
         (
             {"init": [{"address": REG, "register": 256, "value": 0}]},
-            "resources.bus.init.0.register",
+            "resources.bus.init[0].register",
             "0..255",
         ),
         (
             {"init": [{"address": REG, "register": 0, "value": 0x1FF}]},
-            "resources.bus.init.0.value",
+            "resources.bus.init[0].value",
             "word = true",
         ),
         (
             {"init": [{"address": REG, "register": 0, "value": 1, "byteorder": "big"}]},
-            "resources.bus.init.0.byteorder",
+            "resources.bus.init[0].byteorder",
             "word = true",
         ),
-        ({"init": [{"address": REG, "reg": 0, "value": 0}]}, "resources.bus.init.0.reg", "unknown"),
+        (
+            {"init": [{"address": REG, "reg": 0, "value": 0}]},
+            "resources.bus.init[0].reg",
+            "unknown",
+        ),
         ({"bus": 1, "devices": []}, "resources.bus.devices", "only applies to bus = 'sim'"),
         ({"bus": "/dev/i2c-1", "clock_hz": 400_000}, "resources.bus.clock_hz", "'sim'"),
         ({"fault_threshold": 0}, "resources.bus.fault_threshold", ">= 1"),

@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from sessions._explain import explain
+
 log = logging.getLogger("sessions.actor")
 
 BatchItem = tuple[str, tuple[Any, ...], Mapping[str, Any]]
@@ -281,8 +283,8 @@ class ResourceActor:
             self.config = model.model_validate(options)
         except ValidationError as err:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}"
-                for e in err.errors()
+                f"{path or '(options)'}: {message}"
+                for path, message in explain(err, "", dict(options), model)
             )
             raise ValueError(f"{type(self).__name__}: {problems}") from None
 

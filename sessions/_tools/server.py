@@ -48,7 +48,7 @@ def parse_server(raw: Any, path: str = "server") -> ServerConfig:
     try:
         return ServerConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(errors_from(exc, path)) from None
+        raise ConfigError(errors_from(exc, path, dict(raw), ServerConfig)) from None
 
 
 def health(system: System) -> tuple[int, dict[str, Any]]:

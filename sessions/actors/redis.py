@@ -117,6 +117,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from sessions._config import ResourceConfig
 from sessions._redact import redact
 from sessions._runtime.abort import shutdown_socket
 from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
@@ -353,7 +354,9 @@ def _key_problem(key: str, value: Any) -> tuple[str, Any]:
     if key in _FORBIDDEN:
         return f"not allowed: {_FORBIDDEN[key]}", value
     if key not in _PASSTHROUGH:
-        close = difflib.get_close_matches(key, sorted(_PASSTHROUGH), n=1)
+        close = difflib.get_close_matches(
+            key, sorted(_PASSTHROUGH | set(ResourceConfig.model_fields)), n=1
+        )
         hint = f"did you mean {close[0]}? " if close else ""
         return (
             f"unknown redis-py connection option {key!r} ({hint}TLS: use a rediss:// url; "

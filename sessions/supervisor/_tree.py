@@ -31,11 +31,11 @@ from typing import Any
 
 import pykka
 
-from sessions._config import ROOT, ResourceConfig, SupervisorConfig
-from sessions._errors import ChildRunning, ConfigError, ResourceUnavailable
+from sessions._config import ROOT, ResourceConfig, SupervisorConfig, make_actor
+from sessions._errors import ChildRunning, ResourceUnavailable
 from sessions._redact import redact
 from sessions._runtime.breaker import Breaker
-from sessions._runtime.contract import IGNORE, ResourceActor, construct
+from sessions._runtime.contract import IGNORE, ResourceActor
 from sessions._runtime.futures import SessionFuture
 from sessions._runtime.runner import LeaseToken, Mailbox, Owed, Runner, settle
 from sessions._runtime.stats import CallStats
@@ -93,16 +93,6 @@ class Node:
         restart intensity and without holding up its siblings' start."""
         self.start_failed = False
         """keep_trying: its latest start failed (its calls are refused meanwhile)."""
-
-
-def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
-               path: str) -> ResourceActor:
-    """Construct a kind's actor object (side-effect free by the ResourceActor contract:
-    ``connect()`` does the I/O); a constructor rejecting its options is a config error."""
-    try:
-        return construct(cls, options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError([(path, f"kind {kind!r} rejected its options: {err}")]) from err
 
 
 class ResourceChild(Node):
