@@ -143,6 +143,12 @@ class SystemConfig(_Model):
 
 # -- loading --------------------------------------------------------------------------
 
+#: Largest config file read (bytes): far above any real plant's, far below one that would
+#: take minutes and gigabytes to validate.
+MAX_FILE_BYTES = 1024 * 1024
+#: Most resource (and supervisor) tables in one file; each resource is at least one
+#: thread and one connection.
+MAX_TABLES = 1000
 #: The top-level tables of a config file, as the operator writes them.
 TOP_LEVEL = {"supervisor": "[supervisor]", "supervisors": "[supervisors.NAME]",
              "resources": "[resources.NAME]", "server": "[server]"}
@@ -188,20 +194,58 @@ def errors_from(exc: ValidationError, prefix: str = "", data: Any = None,
 
 
 def read_file(source: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML config file; ``ConfigError`` (path ``""``) saying what is wrong with it."""
+    """Read a TOML config file; ``ConfigError`` (path ``""``) saying what is wrong with it.
+
+    A leading UTF-8 byte order mark is skipped (valid UTF-8, written by some Windows
+    editors; TOML 1.0 does not forbid it). Bytes that are not UTF-8 are reported by line
+    and column. A file over :data:`MAX_FILE_BYTES`, one with more than
+    :data:`MAX_TABLES` resources or supervisors, and one with nothing in it are errors.
+    """
     path = Path(source)
     try:
-        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise ConfigError([("", f"config file {str(path)!r} does not exist")]) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError([("", f"{path}: not UTF-8 text: {err}")]) from None
     except OSError as err:
         raise ConfigError([("", f"cannot read config file {str(path)!r}: "
                                 f"{err.strerror or err}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([("", f"{path}: the file is {max(size, len(data)):,} bytes; a "
+                                f"config file may have at most {MAX_FILE_BYTES:,} (1 MiB)")])
+    try:
+        raw: dict[str, Any] = tomllib.loads(_decode(path, data))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([("", f"{path}: invalid TOML: {err}")]) from None
+    if not raw:
+        raise ConfigError([("", f"{path}: the file is empty (no tables, no keys): there is "
+                                "nothing to supervise; a config has [resources.NAME] tables")])
+    for key in ("resources", "supervisors"):
+        tables = raw.get(key)
+        if isinstance(tables, dict) and len(tables) > MAX_TABLES:
+            raise ConfigError([(key, f"{len(tables):,} tables; a config file may have at "
+                                     f"most {MAX_TABLES:,} (each resource is a thread and a "
+                                     "connection at least)")])
     return raw
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """``data`` as text: UTF-8, a leading BOM skipped; ``ConfigError`` with the line and
+    column of the first byte that is not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([("", f"{path}: UTF-16 text (it starts with a UTF-16 byte order "
+                                "mark): save it as UTF-8")])
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        begin = data.rfind(b"\n", 0, err.start) + 1
+        column = len(data[begin:err.start].decode("utf-8", errors="replace")) + 1
+        raise ConfigError([("", f"{path}: not UTF-8 text: line {line}, column {column}: byte "
+                                f"0x{data[err.start]:02x} ({err.reason}); save the file as "
+                                "UTF-8")]) from None
 
 
 def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:

@@ -268,6 +268,25 @@ def test_check_missing_file_and_bad_toml_are_one_line(tmp_path: Path) -> None:
     assert "invalid TOML" in bad.stderr
 
 
+
+def test_check_an_empty_file_is_an_error_and_a_tree_without_resources_a_warning(
+    tmp_path: Path,
+) -> None:
+    empty = write(tmp_path, "# to be written\n", "empty.toml")
+    result = sessions_cli("check", empty)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sessions: {empty}: the file is empty (no tables, no keys): there is nothing to "
+        "supervise; a config has [resources.NAME] tables\n"
+    )
+    bare = write(tmp_path, '[supervisor]\nstrategy = "one_for_all"\n', "bare.toml")
+    result = sessions_cli("check", bare)
+    assert result.returncode == 0
+    assert "WARNING sessions.cli: no [resources.NAME] tables: the tree starts empty" in (
+        result.stderr
+    )
+
+
 def test_check_a_typo_in_a_table_name_is_suggested(tmp_path: Path) -> None:
     path = write(tmp_path, '[resource.db]\nkind = "tests.kinds:Probe"\n')
     result = sessions_cli("check", path)
@@ -276,6 +295,17 @@ def test_check_a_typo_in_a_table_name_is_suggested(tmp_path: Path) -> None:
         f"sessions: {path}: resource: unknown table [resource] (did you mean "
         "[resources.NAME]?); a config file has the tables [supervisor], [supervisors.NAME], "
         "[resources.NAME], [server]\n"
+    )
+
+
+def test_check_bytes_that_are_not_utf8_are_located_by_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[resources.a]\nkind = "tests.kinds:Probe"\nlabel = "Z\xfcrich"\n')
+    result = sessions_cli("check", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sessions: {path}: not UTF-8 text: line 3, column 11: byte 0xfc (invalid start "
+        "byte); save the file as UTF-8\n"
     )
 
 

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field
 
 import sessions
 from sessions import ConfigError, ResourceActor
+from sessions._config import read_file
 from tests.support import config, in_thread
 from tests.test_config import BAG, config_error, probe
 
@@ -369,17 +370,66 @@ def test_invalid_toml_message(tmp_path: Path) -> None:
 
 def test_not_utf8_message(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
-    path.write_bytes(b'label = "caf\xe9"\n')
+    path.write_bytes(b'[resources.a]\nlabel = "caf\xe9"\n')
     ((where, message),) = config_error(path).errors
     assert where == ""
-    assert message.startswith(f"{path}: not UTF-8 text: ")
-    assert "utf-8" in message
+    assert message == (f"{path}: not UTF-8 text: line 2, column 13: byte 0xe9 (invalid "
+                       "continuation byte); save the file as UTF-8")
 
 
 def test_unreadable_path_message(tmp_path: Path) -> None:
     ((where, message),) = config_error(tmp_path).errors
     assert where == ""
     assert message == f"cannot read config file {str(tmp_path)!r}: Is a directory"
+
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """Valid UTF-8 (Windows editors write it); TOML 1.0 does not forbid it, tomllib
+    alone would say 'Invalid statement' at line 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b'\xef\xbb\xbf[resources.a]\nkind = "tests.kinds:Probe"\n')
+    with sessions.start(path) as system:
+        assert list(system.config.resources) == ["a"]
+
+
+def test_utf16_text_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.toml"
+    path.write_bytes('[resources.a]\nkind = "x"\n'.encode("utf-16"))
+    assert config_error(path).errors == [
+        ("", f"{path}: UTF-16 text (it starts with a UTF-16 byte order mark): save it as UTF-8")]
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing here yet\n"])
+def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    """A file with nothing in it is far more likely a wrong path or a truncated deploy than
+    a plant with nothing to supervise (a mapping {} stays valid for the library)."""
+    path = tmp_path / "empty.toml"
+    path.write_text(text, encoding="utf-8")
+    assert config_error(path).errors == [
+        ("", f"{path}: the file is empty (no tables, no keys): there is nothing to supervise; "
+             "a config has [resources.NAME] tables")]
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_bytes(b"# padding\n" * (1024 * 1024 // 10 + 1))
+    size = path.stat().st_size
+    assert config_error(path).errors == [
+        ("", f"{path}: the file is {size:,} bytes; a config file may have at most 1,048,576 "
+             "(1 MiB)")]
+
+
+@pytest.mark.parametrize("table", ["resources", "supervisors"])
+def test_more_tables_than_the_limit_are_refused(tmp_path: Path, table: str) -> None:
+    path = tmp_path / "many.toml"
+    kind = 'kind = "tests.kinds:Probe"\n' if table == "resources" else ""
+    path.write_text("".join(f"[{table}.t{i}]\n{kind}" for i in range(1001)), encoding="utf-8")
+    assert config_error(path).errors == [
+        (table, "1,001 tables; a config file may have at most 1,000 (each resource is a "
+                "thread and a connection at least)")]
+    path.write_text("".join(f"[{table}.t{i}]\n{kind}" for i in range(1000)), encoding="utf-8")
+    assert len(read_file(path)[table]) == 1000
 
 
 def test_file_values_are_substituted_and_cross_checked(tmp_path: Path,

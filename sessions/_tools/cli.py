@@ -105,6 +105,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     for name, path, message in unbounded_waits(loaded.config):
         log.warning("resources.%s.%s %s", name, path, message)
+    if not loaded.config.resources:
+        log.warning("no [resources.NAME] tables: the tree starts empty (an app may add "
+                    "children with System.start_child)")
     if not args.connect:
         return EXIT_OK
     return connect_all(loaded.config, out, args.verbose)
