@@ -8,6 +8,7 @@ is plain English with no pydantic wording, links or chained pydantic tracebacks.
 from __future__ import annotations
 
 import traceback
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 import sessions
 from sessions import ConfigError, ResourceActor
+from sessions._runtime import kinds as lookup
 from sessions.actors import BUILTIN_KINDS
 from tests import kinds
 
@@ -344,6 +346,30 @@ def test_builtin_kind_name_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(BUILTIN_KINDS, "probe", PROBE)
     with sessions.start({"resources": {"a": {"kind": "probe"}}}) as system:
         assert system.get("a").echo(3).result(10) == 3
+
+
+def test_entry_points_are_scanned_once_and_again_for_an_unknown_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scanning the installed distributions takes milliseconds: a config of many
+    resources scans once, not once per resource; a name not found scans afresh (a kind
+    installed since)."""
+    scans: list[str] = []
+    installed: list[Any] = []
+
+    def fake(group: str) -> list[Any]:
+        scans.append(group)
+        return list(installed)
+
+    monkeypatch.setattr(lookup, "entry_points", fake)
+    lookup._scan.cache_clear()
+    for _ in range(50):
+        assert lookup.resolve_kind(PROBE) is kinds.Probe
+    assert scans == ["sessions.resources"]
+    installed.append(EntryPoint("added", PROBE, "sessions.resources"))
+    assert lookup.resolve_kind("added") is kinds.Probe
+    assert len(scans) == 2
+    lookup._scan.cache_clear()
 
 
 @pytest.mark.parametrize(
