@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sessions._errors import ConfigError
 from sessions._explain import did_you_mean, explain
@@ -47,6 +54,23 @@ class BackoffConfig(_Model):
     multiplier: float = Field(2.0, ge=1, description="Growth per consecutive failure.")
     jitter: float = Field(0.1, ge=0, le=1, description="Random spread, fraction of the delay.")
 
+    @field_validator("initial", "max")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if math.isinf(value):
+            raise ValueError("must be a finite number of seconds: with inf the child would "
+                             "wait in 'restarting' for ever (restart = \"temporary\" is how "
+                             "to not restart a child), got inf")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffConfig:
+        if "initial" in self.model_fields_set and self.initial > self.max:
+            default = "" if "max" in self.model_fields_set else " (the default)"
+            raise ValueError(f"initial = {self.initial:g} is above max = {self.max:g}"
+                             f"{default}, the cap on every delay: make initial <= max")
+        return self
+
 
 class SupervisorConfig(_Model):
     """``[supervisor]`` (the root) or ``[supervisors.NAME]``."""
@@ -73,6 +97,14 @@ class BreakerConfig(_Model):
     failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
     reset_timeout: float = Field(10.0, gt=0, description="Seconds open before one probe call.")
 
+    @field_validator("reset_timeout")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if math.isinf(value):
+            raise ValueError("must be a finite number of seconds: with inf an open circuit "
+                             "would never probe again and refuse every call for ever, got inf")
+        return value
+
 
 class ResourceConfig(BaseModel):
     """``[resources.NAME]``: the supervision keys; every other key goes to the kind."""
@@ -82,13 +114,18 @@ class ResourceConfig(BaseModel):
     kind: str = Field(description="Built-in kind, entry point name, or 'package.module:Class'.")
     supervisor: str | None = Field(None, description="Supervisor name; omitted: the root.")
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
-    call_timeout: float = Field(5.0, gt=0, description="Max wait for a call to complete (s).")
-    connect_timeout: float = Field(30.0, gt=0, description="Max time for one connect (s).")
+    call_timeout: float = Field(
+        5.0, gt=0, description="Max wait for a call to complete (s); finite: it is the "
+        "deadline of every call.")
+    connect_timeout: float = Field(
+        30.0, gt=0, description="Max time for one connect (s); inf: no limit (sessions "
+        "check warns).")
     stall_timeout: float | None = Field(
         None, gt=0, description="A call (or health check, poll) still running after this "
         "is a fault: its caller gets ResourceFault, the connection is aborted and the "
         "resource restarted (s); omitted: twice call_timeout.")
-    health_interval: float | None = Field(None, gt=0, description="Seconds between checks.")
+    health_interval: float | None = Field(
+        None, gt=0, description="Seconds between health checks; omitted: none.")
     shutdown_timeout: float | Literal["brutal_kill"] = Field(
         5.0, description="Time to finish the current call and disconnect on a stop (s); "
         "then the connection is aborted. 'infinity' (or inf): wait for ever; 'brutal_kill': "
@@ -107,12 +144,30 @@ class ResourceConfig(BaseModel):
             return float(value)
         raise ValueError(
             f"expected seconds > 0, 'infinity' or 'brutal_kill', got {redact(repr(value))}")
-    pool_size: int = Field(1, ge=1, description="Actors (connections) behind one handle.")
+    pool_size: int = Field(
+        1, ge=1, le=1024, description="Actors (connections, threads) behind one handle.")
     significant: bool = Field(
         False, description="Its ending by itself (transient: normally; temporary: any "
         "way) counts for its supervisor's auto_shutdown; needs restart = transient or "
         "temporary, and pool_size = 1.")
     breaker: BreakerConfig | None = Field(None, description="Circuit breaker; omitted: none.")
+
+    @field_validator("call_timeout")
+    @classmethod
+    def _call_deadline(cls, value: float) -> float:
+        if math.isinf(value):
+            raise ValueError("must be a finite number of seconds: it is the deadline of every "
+                             "call (result() waits until it; stall_timeout = inf is how to turn "
+                             "the stall watchdog off), got inf")
+        return value
+
+    @field_validator("health_interval")
+    @classmethod
+    def _health_finite(cls, value: float | None) -> float | None:
+        if value is not None and math.isinf(value):
+            raise ValueError("must be a finite number of seconds (omit health_interval for no "
+                             "health checks), got inf")
+        return value
 
     @property
     def options(self) -> dict[str, Any]:

@@ -377,6 +377,45 @@ stall_timeout = inf
     assert "unbounded" not in capsys.readouterr().err
 
 
+
+def test_check_shows_unbounded_waits_as_infinity_and_refuses_an_infinite_call_timeout(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        """
+[supervisor]
+period = inf
+
+[resources.slow]
+kind = "tests.kinds:Probe"
+stall_timeout = inf
+connect_timeout = inf
+shutdown_timeout = "infinity"
+""",
+    )
+    result = sessions_cli("check", path)
+    assert result.returncode == 0, result.stderr
+    assert "infs" not in result.stdout
+    assert "root: supervisor one_for_one, at most 3 restarts ever," in result.stdout
+    assert (
+        "call_timeout 5s, stall_timeout infinity, connect_timeout infinity, shutdown_timeout "
+        "infinity" in result.stdout
+    )
+    assert (
+        "resources.slow.connect_timeout = inf: a connect that hangs (a black-holed host, a "
+        "device that never answers) holds the start of the tree for ever" in result.stderr
+    )
+    forever = write(tmp_path, '[resources.a]\nkind = "tests.kinds:Probe"\ncall_timeout = inf\n',
+                    "forever.toml")
+    result = sessions_cli("check", forever)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"sessions: {forever}: resources.a.call_timeout: must be a finite number of seconds: "
+        "it is the deadline of every call"
+    )
+
+
 def test_unbounded_libpq_waits_are_found_in_connect_args_and_the_url() -> None:
     from sessions.actors.database import DatabaseActor  # noqa: PLC0415
 

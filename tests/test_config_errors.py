@@ -205,6 +205,7 @@ def test_resource_edge_values_are_accepted(spec: dict[str, Any], check: Any) -> 
 
 @pytest.mark.parametrize(("spec", "path", "message"), [
     ({"pool_size": 0}, "resources.a.pool_size", "must be >= 1, got 0"),
+    ({"pool_size": 1025}, "resources.a.pool_size", "must be <= 1024, got 1025"),
     ({"breaker": {"failures": 0}}, "resources.a.breaker.failures", "must be >= 1, got 0"),
     ({"breaker": {"reset_timeout": 0}}, "resources.a.breaker.reset_timeout",
      "must be > 0, got 0"),
@@ -218,6 +219,65 @@ def test_resource_values_beyond_the_edge(spec: dict[str, Any], path: str, messag
     err = config_error({"resources": {"a": probe(**spec)}})
     assert err.errors == [(path, message)]
 
+
+
+# -- unbounded values: where inf means something, and where it is refused ------------
+
+_FINITE = "must be a finite number of seconds"
+
+
+@pytest.mark.parametrize(("cfg", "path", "message"), [
+    ({"resources": {"a": probe(call_timeout=math.inf)}}, "resources.a.call_timeout",
+     f"{_FINITE}: it is the deadline of every call (result() waits until it; stall_timeout = "
+     "inf is how to turn the stall watchdog off), got inf"),
+    ({"resources": {"a": probe(call_timeout=math.nan)}}, "resources.a.call_timeout",
+     "must be > 0, got nan"),
+    ({"resources": {"a": probe(health_interval=math.inf)}}, "resources.a.health_interval",
+     f"{_FINITE} (omit health_interval for no health checks), got inf"),
+    ({"resources": {"a": probe(breaker={"reset_timeout": math.inf})}},
+     "resources.a.breaker.reset_timeout",
+     f"{_FINITE}: with inf an open circuit would never probe again and refuse every call "
+     "for ever, got inf"),
+    ({"supervisor": {"backoff": {"max": math.inf}}}, "supervisor.backoff.max",
+     f"{_FINITE}: with inf the child would wait in 'restarting' for ever (restart = "
+     "\"temporary\" is how to not restart a child), got inf"),
+    ({"supervisors": {"s": {"backoff": {"initial": math.inf}}}}, "supervisors.s.backoff.initial",
+     f"{_FINITE}: with inf the child would wait in 'restarting' for ever (restart = "
+     "\"temporary\" is how to not restart a child), got inf"),
+])
+def test_inf_is_refused_where_it_would_break_or_mean_nothing(
+        cfg: dict[str, Any], path: str, message: str) -> None:
+    """call_timeout is a deadline (an infinite one crashed every call's wait)."""
+    assert config_error(cfg).errors == [(path, message)]
+
+
+def test_inf_is_accepted_where_it_means_no_limit() -> None:
+    """connect_timeout and stall_timeout (``sessions check`` warns), the intensity period
+    (every restart counts) and the backoff multiplier (capped by max)."""
+    cfg = {"supervisor": {"period": math.inf, "backoff": {"multiplier": math.inf}},
+           "resources": {"a": probe(connect_timeout=math.inf, stall_timeout=math.inf)}}
+    with sessions.start(cfg) as system:
+        assert system.get("a").echo(1).result(10) == 1
+        assert math.isinf(system.config.supervisor.period)
+
+
+@pytest.mark.parametrize(("backoff", "message"), [
+    ({"initial": 10, "max": 1},
+     "initial = 10 is above max = 1, the cap on every delay: make initial <= max"),
+    ({"initial": 60},
+     "initial = 60 is above max = 30 (the default), the cap on every delay: make initial <= max"),
+])
+def test_a_backoff_starting_above_its_cap_is_refused(backoff: dict[str, Any],
+                                                     message: str) -> None:
+    assert config_error({"supervisor": {"backoff": backoff}}).errors == [
+        ("supervisor.backoff", message)]
+
+
+@pytest.mark.parametrize("backoff", [{"initial": 5, "max": 5}, {"max": 0.05}, {"max": 0}])
+def test_a_backoff_cap_below_the_default_start_is_accepted(backoff: dict[str, Any]) -> None:
+    """Only an ``initial`` the file sets is compared: ``max = 0`` alone means no delay."""
+    with sessions.start({"supervisor": {"backoff": backoff}}) as system:
+        assert system.config.supervisor.backoff.max == backoff["max"]
 
 
 @pytest.mark.parametrize(("server", "errors"), [

@@ -131,6 +131,15 @@ def unbounded_waits(config: SystemConfig) -> list[tuple[str, str, str]]:
                     "stopped answering is bounded only by the driver's own timeouts",
                 )
             )
+        if math.isinf(spec.connect_timeout):
+            found.append(
+                (
+                    name,
+                    "connect_timeout",
+                    "= inf: a connect that hangs (a black-holed host, a device that never "
+                    "answers) holds the start of the tree for ever",
+                )
+            )
         try:
             cls = resolve_kind(spec.kind, f"resources.{name}.kind")
             model = getattr(cls, "Options", None)
@@ -155,9 +164,10 @@ def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:
     if node.get("type") == "supervisor":
         sup = config.supervisor if name == ROOT else config.supervisors[name]
         b = sup.backoff
+        window = "ever" if math.isinf(sup.period) else f"in {sup.period:g}s"
         return (
             f"{name}: supervisor {sup.strategy}, at most {sup.max_restarts} restarts "
-            f"in {sup.period:g}s, backoff {b.initial:g}s..{b.max:g}s x{b.multiplier:g} "
+            f"{window}, backoff {b.initial:g}s..{b.max:g}s x{b.multiplier:g} "
             f"±{b.jitter:.0%}"
         )
     spec = config.resources[name]
@@ -176,12 +186,18 @@ def _describe_node(node: dict[str, Any], config: SystemConfig) -> str:
     if spec.health_interval is not None:
         parts.append(f"health check every {spec.health_interval:g}s")
     parts.append(
-        f"call_timeout {spec.call_timeout:g}s, stall_timeout {stall_timeout(spec):g}s, "
-        f"connect_timeout {spec.connect_timeout:g}s, shutdown_timeout "
+        f"call_timeout {seconds(spec.call_timeout)}, stall_timeout "
+        f"{seconds(stall_timeout(spec))}, connect_timeout {seconds(spec.connect_timeout)}, "
+        "shutdown_timeout "
         + (spec.shutdown_timeout if isinstance(spec.shutdown_timeout, str)
-           else f"{spec.shutdown_timeout:g}s")
+           else seconds(spec.shutdown_timeout))
     )
     return ", ".join(parts)
+
+
+def seconds(value: float) -> str:
+    """``2.5s``, or ``infinity`` for an unbounded wait (the config's own word for it)."""
+    return "infinity" if math.isinf(value) else f"{value:g}s"
 
 
 @dataclass(frozen=True)
@@ -251,7 +267,8 @@ def connect_all(config: SystemConfig, out: TextIO, verbose: int = 0) -> int:
     longest = max(
         connect_timeout for connect_timeout in (config.resources[n].connect_timeout for n in names)
     )
-    print(f"connecting each resource once (in parallel; at most {longest:g}s):", file=out)
+    limit = "no time limit" if math.isinf(longest) else f"at most {longest:g}s"
+    print(f"connecting each resource once (in parallel; {limit}):", file=out)
     supervisor_log = logging.getLogger("sessions.supervisor")
     old_level = supervisor_log.level
     if not verbose:
