@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import ipaddress
 import math
 import os
 import re
@@ -180,12 +181,22 @@ class ServerConfig(_Model):
 
     bind: str = Field(
         "127.0.0.1",
-        description="Address to listen on ('0.0.0.0': every "
-        "interface). The endpoints are read-only but show resource names.",
+        description="Address to listen on: an IPv4 or IPv6 address of this host or a host "
+        "name ('0.0.0.0': every IPv4 interface, '::': every IPv6 one). The endpoints are "
+        "read-only but show resource names.",
     )
     port: int = Field(
         ge=0, le=65535, description="TCP port; 0 picks a free one (printed at start)."
     )
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        problem = bind_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class SystemConfig(_Model):
     """The whole file."""
@@ -194,6 +205,39 @@ class SystemConfig(_Model):
     supervisors: dict[str, SupervisorConfig] = {}
     resources: dict[str, ResourceConfig] = {}
     server: ServerConfig | None = None
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def bind_problem(bind: str) -> str | None:
+    """Why ``bind`` is not an address to listen on (an IP address or a host name), or
+    None. Whether it is an address of *this* host is for ``sessions check`` to find out
+    (:func:`sessions._tools.check.probe_bind`)."""
+    if not bind:
+        return ("must not be empty: use '0.0.0.0' (every IPv4 interface), '::' (every IPv6 "
+                "one) or one address of this host")
+    if "://" in bind:
+        return (f"is a URL: bind takes an address only ('127.0.0.1', '::1', 'localhost'), "
+                f"got {redact(repr(bind))}")
+    if bind.startswith("[") and bind.endswith("]"):
+        return f"write an IPv6 address without brackets: {bind[1:-1]!r}"
+    try:
+        ipaddress.ip_address(bind)
+        return None
+    except ValueError:
+        pass
+    host, sep, port = bind.rpartition(":")
+    if sep and port.isdigit() and host.count(":") == 0:
+        return f"is an address only: write bind = {host!r} and port = {port}, got {bind!r}"
+    if ":" in bind:
+        return f"not a valid IPv6 address, got {bind!r}"
+    labels = bind[:-1].split(".") if bind.endswith(".") else bind.split(".")
+    if all(label.isdigit() for label in labels):
+        return f"not a valid IPv4 address (four numbers 0-255), got {bind!r}"
+    if len(bind) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return f"not an IP address or a host name, got {redact(repr(bind))}"
+    return None
 
 
 # -- loading --------------------------------------------------------------------------

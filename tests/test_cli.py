@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from sessions import ResourceActor
 from sessions._tools.cli import main
 from sessions._tools.demo import DEMO_TOML
 from sessions._tools.schema import build_schema
+from sessions._tools.server import ServerConfig, StatusServer
 from sessions.actors import BUILTIN_KINDS, resolve_kind
 from tests.kinds import controls
 
@@ -785,6 +787,51 @@ def test_run_with_an_invalid_server_table_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.port: " in result.stderr
     assert "quick app" not in result.stdout
+
+
+
+def test_check_says_what_run_could_not_listen_on(tmp_path: Path) -> None:
+    """An address that is not this host's is an error (run would exit 2); the port in use
+    right now is a warning (it may be free when run starts)."""
+    foreign = write(tmp_path, '[server]\nbind = "192.0.2.1"\nport = 8080\n', "foreign.toml")
+    result = sessions_cli("check", foreign)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"sessions: {foreign}: server.bind: cannot listen on '192.0.2.1' on this host ("
+    )
+    assert result.stderr.endswith("): `sessions run` would exit 2\n")
+    run = sessions_cli("run", foreign)
+    assert run.returncode == 2
+    assert "cannot listen on 192.0.2.1:8080" in run.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = write(tmp_path, f"[server]\nport = {port}\n", "taken.toml")
+        result = sessions_cli("check", taken)
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING sessions.cli: server.port: {port} on 127.0.0.1 is in use now (" in (
+        result.stderr
+    )
+
+
+def test_run_serves_on_an_ipv6_address(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 is not configured here")
+    path = write(tmp_path, '[server]\nbind = "::1"\nport = 0\n')
+    check = sessions_cli("check", path)
+    assert check.returncode == 0, check.stderr
+    assert "server: http://[::1]:0 (GET /healthz, /status, /metrics)" in check.stdout
+    server = StatusServer(ServerConfig(bind="::1", port=0))
+    try:
+        assert server.url.startswith("http://[::1]:")
+    finally:
+        server.stop()
 
 
 def test_run_when_the_tree_cannot_start_exits_3(tmp_path: Path) -> None:

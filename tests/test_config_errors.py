@@ -297,6 +297,34 @@ def test_server_port_edges_are_accepted() -> None:
             assert (system.config.server.port, system.config.server.bind) == (port, "0.0.0.0")
 
 
+
+@pytest.mark.parametrize(("bind", "message"), [
+    ("", "must not be empty: use '0.0.0.0' (every IPv4 interface), '::' (every IPv6 one) or "
+         "one address of this host"),
+    ("999.1.1.1", "not a valid IPv4 address (four numbers 0-255), got '999.1.1.1'"),
+    ("10.0.0", "not a valid IPv4 address (four numbers 0-255), got '10.0.0'"),
+    ("localhost:8080", "is an address only: write bind = 'localhost' and port = 8080, "
+                       "got 'localhost:8080'"),
+    ("[::1]", "write an IPv6 address without brackets: '::1'"),
+    ("::g", "not a valid IPv6 address, got '::g'"),
+    ("http://example.org", "is a URL: bind takes an address only ('127.0.0.1', '::1', "
+                           "'localhost'), got 'http://example.org'"),
+    ("my host", "not an IP address or a host name, got 'my host'"),
+    ("-bad-.example", "not an IP address or a host name, got '-bad-.example'"),
+])
+def test_server_bind_must_be_an_address(bind: str, message: str) -> None:
+    """What ``run`` would fail to listen on is named by ``check`` (whether the address is
+    one of this host's is ``sessions check``'s to find out: see test_cli)."""
+    assert config_error({"server": {"bind": bind, "port": 0}}).errors == [("server.bind", message)]
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "::1", "127.0.0.1", "localhost",
+                                  "plant-gw.example.org", "plant-gw.example.org."])
+def test_server_bind_accepts_addresses_and_host_names(bind: str) -> None:
+    with sessions.start({"server": {"bind": bind, "port": 0}}) as system:
+        assert system.config.server is not None and system.config.server.bind == bind
+
+
 # -- shutdown_timeout: seconds, 'infinity' or 'brutal_kill' ---------------------------
 
 

@@ -7,15 +7,20 @@ Used by ``sessions check``/``run`` (:mod:`sessions._tools.cli`) and by ``session
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import errno
+import socket
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from sessions import _config
-from sessions._config import SystemConfig
+from sessions._config import ServerConfig, SystemConfig
 from sessions._errors import ConfigError
 from sessions._system import System
 
-__all__ = ["LoadedConfig", "plan", "read_config"]
+__all__ = ["LoadedConfig", "plan", "probe_bind", "read_config"]
 
 
 @dataclass(frozen=True)
@@ -28,23 +33,34 @@ class LoadedConfig:
     config: SystemConfig
     tree: dict[str, Any]
     """The tree it would start, as ``System.status()`` shows it (see ``plan``)."""
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, message)``: what may fail at ``run`` but is not wrong in the file
+    (the ``[server]`` port is in use now)."""
 
 
-def read_config(path: str) -> LoadedConfig:
+def read_config(path: str, probe_server: bool = True) -> LoadedConfig:
     """Read and fully validate ``path``: structure, kinds and their options, ``[server]``.
 
     Every problem is collected into one ``ConfigError``, in file order. Nothing is
     started: kinds are resolved and their actor objects constructed (cheap and
     side-effect free by the ``ResourceActor`` contract; ``connect()`` does the I/O)
-    exactly as ``start()`` would, then dropped.
+    exactly as ``start()`` would, then dropped. ``[server]``'s address is resolved and
+    bound to a free port, as ``run`` would bind it (see :func:`probe_bind`), unless
+    ``probe_server`` is false (``run``, which binds it for real).
     """
     raw = _config.read_file(path)
     errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     config: SystemConfig | None = None
     try:
         config = _config.load(raw)
     except ConfigError as err:
         errors += err.errors
+    server = raw.get("server")
+    if probe_server and isinstance(server, dict):
+        with contextlib.suppress(ValidationError):  # a bad table is reported by load()
+            bind_errors, warnings = probe_bind(ServerConfig.model_validate(server))
+            errors += bind_errors
     tree: dict[str, Any] = {}
     if config is not None:
         try:
@@ -53,7 +69,7 @@ def read_config(path: str) -> LoadedConfig:
             errors += err.errors
     if errors or config is None:
         raise ConfigError(_in_file_order(errors, raw))
-    return LoadedConfig(path, raw, config, tree)
+    return LoadedConfig(path, raw, config, tree, warnings)
 
 
 def _in_file_order(errors: list[tuple[str, str]], raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -89,3 +105,40 @@ def plan(config: SystemConfig) -> dict[str, Any]:
         return system.status()
     finally:
         system.stop()
+
+
+def probe_bind(server: ServerConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(errors, warnings)`` for listening on ``[server]``'s address, found out the way
+    ``run`` would: the name resolved, the address bound (to a free port, so a running
+    instance on the configured port does not matter). An address that does not resolve
+    or is not one of this host's is an error (``run`` would exit 2 on it); the configured
+    port being in use or privileged now is a warning, since that may change by the time
+    ``run`` starts.
+    """
+    bind, port = server.bind, server.port
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        return [("server.bind", f"cannot resolve {bind!r} ({reason}): `sessions run` "
+                                "could not listen on it")], []
+    family, kind, proto, _, address = infos[0]
+    errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    for probe_port in (0, port) if port else (0,):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as run's server
+            try:
+                sock.bind((address[0], probe_port, *address[2:]))
+            except OSError as err:
+                reason = err.strerror or str(err)
+                if probe_port == 0:
+                    errors.append(("server.bind", f"cannot listen on {bind!r} on this host "
+                                                  f"({reason}): `sessions run` would exit 2"))
+                    break
+                what = ("needs privileges here" if err.errno in (errno.EACCES, errno.EPERM)
+                        else "is in use now")
+                warnings.append(("server.port", f"{port} on {bind} {what} ({reason}): "
+                                                "`sessions run` fails unless that changes"))
+    return errors, warnings

@@ -99,12 +99,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(line, file=out)
     if loaded.config.server is not None:
         server = loaded.config.server
+        host = f"[{server.bind}]" if ":" in server.bind else server.bind
         print(
-            f"server: http://{server.bind}:{server.port} (GET /healthz, /status, /metrics)",
+            f"server: http://{host}:{server.port} (GET /healthz, /status, /metrics)",
             file=out,
         )
     for name, path, message in unbounded_waits(loaded.config):
         log.warning("resources.%s.%s %s", name, path, message)
+    for path, message in loaded.warnings:
+        log.warning("%s: %s", path, message)
     if not loaded.config.resources:
         log.warning("no [resources.NAME] tables: the tree starts empty (an app may add "
                     "children with System.start_child)")
@@ -411,7 +414,7 @@ def _load_app(spec: str) -> Callable[[System], Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``sessions run CONFIG [--app module:function]``."""
-    loaded = read_config(args.config)
+    loaded = read_config(args.config, probe_server=False)  # bound for real below
     app = _load_app(args.app) if args.app else None
     server = StatusServer(loaded.config.server) if loaded.config.server is not None else None
     interrupts = _Interrupts()
@@ -568,9 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="validate a config file and show what would start",
         description="Validate CONFIG: structure, supervisor references, every resource's "
-        "kind and its options, and [server]. Prints every problem with its "
-        "path (exit 2), or the tree that would start (exit 0). Nothing is "
-        "started unless --connect is given.",
+        "kind and its options, and [server] (its address resolved and bound to a free "
+        "port, as run would). Prints every problem with its path (exit 2), or the tree "
+        "that would start (exit 0). Nothing is started unless --connect is given.",
         epilog="exit codes: 0 valid (and, with --connect, every resource opened); "
         "1 a resource failed to open; 2 invalid config",
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -89,6 +90,10 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     system: System
     metrics: MetricsCollector
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -181,7 +186,11 @@ class StatusServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         try:
-            self._httpd = _HTTPServer((config.bind, config.port), _Handler, bind_and_activate=True)
+            family = socket.getaddrinfo(config.bind, config.port, type=socket.SOCK_STREAM,
+                                        flags=socket.AI_PASSIVE)[0][0]
+            server_class = _HTTPServer6 if family == socket.AF_INET6 else _HTTPServer
+            self._httpd = server_class((config.bind, config.port), _Handler,
+                                       bind_and_activate=True)
         except OSError as err:
             raise ConfigError(
                 [("server", f"cannot listen on {config.bind}:{config.port}: {err.strerror or err}")]
