@@ -834,6 +834,45 @@ def test_run_serves_on_an_ipv6_address(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_check_and_run_import_kinds_and_apps_from_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """The console script puts the working directory on sys.path as ``python -m`` does,
+    so ``kind = "mykinds:Thermo"`` and ``--app myapp:main`` next to the config import."""
+    (tmp_path / "mykinds.py").write_text(
+        "from sessions import ResourceActor\n\n\n"
+        "class Thermo(ResourceActor):\n"
+        "    def connect(self):\n        return 21.5\n\n"
+        "    def disconnect(self, resource):\n        pass\n\n"
+        "    def read(self):\n        return self.resource\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "myapp.py").write_text(
+        "def main(system):\n    print('reading', system.get('t').read().result(5))\n",
+        encoding="utf-8",
+    )
+    write(tmp_path, '[resources.t]\nkind = "mykinds:Thermo"\n', "plant.toml")
+    script = Path(sys.executable).parent / "sessions"
+    if not script.exists():
+        found = shutil.which("sessions")
+        if found is None:
+            pytest.skip("the console script is not installed (pip install -e .)")
+        script = Path(found)
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}  # this checkout's sessions, not another
+    for command in ([str(script)], [sys.executable, "-m", "sessions"]):
+        check = subprocess.run([*command, "check", "plant.toml"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert check.returncode == 0, check.stderr
+        assert "t: mykinds:Thermo, permanent" in check.stdout
+        run = subprocess.run([*command, "run", "plant.toml", "--app", "myapp:main"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "reading 21.5\n"
+    help_text = sessions_cli("check", "--help").stdout
+    assert "working directory is importable" in " ".join(help_text.split())
+
+
 def test_run_when_the_tree_cannot_start_exits_3(tmp_path: Path) -> None:
     path = write(
         tmp_path,

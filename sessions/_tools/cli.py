@@ -389,14 +389,11 @@ class _Interrupts:
 
 
 def _load_app(spec: str) -> Callable[[System], Any]:
-    """Import ``module:function`` (the working directory is importable, as with
-    ``python -m``)."""
+    """Import ``module:function`` (the working directory is importable: see
+    :func:`_importable_cwd`)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CLIError(f"--app: expected 'module:function', got {spec!r}")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
@@ -573,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate CONFIG: structure, supervisor references, every resource's "
         "kind and its options, and [server] (its address resolved and bound to a free "
         "port, as run would). Prints every problem with its path (exit 2), or the tree "
-        "that would start (exit 0). Nothing is started unless --connect is given.",
+        "that would start (exit 0). Nothing is started unless --connect is given. The "
+        "working directory is importable, as with 'python -m': a kind "
+        "'mymodule:Class' may live in it.",
         epilog="exit codes: 0 valid (and, with --connect, every resource opened); "
         "1 a resource failed to open; 2 invalid config",
     )
@@ -598,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGINT/SIGTERM. With a [server] table (bind, port) in CONFIG, serve "
         "read-only GET /healthz, /status and /metrics meanwhile. "
         "SIGINT/SIGTERM interrupt the app and stop gracefully; a second one "
-        "forces the exit.",
+        "forces the exit. The working directory is importable, as with 'python -m': "
+        "the app and a kind 'mymodule:Class' may live in it.",
         epilog=f"exit codes:\n{codes}",
     )
     run.add_argument("config", metavar="CONFIG", help="the TOML config file")
@@ -676,10 +676,22 @@ def _logging(verbose: int, quiet: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
+def _importable_cwd() -> None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` does, so a kind
+    (``kind = "mykinds:Thermostat"``) or an ``--app`` in it imports the same whether the
+    command is run as ``sessions`` (whose ``sys.path[0]`` is the script's directory) or
+    as ``python -m sessions``. Like ``python -m``, a module there shadows an installed
+    one of the same name."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``sys.exit(main())``)."""
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
+    _importable_cwd()
     verbose: int = args.verbose
     with _logging(verbose, quiet=args.command == "demo"):
         try:
