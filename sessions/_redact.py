@@ -25,3 +25,22 @@ def redact(text: object) -> str:
 def _mask_value(m: re.Match[str]) -> str:
     quote = m.group("pw")[0] if m.group("pw")[0] in "'\"" else ""
     return f"{m.group('head')}{quote}***{quote}"
+
+
+_BREAKS = re.compile(r"\s*\n\s*")
+
+
+def describe(error: BaseException | str) -> str:
+    """``Type: message`` of an exception (``ConnectionRefusedError: [Errno 111]
+    Connection refused``), on one line, credentials masked; a string as it is (masked).
+
+    Why not ``repr()``: the repr of many exceptions keeps only their ``args``
+    (``FileNotFoundError(2, 'No such file or directory')``) and drops what their message
+    carries (the device path, host and port), and it is harder to read in a status page
+    or a log line. Like a traceback's last line, without the module of the type.
+    """
+    if isinstance(error, str):
+        return redact(error)
+    text = _BREAKS.sub(" ", str(error).strip())
+    name = type(error).__name__
+    return redact(f"{name}: {text}" if text else name)

@@ -92,7 +92,7 @@ def test_only_consecutive_failures_open_the_circuit() -> None:
         assert circuit(rec) == []
         fault(a, "second in a row")
         wait_circuit(rec, "open")
-        assert circuit(rec) == [("a", "open", "ProbeBroken('second in a row')")]
+        assert circuit(rec) == [("a", "open", "ProbeBroken: second in a row")]
         assert a.circuit == "open"
 
 
@@ -120,11 +120,11 @@ def test_the_circuit_events_and_refusals_of_one_open_probe_close_cycle() -> None
         a = system.get("a")
         fault(a)
         wait_circuit(rec, "open")
-        assert circuit(rec) == [("a", "open", "ProbeBroken('link lost')")]
+        assert circuit(rec) == [("a", "open", "ProbeBroken: link lost")]
         assert a.circuit == "open"
         assert refusal(a) == (
             "circuit open for resource 'a' after 1 consecutive failures "
-            "(last: ProbeBroken('link lost')); next probe in 10.0s"
+            "(last: ProbeBroken: link lost); next probe in 10.0s"
         )
         wait_restarted(rec, 1)
         clock.advance(4)
@@ -142,7 +142,7 @@ def test_the_circuit_events_and_refusals_of_one_open_probe_close_cycle() -> None
         assert probe.result(5) == "released"
         wait_circuit(rec, "closed")
         assert circuit(rec) == [
-            ("a", "open", "ProbeBroken('link lost')"),
+            ("a", "open", "ProbeBroken: link lost"),
             ("a", "half_open", "reset_timeout passed"),
             ("a", "closed", "probe succeeded"),
         ]
@@ -188,14 +188,14 @@ def test_after_the_circuit_closed_it_takes_the_full_count_to_open_it_again() -> 
         fault(a, "five")
         wait_circuit(rec, "open", 2)
         assert circuit(rec) == [
-            ("a", "open", "ProbeBroken('two')"),
+            ("a", "open", "ProbeBroken: two"),
             ("a", "half_open", "reset_timeout passed"),
             ("a", "closed", "probe succeeded"),
-            ("a", "open", "ProbeBroken('five')"),
+            ("a", "open", "ProbeBroken: five"),
         ]
         assert refusal(a) == (
             "circuit open for resource 'a' after 2 consecutive failures "
-            "(last: ProbeBroken('five')); next probe in 30.0s"
+            "(last: ProbeBroken: five); next probe in 30.0s"
         )
 
 
@@ -212,13 +212,13 @@ def test_a_failed_probe_reopens_for_a_full_period_from_its_failure() -> None:
         fault(a, "still down")
         wait_circuit(rec, "open", 2)
         assert circuit(rec) == [
-            ("a", "open", "ProbeBroken('down 3')"),
+            ("a", "open", "ProbeBroken: down 3"),
             ("a", "half_open", "reset_timeout passed"),
-            ("a", "open", "ProbeBroken('still down')"),
+            ("a", "open", "ProbeBroken: still down"),
         ]
         assert refusal(a) == (
             "circuit open for resource 'a' after 3 consecutive failures "
-            "(last: ProbeBroken('still down')); next probe in 10.0s"
+            "(last: ProbeBroken: still down); next probe in 10.0s"
         )
 
 
@@ -239,10 +239,10 @@ def test_failures_while_open_neither_reopen_nor_extend_the_period() -> None:
         gate.set()
         wait_restarted(rec, 1)
         assert ctl.connects == 4  # the first start, two refused reconnects, one good
-        assert circuit(rec) == [("a", "open", "ProbeBroken('link lost')")]
+        assert circuit(rec) == [("a", "open", "ProbeBroken: link lost")]
         assert refusal(a) == (
             "circuit open for resource 'a' after 1 consecutive failures (last: start "
-            "failed: ProbeBroken('connect refused (attempt 3)')); next probe in 6.0s"
+            "failed: ProbeBroken: connect refused (attempt 3)); next probe in 6.0s"
         )
 
 
@@ -256,7 +256,7 @@ def test_failed_connects_open_the_circuit_with_their_reason() -> None:
         wait_circuit(rec, "open")
         wait_restarted(rec, 1)
         assert circuit(rec) == [
-            ("a", "open", "start failed: ProbeBroken('connect refused (attempt 2)')"),
+            ("a", "open", "start failed: ProbeBroken: connect refused (attempt 2)"),
         ]
 
 
@@ -267,10 +267,10 @@ def test_credentials_are_redacted_from_circuit_events_and_refusals() -> None:
         a = system.get("a")
         fault(a, "lost postgres://app:hunter2@db/x")
         wait_circuit(rec, "open")
-        assert circuit(rec) == [("a", "open", "ProbeBroken('lost postgres://app:***@db/x')")]
+        assert circuit(rec) == [("a", "open", "ProbeBroken: lost postgres://app:***@db/x")]
         message = refusal(a)
         assert "hunter2" not in message
-        assert "(last: ProbeBroken('lost postgres://app:***@db/x'))" in message
+        assert "(last: ProbeBroken: lost postgres://app:***@db/x)" in message
 
 
 # --- calls that never ran ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from sessions import (
     ResourceUnavailable,
     SessionsError,
 )
-from sessions._redact import redact
+from sessions._redact import describe, redact
 
 EXAMPLES: list[tuple[SessionsError, dict[str, object]]] = [
     (SessionsError("plain"), {}),
@@ -257,3 +257,30 @@ def test_redact_any_url_password(user: str, password: str, host: str) -> None:
 def test_redact_is_idempotent(text: str) -> None:
     """Redacting twice gives the same as redacting once."""
     assert redact(redact(text)) == redact(text)
+
+
+# -- describe: Type: message, as faults are shown ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (FileNotFoundError(2, "No such file or directory", "/dev/i2c-7"),
+         "FileNotFoundError: [Errno 2] No such file or directory: '/dev/i2c-7'"),
+        (ConnectionRefusedError(111, "Connection refused"),
+         "ConnectionRefusedError: [Errno 111] Connection refused"),
+        (TimeoutError(), "TimeoutError"),
+        (KeyError("partition"), "KeyError: 'partition'"),
+        (RuntimeError("could not connect to\n\tdb.local:5432\n"),
+         "RuntimeError: could not connect to db.local:5432"),
+        (OSError("connect to postgresql://app:s3cret@db/x failed"),
+         "OSError: connect to postgresql://app:***@db/x failed"),
+        ("a reason given as text, password=s3cret", "a reason given as text, password=***"),
+    ],
+)
+def test_describe_is_type_and_message_on_one_line_credentials_masked(
+    error: BaseException | str, shown: str
+) -> None:
+    """What an exception's repr drops (the device path a FileNotFoundError carries in its
+    message) is kept; a multi-line message becomes one line for status and logs."""
+    assert describe(error) == shown

@@ -468,7 +468,7 @@ def test_a_probe_refused_by_a_stopped_resource_opens_the_circuit_again() -> None
         assert info.value.resource == "a"
         assert str(info.value) == (
             "circuit open for resource 'a' after 1 consecutive failures "
-            "(last: ProbeBroken('link lost')); next probe in 10.0s")
+            "(last: ProbeBroken: link lost); next probe in 10.0s")
         system.terminate_child("a")
         clock.advance(11)
         probe = a.echo(1)

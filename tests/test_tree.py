@@ -63,7 +63,7 @@ def test_a_supervisor_giving_up_is_restarted_under_its_parents_strategy() -> Non
         gave_up = rec.of(SupervisorGaveUp)
         assert [g.supervisor for g in gave_up] == ["field"]
         assert gave_up[0].reason == ("more than 0 restarts within 5.0s; last: 'x': "
-                                     "break_it: ProbeBroken('wire cut')")
+                                     "break_it: ProbeBroken: wire cut")
         escalated = [e for e in rec.of(ChildFaulted) if e.supervisor == "root"]
         assert [(e.name, e.during_start) for e in escalated] == [("field", False)]
         assert escalated[0].error == f"supervisor 'field' gave up: {gave_up[0].reason}"
@@ -110,7 +110,7 @@ def test_a_temporary_child_that_faults_is_not_restarted_and_its_group_stays() ->
         assert _order() == ["stop t"]
         assert not rec.of(ChildRestarting)
         assert _refusal(system.get("t")) == (
-            "temporary probe 't' is not restarted after a fault: break_it: ProbeBroken('gone')")
+            "temporary probe 't' is not restarted after a fault: break_it: ProbeBroken: gone")
         assert system.get("a").generation().result() == 1
         assert system.which_children()[1].state == "stopped"
         fault = rec.of(ChildFaulted)[0]
@@ -175,7 +175,7 @@ def test_a_child_waiting_out_its_backoff_is_restarting_and_keeps_its_calls() -> 
             ("a", "restarting"), ("b", "running")]
         assert system.count_children().active == 1
         assert system.status()["children"][0]["last_fault"] == (
-            "break_it: ProbeBroken('link lost')")
+            "break_it: ProbeBroken: link lost")
         restarting = rec.wait_for(lambda e: isinstance(e, ChildRestarting))
         assert [(e.supervisor, e.name, e.delay, e.attempt) for e in restarting] == [
             ("root", "a", 30.0, 1)]
@@ -265,7 +265,7 @@ def test_a_start_child_whose_connect_fails_refuses_what_was_queued_meanwhile() -
         err = outcome["error"]
         assert isinstance(err, sessions.ResourceUnavailable)
         assert str(err) == ("resource 'x' failed to start: "
-                            "ProbeBroken('connect refused (attempt 1)')")
+                            "ProbeBroken: connect refused (attempt 1)")
         assert err.resource == "x"
         assert isinstance(err.__cause__, ConnectionError)
         with pytest.raises(sessions.ResourceUnavailable) as refused:
@@ -284,7 +284,7 @@ def test_a_pool_added_with_a_member_failing_stops_the_members_started() -> None:
         with pytest.raises(sessions.ResourceUnavailable) as info:
             system.start_child("p", {"kind": "tests.kinds:Probe", "pool_size": 2})
         assert str(info.value) == ("resource 'p' failed to start: "
-                                   "ProbeBroken('connect refused (attempt 1)')")
+                                   "ProbeBroken: connect refused (attempt 1)")
         assert info.value.resource == "p"
         wait_until(lambda: len(LIFECYCLE) == 2, what="p#0 stopped")
         assert _order() == ["start p#0", "stop p#0"]
@@ -400,7 +400,7 @@ def test_requests_to_a_supervisor_that_gave_up_are_refused() -> None:
         assert _refusal(x) == (
             "temporary supervisor 'field' is not restarted after a fault: supervisor "
             "'field' gave up: more than 0 restarts within 5.0s; last: 'x': break_it: "
-            "ProbeBroken('link lost')")
+            "ProbeBroken: link lost")
 
 
 def test_the_children_of_a_supervisor_that_gave_up_refuse_until_it_restarts() -> None:
@@ -417,7 +417,7 @@ def test_the_children_of_a_supervisor_that_gave_up_refuse_until_it_restarts() ->
             ("x", "failed"), ("y", "failed")]
         assert system.which_children()[0].state == "restarting"
         gave_up = ("supervisor 'field' gave up: more than 0 restarts within 5.0s; "
-                   "last: 'x': break_it: ProbeBroken('link lost')")
+                   "last: 'x': break_it: ProbeBroken: link lost")
         assert _refusal(y) == gave_up
         assert system.status()["children"][0]["last_fault"] == gave_up
         system.restart_child("field")
@@ -638,8 +638,8 @@ def test_a_group_restart_announces_every_member_with_the_faulting_childs_attempt
     ]
     faults = rec.of(ChildFaulted)
     assert faults == [
-        ChildFaulted("root", "b", "break_it: ProbeBroken('link lost')", False),
-        ChildFaulted("root", "b", "start failed: ProbeBroken('connect refused (attempt 2)')",
+        ChildFaulted("root", "b", "break_it: ProbeBroken: link lost", False),
+        ChildFaulted("root", "b", "start failed: ProbeBroken: connect refused (attempt 2)",
                      True),
     ]
     assert system.get("a").restarts == 0
@@ -710,10 +710,10 @@ def test_intensity_counts_restarts_within_the_period_exactly() -> None:
         gave_up = rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
         assert gave_up == [SupervisorGaveUp(
             "root", "more than 1 restarts within 5.0s; last: 'a': "
-                    "break_it: ProbeBroken('link lost')")]
+                    "break_it: ProbeBroken: link lost")]
         assert system.state == "failed"
         assert system.failure == ("supervisor 'root' gave up: more than 1 restarts within "
-                                  "5.0s; last: 'a': break_it: ProbeBroken('link lost')")
+                                  "5.0s; last: 'a': break_it: ProbeBroken: link lost")
         assert system.status()["last_fault"] == gave_up[0].reason
         assert _refusal(system.get("a")) == system.failure
 
@@ -729,13 +729,13 @@ def test_restart_child_whose_connect_fails_raises_and_the_policy_retries() -> No
         with pytest.raises(sessions.ResourceUnavailable) as info:
             system.restart_child("a")
         assert str(info.value) == ("resource 'a' failed to start: "
-                                   "ProbeBroken('connect refused (attempt 2)')")
+                                   "ProbeBroken: connect refused (attempt 2)")
         assert info.value.resource == "a"
         assert isinstance(info.value.__cause__, ConnectionError)
         started = rec.wait_for(lambda e: isinstance(e, ChildStarted))
         assert started == [ChildStarted("root", "a", "probe", 1)]
         assert rec.of(ChildFaulted) == [ChildFaulted(
-            "root", "a", "start failed: ProbeBroken('connect refused (attempt 2)')", True)]
+            "root", "a", "start failed: ProbeBroken: connect refused (attempt 2)", True)]
         assert system.get("a").generation().result() == 3
 
 
@@ -867,7 +867,7 @@ def test_a_restart_child_waiting_when_the_supervisor_gives_up_fails_with_why() -
             system.restart_child("a")
         assert str(info.value) == (
             "supervisor 'root' gave up: more than 0 restarts within 5.0s; last: 'a': "
-            "start failed: ProbeBroken('connect refused (attempt 2)')")
+            "start failed: ProbeBroken: connect refused (attempt 2)")
         assert info.value.resource == "root"
         assert system.state == "failed"
 
@@ -961,7 +961,7 @@ def test_a_connect_past_connect_timeout_fails_restart_child_saying_so() -> None:
         controls("a").connect_gate = gate
         with pytest.raises(sessions.ResourceUnavailable) as info:
             system.restart_child("a")
-        why = "TimeoutError('connect() did not finish within connect_timeout=0.05s')"
+        why = "TimeoutError: connect() did not finish within connect_timeout=0.05s"
         assert str(info.value) == f"resource 'a' failed to start: {why}"
         assert isinstance(info.value.__cause__, TimeoutError)
         fault = rec.wait_for(lambda e: isinstance(e, ChildFaulted))
@@ -1040,7 +1040,7 @@ def test_start_raises_why_the_root_gave_up_while_starting() -> None:
     with pytest.raises(sessions.ResourceUnavailable) as info:
         sessions.start(cfg)
     field = ("supervisor 'field' gave up: more than 1 restarts within 5.0s; last: 'x': "
-             "start failed: ProbeBroken('connect refused (attempt 2)')")
+             "start failed: ProbeBroken: connect refused (attempt 2)")
     assert str(info.value) == (f"supervisor 'root' gave up: more than 0 restarts within "
                                f"5.0s; last: 'field': {field}")
     assert info.value.resource == "root"
@@ -1066,10 +1066,10 @@ def test_the_log_tells_of_faults_and_give_ups(caplog: pytest.LogCaptureFixture) 
         _break(system, "a")
         wait_until(lambda: system.state == "failed", what="the root gave up")
     gave_up = ("supervisor 'root' gave up: more than 0 restarts within 5.0s; last: 'a': "
-               "break_it: ProbeBroken('link lost')")
+               "break_it: ProbeBroken: link lost")
     assert [(r.levelname, r.getMessage()) for r in caplog.records
             if r.name == "sessions.supervisor"] == [
-        ("WARNING", "probe 'a' faulted under 'root': break_it: ProbeBroken('link lost')"),
+        ("WARNING", "probe 'a' faulted under 'root': break_it: ProbeBroken: link lost"),
         ("ERROR", gave_up)]
 
 
@@ -1098,7 +1098,7 @@ def test_a_fault_counts_once_toward_the_breaker_and_a_failed_start_names_itself(
         controls("a").fail_connects = 1
         _break(system, "a")  # the failed connect after it is the second in a row
         opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged))
-        why = "start failed: ProbeBroken('connect refused (attempt 3)')"
+        why = "start failed: ProbeBroken: connect refused (attempt 3)"
         assert opened == [CircuitChanged("a", "open", why)]
         assert _refusal(a).startswith(
             f"circuit open for resource 'a' after 2 consecutive failures (last: {why})")

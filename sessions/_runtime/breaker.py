@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sessions._redact import redact
+from sessions._redact import describe
 from sessions.messages import CircuitChanged, CircuitState, Event
 
 
@@ -73,7 +73,7 @@ class Breaker:
             return
         with self._lock:
             self.failures += 1
-            self.last_error = redact(error if isinstance(error, str) else repr(error))
+            self.last_error = describe(error) if error is not None else "unknown"
             if self.state == CircuitState.HALF_OPEN or (
                 self.state == CircuitState.CLOSED and self.failures >= self.threshold
             ):

@@ -39,7 +39,7 @@ from sessions._errors import (
     ResourceFault,
     ResourceUnavailable,
 )
-from sessions._redact import redact
+from sessions._redact import describe
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
 from sessions.messages import Call, HealthCheck, LeaseCall
@@ -632,7 +632,7 @@ class Runner(pykka.ThreadingActor):
             self.actor.abort(self.conn)
         except Exception as exc:
             log.warning("abort() of %r raised (ignored): %s", self.actor.name,
-                        redact(repr(exc)))
+                        describe(exc))
 
     # -- work -------------------------------------------------------------------------
 
@@ -860,7 +860,7 @@ class Runner(pykka.ThreadingActor):
     def _fault_error(self, exc: BaseException, method: str) -> ResourceFault:
         err = ResourceFault(
             f"call {method}() on resource {self.actor.name!r} broke the resource: "
-            f"{redact(repr(exc))}; the call had started, so its outcome is unknown",
+            f"{describe(exc)}; the call had started, so its outcome is unknown",
             resource=self.actor.name,
             method=method,
         )
@@ -890,7 +890,7 @@ class Runner(pykka.ThreadingActor):
                 self._crash(exc, where.removesuffix("()"))
                 return
             log.warning("%s of %r raised a non-fault: %s", where, self.actor.name,
-                        redact(repr(exc)))
+                        describe(exc))
         else:
             self.busy_since = 0.0
 
@@ -920,7 +920,7 @@ class Runner(pykka.ThreadingActor):
         if exc is not None:  # the precise reason first, for the lease it breaks
             during = f"during {where}()" if where.isidentifier() else f"({where})"
             self.view.stop_serving(f"resource {self.actor.name!r} faulted {during}: "
-                                   f"{redact(repr(exc))}")
+                                   f"{describe(exc)}")
         self._close("faulted" if exc is not None else "exited normally")
         self.stop()
         if not self.abandoned:
@@ -940,7 +940,7 @@ class Runner(pykka.ThreadingActor):
             self.actor.disconnect(resource)
         except Exception as exc:
             log.warning("disconnect of %r failed (ignored): %s", self.actor.name,
-                        redact(repr(exc)))
+                        describe(exc))
         finally:
             self.busy_since, self.conn = 0.0, None
 

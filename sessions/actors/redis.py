@@ -118,7 +118,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from sessions._config import ResourceConfig
-from sessions._redact import redact
+from sessions._redact import describe
 from sessions._runtime.abort import shutdown_socket
 from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
 from sessions._runtime.fanout import Delivery
@@ -685,7 +685,7 @@ class _Listener:
                 return
             self._fail_pending(exc)
             log.warning(
-                "pub/sub connection of %r broke: %s", self._actor.name, redact(repr(exc))
+                "pub/sub connection of %r broke: %s", self._actor.name, describe(exc)
             )
             raise  # context.spawn reports it as a fault of this incarnation's connection
         finally:
@@ -934,7 +934,7 @@ class RedisActor(ResourceActor):
             if not self.is_fault(exc):
                 error = PipelineBroken(
                     f"a pipeline of {len(sent)} commands failed while reading replies: "
-                    f"{redact(repr(exc))}"
+                    f"{describe(exc)}"
                 )
                 error.__cause__ = exc
             for i in sent:

@@ -33,7 +33,7 @@ import pykka
 
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, make_actor
 from sessions._errors import ChildRunning, ResourceUnavailable
-from sessions._redact import redact
+from sessions._redact import describe
 from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import IGNORE, ResourceActor
 from sessions._runtime.futures import SessionFuture
@@ -689,7 +689,7 @@ class Kernel:
         assert sup is not None
         self.fault(sup, child, err, during_start=True)
         error = ResourceUnavailable(
-            f"resource {child.name!r} failed to start: {redact(repr(err))}",
+            f"resource {child.name!r} failed to start: {describe(err)}",
             resource=child.name)
         error.__cause__ = err
         waiters, child.waiters = child.waiters, []
@@ -703,7 +703,7 @@ class Kernel:
         """Called on the actor's thread when an incarnation faulted or exited normally."""
         if child.runner is runner and child.state == ChildState.RUNNING:
             if exc is not None:  # the reason first: a status showing RESTARTING has it
-                child.last_fault = redact(f"{where}: {exc!r}")
+                child.last_fault = f"{where}: {describe(exc)}"
             child.state = ChildState.RESTARTING
         self.post(self._on_runner_ended, child, runner, exc, where, owed)
 
@@ -737,7 +737,7 @@ class Kernel:
             self.fault(sup, child, f"exited normally ({where}) but is permanent",
                        during_start=False)
             return
-        self.fault(sup, child, f"{where}: {exc!r}", during_start=False)
+        self.fault(sup, child, f"{where}: {describe(exc)}", during_start=False)
 
     def _stalled(self, child: ResourceChild, runner: Runner, elapsed: float) -> None:
         """The watchdog found ``runner`` stuck in one piece of work past stall_timeout:
@@ -762,7 +762,7 @@ class Kernel:
     def fault(self, sup: SupervisorNode, child: Node, error: str | BaseException,
               during_start: bool) -> None:
         """Apply ``sup``'s policy to a child that broke (or failed to start)."""
-        msg = redact(error if isinstance(error, str) else repr(error))
+        msg = describe(error)
         if during_start and not isinstance(error, str):
             msg = f"start failed: {msg}"
         child.last_fault = msg
@@ -1108,7 +1108,7 @@ class Kernel:
         if node in sup.children:
             sup.children.remove(node)
         error = ResourceUnavailable(f"resource {node.name!r} failed to start: "
-                                    f"{redact(repr(err))}", resource=node.name)
+                                    f"{describe(err)}", resource=node.name)
         error.__cause__ = err
         waiters, node.waiters = node.waiters, []
         for waiter in waiters:

@@ -22,7 +22,7 @@ from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sessions._redact import redact
+from sessions._redact import describe, redact
 from sessions._runtime.contract import ResourceActor
 from sessions.actors.kafka._common import (
     ABORT_JOIN,
@@ -766,7 +766,7 @@ class KafkaConsumerActor(ResourceActor):
                     log.warning(
                         "kafka consumer %r: commit failed, its records will be delivered again: %s",
                         self.name,
-                        redact(repr(exc)),
+                        describe(exc),
                     )
 
     def _after_failure(self, consumer: Any, tp: TopicPartition, raw: Any, exc: Exception) -> bool:
@@ -786,7 +786,7 @@ class KafkaConsumerActor(ResourceActor):
                     where,
                     attempts,
                     delay,
-                    redact(repr(exc)),
+                    describe(exc),
                 )
                 self._stats["retries"] += 1
                 self._retry_later(consumer, tp, raw.offset, delay)
@@ -821,7 +821,7 @@ class KafkaConsumerActor(ResourceActor):
             "kafka consumer %r: handler failed on %s, skipped: %s",
             self.name,
             where,
-            redact(repr(exc)),
+            describe(exc),
         )
         self._stats["skipped"] += 1
         return True

@@ -20,7 +20,7 @@ from kafka import errors as kerr
 from kafka.net.compat import KafkaNetClient
 from pydantic import BaseModel, Field
 
-from sessions._redact import redact
+from sessions._redact import describe
 from sessions._runtime.contract import Deferred, ResourceActor
 from sessions.actors.kafka._common import (
     ABORT_JOIN,
@@ -366,7 +366,7 @@ class KafkaProducerActor(ResourceActor):
         if reason is None:
             reason = ProducerClosed(
                 f"the producer was closed before the broker acknowledged the record "
-                f"({redact(repr(exc))}); its outcome is unknown"
+                f"({describe(exc)}); its outcome is unknown"
             )
             reason.__cause__ = exc
         done.set_exception(reason)
