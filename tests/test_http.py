@@ -11,6 +11,8 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +26,7 @@ import requests
 from urllib3.util.retry import Retry
 
 import sessions
+from sessions._tools.cli import main
 from sessions.actors.http import HTTPActor
 from sessions.http import HTTPSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
@@ -691,3 +694,36 @@ def test_a_stalled_request_is_aborted_and_the_resource_serves_again(
             assert system.status()["children"][0]["abandoned"] == 0
     finally:
         server.kill()
+
+
+# -- sessions check --connect ------------------------------------------------------------
+
+
+def test_check_connect_sends_a_request_and_says_what_it_checked(
+    http_server: HttpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """connect() does no I/O (the API may be down at start), so `check --connect` would
+    report a dead port as connected: the kind's check_connection() sends HEAD base_url
+    through the Session and reports the status line, or the reason there was no answer."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead = free.getsockname()[1]  # closed again: nothing listens there
+    path = tmp_path / "api.toml"
+    path.write_text(
+        f'[resources.up]\nkind = "http"\nbase_url = "{http_server.url_for("/v1/")}"\n'
+        f'[resources.down]\nkind = "http"\nbase_url = "http://127.0.0.1:{dead}/v1/"\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path), "--connect"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(
+        rf"ok +up +http +[0-9.]+s  connected: HEAD {re.escape(http_server.url_for('/v1/'))} "
+        r"answered \d{3} ",
+        out,
+    ), out
+    assert re.search(
+        rf"FAILED +down +http +[0-9.]+s  ConnectionError: HEAD http://127.0.0.1:{dead}/v1/ "
+        r"got no answer: NewConnectionError: .*Connection refused",
+        out,
+    ), out
+    assert "1 of 2 resources failed to connect: down" in out

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import sessions
+from sessions._tools.cli import main
 from sessions.actors.i2c import GuardedBus, I2CActor, sim_adapter
 from sessions.actors.i2c.sim import (
     EEPROM24C02,
@@ -970,3 +971,25 @@ def test_lock_timeout_must_be_finite_and_positive(value: float) -> None:
     with pytest.raises(sessions.ConfigError) as info:
         sessions.start(i2c_config(process_lock=True, lock_timeout=value))
     assert info.value.path == "resources.bus.lock_timeout"
+
+
+# -- sessions check --connect ------------------------------------------------------------
+
+
+def test_check_connect_names_the_device_that_cannot_be_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reason shows the exception's message (with the device path), not its repr
+    (``FileNotFoundError(2, 'No such file or directory')``)."""
+    absent = tmp_path / "i2c-absent"
+    path = tmp_path / "bus.toml"
+    path.write_text(
+        f'[resources.byno]\nkind = "i2c"\nbus = 250\n'
+        f'[resources.bypath]\nkind = "i2c"\nbus = "{absent}"\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path), "--connect"]) == 1
+    out = capsys.readouterr().out
+    assert "FileNotFoundError: [Errno 2] No such file or directory: '/dev/i2c-250'" in out
+    assert f"FileNotFoundError: [Errno 2] No such file or directory: '{absent}'" in out
+    assert "FileNotFoundError(2" not in out

@@ -317,6 +317,19 @@ class ResourceActor:
     def health_check(self) -> None:
         """Raise a fault if the resource is broken. Default: nothing to check."""
 
+    def check_connection(self) -> str | None:
+        """Prove the resource answers, for ``sessions check --connect``; return what was
+        checked (``"HEAD https://api.example/ answered 200 OK"``), or None when
+        ``connect()`` proved it already (the default: it opened the connection).
+
+        Called once, on the actor's thread, after ``connect()`` and its replay steps, as
+        one call (bounded by ``call_timeout``); the runtime never calls it otherwise. A
+        kind whose ``connect()`` does no I/O (it connects lazily, at the first call)
+        makes the smallest real exchange here and raises, naming what it tried, if it
+        gets no answer.
+        """
+        return None
+
     def abort(self, resource: Any) -> None:
         """Make whatever is blocked on ``resource`` return now; called from ANOTHER thread.
 

@@ -49,14 +49,14 @@ from pydantic import BaseModel
 
 import sessions
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig
-from sessions._errors import ConfigError, ResourceUnavailable
-from sessions._redact import redact
+from sessions._errors import ConfigError, ResourceFault, ResourceUnavailable
+from sessions._redact import describe, redact
 from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
 from sessions._tools.check import read_config
 from sessions._tools.server import StatusServer
 from sessions.messages import ChildState, Event, SupervisorGaveUp
-from sessions.supervisor._tree import stall_timeout
+from sessions.supervisor._tree import ResourceChild, stall_timeout
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -215,13 +215,15 @@ class ConnectResult:
 
 
 def connect_one(name: str, spec: ResourceConfig) -> ConnectResult:
-    """Open resource ``name`` once, then close it.
+    """Open resource ``name`` once, prove it answers, then close it.
 
     Runs it as the only child of a throwaway system whose supervisor gives up on the
     first failure, so the kind's own ``connect()`` (with ``connect_timeout``), its
     replay steps (device init writes, session settings) and ``disconnect()`` run on
     the library's threads exactly as in production, and a failure is reported
-    rather than retried. Pools open one member; breakers and health checks are off.
+    rather than retried. Then the kind's ``check_connection()`` runs as one call: a
+    kind that connects lazily (``http``) makes a real exchange there and says what it
+    checked. Pools open one member; breakers and health checks are off.
     """
     single = ResourceConfig.model_validate(
         {
@@ -237,13 +239,28 @@ def connect_one(name: str, spec: ResourceConfig) -> ConnectResult:
     system = System(config)
     try:
         system._boot()
-        return ConnectResult(name, spec.kind, True, time.monotonic() - began, "connected")
+        ok, detail = _check_connection(system, name)
+        return ConnectResult(name, spec.kind, ok, time.monotonic() - began, detail)
     except ResourceUnavailable as err:
         fault = _last_fault(system.status(), name) or str(err)
         fault = re.sub(r"(?:\\[nt]|\s)+", " ", fault.removeprefix("start failed: "))
         return ConnectResult(name, spec.kind, False, time.monotonic() - began, redact(fault))
     finally:
         system.stop()
+
+
+def _check_connection(system: System, name: str) -> tuple[bool, str]:
+    """Run the kind's ``check_connection()`` on the actor's thread; ``(ok, detail)``."""
+    node = system._resources[name]
+    assert isinstance(node, ResourceChild)  # connect_one's resource is never a pool
+    actor = node.actor
+    try:
+        checked = system.get(name).transaction(lambda _resource: actor.check_connection())
+        what = checked.result()
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, ResourceFault) and exc.__cause__ else exc
+        return False, describe(cause)
+    return True, "connected" if what is None else f"connected: {redact(what)}"
 
 
 def _last_fault(tree: dict[str, Any], name: str) -> str | None:

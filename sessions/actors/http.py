@@ -62,6 +62,7 @@ import copy
 import functools
 import logging
 import math
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -275,6 +276,22 @@ class HTTPActor(ResourceActor):
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
+
+    def check_connection(self) -> str:
+        """``sessions check --connect``: ``connect()`` does no I/O, so send ``HEAD`` to
+        ``base_url`` through the Session (its proxies, TLS settings and auth apply) and
+        report the status line. Any HTTP answer, an error status included, proves the
+        server is there; no answer (refused, timed out, TLS failure) raises
+        ``ConnectionError`` naming the URL and the reason."""
+        import requests  # noqa: PLC0415 - the driver, imported by connect() already
+
+        url = self.config.base_url
+        try:
+            response = self.resource.head(url, timeout=self.config.timeout,
+                                          allow_redirects=False)
+        except requests.RequestException as exc:
+            raise ConnectionError(f"HEAD {url} got no answer: {_root_cause(exc)}") from exc
+        return f"HEAD {url} answered {response.status_code} {response.reason}".rstrip()
 
     def disconnect(self, resource: requests.Session) -> None:
         """Close the Session's pooled connections."""
@@ -572,6 +589,21 @@ def _check_base_url(url: str) -> str:
     except ValueError:
         raise ValueError(f"base_url has an invalid port: {redact(url)!r}") from None
     return url
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a requests/urllib3 chain, as ``Type: message`` without the
+    object reprs urllib3 prefixes (``<HTTPConnection object at 0x...>: ``)."""
+    cause: BaseException = exc
+    for _ in range(8):
+        inner = getattr(cause, "reason", None)
+        if not isinstance(inner, BaseException) and cause.args:
+            inner = cause.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        cause = inner
+    text = re.sub(r"^<[^>]*>: ", "", str(cause))
+    return f"{type(cause).__name__}: {redact(text)}" if text else type(cause).__name__
 
 
 def _origin(url: str) -> tuple[str, str, int]:
