@@ -272,6 +272,36 @@ def test_bad_url_or_missing_driver_is_a_config_error_without_the_password() -> N
         sessions.start(db_config("sqlite://", pool_sz=2))
 
 
+
+def test_a_libpq_parameter_with_a_sqlite_url_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite3.connect() would raise TypeError("'connect_timeout' is an invalid keyword
+    argument") at every connect; a config whose url falls back to SQLite hears at
+    check time which key, and where a PostgreSQL-only setting goes instead."""
+    monkeypatch.delenv("SESSIONS_TEST_DB_URL", raising=False)
+    cfg = db_config(f"${{SESSIONS_TEST_DB_URL:-{sqlite_url(tmp_path)}}}",
+                    connect_args={"connect_timeout": 5, "timeout": 2.0})
+    with pytest.raises(ConfigError) as info:
+        sessions.start(cfg)
+    assert info.value.errors == [(
+        "resources.db.connect_args",
+        f"'connect_timeout': not an argument of sqlite3.connect(), which the SQLite url "
+        f"{sqlite_url(tmp_path)!r} uses (it takes timeout, detect_types, isolation_level, "
+        "check_same_thread, factory, cached_statements, uri, autocommit); connect_timeout "
+        "is a libpq parameter (PostgreSQL): with a url that may be SQLite or PostgreSQL, "
+        "give it in the PostgreSQL url's query string "
+        "(postgresql+psycopg://host/db?connect_timeout=5)",
+    )]
+    with pytest.raises(ConfigError, match=r"'cache_size': not an argument of sqlite3"):
+        sessions.start(db_config(sqlite_url(tmp_path), connect_args={"cache_size": 1}))
+    with sessions.start(db_config(sqlite_url(tmp_path), connect_args={"timeout": 2.0})) as s:
+        assert s.get("db").scalar("SELECT 1").result(10) == 1
+    # the same keys with a PostgreSQL url are libpq's business
+    sessions.check_childspecs({"db": {"kind": "database", "url": "postgresql+psycopg://h/db",
+                                      "connect_args": {"connect_timeout": 5}}})
+
+
 def test_session_manager_with_and_async_with(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
     with DatabaseSessionManager(url=url) as db:

@@ -78,7 +78,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, PendingRollbackError
@@ -158,6 +158,26 @@ _LIBPQ_UNBOUNDED: Mapping[str, str] = {
     "tcp_user_timeout": "the kernel default applies: data a dead host never acknowledges "
     "is retransmitted for about 15 minutes before the call fails",
 }
+
+SQLITE_CONNECT_ARGS: tuple[str, ...] = (
+    "timeout",
+    "detect_types",
+    "isolation_level",
+    "check_same_thread",
+    "factory",
+    "cached_statements",
+    "uri",
+    "autocommit",
+)
+"""The keywords of ``sqlite3.connect()`` besides the database (``autocommit``: Python
+3.12 or later), what ``connect_args`` may hold for a SQLite url."""
+
+_LIBPQ_PARAMETERS = frozenset({
+    *LIBPQ_DEFAULTS, "sslmode", "sslrootcert", "sslcert", "sslkey", "application_name",
+    "options", "target_session_attrs", "passfile", "service", "hostaddr", "gssencmode",
+    "channel_binding", "client_encoding",
+})
+"""libpq parameters a SQLite url's ``connect_args`` is told are PostgreSQL's."""
 
 _CUT_KEY = "sessions.abort"
 """Key of a DBAPI connection's ``Cut`` in its pool record's ``info``."""
@@ -336,6 +356,38 @@ class DatabaseOptions(BaseModel):
                 f"{redact(err)}"
             ) from None
         return url
+
+    @field_validator("connect_args")
+    @classmethod
+    def _sqlite_arguments(
+        cls, connect_args: dict[str, Any], info: ValidationInfo
+    ) -> dict[str, Any]:
+        """SQLite's driver (sqlite3) takes only its own keywords: a libpq parameter there
+        (a config whose ``url`` falls back to SQLite: ``${DB_URL:-sqlite:///...}``) would
+        fail every connect with a TypeError; it is named here instead."""
+        url = info.data.get("url")
+        if not isinstance(url, str):
+            return connect_args  # reported by the url's own validation
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or parsed.get_driver_name() != "pysqlite":
+            return connect_args
+        unknown = [key for key in connect_args if key not in SQLITE_CONNECT_ARGS]
+        if unknown:
+            libpq = [key for key in unknown if key in _LIBPQ_PARAMETERS]
+            verb = "is a libpq parameter" if len(libpq) == 1 else "are libpq parameters"
+            hint = (
+                f"; {', '.join(libpq)} {verb} (PostgreSQL): with a url that may be SQLite or "
+                "PostgreSQL, give it in the PostgreSQL url's query string "
+                "(postgresql+psycopg://host/db?connect_timeout=5)"
+                if libpq
+                else ""
+            )
+            raise ValueError(
+                f"{', '.join(repr(k) for k in unknown)}: not an argument of sqlite3.connect(), "
+                f"which the SQLite url {parsed.render_as_string(hide_password=True)!r} uses "
+                f"(it takes {', '.join(SQLITE_CONNECT_ARGS)}){hint}"
+            )
+        return connect_args
 
     def unbounded_waits(self) -> list[tuple[str, str]]:
         """``(config path, message)`` per wait set to unbounded (``sessions check``)."""
