@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -21,13 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sessions
 from sessions import CallTimeout, ConfigError, ResourceFault, ResourceUnavailable
-from sessions.actors.database import ConnectionLost, DatabaseActor
+from sessions.actors.database import ConnectionLost, DatabaseActor, synchronous_url
 from sessions.database import DatabaseSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.servers import PostgresServer
@@ -270,6 +271,12 @@ def test_bad_url_or_missing_driver_is_a_config_error_without_the_password() -> N
         sessions.start(db_config("::nonsense::"))
     with pytest.raises(ConfigError, match=r"resources\.db\.pool_sz"):
         sessions.start(db_config("sqlite://", pool_sz=2))
+    if importlib.util.find_spec("psycopg2") is None:  # the hint names what to install
+        with pytest.raises(ConfigError) as info:
+            sessions.start(db_config("postgresql+psycopg2://h/db"))
+        assert "install it with: pip install psycopg2-binary, or name psycopg 3 in the url " \
+            "(postgresql+psycopg://...) and pip install 'applib-sessions[postgres]'" in str(
+                info.value)
 
 
 
@@ -320,6 +327,52 @@ def test_session_manager_with_and_async_with(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- PostgreSQL
+
+
+
+def test_pg_an_async_driver_url_is_served_by_psycopg_and_says_so(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The seed's own url, postgresql+asyncpg:// (for SQLAlchemy's asyncio engine): the
+    kind is synchronous (one connection per actor thread), so the same database is served
+    by psycopg, as an INFO line says once; no asyncpg is needed (it is not installed
+    here), and asyncpg's ssl= becomes libpq's sslmode=."""
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql+asyncpg://", 1)
+    assert url != postgres_url
+    caplog.set_level(logging.INFO, logger="sessions.database")
+    with sessions.start(db_config(f"{url}?ssl=disable", pool_size=2)) as system:
+        db = system.get("db")
+        assert db.scalar("SELECT current_setting('ssl')").result(10) in ("on", "off")
+        assert db.scalar("SELECT 1").result(10) == 1
+    notes = [r.getMessage() for r in caplog.records if "names the async driver" in r.getMessage()]
+    assert notes == [
+        f"url {url}?ssl=disable names the async driver postgresql+asyncpg: the database kind "
+        "is synchronous (one connection per actor, on its own thread; asyncio code awaits "
+        "the handle's futures), so it connects with postgresql+psycopg"
+    ]
+
+    async def main() -> Any:
+        async with DatabaseSessionManager(url=url) as db:
+            return await db.scalar("SELECT 41 + 1")
+
+    assert asyncio.run(main()) == 42
+    with sessions.SessionRegistry(db_url=url) as registry:
+        assert registry.db.scalar("SELECT 2").result(10) == 2
+
+
+@pytest.mark.parametrize(("written", "used"), [
+    ("postgresql+asyncpg://u:pw@h/db", "postgresql+psycopg://u:pw@h/db"),
+    ("postgresql+asyncpg://h/db?ssl=true", "postgresql+psycopg://h/db?sslmode=require"),
+    ("postgresql+asyncpg://h/db?ssl=false", "postgresql+psycopg://h/db?sslmode=disable"),
+    ("postgresql+asyncpg://h/db?ssl=verify-full", "postgresql+psycopg://h/db?sslmode=verify-full"),
+    ("postgresql+psycopg_async://h/db", "postgresql+psycopg://h/db"),
+    ("sqlite+aiosqlite:///plant.db", "sqlite+pysqlite:///plant.db"),
+    ("postgresql+psycopg://h/db", "postgresql+psycopg://h/db"),
+    ("sqlite:///plant.db", "sqlite:///plant.db"),
+])
+def test_async_driver_urls_map_to_the_synchronous_driver(written: str, used: str) -> None:
+    mapped = synchronous_url(make_url(written))
+    assert mapped.render_as_string(hide_password=False) == used
 
 
 def test_pg_crud_returning_and_executemany(postgres_url: str) -> None:

@@ -80,7 +80,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -91,7 +91,14 @@ from sessions._redact import redact
 from sessions._runtime.abort import Cut, dup_socket, shutdown_socket
 from sessions._runtime.contract import ResourceActor
 
-__all__ = ["LIBPQ_DEFAULTS", "ConnectionLost", "DatabaseActor", "DatabaseOptions"]
+__all__ = [
+    "LIBPQ_DEFAULTS",
+    "SYNC_DRIVERS",
+    "ConnectionLost",
+    "DatabaseActor",
+    "DatabaseOptions",
+    "synchronous_url",
+]
 
 log = logging.getLogger("sessions.database")
 
@@ -191,6 +198,57 @@ class ConnectionLost(Exception):
     """The actor's connection was found invalidated, closed or replaced: a fault."""
 
 
+SYNC_DRIVERS: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        ("postgresql", "asyncpg"): "psycopg",
+        ("postgresql", "psycopg_async"): "psycopg",
+        ("sqlite", "aiosqlite"): "pysqlite",
+    }
+)
+"""(database, async driver) -> the synchronous driver a url naming the async one gets.
+
+The kind is synchronous: each actor owns one connection on its own thread and calls are
+plain blocking DBAPI calls; asyncio code awaits the handle's futures instead. So a url
+written for an async engine (``postgresql+asyncpg://``, as SQLAlchemy's asyncio
+extension wants) is served by the same database's synchronous driver, with an INFO log
+line saying so (see :func:`synchronous_url`)."""
+
+_NOTED: set[str] = set()
+"""Urls whose driver mapping was logged already (once per process)."""
+
+
+def synchronous_url(url: URL) -> URL:
+    """``url`` with an async driver of :data:`SYNC_DRIVERS` replaced by its synchronous
+    counterpart (``postgresql+asyncpg`` -> ``postgresql+psycopg``); asyncpg's ``ssl=``
+    query parameter becomes libpq's ``sslmode=`` (``true``: ``require``, ``false``:
+    ``disable``, a mode as it is). Any other url as it is."""
+    backend = url.get_backend_name()
+    driver = url.drivername.partition("+")[2]
+    target = SYNC_DRIVERS.get((backend, driver))
+    if target is None:
+        return url
+    mapped = url.set(drivername=f"{backend}+{target}")
+    if driver == "asyncpg" and "ssl" in url.query:
+        query = dict(url.query)
+        ssl = str(query.pop("ssl"))
+        query.setdefault("sslmode", {"true": "require", "false": "disable"}.get(ssl.lower(), ssl))
+        mapped = mapped.set(query=query)
+    return mapped
+
+
+def _install_hint(url: URL) -> str:
+    """How to install the DBAPI driver ``url`` names (for a missing-driver error)."""
+    driver = url.get_driver_name()
+    if driver == "psycopg":
+        return "install it with: pip install 'applib-sessions[postgres]'"
+    if driver == "psycopg2":
+        return ("install it with: pip install psycopg2-binary, or name psycopg 3 in the url "
+                "(postgresql+psycopg://...) and pip install 'applib-sessions[postgres]'")
+    if url.get_backend_name() == "sqlite":
+        return "SQLite's driver (sqlite3) is part of Python: this Python was built without it"
+    return f"install the {driver!r} package, the driver SQLAlchemy uses for this url"
+
+
 def _is_memory_sqlite(url: str) -> bool:
     """True for an in-memory SQLite database that exists once per connection."""
     try:
@@ -250,7 +308,7 @@ def unbounded_libpq_waits(url: str, connect_args: Mapping[str, Any]) -> list[tup
     """``(config path, message)`` for each libpq parameter set to an unbounded wait
     (``sessions check`` warns about them): 0, a negative number or None."""
     try:
-        parsed = make_url(url)
+        parsed = synchronous_url(make_url(url))
         if not _libpq_driver(parsed):
             return []
     except Exception:  # a bad URL or an unknown driver is reported by validation
@@ -343,7 +401,7 @@ class DatabaseOptions(BaseModel):
         is installed is the actor's question (it builds the engine): a config may be
         checked, or its schema built, where the driver is not."""
         try:
-            parsed = make_url(url)
+            parsed = synchronous_url(make_url(url))
         except ArgumentError as err:
             raise ValueError(f"url {redact(url)!r} is not a SQLAlchemy URL: {err}") from None
         try:
@@ -368,7 +426,7 @@ class DatabaseOptions(BaseModel):
         url = info.data.get("url")
         if not isinstance(url, str):
             return connect_args  # reported by the url's own validation
-        parsed = make_url(url)
+        parsed = synchronous_url(make_url(url))
         if parsed.get_backend_name() != "sqlite" or parsed.get_driver_name() != "pysqlite":
             return connect_args
         unknown = [key for key in connect_args if key not in SQLITE_CONNECT_ARGS]
@@ -409,7 +467,18 @@ class DatabaseActor(ResourceActor):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        parsed = make_url(self.config.url)  # checked by DatabaseOptions
+        written = make_url(self.config.url)  # checked by DatabaseOptions
+        parsed = synchronous_url(written)
+        if parsed is not written:
+            shown = written.render_as_string(hide_password=True)
+            if shown not in _NOTED:
+                _NOTED.add(shown)
+                log.info(
+                    "url %s names the async driver %s: the database kind is synchronous "
+                    "(one connection per actor, on its own thread; asyncio code awaits the "
+                    "handle's futures), so it connects with %s",
+                    shown, written.drivername, parsed.drivername,
+                )
         self.url = parsed.render_as_string(hide_password=True)
         """The URL with its password masked (for messages)."""
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -431,10 +500,9 @@ class DatabaseActor(ResourceActor):
                 connect_args=dict(self.connect_args),
             )
         except ImportError as err:
-            extra = "postgres" if parsed.get_backend_name() == "postgresql" else "database"
             raise ValueError(
-                f"the driver for {parsed.drivername!r} is not installed ({err}); install it "
-                f"with: pip install 'applib-sessions[{extra}]' (or the driver itself)"
+                f"the driver for {parsed.drivername!r} is not installed ({err}); "
+                f"{_install_hint(parsed)}"
             ) from None
         except (ArgumentError, TypeError) as err:
             raise ValueError(f"cannot use url {self.url!r}: {redact(err)}") from None
