@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,11 @@ from sessions.database import DatabaseSessionManager
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.servers import PostgresServer
 from tests.support import FakeClock, Recorder, wait_until
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 FAST_BACKOFF = {"initial": 0.01, "max": 0.1, "multiplier": 2.0, "jitter": 0.0}
 
@@ -358,6 +364,25 @@ def test_pg_an_async_driver_url_is_served_by_psycopg_and_says_so(
     assert asyncio.run(main()) == 42
     with sessions.SessionRegistry(db_url=url) as registry:
         assert registry.db.scalar("SELECT 2").result(10) == 2
+
+
+
+def test_pg_the_example_plant_database_table_works_with_a_postgresql_url(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/plant.toml says its database may be PostgreSQL (PLANT_DB_URL): its
+    [resources.db] table, as written, starts and serves with either url."""
+    plant = tomllib.loads((Path(__file__).parents[1] / "examples" / "plant.toml").read_text())
+    cfg = {
+        "supervisors": {"backend": plant["supervisors"]["backend"]},
+        "resources": {"db": plant["resources"]["db"]},
+    }
+    monkeypatch.setenv("PLANT_DB_URL", postgres_url)
+    with sessions.start(cfg) as system:
+        assert system.get("db").scalar("SELECT 'postgresql'").result(10) == "postgresql"
+    monkeypatch.setenv("PLANT_DB_URL", sqlite_url(tmp_path))
+    with sessions.start(cfg) as system:
+        assert system.get("db").scalar("SELECT sqlite_version() IS NOT NULL").result(10) == 1
 
 
 @pytest.mark.parametrize(("written", "used"), [
