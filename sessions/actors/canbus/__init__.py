@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import ResourceFault
+from sessions._redact import describe
 from sessions._runtime.contract import Deferred, ResourceActor
 from sessions._runtime.fanout import WARN_EVERY, Delivery
 
@@ -652,7 +653,7 @@ class CANBusActor(ResourceActor):
         try:
             bus.shutdown()
         except Exception as exc:
-            log.warning("CAN bus %r: shutdown failed (ignored): %r", self.name, exc)
+            log.warning("CAN bus %r: shutdown failed (ignored): %s", self.name, describe(exc))
         finally:
             if self._links.get(id(bus)) is link:
                 del self._links[id(bus)]
@@ -968,10 +969,14 @@ class CANBusActor(ResourceActor):
                 if stop.is_set():
                     return
                 if self.is_fault(err):
-                    log.warning("CAN bus %r: receive failed: %r", self.name, err)
+                    log.warning("CAN bus %r: receive failed: %s", self.name, describe(err))
                     self.report_fault(err, bus)
                     return
-                log.warning("CAN bus %r: receive error (not a fault, retrying): %r", self.name, err)
+                log.warning(
+                    "CAN bus %r: receive error (not a fault, retrying): %s",
+                    self.name,
+                    describe(err),
+                )
                 stop.wait(_ERROR_PAUSE)
                 continue
             try:

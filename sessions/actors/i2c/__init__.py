@@ -119,6 +119,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from sessions._errors import DeviceError
+from sessions._redact import describe
 from sessions._runtime.contract import ResourceActor
 from sessions.actors.i2c._smbus import (
     ADDRESS_MAX,
@@ -912,7 +913,9 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 finally:
                     os.close(dead)
         except Exception as exc:  # abort() must not raise
-            log.warning("i2c %r: abort could not swap the bus descriptor: %r", self.name, exc)
+            log.warning(
+                "i2c %r: abort could not swap the bus descriptor: %s", self.name, describe(exc)
+            )
         finally:
             conn.closing.release()
 

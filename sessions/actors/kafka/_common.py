@@ -20,6 +20,8 @@ from kafka.net.compat import KafkaNetClient
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from sessions._redact import describe
+
 log = logging.getLogger("sessions.kafka")
 
 ABORT_JOIN = 0.5
@@ -180,7 +182,7 @@ def abort_client(client: Any, error: BaseException) -> None:
         try:
             step()
         except Exception as exc:
-            log.warning("aborting a kafka client: could not %s: %r", what, exc)
+            log.warning("aborting a kafka client: could not %s: %s", what, describe(exc))
 
 
 def _shutdown_all(socks: list[socket.socket]) -> None:
@@ -244,7 +246,7 @@ def abort_producer(producer: Any, client: Any, error: BaseException) -> None:
         try:
             sender.force_close()  # flags and a wake-up: the sender ends its loop
         except Exception as exc:
-            log.warning("aborting a kafka producer's sender failed: %r", exc)
+            log.warning("aborting a kafka producer's sender failed: %s", describe(exc))
     if client is not None:
         abort_client(client, error)
 
