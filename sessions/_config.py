@@ -422,16 +422,20 @@ def kind_errors(resources: Mapping[str, Any]) -> list[tuple[str, str]]:
     its supervision keys (so one report has both)."""
     errors: list[tuple[str, str]] = []
     for name, table in resources.items():
-        if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
-            continue  # reported by the schema
-        path = f"resources.{name}"
-        options = {k: v for k, v in table.items() if k not in ResourceConfig.model_fields}
-        try:
-            cls = resolve_kind(table["kind"], f"{path}.kind")
-            make_actor(cls, check_options(cls, options, path), table["kind"], path)
-        except ConfigError as err:
-            errors += err.errors
+        errors += _table_kind_errors(table, f"resources.{name}")
     return errors
+
+
+def _table_kind_errors(table: Any, path: str) -> list[tuple[str, str]]:
+    if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+        return []  # reported by the schema
+    options = {k: v for k, v in table.items() if k not in ResourceConfig.model_fields}
+    try:
+        cls = resolve_kind(table["kind"], f"{path}.kind")
+        make_actor(cls, check_options(cls, options, path), table["kind"], path)
+    except ConfigError as err:
+        return list(err.errors)
+    return []
 
 
 def make_actor(cls: type[ResourceActor], options: dict[str, Any], kind: str,
@@ -499,23 +503,27 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
 
 def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
                   path: str | None = None) -> ResourceConfig:
-    """Validate one resource table (used for dynamic children)."""
+    """Validate one resource table (used for dynamic children); its kind's keys too
+    when the supervision keys have problems (otherwise the caller checks them)."""
     if isinstance(spec, ResourceConfig):
         return spec
     errors: list[tuple[str, str]] = []
     if not _NAME.fullmatch(name):
         errors.append((f"resources.{name}", _NAME_RULE))
-    raw = _substitute(spec, path or f"resources.{name}", errors)
+    where = path or f"resources.{name}"
+    raw = _substitute(spec, where, errors)
+    res: ResourceConfig | None = None
     try:
         res = ResourceConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(errors + errors_from(exc, path or f"resources.{name}", raw,
-                                               ResourceConfig)) from None
-    if res.significant and (res.restart == "permanent" or res.pool_size > 1):
-        errors.append((f"{path or f'resources.{name}'}.significant", "a significant child "
-                       "needs restart = transient or temporary, and pool_size = 1"))
-    if errors:
-        raise ConfigError(errors)
+        errors += errors_from(exc, where, raw, ResourceConfig)
+    if res is not None and res.significant and (
+            res.restart == "permanent" or res.pool_size > 1):
+        errors.append((f"{where}.significant", "a significant child needs restart = "
+                       "transient or temporary, and pool_size = 1"))
+    if errors:  # with the kind's own problems, so one report has them all
+        raise ConfigError(errors + _table_kind_errors(raw, where))
+    assert res is not None
     return res
 
 

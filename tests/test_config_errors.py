@@ -787,6 +787,21 @@ def test_options_model_validates_and_fills_defaults() -> None:
     assert err.errors == [("resources.m.port", "required key is missing")]
 
 
+
+def test_a_dynamic_childs_supervision_and_kind_problems_come_together() -> None:
+    """start_child and check_childspecs report a spec's kind keys with its supervision
+    keys, not once the supervision keys are fixed."""
+    spec = {"kind": f"{HERE}:Modelled", "pool_size": 0, "port": 0}
+    expected = [("resources.m.pool_size", "must be >= 1, got 0"),
+                ("resources.m.port", "must be >= 1, got 0")]
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({"m": spec})
+    assert info.value.errors == expected
+    with sessions.start({}) as system, pytest.raises(ConfigError) as info:
+        system.start_child("m", spec)
+    assert info.value.errors == expected
+
+
 def test_check_childspecs_checks_a_kinds_keys() -> None:
     with pytest.raises(ConfigError) as info:
         sessions.check_childspecs({
