@@ -357,6 +357,7 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
     raw: Any = source if isinstance(source, Mapping) else read_file(source)
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
+    unset = [path for path, _ in errors]  # keys still holding a ${VAR} placeholder
     if not isinstance(raw, Mapping):
         raise ConfigError([("", f"expected a table of tables, got {type(raw).__name__}")])
     errors += _unknown_tables(raw)
@@ -370,7 +371,7 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
     if errors:
         resources = known.get("resources")
         if isinstance(resources, Mapping):
-            errors += kind_errors(resources)
+            errors += _besides(kind_errors(resources), unset)
         raise ConfigError(errors)
     assert config is not None
     return config
@@ -424,6 +425,17 @@ def kind_errors(resources: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name, table in resources.items():
         errors += _table_kind_errors(table, f"resources.{name}")
     return errors
+
+
+def _besides(errors: list[tuple[str, str]], unset: list[str]) -> list[tuple[str, str]]:
+    """``errors`` but those at, above or below a key whose ``${VAR}`` is unset: the kind
+    saw the placeholder there, not a value (the unset variable is the problem)."""
+
+    def related(path: str, other: str) -> bool:
+        return any(a == b or a.startswith((f"{b}.", f"{b}[")) for a, b in
+                   ((path, other), (other, path)))
+
+    return [(p, m) for p, m in errors if not any(related(p, u) for u in unset)]
 
 
 def _table_kind_errors(table: Any, path: str) -> list[tuple[str, str]]:
@@ -522,7 +534,8 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
         errors.append((f"{where}.significant", "a significant child needs restart = "
                        "transient or temporary, and pool_size = 1"))
     if errors:  # with the kind's own problems, so one report has them all
-        raise ConfigError(errors + _table_kind_errors(raw, where))
+        unset = [p for p, m in errors if m.startswith("environment variable ")]
+        raise ConfigError(errors + _besides(_table_kind_errors(raw, where), unset))
     assert res is not None
     return res
 

@@ -894,6 +894,26 @@ def test_structure_references_and_kinds_are_reported_together() -> None:
         "resources.a.x", "resources.b.kind"]
 
 
+
+def test_a_key_whose_variable_is_unset_is_not_also_judged_by_the_kind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kind would see the ``${VAR}`` placeholder, not a value: the unset variable is
+    the one problem there; the table's other keys are still checked."""
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    err = config_error({"resources": {"m": {
+        "kind": f"{HERE}:Modelled", "port": "${SESSIONS_TEST_NOPE}", "ratio": 2}}})
+    assert err.errors == [
+        ("resources.m.port", "environment variable SESSIONS_TEST_NOPE is not set (use "
+                             "${SESSIONS_TEST_NOPE:-default})"),
+        ("resources.m.ratio", "must be < 1, got 2"),
+    ]
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({"m": {"kind": f"{HERE}:Modelled", "pool_size": 0,
+                                         "port": "${SESSIONS_TEST_NOPE}"}})
+    assert [path for path, _ in info.value.errors] == ["resources.m.port",
+                                                      "resources.m.pool_size"]
+
+
 def test_a_misspelt_supervision_key_is_suggested_in_a_resource() -> None:
     err = config_error({"resources": {"b": {"kind": f"{HERE}:Bare", "call_timout": 1}}})
     assert err.errors == [("resources.b.call_timout", "unknown key for kind Bare (this kind "
