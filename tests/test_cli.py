@@ -725,7 +725,7 @@ def wait_ready(proc: subprocess.Popen[str], marker: str) -> None:
 def test_a_signal_stops_run_cleanly_with_exit_0(tmp_path: Path, sig: signal.Signals) -> None:
     proc = start_run(tmp_path, "tests.test_cli:sleeping_app")
     try:
-        wait_ready(proc, "resources running")
+        wait_ready(proc, "2 resources running")
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "app running"
         proc.send_signal(sig)

@@ -457,7 +457,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 server.start(system)
             served = f"; serving {server.url} (/healthz /status /metrics)" if server else ""
             print(
-                f"sessions: {len(loaded.config.resources)} resources running{served}",
+                f"sessions: {_count(len(loaded.config.resources), 'resource')} "
+                f"running{served}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -738,3 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             _report(f"{type(exc).__name__}: {redact(exc)}", verbose)
             return EXIT_FAILED
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 resource``, ``2 resources``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
