@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import sessions
 from sessions._runtime.contract import BUILT_IN_CALLS, RESERVED, public_methods
@@ -242,6 +242,21 @@ def test_direct_construction_reports_bad_options_by_key() -> None:
     with pytest.raises(ValueError) as across:
         Strict(low=3, high=2)
     assert str(across.value) == "Strict: (options): low must not exceed high"
+
+
+class Closed(sessions.ResourceActor):
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prefix: str = ">"
+
+    def connect(self) -> object:
+        return object()
+
+
+def test_direct_construction_suggests_the_key_a_typo_meant() -> None:
+    with pytest.raises(ValueError) as err:
+        Closed(prefx="x")
+    assert str(err.value) == "Closed: prefx: unknown key (did you mean 'prefix'?)"
 
 
 def test_spawn_names_its_thread_makes_it_a_daemon_and_logs_its_end(
