@@ -33,7 +33,7 @@ from sessions.actors.i2c.sim import (
     SimDevice,
 )
 from sessions.i2c import I2CSessionManager
-from sessions.messages import ChildRestarting, ChildStarted
+from sessions.messages import ChildFaulted, ChildRestarting, ChildStarted
 from tests.support import Recorder, abort_from_another_thread, in_thread, wait_until
 
 TMP, EE, REG = 0x48, 0x50, 0x20
@@ -993,3 +993,40 @@ def test_check_connect_names_the_device_that_cannot_be_opened(
     assert "FileNotFoundError: [Errno 2] No such file or directory: '/dev/i2c-250'" in out
     assert f"FileNotFoundError: [Errno 2] No such file or directory: '{absent}'" in out
     assert "FileNotFoundError(2" not in out
+
+
+# -- the seed registry with no such bus (it needs SQLAlchemy: not in the core stage) ---
+
+BACKOFF = {"supervisor": {"backoff": {"initial": 0.01, "max": 0.05, "jitter": 0.0}}}
+
+
+@pytest.mark.skipif(os.path.exists("/dev/i2c-1"), reason="this machine has an I2C bus 1")
+def test_registry_unavailable_i2c_bus_does_not_fail_the_registry(tmp_path: Path) -> None:
+    """``i2c_bus_id=1`` with no such bus: the registry starts, the SQLite database
+    serves, the bus is reported unavailable and retried, and its calls fail with
+    ResourceUnavailable naming it."""
+    started = time.monotonic()
+    with sessions.SessionRegistry(db_url=f"sqlite:///{tmp_path / 'r.db'}", i2c_bus_id=1,
+                         config=BACKOFF) as registry:
+        assert time.monotonic() - started < 10
+        assert registry.db.scalar("SELECT 1").result(10) == 1
+        with registry.db as tx:
+            tx.execute("CREATE TABLE t (x INTEGER)").result()
+        assert registry.db.execute("SELECT * FROM t").result(10) == []
+        assert list(registry.unavailable) == ["i2c"]
+        assert "FileNotFoundError" in registry.unavailable["i2c"]
+        status = registry.status()
+        assert status["db"] == {"kind": "database", "state": "running", "restarts": 0,
+                                "last_fault": None}
+        assert status["i2c"]["state"] == "starting"
+        assert registry.i2c.state == "starting"
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            registry.i2c.read_byte(0x40).result(10)
+        assert info.value.resource == "i2c"
+        assert "resource 'i2c' is unavailable" in str(info.value)
+        assert "retries its start" in str(info.value)
+        faults = Recorder()
+        registry.system.subscribe(faults)
+        faults.wait_for(lambda e: isinstance(e, ChildFaulted) and e.name == "i2c", count=3)
+        assert registry.system.state == "running"  # never gives up on it
+    assert registry.system.state == "stopped"

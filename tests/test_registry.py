@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,9 +13,8 @@ import pytest
 
 import sessions
 from sessions import ConfigError, Handle, ResourceUnavailable, SessionManager, SessionRegistry
-from sessions.messages import ChildFaulted
 from tests import kinds
-from tests.support import Recorder, wait_until
+from tests.support import wait_until
 
 PROBE = "tests.kinds:Probe"
 DB_URL = "postgresql://u:pw@h/db"
@@ -358,38 +356,6 @@ def test_manager_is_exported() -> None:
 # -- partial start: one unavailable resource does not fail the registry ---------------
 
 FAST = {"supervisor": {"backoff": {"initial": 0.01, "max": 0.05, "jitter": 0.0}}}
-
-
-@pytest.mark.skipif(os.path.exists("/dev/i2c-1"), reason="this machine has an I2C bus 1")
-def test_registry_unavailable_i2c_bus_does_not_fail_the_registry(tmp_path: Path) -> None:
-    """``i2c_bus_id=1`` with no such bus: the registry starts, the SQLite database
-    serves, the bus is reported unavailable and retried, and its calls fail with
-    ResourceUnavailable naming it."""
-    started = time.monotonic()
-    with SessionRegistry(db_url=f"sqlite:///{tmp_path / 'r.db'}", i2c_bus_id=1,
-                         config=FAST) as registry:
-        assert time.monotonic() - started < 10
-        assert registry.db.scalar("SELECT 1").result(10) == 1
-        with registry.db as tx:
-            tx.execute("CREATE TABLE t (x INTEGER)").result()
-        assert registry.db.execute("SELECT * FROM t").result(10) == []
-        assert list(registry.unavailable) == ["i2c"]
-        assert "FileNotFoundError" in registry.unavailable["i2c"]
-        status = registry.status()
-        assert status["db"] == {"kind": "database", "state": "running", "restarts": 0,
-                                "last_fault": None}
-        assert status["i2c"]["state"] == "starting"
-        assert registry.i2c.state == "starting"
-        with pytest.raises(ResourceUnavailable) as info:
-            registry.i2c.read_byte(0x40).result(10)
-        assert info.value.resource == "i2c"
-        assert "resource 'i2c' is unavailable" in str(info.value)
-        assert "retries its start" in str(info.value)
-        faults = Recorder()
-        registry.system.subscribe(faults)
-        faults.wait_for(lambda e: isinstance(e, ChildFaulted) and e.name == "i2c", count=3)
-        assert registry.system.state == "running"  # never gives up on it
-    assert registry.system.state == "stopped"
 
 
 def test_registry_resource_comes_up_later() -> None:
