@@ -16,10 +16,11 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -31,7 +32,7 @@ from sessions._errors import ConfigError
 from sessions._explain import did_you_mean, explain
 from sessions._redact import redact
 from sessions._runtime.contract import ResourceActor, construct
-from sessions._runtime.kinds import resolve_kind
+from sessions._runtime.kinds import kind_name, resolve_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,12 +108,24 @@ class BreakerConfig(_Model):
         return value
 
 
+def _kind_value(value: Any) -> Any:
+    """A kind given as a class object is stored by name (see ``kind_name``); another class
+    is refused here, where the message can say what a class must be."""
+    value = kind_name(value)
+    if isinstance(value, type):
+        raise ValueError(f"a class given as the kind must be a sessions.ResourceActor "
+                         f"subclass, got {value.__module__}.{value.__qualname__}")
+    return value
+
+
 class ResourceConfig(BaseModel):
     """``[resources.NAME]``: the supervision keys; every other key goes to the kind."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: str = Field(description="Built-in kind, entry point name, or 'package.module:Class'.")
+    kind: Annotated[str, BeforeValidator(_kind_value)] = Field(
+        description="Built-in kind, entry point name, 'package.module:Class', or (in a "
+        "config given as a dict) the class itself.")
     supervisor: str | None = Field(None, description="Supervisor name; omitted: the root.")
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
     call_timeout: float = Field(
@@ -439,12 +452,13 @@ def _besides(errors: list[tuple[str, str]], unset: list[str]) -> list[tuple[str,
 
 
 def _table_kind_errors(table: Any, path: str) -> list[tuple[str, str]]:
-    if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+    kind = kind_name(table.get("kind")) if isinstance(table, Mapping) else None
+    if not isinstance(kind, str):
         return []  # reported by the schema
     options = {k: v for k, v in table.items() if k not in ResourceConfig.model_fields}
     try:
-        cls = resolve_kind(table["kind"], f"{path}.kind")
-        make_actor(cls, check_options(cls, options, path), table["kind"], path)
+        cls = resolve_kind(kind, f"{path}.kind")
+        make_actor(cls, check_options(cls, options, path), kind, path)
     except ConfigError as err:
         return list(err.errors)
     return []

@@ -294,3 +294,52 @@ def test_stop_normally_without_a_reason_says_finished() -> None:
         e.done().result(5)
         (stopped,) = rec.wait_for(lambda ev: isinstance(ev, ChildStopped))
         assert stopped.reason == "exited normally: finished"
+
+
+# -- a kind given as the class itself (a config built in Python) ----------------------
+
+
+def test_a_class_object_is_a_kind_even_one_defined_in_a_function() -> None:
+    """``{"kind": Echo}``: the class itself, stored by its ``module:qualname``; a class
+    defined inside a function (not importable by name) resolves to that very class, for
+    static and dynamic children alike, and its options are checked like any kind's."""
+
+    def local_kind(greeting: str) -> type[sessions.ResourceActor]:
+        class Local(sessions.ResourceActor):
+            def connect(self) -> object:
+                return object()
+
+            def disconnect(self, resource: Any) -> None:
+                pass
+
+            def hello(self) -> str:
+                return greeting
+
+        return Local
+
+    first, second = local_kind("one"), local_kind("two")
+    with sessions.start({"resources": {"e": {"kind": Echo, "prefix": "#"},
+                                       "l": {"kind": first}}}) as system:
+        assert system.get("e").echo("x").result(5) == "#x"
+        assert system.get("e").kind == "echo"  # the class's own kind name
+        assert system.get("l").kind == f"{HERE}:test_a_class_object_is_a_kind_even_one_" \
+                                       "defined_in_a_function.<locals>.local_kind.<locals>.Local"
+        assert system.get("l").hello().result(5) == "one"
+        system.start_child("d", {"kind": second})
+        assert system.get("d").hello().result(5) == "two"
+        system.terminate_child("l")  # a restart builds the class it started with
+        system.restart_child("l")
+        assert system.get("l").hello().result(5) == "one"
+        assert system.child_spec("d")["kind"] == system.get("l").kind  # one name, two classes
+        with pytest.raises(sessions.ConfigError) as info:
+            system.start_child("bad", {"kind": Echo, "repeat": 0})
+        assert [p for p, _ in info.value.errors] == ["resources.bad.repeat"]
+
+
+def test_a_class_that_is_no_resource_actor_is_a_config_error_naming_it() -> None:
+    with pytest.raises(sessions.ConfigError) as info:
+        sessions.start({"resources": {"x": {"kind": int}}})
+    assert info.value.errors == [(
+        "resources.x.kind",
+        "a class given as the kind must be a sessions.ResourceActor subclass, got builtins.int",
+    )]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import weakref
 from importlib.metadata import entry_points
+from typing import Any
 
 from sessions._errors import ConfigError
 from sessions._runtime.contract import RESERVED, ResourceActor, reserved_clashes
@@ -39,6 +41,26 @@ _EXTRAS: dict[str, str] = {
 }
 
 
+#: "module:qualname" -> a kind given as a class object (``{"kind": Thermostat}``). Weak:
+#: a class the program drops is forgotten. Written by any caller thread (a config being
+#: validated); a dict write is atomic under the GIL, and two writes for one name can
+#: only come from two classes of one qualname, where the later is the one meant.
+_CLASSES: weakref.WeakValueDictionary[str, type[ResourceActor]] = (
+    weakref.WeakValueDictionary())
+
+
+def kind_name(value: Any) -> Any:
+    """``value`` as a config stores a kind: a ResourceActor subclass given as a class
+    object becomes its ``"module:qualname"`` (remembered, so it resolves to that very
+    class even when it was defined in a function or a script); anything else is returned
+    unchanged for validation to judge."""
+    if isinstance(value, type) and issubclass(value, ResourceActor):
+        name = f"{value.__module__}:{value.__qualname__}"
+        _CLASSES[name] = value
+        return name
+    return value
+
+
 @functools.lru_cache(maxsize=4)
 def _scan(path: tuple[str, ...]) -> dict[str, str]:
     """The entry points of the group (a scan of every installed distribution's metadata,
@@ -55,6 +77,9 @@ def _entry_point_kinds(fresh: bool = False) -> dict[str, str]:
 
 def resolve_kind(kind: str, path: str = "kind") -> type[ResourceActor]:
     """The ResourceActor subclass for ``kind``; ConfigError naming ``path`` otherwise."""
+    given = _CLASSES.get(kind)
+    if given is not None:
+        return _checked(given, kind, path)
     target = BUILTIN_KINDS.get(kind) or _entry_point_kinds().get(kind)
     if target is None and ":" not in kind:  # installed since the last scan?
         target = _entry_point_kinds(fresh=True).get(kind)
@@ -75,6 +100,10 @@ def resolve_kind(kind: str, path: str = "kind") -> type[ResourceActor]:
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, ResourceActor)):
         raise ConfigError([(path, f"{target!r} is not a sessions.ResourceActor subclass")])
+    return _checked(cls, target, path)
+
+
+def _checked(cls: type[ResourceActor], target: str, path: str) -> type[ResourceActor]:
     clashes = reserved_clashes(cls)
     if clashes:
         raise ConfigError([(path, f"{target!r} defines {', '.join(clashes)} as a method; "
