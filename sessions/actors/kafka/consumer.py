@@ -22,7 +22,7 @@ from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sessions._redact import describe, redact
+from sessions._redact import describe
 from sessions._runtime.contract import ResourceActor
 from sessions.actors.kafka._common import (
     ABORT_JOIN,
@@ -810,7 +810,7 @@ class KafkaConsumerActor(ResourceActor):
                     "kafka consumer %r: cannot dead-letter %s (%s); retrying it in %.2fs",
                     self.name,
                     where,
-                    redact(repr(dlq_exc)),
+                    describe(dlq_exc),
                     config.retry_backoff_max,
                 )
                 self._retry_later(consumer, tp, raw.offset, config.retry_backoff_max)
@@ -838,7 +838,7 @@ class KafkaConsumerActor(ResourceActor):
             ("dlq.original.topic", raw.topic.encode()),
             ("dlq.original.partition", str(raw.partition).encode()),
             ("dlq.original.offset", str(raw.offset).encode()),
-            ("dlq.error", redact(repr(exc))[:1000].encode()),
+            ("dlq.error", describe(exc)[:1000].encode()),
         ]
         future = self._dlq.send(
             self.config.dead_letter_topic, value=raw.value, key=raw.key, headers=headers
