@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
 
 import sessions
+from tests import kinds
 from tests.support import config
 
 
@@ -82,3 +84,123 @@ def test_many_coroutines_share_one_resource() -> None:
             return len(done)
 
     assert asyncio.run(main()) == 8
+
+
+# -- the await path: one wake-up per batch, one timer per loop ---------------------------
+
+
+def test_cancelling_the_awaiting_task_leaves_the_call_alone() -> None:
+    """A task that stops waiting does not withdraw its call: a running call finishes,
+    a queued one still runs (as for a thread that stopped waiting); ``cancel()`` is how
+    to withdraw a call."""
+
+    async def main() -> None:
+        with sessions.start(config({"a": {"call_timeout": 5.0}})) as system:
+            a = system.get("a")
+            started, release = threading.Event(), threading.Event()
+            running, queued = a.block(started, release), a.record("queued", 1)
+            tasks = [asyncio.ensure_future(running), asyncio.ensure_future(queued)]
+            await asyncio.sleep(0)
+            for task in tasks:
+                task.cancel()
+            assert [isinstance(r, asyncio.CancelledError)
+                    for r in await asyncio.gather(*tasks, return_exceptions=True)] == [True, True]
+            release.set()
+            assert await running == "released"
+            assert await queued == 1
+            assert kinds.controls("a").log == [("queued", 1, 1)]
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_await_does_not_run_a_call_that_expired_meanwhile() -> None:
+    """The awaiting task is cancelled, the call's deadline passes while it is queued:
+    it never runs, and awaiting it again says so."""
+
+    async def main() -> None:
+        with sessions.start(config({"a": {"call_timeout": 0.2,
+                                          "stall_timeout": 60}})) as system:
+            a = system.get("a")
+            started, release = threading.Event(), threading.Event()
+            a.block(started, release)
+            queued = a.record("late", 1)
+            task = asyncio.ensure_future(queued)
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(sessions.CallTimeout) as info:
+                await queued
+            assert info.value.started is False
+            release.set()
+            assert await a.echo("after") == "after"
+            assert kinds.controls("a").log == []
+
+    asyncio.run(main())
+
+
+def test_each_await_wakes_at_its_own_deadline_whatever_the_order() -> None:
+    """Awaits with different deadlines on one loop, the later one awaited first: each
+    raises CallTimeout at its own deadline, the earlier first."""
+
+    async def main() -> list[str]:
+        cfg = config({"slow": {"call_timeout": 0.6, "stall_timeout": 60},
+                      "fast": {"call_timeout": 0.2, "stall_timeout": 60}})
+        with sessions.start(cfg) as system:
+            gates = {name: (threading.Event(), threading.Event()) for name in ("slow", "fast")}
+            calls = {name: system.get(name).block(*gates[name]) for name in ("slow", "fast")}
+            order: list[str] = []
+
+            async def wait(name: str) -> None:
+                with pytest.raises(sessions.CallTimeout) as info:
+                    await calls[name]
+                assert info.value.started is True and info.value.resource == name
+                order.append(name)
+
+            slow = asyncio.ensure_future(wait("slow"))
+            await asyncio.sleep(0.01)  # the slow deadline is armed first
+            await asyncio.gather(slow, wait("fast"))
+            for _, release in gates.values():
+                release.set()
+            return order
+
+    assert asyncio.run(main()) == ["fast", "slow"]
+
+
+def test_many_awaits_then_one_past_its_deadline() -> None:
+    """Thousands of awaits resolve (their deadlines stay pending in the loop's heap until
+    they are dropped); one awaited afterwards still times out at its deadline, and a
+    thousand awaited at once each get their own value."""
+
+    async def main() -> None:
+        with sessions.start(config({"a": {"call_timeout": 0.3, "stall_timeout": 60}})) as system:
+            a = system.get("a")
+            for i in range(2000):
+                assert await a.echo(i) == i
+            assert await asyncio.gather(*(a.echo(i) for i in range(1000))) == list(range(1000))
+            started, release = threading.Event(), threading.Event()
+            with pytest.raises(sessions.CallTimeout):
+                await a.block(started, release)
+            release.set()
+
+    asyncio.run(main())
+
+
+def test_a_call_resolved_after_its_loop_closed_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio.run() ends while a task awaits a call; the call finishes after the loop
+    is closed: nobody is left to wake, and no callback error is logged."""
+    started, release = threading.Event(), threading.Event()
+    with sessions.start(config({"a": {"call_timeout": 5.0}})) as system:
+        a = system.get("a")
+
+        async def main() -> None:
+            call = a.block(started, release)
+            waiting = asyncio.ensure_future(call)  # cancelled by asyncio.run at its end
+            await asyncio.sleep(0)
+            assert not waiting.done()
+
+        with caplog.at_level(logging.DEBUG):
+            asyncio.run(main())
+            release.set()
+            assert a.echo(1).result(5) == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -8,16 +8,23 @@
 * a call whose deadline passes before it started is *expired*: it resolves with
   ``CallTimeout(started=False)`` and will never run (no ghost writes);
 * ``await future`` suspends the coroutine instead of blocking the event loop
-  (Pykka's ``Future.__await__`` blocks it).
+  (Pykka's ``Future.__await__`` blocks it), at the cost of a ``run_in_executor`` hop or
+  less: see ``_LoopWaker``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import heapq
+import itertools
+import math
+import threading
 import time
 from collections.abc import Generator
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from functools import partial
 from typing import Any, TypeVar
 
 from sessions._errors import CallTimeout
@@ -135,20 +142,125 @@ class SessionFuture(concurrent.futures.Future[T]):
             return super().exception(0)
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._wait_async().__await__()
+        """Suspend the awaiting task until the call is done or its deadline passes, then
+        behave as ``result()`` would: the value, the call's error, or ``CallTimeout``.
 
-    async def _wait_async(self) -> T:
-        """Await without blocking the event loop, bounded by the deadline."""
-        wrapped = asyncio.wrap_future(self)
-        # We read the outcome from self; mark the asyncio copy's error as retrieved.
-        wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
-        start = time.monotonic()
-        try:
-            await asyncio.wait_for(asyncio.shield(wrapped), max(0.0, self.deadline - start))
-        except asyncio.TimeoutError:
-            if not self.done():
-                self._overdue(None, start)
+        Cancelling the awaiting task leaves the call alone (it runs, or expires at its
+        deadline, as for a caller that stopped waiting); only ``cancel()`` withdraws it.
+        """
+        while not self.done():
+            if time.monotonic() >= self.deadline:
+                self._overdue(None, self.deadline)
+                break
+            yield from _waker().wait(self).__await__()
         return super().result(0)
+
+
+class _LoopWaker:
+    """Wakes the tasks of one event loop that await handle calls, for all of them at once.
+
+    ``asyncio.wrap_future`` costs one ``call_soon_threadsafe`` (a write to the loop's
+    self-pipe) per call, and a deadline by ``wait_for`` a task and a timer per await.
+    Here calls resolved by an actor thread are queued in ``_ready`` and the loop is woken
+    once for the whole batch; deadlines sit in one heap with one loop timer, set for the
+    earliest deadline still awaited.
+
+    Threads: ``_ready`` and ``_scheduled`` are shared with the actor threads that resolve
+    calls (under ``_lock``); every other field is touched only on the loop's thread.
+    """
+
+    _COMPACT_MIN = 256
+    """Below this many heap entries, resolved ones are left for the timer to drop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        """A ``_drain`` is queued on the loop and has not yet taken ``_ready``."""
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
+        """Heap of (loop time, tie-breaker, waiter); resolved waiters linger until the
+        timer or a compaction drops them."""
+        self._order = itertools.count()
+        self._live = 0
+        """Waiters neither resolved nor woken by their deadline (cancelled ones count
+        until a compaction finds them)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def wait(self, future: SessionFuture[Any]) -> asyncio.Future[None]:
+        """A loop future that resolves (with None) when ``future`` is done or its
+        deadline passes; the caller reads the outcome from ``future``."""
+        loop = self.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        when = loop.time() + (future.deadline - time.monotonic())
+        heapq.heappush(self._deadlines, (when, next(self._order), waiter))
+        self._live += 1
+        if len(self._deadlines) > 2 * self._live + self._COMPACT_MIN:
+            self._compact()
+        if when < self._timer_at:
+            self._arm(when)
+        future.add_done_callback(partial(self._resolved, waiter))
+        return waiter
+
+    def _resolved(self, waiter: asyncio.Future[None], _: Any) -> None:
+        """Done callback of an awaited call, on the thread that resolved it."""
+        with self._lock:
+            self._ready.append(waiter)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: wake every task whose call was resolved since the last drain."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for waiter in ready:
+            if not waiter.done():  # a cancelled task's waiter is done already
+                waiter.set_result(None)
+                self._live -= 1
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._expire)
+        self._timer_at = when
+
+    def _expire(self) -> None:
+        """The timer: wake the tasks whose deadline passed, drop resolved entries from
+        the top, and set the timer for the earliest deadline still awaited."""
+        self._timer, self._timer_at = None, math.inf
+        heap, now = self._deadlines, self.loop.time()
+        while heap and (heap[0][2].done() or heap[0][0] <= now):
+            _, _, waiter = heapq.heappop(heap)
+            if not waiter.done():
+                waiter.set_result(None)  # the task finds its call overdue
+                self._live -= 1
+        if heap:
+            self._arm(heap[0][0])
+
+    def _compact(self) -> None:
+        """Keep only awaited entries, so the heap stays proportional to what is awaited
+        (calls resolve in milliseconds, their deadlines lie seconds ahead)."""
+        self._deadlines = [e for e in self._deadlines if not e[2].done()]
+        heapq.heapify(self._deadlines)
+        self._live = len(self._deadlines)
+
+
+_local = threading.local()
+
+
+def _waker() -> _LoopWaker:
+    """The waker of the running loop (one per loop; a thread runs one loop at a time, so
+    the last one is kept per thread)."""
+    loop = asyncio.get_running_loop()
+    waker: _LoopWaker | None = getattr(_local, "waker", None)
+    if waker is None or waker.loop is not loop:
+        waker = _local.waker = _LoopWaker(loop)
+    return waker
 
 
 def resolved(resource: str, method: str, error: BaseException) -> SessionFuture[Any]:
