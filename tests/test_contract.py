@@ -343,3 +343,82 @@ def test_a_class_that_is_no_resource_actor_is_a_config_error_naming_it() -> None
         "resources.x.kind",
         "a class given as the kind must be a sessions.ResourceActor subclass, got builtins.int",
     )]
+
+
+# -- batch_ready: a kind may decline a batch ------------------------------------------
+
+
+class Batching(sessions.ResourceActor):
+    """A batch method; ``ready`` says whether calls may be batched right now."""
+
+    batch_methods = frozenset({"put"})
+    fault_types = (Broken,)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.ready = True
+        self.asked = 0
+
+    def connect(self) -> list[Any]:
+        return []
+
+    def batch_ready(self) -> bool:
+        self.asked += 1
+        return self.ready
+
+    def put(self, value: int) -> int:
+        if value < 0:
+            raise Broken(f"link lost at {value}")
+        self.resource.append(("put", value))
+        return value
+
+    def run_batch(self, calls: Any) -> Any:
+        self.resource.append(("batch", [args[0] for _, args, _ in calls]))
+        return super().run_batch(calls)
+
+    def hold(self, started: threading.Event, release: threading.Event,
+             ready: bool) -> None:
+        self.ready = ready
+        started.set()
+        release.wait(10)
+
+    def log(self) -> tuple[list[Any], int]:
+        return list(self.resource), self.asked
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_batch_ready_false_runs_each_call_alone(ready: bool) -> None:
+    """Calls queued behind a held call form one batch when the kind is ready, and run
+    one by one (asked before each) when it is not."""
+    with sessions.start({"resources": {"b": {"kind": Batching}}}) as system:
+        b = system.get("b")
+        started, release = threading.Event(), threading.Event()
+        held = b.hold(started, release, ready)
+        assert started.wait(10)
+        futures = [b.put(i) for i in range(3)]
+        release.set()
+        held.result(10)
+        assert [f.result(10) for f in futures] == [0, 1, 2]
+        log, asked = b.log().result(10)
+    puts = [("put", 0), ("put", 1), ("put", 2)]
+    assert log == ([("batch", [0, 1, 2]), *puts] if ready else puts)
+    assert asked == (1 if ready else 3)
+
+
+def test_a_declined_batch_leaves_the_calls_behind_a_fault_to_the_next_connection() -> None:
+    """Not ready: the first call faults alone and the calls queued behind it are served
+    by the next connection (in a batch, the fault would have failed them all)."""
+    cfg = {"supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+           "resources": {"b": {"kind": Batching}}}
+    with sessions.start(cfg) as system:
+        b = system.get("b")
+        started, release = threading.Event(), threading.Event()
+        held = b.hold(started, release, False)
+        assert started.wait(10)
+        broken, after = b.put(-1), [b.put(i) for i in (1, 2)]
+        release.set()
+        held.result(10)
+        with pytest.raises(sessions.ResourceFault):
+            broken.result(10)
+        assert [f.result(10) for f in after] == [1, 2]
+        assert b.restarts == 1

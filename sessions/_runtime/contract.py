@@ -380,6 +380,15 @@ class ResourceActor:
         """Periodic work in the actor thread when ``poll_interval`` is set (e.g. a Kafka
         consumer's ``poll()``). A fault raised here crashes the actor like a call."""
 
+    def batch_ready(self) -> bool:
+        """Whether the calls queued behind the next one may join it in ``run_batch``;
+        False runs it alone and leaves the rest queued. Asked in the actor thread before
+        each batch is formed (keep it cheap). A kind says False when a batch would fail
+        as a whole where a lone call fails alone: e.g. a connection it can see is dead
+        (the lone call faults, the rest are served by the next connection). Default:
+        True."""
+        return True
+
     def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
         """Run several queued calls of ``batch_methods`` at once (e.g. as one pipeline).
 

@@ -652,7 +652,7 @@ class Runner(pykka.ThreadingActor):
                 self._poll()
             elif type(work) is LeaseCall:
                 self._run_leased(work)
-            elif batch_fns and work.fn in batch_fns and (
+            elif batch_fns and work.fn in batch_fns and actor.batch_ready() and (
                 more := self.view.take_batch(batch_fns, actor.max_batch - 1)
             ):
                 self._run_batch([work, *more])
@@ -670,7 +670,7 @@ class Runner(pykka.ThreadingActor):
         mailbox = self.view.mailbox
         if mailbox.lease is lease:
             batch_fns = self.batch_fns
-            if batch_fns and call.fn in batch_fns and (
+            if batch_fns and call.fn in batch_fns and self.actor.batch_ready() and (
                 more := self.view.take_batch(batch_fns, self.actor.max_batch - 1, lease)
             ):
                 self._run_batch([call, *more])

@@ -73,6 +73,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import select
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -80,16 +82,22 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, PendingRollbackError
+from sqlalchemy.engine import URL, Compiled, Connection, CursorResult, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    OperationalError,
+    PendingRollbackError,
+    ResourceClosedError,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import TextClause
 
-from sessions._redact import redact
+from sessions._redact import describe, redact
 from sessions._runtime.abort import Cut, dup_socket, shutdown_socket
-from sessions._runtime.contract import ResourceActor
+from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
 
 __all__ = [
     "LIBPQ_DEFAULTS",
@@ -378,6 +386,12 @@ class DatabaseOptions(BaseModel):
         "directory.",
     )
     echo: bool = Field(False, description="Log every statement (SQLAlchemy's echo).")
+    pipeline: bool = Field(
+        True,
+        description="PostgreSQL via psycopg 3: send the execute/scalar calls queued from "
+        "different callers in one round trip (a psycopg pipeline), each caller getting "
+        "its own result or error. See the database kind's page for what it changes.",
+    )
     on_connect: list[str] = Field(
         default_factory=list,
         description="SQL statements run, in order, on every new connection before any "
@@ -461,6 +475,7 @@ class DatabaseActor(ResourceActor):
     """
 
     kind: ClassVar[str] = "database"
+    batch_methods: ClassVar[frozenset[str]] = frozenset({"execute", "scalar"})
 
     Options = DatabaseOptions
     config: DatabaseOptions
@@ -516,6 +531,18 @@ class DatabaseActor(ResourceActor):
         """DBAPI connections opened by the engine (a change mid-life = silent reconnect)."""
         self._expected_connects = 0
         self._texts: dict[str, TextClause] = {}
+        self._pipelines = (
+            self.config.pipeline
+            and not self.config.echo  # echo logs what SQLAlchemy sends: the pipeline bypasses it
+            and parsed.get_backend_name() == "postgresql"
+            and self.engine.dialect.driver == "psycopg"
+        )
+        """Queued execute/scalar calls go out as one psycopg pipeline (``run_batch``)."""
+        self._compiled: dict[str, Compiled | None] = {}
+        """SQL text -> its compiled form for a pipeline, None if it is never pipelined
+        (same bound as ``_texts``)."""
+        self._batch_stats = {"batches": 0, "calls": 0, "largest": 0, "replayed": 0}
+        """Actor thread only; read by ``batch_stats()``."""
         self._local = threading.local()
         """``cut``: the Cut of the incarnation running on this thread (set by connect)."""
         self._cut_lock = threading.Lock()
@@ -733,6 +760,144 @@ class DatabaseActor(ResourceActor):
 
         return self._run(work, explicit=True)
 
+    def batch_stats(self) -> dict[str, int]:
+        """Automatic pipelining so far (this actor; survives restarts): ``batches`` sent
+        as one pipeline, ``calls`` they carried, ``largest`` batch, and ``replayed``:
+        batches rolled back because one statement failed, then run one by one."""
+        return dict(self._batch_stats)
+
+    # -- automatic pipelining (PostgreSQL, psycopg 3) -------------------------------------
+
+    def batch_ready(self) -> bool:
+        """Pipeline the queued calls only on an idle PostgreSQL connection that looks
+        alive. A backend that was terminated while idle has said so on the socket (it is
+        readable with nothing asked): the next call then runs alone and faults by itself,
+        and the calls behind it are served by the next connection, as without
+        pipelining. Elsewhere (SQLite, ``pipeline = false``, a lease) calls never share
+        a batch: run one by one in a batch, a fault in one would fail them all."""
+        if not self._pipelines or self._leased or not self._healthy():
+            return False
+        raw: Any = self.resource.connection.driver_connection  # a psycopg.Connection
+        if raw.closed or raw.broken:
+            return False
+        try:
+            readable, _, _ = select.select([raw.pgconn.socket], [], [], 0)
+        except Exception:  # no socket any more (psycopg raises OperationalError)
+            return False
+        return not readable
+
+    def run_batch(self, calls: Sequence[BatchItem]) -> list[Outcome]:
+        """Queued ``execute``/``scalar`` calls of different callers in one round trip.
+
+        Consecutive calls that can be pipelined (a single DML statement as SQL text, one
+        parameter mapping) go out as one psycopg pipeline inside one transaction, each
+        caller getting its own rows or value once the transaction has committed. If one
+        statement fails, the whole transaction is rolled back (nothing of it is applied)
+        and the calls run again one by one, each committed on its own: every caller gets
+        exactly the outcome it would have had alone, in queue order. A lost connection
+        fails every call of the pipeline with an unknown outcome (a fault). Anything
+        else (Core statements, DDL, ``executemany``, calls in a lease, SQLite) runs as
+        itself, in order.
+        """
+        if not self._pipelines or self._leased:
+            return super().run_batch(calls)
+        prepared = [self._pipelinable(*call) for call in calls]
+        outcomes: list[Outcome] = []
+        i = 0
+        while i < len(calls):
+            j = i
+            while j < len(calls) and prepared[j] is not None:
+                j += 1
+            if j - i >= 2:
+                outcomes += self._pipeline(calls[i:j], prepared[i:j])
+                i = j
+            else:
+                outcomes += super().run_batch(calls[i:i + 1])
+                i += 1
+        return outcomes
+
+    def _pipelinable(self, method: str, args: tuple[Any, ...],
+                     kwargs: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+        """``(sql, parameters)`` as psycopg takes them, or None: the call runs alone."""
+        sql = kwargs.get("sql", args[0] if args else None)
+        params = kwargs.get("params", args[1] if len(args) > 1 else None)
+        if not isinstance(sql, str) or not (params is None or isinstance(params, Mapping)):
+            return None
+        if len(args) + len(kwargs) > 2:
+            return None  # a wrong call: let it fail as itself
+        try:
+            compiled = self._compiled[sql]
+        except KeyError:
+            compiled = None  # DDL, SET, several statements...: never pipelined
+            if _PIPELINABLE.match(sql) and ";" not in sql.strip().rstrip(";"):
+                compiled = text(sql).compile(dialect=self.engine.dialect)
+                if compiled.escaped_bind_names:  # names psycopg cannot take as they are
+                    compiled = None
+            if len(self._compiled) >= _TEXT_CACHE_SIZE:
+                self._compiled.clear()
+            self._compiled[sql] = compiled
+        if compiled is None:
+            return None
+        try:
+            values = compiled.construct_params(params or {})
+        except Exception:
+            return None  # a missing parameter: the call raises it alone
+        return compiled.string, values or {}
+
+    def _pipeline(self, calls: Sequence[BatchItem],
+                  prepared: Sequence[tuple[str, Mapping[str, Any]] | None]) -> list[Outcome]:
+        if not self._healthy():
+            raise ConnectionLost(f"the connection to {self.url} was lost before this "
+                                 "pipeline; reconnecting")
+        conn: Connection = self.resource
+        raw: Any = conn.connection.driver_connection  # a psycopg.Connection
+        cursors: list[Any] = []
+        failed: BaseException | None = None
+        try:
+            with raw.pipeline():
+                # An error is caught inside the pipeline block, so that psycopg raises
+                # the pipeline's own outcome at its exit instead of logging a warning.
+                try:
+                    with raw.transaction():
+                        for item in prepared:
+                            assert item is not None
+                            cursor = raw.cursor()
+                            cursors.append(cursor)
+                            cursor.execute(*item)
+                except Exception as exc:
+                    failed = exc
+        except Exception as exc:
+            failed = failed or exc
+        if failed is not None:
+            for cursor in cursors:
+                cursor.close()
+            if raw.closed or raw.broken or not self._healthy():
+                if not conn.invalidated:
+                    conn.invalidate(failed)
+                raise ConnectionLost(
+                    f"the connection to {self.url} was lost during a pipeline of "
+                    f"{len(calls)} statements ({describe(failed)}); their outcome is unknown"
+                ) from failed
+            if raw.info.transaction_status != _IDLE:
+                self._rollback(conn)
+            # The transaction was rolled back as a whole: none of it is applied. Run
+            # the calls one by one, each with its own outcome, as if never batched.
+            self._batch_stats["replayed"] += 1
+            return super().run_batch(calls)
+        outcomes: list[Outcome] = []
+        for (method, _, _), cursor in zip(calls, cursors, strict=True):
+            try:
+                outcomes.append((True, _cursor_value(cursor, method)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+            finally:
+                cursor.close()
+        stats = self._batch_stats
+        stats["batches"] += 1
+        stats["calls"] += len(calls)
+        stats["largest"] = max(stats["largest"], len(calls))
+        return outcomes
+
     # -- internals ------------------------------------------------------------------------
 
     def _on_begin(self, conn: Connection) -> None:
@@ -863,6 +1028,32 @@ class DatabaseActor(ResourceActor):
             conn.rollback()
         except Exception as exc:  # the connection is gone: is_fault will see it
             log.debug("rollback on %s failed: %s", self.url, redact(repr(exc)))
+
+
+_IDLE = 0
+"""``psycopg.pq.TransactionStatus.IDLE`` (not imported: psycopg is optional)."""
+
+_PIPELINABLE = re.compile(
+    r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*(?:SELECT|INSERT|UPDATE|DELETE|WITH|VALUES|TABLE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+"""A statement that may share a pipeline's transaction: DML and queries. DDL, SET,
+VACUUM, LISTEN and the like always run alone, committed on their own."""
+
+
+def _cursor_value(cursor: Any, method: str) -> Any:
+    """What ``execute``/``scalar`` return, from a psycopg cursor of a pipeline: the same
+    plain data as the SQLAlchemy path (``_materialize``, ``Result.scalar()``)."""
+    if cursor.description is None:
+        if method == "scalar":
+            raise ResourceClosedError("This result object does not return rows. It has "
+                                      "been closed automatically.")
+        return cursor.rowcount
+    if method == "scalar":
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _materialize(result: CursorResult[Any]) -> list[dict[str, Any]] | int:
