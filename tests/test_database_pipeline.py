@@ -105,6 +105,24 @@ def test_a_failing_statement_fails_only_its_caller_and_nothing_is_applied_twice(
         assert db.state == "running" and db.restarts == 0
 
 
+def test_a_parameter_the_driver_cannot_send_fails_only_its_caller(postgres_url: str) -> None:
+    """The error comes from the client, midway through queueing the pipeline: what was
+    queued before it is rolled back, not committed by the pipeline's end, and every
+    call then runs alone, once."""
+    with start(postgres_url) as system:
+        db = system.get("db")
+        table(db)
+        with queued_behind(db):
+            before = [db.execute("INSERT INTO t VALUES (:i, 'a')", {"i": i}) for i in (1, 2)]
+            bad = db.execute("INSERT INTO t VALUES (3, :v)", {"v": object()})
+            after = db.execute("INSERT INTO t VALUES (4, 'b')")
+        assert [f.result(10) for f in [*before, after]] == [1, 1, 1]
+        with pytest.raises(Exception, match="adapt"):
+            bad.result(10)
+        assert rows(db) == [(1, "a"), (2, "a"), (4, "b")]
+        assert db.batch_stats().result(10)["replayed"] == 1
+
+
 def test_statements_that_cannot_share_a_transaction_run_alone_in_order(
     postgres_url: str,
 ) -> None:

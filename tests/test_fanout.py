@@ -129,10 +129,11 @@ def test_close_with_drain_delivers_what_is_queued(deliveries: list[Delivery[int]
         delivery.put(i)
     delivery.close()  # drain: the queued items still go out
     assert not delivery.put(5)  # closed: the item itself is dropped
+    assert not delivery.put(6)  # and counted, each
     gate.release.set()
     assert delivery.join(TIMEOUT)
     assert gate.got == [0, 1, 2, 3, 4]
-    assert (delivery.delivered, delivery.dropped) == (5, 1)
+    assert (delivery.delivered, delivery.dropped) == (5, 2)
 
 
 def test_close_without_drain_drops_what_is_queued(deliveries: list[Delivery[int]]) -> None:
@@ -418,3 +419,22 @@ def test_resume_twice_runs_one_daemon_thread(deliveries: list[Delivery[int]]) ->
         delivery.put(i)
     assert gate.wait_for(4) == [0, 1, 2, 3]
     assert not gate.overlapped
+
+
+def test_a_fresh_delivery_flushes_at_once_on_a_daemon_thread(
+    deliveries: list[Delivery[int]],
+) -> None:
+    """Nothing put, nothing in progress: flush() is True at once. The thread is a daemon
+    whoever creates the delivery, so a program that never stops it can still exit."""
+    made: list[Delivery[int]] = []
+
+    def create() -> None:  # from a non-daemon thread: a daemon only if said so
+        made.append(Delivery(lambda item: None, capacity=3, name="sessions-test-fanout"))
+
+    creator = threading.Thread(target=create, daemon=False)
+    creator.start()
+    creator.join()
+    delivery = made[0]
+    deliveries.append(delivery)
+    assert delivery.thread is not None and delivery.thread.daemon
+    assert delivery.flush(TIMEOUT)

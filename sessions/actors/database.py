@@ -70,6 +70,7 @@ raises a driver error and ``disconnect`` closes the connection without a round t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -809,7 +810,7 @@ class DatabaseActor(ResourceActor):
             while j < len(calls) and prepared[j] is not None:
                 j += 1
             if j - i >= 2:
-                outcomes += self._pipeline(calls[i:j], prepared[i:j])
+                outcomes += self._pipeline(calls[i:j], [p for p in prepared[i:j] if p])
                 i = j
             else:
                 outcomes += super().run_batch(calls[i:i + 1])
@@ -845,29 +846,44 @@ class DatabaseActor(ResourceActor):
         return compiled.string, values or {}
 
     def _pipeline(self, calls: Sequence[BatchItem],
-                  prepared: Sequence[tuple[str, Mapping[str, Any]] | None]) -> list[Outcome]:
+                  prepared: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
         if not self._healthy():
             raise ConnectionLost(f"the connection to {self.url} was lost before this "
                                  "pipeline; reconnecting")
         conn: Connection = self.resource
         raw: Any = conn.connection.driver_connection  # a psycopg.Connection
+        # Everything is queued, then one Sync: one round trip for the whole batch.
+        # BEGIN/COMMIT are statements of the pipeline (psycopg's transaction() and
+        # executemany() would each wait for results: a round trip each). A statement
+        # that fails makes the server skip the rest, COMMIT included, up to the Sync.
         cursors: list[Any] = []
         failed: BaseException | None = None
+        control = raw.cursor()
         try:
             with raw.pipeline():
                 # An error is caught inside the pipeline block, so that psycopg raises
                 # the pipeline's own outcome at its exit instead of logging a warning.
                 try:
-                    with raw.transaction():
-                        for item in prepared:
-                            assert item is not None
-                            cursor = raw.cursor()
-                            cursors.append(cursor)
-                            cursor.execute(*item)
+                    control.execute("BEGIN")
+                    for sql, values in prepared:
+                        cursor = raw.cursor()
+                        cursors.append(cursor)
+                        # prepare=False: a statement psycopg prepares in a pipeline that
+                        # is then skipped stays in its cache as prepared, and every later
+                        # use of it fails ("prepared statement _pg3_0 does not exist").
+                        cursor.execute(sql, values, prepare=False)
                 except Exception as exc:
                     failed = exc
+                    # Not sent whole: nothing of it may apply. (If even this cannot be
+                    # queued, BEGIN was explicit: the Sync commits nothing, and the
+                    # transaction is rolled back below.)
+                    with contextlib.suppress(Exception):
+                        control.execute("ROLLBACK")
+                else:
+                    control.execute("COMMIT")
         except Exception as exc:
             failed = failed or exc
+        control.close()
         if failed is not None:
             for cursor in cursors:
                 cursor.close()
@@ -878,8 +894,14 @@ class DatabaseActor(ResourceActor):
                     f"the connection to {self.url} was lost during a pipeline of "
                     f"{len(calls)} statements ({describe(failed)}); their outcome is unknown"
                 ) from failed
-            if raw.info.transaction_status != _IDLE:
-                self._rollback(conn)
+            if raw.info.transaction_status != _IDLE:  # our BEGIN, failed: end it here
+                try:
+                    raw.execute("ROLLBACK")
+                except Exception as exc:
+                    if not conn.invalidated:
+                        conn.invalidate(exc)
+                    raise ConnectionLost(f"the connection to {self.url} cannot roll back "
+                                         f"a failed pipeline: {describe(exc)}") from exc
             # The transaction was rolled back as a whole: none of it is applied. Run
             # the calls one by one, each with its own outcome, as if never batched.
             self._batch_stats["replayed"] += 1
