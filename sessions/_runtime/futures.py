@@ -239,7 +239,7 @@ class _LoopWaker:
             if not waiter.done():
                 waiter.set_result(None)  # the task finds its call overdue
                 self._live -= 1
-        if heap:
+        if heap and heap[0][0] < math.inf:  # a lease's end waits without a deadline
             self._arm(heap[0][0])
 
     def _compact(self) -> None:

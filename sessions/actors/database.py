@@ -24,6 +24,12 @@ call that fails inside the block dooms the transaction, as a failed flush does a
 inside a lease joins the lease's transaction (its ``commit()`` does not end it). A
 lease broken by a lost connection has no transaction left: the server rolled it back.
 
+Automatic pipelining (PostgreSQL via psycopg 3, ``pipeline = true``): the ``execute``/
+``scalar`` calls of different callers queued together go out as one psycopg pipeline in
+one transaction, one round trip for all (:meth:`DatabaseActor.run_batch`). A failing
+statement rolls the transaction back and the calls run again one by one, so each caller
+gets exactly what it would have had alone.
+
 Every result crossing back to the caller is plain data (lists of dicts, ints, scalars),
 never a live cursor or result.
 
@@ -37,12 +43,17 @@ error                                             outcome
                                                   transaction is never retried.
 the connection found invalidated or replaced      **fault** (e.g. ``fn`` swallowed the
 after a call (``ConnectionLost``)                 disconnect, or reconnected by itself)
+the connection lost during a pipeline             **fault** for every call of the pipeline
+                                                  (outcome unknown: COMMIT may have run)
 ``OperationalError`` while connecting             failed start: retried with backoff, counts
                                                   toward intensity and the breaker
 ``IntegrityError``, ``ProgrammingError``,         **caller**: after a rollback, so the
 serialization failure, deadlock, lock or          connection is clean for the next call; the
 statement timeout, SQLite "no such table" or      actor keeps running
 "database is locked", any error from ``fn``
+a statement of a pipeline fails                   **caller**, its own caller only: the
+                                                  pipeline is rolled back whole and its calls
+                                                  run again one by one
 ================================================  ===========================================
 
 ``counts_as_failure`` (the circuit breaker) adds to the faults the ``OperationalError`` s
