@@ -1,18 +1,19 @@
 """Network kinds side by side against the same throwaway servers (issue 14).
 
 Every comparison runs the same access pattern on both sides: N client threads, each
-with one call in flight (it waits for each result before its next call), against the
-same number of connections (the handle's ``pool_size`` = the direct client's pool), at
-8 and 64 threads, over loopback and over a link with an added round-trip time (a
-latency proxy in its own process, ``bench/latency_proxy.py``; the kernel here has no
-netem). In one run each comparison alternates its two sides round by round (the
-machine is shared and noisy): the median of the per-round ratios is what to quote.
+with one call in flight (it waits for each result before its next call), at 8 and 64
+threads, over loopback and over a link with an added round-trip time (a latency proxy
+in its own process, ``bench/latency_proxy.py``; the kernel here has no netem). Each
+side's number of connections is said per row. In one run each comparison alternates
+its sides round by round (the machine is shared and noisy): the median of the
+per-round ratios is what to quote.
 
 * postgres: ``INSERT`` of one row (a reading being logged) and ``SELECT 1``, through a
-  ``database`` handle (``pool_size = 4``, automatic pipelining: the calls of different
-  threads that meet in a member's mailbox go out as one psycopg pipeline) vs a
-  SQLAlchemy engine (``pool_size = 4``) used directly. Targets: >= 2x on loopback,
-  >= 5x with 0.5 ms added.
+  ``database`` handle (``pool_size = 1``: automatic pipelining puts the calls of all
+  threads that meet in the mailbox in one psycopg pipeline) vs a SQLAlchemy engine
+  (``pool_size = 4``, autocommit like the handle) used directly. Targets: >= 2x on
+  loopback, >= 5x with 0.5 ms added. Also shown: the handle with ``pool_size = 4`` and
+  the engine with a connection per thread.
 * redis: ``SET`` through a ``redis`` handle (``pool_size = 2``) vs redis-py used
   directly (its pool; as many connections as threads). Also, labelled as such, the
   handle with 16 calls in flight per thread (the old headline row), and the physical
@@ -174,12 +175,14 @@ STATEMENTS = {
 }
 
 
-def pg_direct(url: str, statement: str) -> Side:
+def pg_direct(url: str, statement: str, pool: int | None = 4) -> Side:
+    """A SQLAlchemy engine (autocommit, like the handle) with ``pool`` connections
+    (None: one per thread)."""
     sql, params = STATEMENTS[statement]
     query = sqlalchemy.text(sql)
 
     def side(threads: int, seconds: float) -> float:
-        engine = sqlalchemy.create_engine(url, pool_size=4, max_overflow=0,
+        engine = sqlalchemy.create_engine(url, pool_size=pool or threads, max_overflow=0,
                                           isolation_level="AUTOCOMMIT")
         try:
             def work(i: int) -> int:
@@ -192,11 +195,11 @@ def pg_direct(url: str, statement: str) -> Side:
     return side
 
 
-def pg_handle(url: str, statement: str) -> Side:
+def pg_handle(url: str, statement: str, pool: int = 1) -> Side:
     sql, params = STATEMENTS[statement]
 
     def side(threads: int, seconds: float) -> float:
-        config = {"resources": {"db": {"kind": "database", "url": url, "pool_size": 4,
+        config = {"resources": {"db": {"kind": "database", "url": url, "pool_size": pool,
                                        "call_timeout": 30.0}}}
         with sessions.start(config) as system:
             db = system.get("db")
@@ -283,9 +286,13 @@ def main() -> None:
                           f"(SELECT 1 takes {pg_round_trip(url):.2f} ms)", flush=True)
                     for threads in thread_counts:
                         for statement in STATEMENTS:
-                            compare(f"{statement}, pool 4", args, threads,
-                                    pg_direct(url, statement), pg_handle(url, statement),
-                                    target=2.0 if not rtt else 5.0)
+                            compare(statement, args, threads, pg_direct(url, statement),
+                                    pg_handle(url, statement),
+                                    target=2.0 if not rtt else 5.0, extra={
+                                        "handle, pool 4": pg_handle(url, statement, 4),
+                                        "direct, a connection per thread":
+                                            pg_direct(url, statement, None),
+                                    })
     if "redis" in only:
         with RedisServer() as server:
             for rtt in rtts:

@@ -23,15 +23,22 @@ import math
 import threading
 import time
 from collections.abc import Generator
-from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sessions._errors import CallTimeout
 
 T = TypeVar("T")
 
 _FuturesTimeout = concurrent.futures.TimeoutError  # builtin TimeoutError from 3.11 on
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 
 class SessionFuture(concurrent.futures.Future[T]):
@@ -148,12 +155,16 @@ class SessionFuture(concurrent.futures.Future[T]):
         Cancelling the awaiting task leaves the call alone (it runs, or expires at its
         deadline, as for a caller that stopped waiting); only ``cancel()`` withdraws it.
         """
-        while not self.done():
+        # ``_state`` is read without the condition's lock: a single attribute read, and a
+        # future once FINISHED never changes again (the lock is what done() would cost).
+        while self._state not in _DONE:
             if time.monotonic() >= self.deadline:
                 self._overdue(None, self.deadline)
                 break
             yield from _waker().wait(self).__await__()
-        return super().result(0)
+        if self._state == FINISHED and self._exception is None:
+            return cast("T", self._result)
+        return super().result(0)  # an error (raised as the base class does), cancelled
 
 
 class _LoopWaker:
