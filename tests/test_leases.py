@@ -71,6 +71,8 @@ def test_lease_fault_mid_lease_breaks_it() -> None:
         assert err.lease == lease.label and err.resource == member
         assert lease.label is not None and lease.label in str(err)
         assert "faulted during break_it()" in str(err) and "ProbeBroken" in str(err)
+        assert str(err).endswith("its calls are not sent to another connection (leave "
+                                 "the block and take a new lease)")
         assert isinstance(err, ResourceUnavailable)
         assert str(exited.value) == str(err)
         assert [e for e in kinds.controls(member).log if e[0] == "lease"] == [("lease", 1, 1)]

@@ -9,6 +9,7 @@ import concurrent.futures
 import gc
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -1382,6 +1383,7 @@ def test_a_deferred_reply_that_never_comes_fails_at_stall_timeout_and_a_late_one
         assert isinstance(error, sessions.CallTimeout)
         assert error.started is True and error.resource == "r"
         assert "ask()" in str(error) and "stall_timeout=0.3s" in str(error)
+        assert str(error).endswith("; its outcome is unknown")
         assert asked.done()
         answer.set_result("too late")
         assert asked.exception(0) is error
@@ -1389,6 +1391,26 @@ def test_a_deferred_reply_that_never_comes_fails_at_stall_timeout_and_a_late_one
         assert system.stats("r").outcomes["timeout"] == 1
         assert system.stats("r").outcomes["ok"] == 2  # answers() and ping()
         assert rec.of(ChildFaulted) == [] and r.restarts == 0
+
+
+def test_an_old_deferred_reply_expires_while_younger_ones_are_still_in_time() -> None:
+    """Each deferred call is bounded by its own stall_timeout: one asked long before ten
+    others fails at its bound while they wait on; once failed it is no longer held."""
+    with _start("Later", call_timeout=0.2, stall_timeout=0.6) as system:
+        r = system.get("r")
+        old = r.ask()
+        assert len(r.answers().result(5)) == 1
+        time.sleep(0.3)  # the young ones are asked half a stall_timeout later
+        young = [r.ask() for _ in range(10)]
+        assert len(r.answers().result(5)) == 10
+        assert isinstance(old.exception(timeout=10), sessions.CallTimeout)
+        assert not any(f.done() for f in young)  # their bound is 0.3 s later
+        held = weakref.ref(old)
+        del old
+        gc.collect()
+        assert held() is None  # the runtime let go of it
+        for f in young:
+            assert isinstance(f.exception(timeout=10), sessions.CallTimeout)
 
 
 def test_a_deferred_reply_within_stall_timeout_is_not_expired() -> None:

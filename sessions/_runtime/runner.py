@@ -765,13 +765,12 @@ class Runner(pykka.ThreadingActor):
         else:
             self._succeeded(future, inner.result())
 
-    def expire_deferred(self, now: float, limit: float) -> int:
+    def expire_deferred(self, now: float, limit: float) -> None:
         """Fail the calls whose ``Deferred`` reply has not come ``limit`` seconds
         (``stall_timeout``) after they were queued, with ``CallTimeout(started=True)``:
         a reply that never arrives must not leave a future unresolved. Not a fault (the
-        resource may be fine; the kind's own timeouts decide that). Kernel thread;
-        returns how many it failed. A reply arriving later is dropped."""
-        failed = 0
+        resource may be fine; the kind's own timeouts decide that). Kernel thread. A
+        reply arriving later is dropped."""
         for future in list(self.deferred):  # list() of a set is atomic under the GIL
             if now - future.queued_at <= limit:
                 continue
@@ -782,8 +781,6 @@ class Runner(pykka.ThreadingActor):
                 "is unknown", resource=future.resource, started=True)
             if _try_fail(future, error):
                 self.view.mailbox.stats.record("timeout", self._elapsed(future))
-                failed += 1
-        return failed
 
     @staticmethod
     def _elapsed(future: SessionFuture[Any]) -> float:
