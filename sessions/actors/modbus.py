@@ -140,14 +140,16 @@ class ModbusOptions(BaseModel):
         "baudrate, parity, stopbits, bytesize)."
     )
     host: str | None = Field(None, description="tcp: the device or gateway host (required).")
-    port: int = Field(502, ge=1, le=65535, description="tcp: the TCP port.")
+    port: int | None = Field(None, ge=1, le=65535, description="tcp: the TCP port (502).")
     serial_port: str | None = Field(
         None, description="rtu: the serial device, e.g. /dev/ttyUSB0 (required)."
     )
-    baudrate: int = Field(19200, gt=0, description="rtu: bits per second.")
-    parity: Literal["N", "E", "O"] = Field("N", description="rtu: N, E or O.")
-    stopbits: Literal[1, 2] = Field(1, description="rtu: 1 or 2.")
-    bytesize: Literal[7, 8] = Field(8, description="rtu: 7 or 8 data bits.")
+    # The keys of one transport default to None (their default is in the description,
+    # applied by _new_client), so that a key given for the other transport is an error.
+    baudrate: int | None = Field(None, gt=0, description="rtu: bits per second (19200).")
+    parity: Literal["N", "E", "O"] | None = Field(None, description="rtu: N, E or O (N).")
+    stopbits: Literal[1, 2] | None = Field(None, description="rtu: 1 or 2 (1).")
+    bytesize: Literal[7, 8] | None = Field(None, description="rtu: 7 or 8 data bits (8).")
     timeout: _Seconds = Field(
         1.0, description="Seconds the driver waits to connect and for each reply; no reply "
         "in time is a fault. Keep timeout * (1 + read_retries) below call_timeout."
@@ -169,11 +171,11 @@ class ModbusOptions(BaseModel):
         if self.transport == "tcp":
             if self.host is None:
                 raise ValueError("transport 'tcp' needs host")
-            wrong = [k for k in _RTU_KEYS if k in self.model_fields_set]
+            wrong = [k for k in _RTU_KEYS if getattr(self, k) is not None]
         else:
             if self.serial_port is None:
                 raise ValueError("transport 'rtu' needs serial_port")
-            wrong = [k for k in _TCP_KEYS if k in self.model_fields_set]
+            wrong = [k for k in _TCP_KEYS if getattr(self, k) is not None]
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: not a key of transport {self.transport!r}")
         return self
@@ -337,18 +339,19 @@ class ModbusActor(ResourceActor):
         config = self.config
         if config.transport == "tcp":
             assert config.host is not None
-            return ModbusTcpClient(config.host, port=config.port, timeout=config.timeout,
+            return ModbusTcpClient(config.host, port=config.port or 502,
+                                   timeout=config.timeout,
                                    retries=0, name=f"sessions-{self.name}")
         assert config.serial_port is not None
-        return ModbusSerialClient(config.serial_port, baudrate=config.baudrate,
-                                  parity=config.parity, stopbits=config.stopbits,
-                                  bytesize=config.bytesize, timeout=config.timeout,
+        return ModbusSerialClient(config.serial_port, baudrate=config.baudrate or 19200,
+                                  parity=config.parity or "N", stopbits=config.stopbits or 1,
+                                  bytesize=config.bytesize or 8, timeout=config.timeout,
                                   retries=0, name=f"sessions-{self.name}")
 
     def _where(self) -> str:
         config = self.config
         if config.transport == "tcp":
-            return f"modbus tcp {config.host}:{config.port}"
+            return f"modbus tcp {config.host}:{config.port or 502}"
         return f"modbus rtu {config.serial_port}"
 
     def _typed(self, type_: str, word_order: str | None) -> tuple[Any, WordOrder]:
