@@ -410,3 +410,28 @@ def test_rtu_over_a_serial_line(make_server: Callable[..., ModbusServer],
         with pytest.raises(DeviceError, match="device 1: read_coils at address 4000"):
             line.read_coils(4000).result()
         assert line.restarts == 0
+
+
+# -- sessions check --connect ------------------------------------------------------------
+
+
+def test_check_connect_reads_a_register(make_server: Callable[..., ModbusServer],
+                                        tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from sessions._tools.cli import main  # noqa: PLC0415
+
+    server = make_server()
+    dead = _reserve_port()  # nothing listens there
+    path = tmp_path / "plc.toml"
+    path.write_text(
+        f'[resources.up]\nkind = "{MODBUS_KIND}"\nhost = "127.0.0.1"\nport = {server.port}\n'
+        f'device_id = 4\n'
+        f'[resources.down]\nkind = "{MODBUS_KIND}"\nhost = "127.0.0.1"\nport = {dead}\n'
+        f'timeout = 0.5\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path), "--connect"]) == 1
+    out = capsys.readouterr().out
+    assert f"connected: modbus tcp 127.0.0.1:{server.port}: device 4 answered" in out, out
+    assert f"cannot connect to modbus tcp 127.0.0.1:{dead}" in out, out
+    assert "1 of 2 resources failed to connect: down" in out, out
