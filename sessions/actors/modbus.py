@@ -340,13 +340,12 @@ class ModbusActor(ResourceActor):
         if config.transport == "tcp":
             assert config.host is not None
             return ModbusTcpClient(config.host, port=config.port or 502,
-                                   timeout=config.timeout,
-                                   retries=0, name=f"sessions-{self.name}")
+                                   timeout=config.timeout, retries=0)
         assert config.serial_port is not None
         return ModbusSerialClient(config.serial_port, baudrate=config.baudrate or 19200,
                                   parity=config.parity or "N", stopbits=config.stopbits or 1,
                                   bytesize=config.bytesize or 8, timeout=config.timeout,
-                                  retries=0, name=f"sessions-{self.name}")
+                                  retries=0)
 
     def _where(self) -> str:
         config = self.config
@@ -360,6 +359,11 @@ class ModbusActor(ResourceActor):
         order = self.config.word_order if word_order is None else word_order
         if order not in ("big", "little"):
             raise ValueError(f"word_order must be 'big' or 'little', got {order!r}")
+        converter = getattr(self.resource, "convert_to_registers", None)
+        if converter is None or "word_order" not in inspect.signature(converter).parameters:
+            raise NotImplementedError(  # pymodbus before 3.9 has no converters with it
+                "read_value/write_value need pymodbus's convert_from_registers and "
+                "convert_to_registers with word_order (pymodbus 3.9 or later)")
         data_type = getattr(self.resource.DATATYPE, type_.upper())
         return data_type, order  # type: ignore[return-value]
 
