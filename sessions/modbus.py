@@ -11,9 +11,8 @@ from sessions._registry import SessionManager
 
 __all__ = ["ModbusSessionManager"]
 
-#: The kind as a config names it: its module path, which resolves with no registration
-#: (``kind = "modbus"`` needs the name in the runtime's table or the entry point).
-MODBUS_KIND = "sessions.actors.modbus:ModbusActor"
+#: The kind as a config names it.
+MODBUS_KIND = "modbus"
 
 
 class ModbusSessionManager(SessionManager):
