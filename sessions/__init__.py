@@ -38,6 +38,7 @@ from sessions.http import HTTPSessionManager
 from sessions.i2c import I2CSessionManager
 from sessions.kafka import KafkaSessionManager
 from sessions.messages import ChildState, CircuitState
+from sessions.modbus import ModbusSessionManager
 from sessions.redis import RedisSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
@@ -65,6 +66,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "KafkaSessionManager",
     "Lease",
     "LeaseBroken",
+    "ModbusSessionManager",
     "RedisSessionManager",
     "ResourceActor",
     "ResourceBroken",

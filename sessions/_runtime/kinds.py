@@ -27,6 +27,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "kafka_producer": "sessions.actors.kafka:KafkaProducerActor",
     "kafka_consumer": "sessions.actors.kafka:KafkaConsumerActor",
     "http": "sessions.actors.http:HTTPActor",
+    "modbus": "sessions.actors.modbus:ModbusActor",
 }
 
 #: kind -> pip extra to suggest when its driver is missing.
@@ -38,6 +39,7 @@ _EXTRAS: dict[str, str] = {
     "kafka_producer": "kafka",
     "kafka_consumer": "kafka",
     "http": "http",
+    "modbus": "modbus",
 }
 
 
