@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
 import logging
 import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 import sessions
+from sessions._runtime.futures import SessionFuture
 from tests import kinds
 from tests.support import config
+
+T = TypeVar("T")
 
 
 def test_await_does_not_block_the_event_loop() -> None:
@@ -204,3 +212,131 @@ def test_a_call_resolved_after_its_loop_closed_logs_nothing(
             release.set()
             assert a.echo(1).result(5) == 1
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts its wake-ups from other threads and its timers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+        self.timers = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        self.wakeups += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+    def call_at(self, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        self.timers += 1
+        return super().call_at(*args, **kwargs)
+
+
+def run_on_counting_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, CountingLoop]:
+    """Run ``main()`` on a fresh CountingLoop in a fresh thread (as a program's first
+    await in that thread), and return its value and the loop."""
+    out: list[Any] = []
+
+    def body() -> None:
+        loop = CountingLoop()
+        try:
+            out.append(loop.run_until_complete(main()))
+        except BaseException as exc:
+            out.append(exc)
+        finally:
+            loop.close()
+        out.append(loop)
+
+    thread = threading.Thread(target=body, name="test-loop")
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0], out[1]
+
+
+def test_calls_resolved_together_wake_their_loop_once() -> None:
+    """Fifty awaited calls resolved while the loop is busy: one wake-up of the loop
+    for all of them, not one each (what run_in_executor and wrap_future cost)."""
+
+    async def main() -> list[int]:
+        futures = [SessionFuture("r", "m", time.monotonic() + 30) for _ in range(50)]
+        tasks = [asyncio.ensure_future(f) for f in futures]
+        await asyncio.sleep(0)  # every task now awaits its future
+        resolver = threading.Thread(target=lambda: [f.set_result(i)
+                                                    for i, f in enumerate(futures)])
+        resolver.start()
+        resolver.join()  # the loop is blocked meanwhile: all 50 are resolved before it runs
+        return list(await asyncio.gather(*tasks))
+
+    values, loop = run_on_counting_loop(main)
+    assert values == list(range(50))
+    assert loop.wakeups == 1
+
+
+def test_an_await_arms_one_timer_and_does_not_spin() -> None:
+    """A call running for a while: its await arms one timer for its deadline and the
+    loop sleeps until the call is done; two awaits past their deadlines each wake once,
+    at their own deadline, without the loop spinning in between."""
+
+    async def main() -> tuple[str, bool]:
+        fut: SessionFuture[str] = SessionFuture("r", "m", time.monotonic() + 5.0)
+        threading.Timer(0.3, fut.set_result, ("late",)).start()
+        value = await fut
+        first, second = (SessionFuture("r", "m", time.monotonic() + t) for t in (0.2, 0.5))
+        for started in (first, second):
+            started.set_running_or_notify_cancel()  # started: the outcome is unknown
+        outcomes = await asyncio.gather(first, second, return_exceptions=True)
+        return value, all(isinstance(o, sessions.CallTimeout) and o.started
+                          for o in outcomes)
+
+    (value, both_timed_out), loop = run_on_counting_loop(main)
+    assert (value, both_timed_out) == ("late", True)
+    assert loop.timers <= 4  # a timer per deadline, re-armed at most once each
+    assert loop.wakeups <= 2
+
+
+def test_awaiting_a_cancelled_call_raises_cancelled_error() -> None:
+    """As result() does: concurrent.futures.CancelledError (the call was withdrawn),
+    not asyncio's, which would mean the awaiting task itself was cancelled."""
+
+    async def main() -> None:
+        fut: SessionFuture[int] = SessionFuture("r", "m", time.monotonic() + 5.0)
+        assert fut.cancel()
+        with pytest.raises(concurrent.futures.CancelledError):
+            await fut
+
+    asyncio.run(main())
+
+
+def test_a_long_await_keeps_its_deadline_while_thousands_resolve(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One task awaits a call that never finishes, others await thousands that do: the
+    long one still gets CallTimeout at its deadline (the loop's deadline bookkeeping
+    drops resolved entries, never a pending one), and what the loop keeps for resolved
+    awaits stays bounded."""
+
+    async def main() -> tuple[bool, int]:
+        stuck: SessionFuture[int] = SessionFuture("r", "stuck", time.monotonic() + 1.0)
+        stuck.set_running_or_notify_cancel()
+        waiting = asyncio.ensure_future(stuck)
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        for i in range(3000):
+            quick: SessionFuture[int] = SessionFuture("r", "m", time.monotonic() + 60)
+            loop.call_soon(quick.set_result, i)  # resolved once its await has begun
+            assert await quick == i
+        gc.collect()
+        held = sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Future))
+        try:
+            await asyncio.wait_for(waiting, 5)
+        except sessions.CallTimeout:
+            return True, held
+        return False, held
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        (timed_out, held), _ = run_on_counting_loop(main)
+    assert timed_out
+    assert held < 1000  # bounded by the compaction, not 3000
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
