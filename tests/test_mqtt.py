@@ -435,3 +435,52 @@ def test_check_connect(broker: MosquittoServer, tmp_path: Path,
     out = capsys.readouterr().out
     assert f"mqtt 127.0.0.1:{broker.port}: connected as 'sessions-up'" in out, out
     assert "1 of 2 resources failed to connect: down" in out, out
+
+
+def test_a_publish_whose_ack_never_comes_times_out_and_the_resource_keeps_running(
+    broker: MosquittoServer,
+) -> None:
+    """The broker is frozen (SIGSTOP): the PUBLISH is written, no PUBACK comes. The
+    runtime fails the deferred reply at stall_timeout (CallTimeout, started) and the
+    actor, free meanwhile, keeps serving; a late PUBACK is dropped."""
+    config = _config(broker, m={"stall_timeout": 1.0, "call_timeout": 5.0})
+    with sessions.start(config) as system:
+        m = system.get("m")
+        broker.freeze()
+        try:
+            call = m.publish("slow/ack", "x", qos=1)
+            with pytest.raises(sessions.CallTimeout) as info:
+                call.result()
+            assert info.value.started
+            assert m.subscriptions().result() == {}  # the actor was not held up
+        finally:
+            broker.thaw()
+        m.publish("slow/ack", "y", qos=1).result()
+        assert (m.state, m.restarts) == ("running", 0)
+
+
+def test_abort_is_non_blocking_idempotent_and_ends_the_loop(broker: MosquittoServer) -> None:
+    from tests.support import abort_from_another_thread  # noqa: PLC0415
+
+    stuck: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    connection: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def hold(conn: Any) -> None:
+        connection.set_result(conn)
+        stuck.result(30)
+
+    with sessions.start(_config(broker, m={"stall_timeout": 30.0})) as system:
+        m = system.get("m")
+        call = m.transaction(hold)
+        conn = connection.result(10)
+        actor = MQTTActor(host="127.0.0.1", port=broker.port)
+        actor.name = "m"
+        abort_from_another_thread(actor, conn)
+        abort_from_another_thread(actor, conn)  # idempotent
+        abort_from_another_thread(actor, None)  # no connection: nothing to do
+        assert conn.closed.is_set()
+        assert conn.thread is not None
+        conn.thread.join(10)
+        assert not conn.thread.is_alive()  # the loop thread ended quietly
+        stuck.set_result(None)
+        call.result()
