@@ -484,3 +484,16 @@ def test_abort_is_non_blocking_idempotent_and_ends_the_loop(broker: MosquittoSer
         assert not conn.thread.is_alive()  # the loop thread ended quietly
         stuck.set_result(None)
         call.result()
+
+
+def test_subscribing_a_filter_again_replaces_its_callback(broker: MosquittoServer) -> None:
+    inbox, other = Inbox(), Inbox()
+    with sessions.start(_config(broker, m={})) as system:
+        m = system.get("m")
+        m.subscribe("open/#", inbox, qos=1).result()
+        m.subscribe("open/#", other, qos=1).result()  # the same filter: replaced
+        m.publish("open/x", "1", qos=1).result()
+        assert other.wait_for(1)[0].payload == b"1"
+        assert inbox.payloads() == []
+        assert list(m.subscriptions().result()) == ["open/#"]
+        assert (m.state, m.restarts) == ("running", 0)

@@ -454,8 +454,6 @@ class MQTTActor(ResourceActor):
         check_qos(qos)
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        conn = self.resource
-        self._request(conn, "subscribe", [(topic_filter, qos)])
         old = self._subs.get(topic_filter)
         sub_id = next(self._sub_ids)
         delivery: Delivery[MQTTMessage] = Delivery(
@@ -463,8 +461,15 @@ class MQTTActor(ResourceActor):
             name=f"sessions-{self.name}-mqtt-sub-{sub_id}",
             what=f"mqtt {self.name!r}: subscriber of {topic_filter!r}", start=False,
         )
-        self._subs[topic_filter] = _Subscription(topic_filter, qos, delivery)
-        self._sub_list = tuple(self._subs.values())
+        # In place before the SUBSCRIBE: a retained message may follow the SUBACK at once
+        # (it waits in the delivery's queue until the delivery starts).
+        self._set_sub(topic_filter, _Subscription(topic_filter, qos, delivery))
+        try:
+            self._request(self.resource, "subscribe", [(topic_filter, qos)])
+        except BaseException:
+            self._set_sub(topic_filter, old)  # as it was
+            delivery.close(drain=False)
+            raise
         if old is not None:
             self._retire(old)
         delivery.resume()
@@ -474,10 +479,10 @@ class MQTTActor(ResourceActor):
         """Stop ``topic_filter``'s subscription (UNSUBSCRIBE, confirmed by UNSUBACK); a
         callback running now finishes first. ``KeyError`` if it is not subscribed."""
         check_topic(topic_filter, filter=True)
-        sub = self._subs.pop(topic_filter, None)
+        sub = self._subs.get(topic_filter)
         if sub is None:
             raise KeyError(f"{topic_filter!r} is not subscribed on {self.name!r}")
-        self._sub_list = tuple(self._subs.values())
+        self._set_sub(topic_filter, None)
         self._retire(sub)
         if not self._subs:
             self.forget("mqtt-subscriptions")
@@ -532,6 +537,13 @@ class MQTTActor(ResourceActor):
                       self.name, exc)
         for sub in subs:
             sub.delivery.resume()
+
+    def _set_sub(self, topic_filter: str, sub: _Subscription | None) -> None:
+        if sub is None:
+            self._subs.pop(topic_filter, None)
+        else:
+            self._subs[topic_filter] = sub
+        self._sub_list = tuple(self._subs.values())
 
     def _retire(self, sub: _Subscription) -> None:
         sub.delivery.close(drain=False)
