@@ -377,6 +377,8 @@ class MQTTActor(ResourceActor):
         self._connection = conn  # what abort(None) shuts down while this runs
         try:
             client.connect(config.host, config.port, config.keepalive)
+            if conn.closed.is_set():  # abort(None) while the TCP connect ran
+                raise ConnectionAbortedError(f"the connect to {self._where()} was aborted")
             conn.thread = self.context.spawn(functools.partial(self._loop, conn),
                                              f"sessions-{self.name}-mqtt-loop")
             try:
