@@ -274,7 +274,6 @@ def test_no_acknowledged_qos1_publish_is_lost_across_a_broker_restart(
         assert pub.restarts >= 1 and sub.restarts >= 1
         assert len(acked) > total // 3
         assert acked[-1] == total - 1  # publishing went on after the restart
-        print(f"acked {len(acked)}, failed {len(failed)}")
         wanted = {str(i).encode() for i in acked}
         wait_until(lambda: wanted <= set(inbox.payloads()), timeout=30,
                    what="every acknowledged publish received")
