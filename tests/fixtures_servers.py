@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tests.servers import (
         HttpServer,
         KafkaServer,
+        MosquittoServer,
         PostgresServer,
         RedisServer,
         Server,
@@ -161,6 +162,17 @@ def make_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
     from tests.servers import KafkaServer  # noqa: PLC0415
 
     yield from _factory(KafkaServer)
+
+
+# ----------------------------------------------------------------------------- MQTT
+
+
+@pytest.fixture
+def make_mosquitto_server() -> Iterator[Callable[..., MosquittoServer]]:
+    """``make_mosquitto_server(persistence=False)``: a started broker of the test's own."""
+    from tests.servers import MosquittoServer  # noqa: PLC0415
+
+    yield from _factory(MosquittoServer)
 
 
 # ------------------------------------------------------------------------------ HTTP

@@ -970,6 +970,65 @@ class KafkaServer(ProcessServer):
             return set(admin.list_topics())
 
 
+# ----------------------------------------------------------------------------- MQTT
+
+
+_MOSQUITTO_INSTALL_HINT = (
+    "install it: `apt-get install -y mosquitto` (or run scripts/ensure-servers.sh as root), "
+    "or set MOSQUITTO=/path/to/mosquitto"
+)
+
+
+def find_mosquitto() -> str:
+    found = os.environ.get("MOSQUITTO") or _which("mosquitto", "/usr/sbin/mosquitto")
+    if not found:
+        raise ServerUnavailable("mosquitto (MQTT broker)", _MOSQUITTO_INSTALL_HINT)
+    return found
+
+
+class MosquittoServer(ProcessServer):
+    """A throwaway Mosquitto broker on ``127.0.0.1:PORT``, anonymous clients allowed.
+
+    ``persistence=True`` keeps retained messages, persistent sessions (clean_session
+    false) and their queued QoS 1/2 messages across stop and start: Mosquitto writes its
+    database on a clean stop (SIGTERM) and every ``autosave_interval`` seconds, so a
+    SIGKILL loses what changed since the last save.
+    """
+
+    kind = "mosquitto"
+
+    def __init__(self, *, port: int | None = None, persistence: bool = False,
+                 executable: str | None = None) -> None:
+        mosquitto = executable or find_mosquitto()
+        super().__init__(port)
+        self.persistence = persistence
+        datadir = self._make_tmp_dir()
+        self._log_path = datadir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} {HOST}",
+            "allow_anonymous true",
+            f"log_dest file {datadir / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 100000",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it switches to user mosquitto (no datadir)
+        if persistence:
+            lines += ["persistence true", f"persistence_location {datadir}/",
+                      "autosave_interval 1"]
+        config = datadir / "mosquitto.conf"
+        config.write_text("\n".join(lines) + "\n")
+        self._executor = TCPExecutor([mosquitto, "-c", str(config)], HOST, self.port,
+                                     timeout=30, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+
 # ------------------------------------------------------------------------------ HTTP
 
 HttpMode = Literal["normal", "drop", "reset"]

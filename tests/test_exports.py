@@ -248,7 +248,7 @@ def test_every_field_has_a_docstring(cls: type) -> None:
 
 
 DRIVERS = ("sqlalchemy", "psycopg", "redis", "kafka", "can", "smbus2", "requests",
-           "prometheus_client", "rich", "pymodbus", "serial")
+           "prometheus_client", "rich", "pymodbus", "serial", "paho")
 
 
 def test_star_import_and_the_seed_module_paths_need_no_driver() -> None:
@@ -267,9 +267,11 @@ def test_star_import_and_the_seed_module_paths_need_no_driver() -> None:
         from sessions.canbus import CANBusSessionManager
         from sessions.http import HTTPSessionManager
         from sessions.modbus import ModbusSessionManager
+        from sessions.mqtt import MQTTSessionManager
         import sessions
         assert sessions.HTTPSessionManager is HTTPSessionManager
         assert sessions.ModbusSessionManager is ModbusSessionManager
+        assert sessions.MQTTSessionManager is MQTTSessionManager
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -28,6 +28,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "kafka_consumer": "sessions.actors.kafka:KafkaConsumerActor",
     "http": "sessions.actors.http:HTTPActor",
     "modbus": "sessions.actors.modbus:ModbusActor",
+    "mqtt": "sessions.actors.mqtt:MQTTActor",
 }
 
 #: kind -> pip extra to suggest when its driver is missing.
@@ -40,6 +41,7 @@ _EXTRAS: dict[str, str] = {
     "kafka_consumer": "kafka",
     "http": "http",
     "modbus": "modbus",
+    "mqtt": "mqtt",
 }
 
 
