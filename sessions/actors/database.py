@@ -553,6 +553,9 @@ class DatabaseActor(ResourceActor):
         self._compiled: dict[str, Compiled | None] = {}
         """SQL text -> its compiled form for a pipeline, None if it is never pipelined
         (same bound as ``_texts``)."""
+        self._cursors_of: Any = None
+        self._cursors: list[Any] = []
+        """Cursors of the connection ``_cursors_of``, reused by pipelines (actor thread)."""
         self._batch_stats = {"batches": 0, "calls": 0, "largest": 0, "replayed": 0}
         """Actor thread only; read by ``batch_stats()``."""
         self._local = threading.local()
@@ -614,6 +617,7 @@ class DatabaseActor(ResourceActor):
 
     def disconnect(self, resource: Connection) -> None:
         """Close the connection; after an abort, without a round trip to the server."""
+        self._cursors_of, self._cursors = None, []
         with self._cut_lock:
             entry = self._live.pop(id(resource), None)
         self._close(resource, entry[1] if entry is not None and entry[0] is resource else None)
@@ -867,18 +871,16 @@ class DatabaseActor(ResourceActor):
         # BEGIN/COMMIT are statements of the pipeline (psycopg's transaction() and
         # executemany() would each wait for results: a round trip each). A statement
         # that fails makes the server skip the rest, COMMIT included, up to the Sync.
-        cursors: list[Any] = []
+        spare = self._spare_cursors(raw, len(prepared) + 1)
+        control, cursors = spare[0], spare[1:len(prepared) + 1]
         failed: BaseException | None = None
-        control = raw.cursor()
         try:
             with raw.pipeline():
                 # An error is caught inside the pipeline block, so that psycopg raises
                 # the pipeline's own outcome at its exit instead of logging a warning.
                 try:
                     control.execute("BEGIN")
-                    for sql, values in prepared:
-                        cursor = raw.cursor()
-                        cursors.append(cursor)
+                    for cursor, (sql, values) in zip(cursors, prepared, strict=True):
                         # prepare=False: a statement psycopg prepares in a pipeline that
                         # is then skipped stays in its cache as prepared, and every later
                         # use of it fails ("prepared statement _pg3_0 does not exist").
@@ -894,10 +896,7 @@ class DatabaseActor(ResourceActor):
                     control.execute("COMMIT")
         except Exception as exc:
             failed = failed or exc
-        control.close()
         if failed is not None:
-            for cursor in cursors:
-                cursor.close()
             if raw.closed or raw.broken or not self._healthy():
                 if not conn.invalidated:
                     conn.invalidate(failed)
@@ -923,13 +922,22 @@ class DatabaseActor(ResourceActor):
                 outcomes.append((True, _cursor_value(cursor, method)))
             except Exception as exc:
                 outcomes.append((False, exc))
-            finally:
-                cursor.close()
         stats = self._batch_stats
         stats["batches"] += 1
         stats["calls"] += len(calls)
         stats["largest"] = max(stats["largest"], len(calls))
         return outcomes
+
+    def _spare_cursors(self, raw: Any, count: int) -> list[Any]:
+        """At least ``count`` cursors of ``raw``, kept from one pipeline to the next (a
+        psycopg cursor costs more to make than a statement to queue; each pipeline reads
+        its results before the next one reuses them). A new connection gets new ones."""
+        if self._cursors_of is not raw:
+            self._cursors_of, self._cursors = raw, []
+        cursors = self._cursors
+        while len(cursors) < count:
+            cursors.append(raw.cursor())
+        return cursors
 
     # -- internals ------------------------------------------------------------------------
 
