@@ -287,6 +287,38 @@ def test_frozen_server_fails_the_call_in_time_and_recovers(own_server: OPCUAServ
         assert line.state == ChildState.RUNNING
 
 
+def test_a_stalled_call_is_aborted_from_another_thread(own_server: OPCUAServer) -> None:
+    # The driver would wait 20 s; the runtime gives up at stall_timeout and calls abort()
+    # from its watchdog thread, which closes the transport without blocking. keepalive is
+    # long so that asyncua's watchdog does not notice first.
+    server = own_server
+    config = opcua_config(server.url, timeout=20.0, keepalive=60.0, call_timeout=1.0,
+                          stall_timeout=1.5, connect_timeout=30.0)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert answers(line)
+        server.freeze()
+        with pytest.raises((sessions.CallTimeout, sessions.ResourceFault)):
+            line.read(COUNT).result(timeout=10)
+        wait_until(lambda: line.restarts >= 1 or line.state != ChildState.RUNNING,
+                   timeout=8, what="the stalled call aborted")
+        server.thaw()
+        wait_until(lambda: answers(line), timeout=40, what="the session back")
+
+
+def test_health_check_notices_a_frozen_server_without_calls(own_server: OPCUAServer) -> None:
+    server = own_server
+    config = opcua_config(server.url, timeout=0.5, keepalive=60.0, health_interval=0.3)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert answers(line)
+        server.freeze()
+        wait_until(lambda: line.restarts >= 1 or line.state != ChildState.RUNNING,
+                   timeout=10, what="the health check's fault")
+        server.thaw()
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+
+
 def test_no_library_thread_left_after_stop(shared_server: OPCUAServer) -> None:
     with sessions.start(opcua_config(shared_server.url)) as system:
         line = system.get("line")
