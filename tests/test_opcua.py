@@ -361,3 +361,24 @@ def test_password_needs_username() -> None:
 
 def test_kind_is_registered() -> None:
     assert OPCUAActor.kind == OPCUA_KIND == "opcua"
+
+
+# -- sessions check --connect ------------------------------------------------------------
+
+
+def test_check_connect_reads_the_server_state(shared_server: OPCUAServer, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from sessions._tools.cli import main  # noqa: PLC0415
+
+    dead = _reserve_port()  # nothing listens there
+    path = tmp_path / "line.toml"
+    path.write_text(
+        f'[resources.up]\nkind = "{OPCUA_KIND}"\nurl = "{shared_server.url}"\n'
+        f'[resources.down]\nkind = "{OPCUA_KIND}"\nurl = "opc.tcp://127.0.0.1:{dead}"\n'
+        f'timeout = 0.5\nconnect_timeout = 5.0\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path), "--connect"]) == 1
+    out = capsys.readouterr().out
+    assert f"opcua {shared_server.url}: server state Running" in out, out
+    assert "1 of 2 resources failed to connect: down" in out, out

@@ -299,7 +299,11 @@ class OPCUAActor(ResourceActor):
 
     def check_connection(self) -> str:
         """``sessions check --connect``: read the server's state."""
+        from asyncua.ua.uaprotocol_auto import ServerState  # noqa: PLC0415
+
         state = self.read(SERVER_STATE)
+        with contextlib.suppress(ValueError, TypeError):
+            state = ServerState(state)
         return f"{self._where()}: server state {_enum_name(state)}"
 
     def health_check(self) -> None:
