@@ -40,6 +40,7 @@ from sessions.kafka import KafkaSessionManager
 from sessions.messages import ChildState, CircuitState
 from sessions.modbus import ModbusSessionManager
 from sessions.mqtt import MQTTSessionManager
+from sessions.opcua import OPCUASessionManager
 from sessions.redis import RedisSessionManager
 from sessions.supervisor import Backoff, RestartIntensity
 
@@ -69,6 +70,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "LeaseBroken",
     "MQTTSessionManager",
     "ModbusSessionManager",
+    "OPCUASessionManager",
     "RedisSessionManager",
     "ResourceActor",
     "ResourceBroken",

@@ -248,7 +248,7 @@ def test_every_field_has_a_docstring(cls: type) -> None:
 
 
 DRIVERS = ("sqlalchemy", "psycopg", "redis", "kafka", "can", "smbus2", "requests",
-           "prometheus_client", "rich", "pymodbus", "serial", "paho")
+           "prometheus_client", "rich", "pymodbus", "serial", "paho", "asyncua")
 
 
 def test_star_import_and_the_seed_module_paths_need_no_driver() -> None:
@@ -268,10 +268,12 @@ def test_star_import_and_the_seed_module_paths_need_no_driver() -> None:
         from sessions.http import HTTPSessionManager
         from sessions.modbus import ModbusSessionManager
         from sessions.mqtt import MQTTSessionManager
+        from sessions.opcua import OPCUASessionManager
         import sessions
         assert sessions.HTTPSessionManager is HTTPSessionManager
         assert sessions.ModbusSessionManager is ModbusSessionManager
         assert sessions.MQTTSessionManager is MQTTSessionManager
+        assert sessions.OPCUASessionManager is OPCUASessionManager
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -29,6 +29,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "http": "sessions.actors.http:HTTPActor",
     "modbus": "sessions.actors.modbus:ModbusActor",
     "mqtt": "sessions.actors.mqtt:MQTTActor",
+    "opcua": "sessions.actors.opcua:OPCUAActor",
 }
 
 #: kind -> pip extra to suggest when its driver is missing.
@@ -42,6 +43,7 @@ _EXTRAS: dict[str, str] = {
     "http": "http",
     "modbus": "modbus",
     "mqtt": "mqtt",
+    "opcua": "opcua",
 }
 
 

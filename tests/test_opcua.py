@@ -1,0 +1,384 @@
+"""The ``opcua`` kind against a real asyncua server in a subprocess (tests/opcua_server.py).
+
+Faults are real: the server is killed with SIGKILL and started again on the same port, or
+frozen with SIGSTOP. Waiting is on futures, events and ``wait_until`` with deadlines; no
+test asserts on elapsed time. An asyncua server takes a second or two to start: tests that
+do not hurt the server share one (module scope).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import asyncua  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI") == "true":
+        raise  # CI installs the opcua extra: a missing driver is a failure, not a skip
+    pytest.skip("OPC UA TESTS NOT RUN: asyncua missing; "
+                "pip install 'applib-sessions[opcua]'", allow_module_level=True)
+
+import sessions
+from sessions.actors.opcua import NodeError, OPCUAActor, OPCUADataChange
+from sessions.messages import ChildState
+from sessions.opcua import OPCUA_KIND, OPCUASessionManager
+from tests.servers import _reserve_port
+from tests.support import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+TEMPERATURE = "ns=2;s=Plant.Temperature"
+COUNT = "ns=2;s=Plant.Count"
+LABEL = "ns=2;s=Plant.Label"
+PLANT = "ns=2;s=Plant"
+
+
+class OPCUAServer:
+    """``tests/opcua_server.py`` in a subprocess; keeps its port across kill and start."""
+
+    def __init__(self) -> None:
+        self.port = _reserve_port()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/plant"
+        self.proc: subprocess.Popen[str] | None = None
+        self.frozen = False
+
+    def start(self) -> OPCUAServer:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.opcua_server", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "" if it died
+        assert line.strip() == "ready", f"the OPC UA server did not start: {line!r}"
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen and self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.frozen = False
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[OPCUAServer]:
+    """One server for the tests that do not kill, freeze or rely on its initial data."""
+    server = OPCUAServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_server() -> Iterator[OPCUAServer]:
+    """A server of the test's own, to kill or freeze."""
+    server = OPCUAServer().start()
+    yield server
+    server.kill()
+
+
+def opcua_config(url: str, **options: Any) -> dict[str, Any]:
+    """One ``opcua`` resource named ``line``; restarts quick, intensity generous."""
+    return {
+        "supervisor": {"max_restarts": 200, "period": 10.0,
+                       "backoff": {"initial": 0.05, "max": 0.3, "jitter": 0.0}},
+        "resources": {"line": {"kind": OPCUA_KIND, "url": url, "timeout": 1.0,
+                               "keepalive": 0.5, "call_timeout": 5.0, **options}},
+    }
+
+
+def answers(line: sessions.Handle) -> bool:
+    """Whether a read succeeds now (for wait_until while the session recovers)."""
+    try:
+        line.read(COUNT).result(timeout=5.0)
+    except Exception:
+        return False
+    return True
+
+
+# -- calls ------------------------------------------------------------------------------
+
+
+def test_read_and_write_each_type(shared_server: OPCUAServer) -> None:
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        assert line.write(TEMPERATURE, 21.25).result() is None
+        assert line.write(COUNT, 42).result() is None  # an int, written as the node's Int32
+        assert line.write(LABEL, "valve").result() is None
+        assert line.read(TEMPERATURE).result() == 21.25
+        assert line.read(COUNT).result() == 42
+        assert line.read(LABEL).result() == "valve"
+        assert line.read_many([TEMPERATURE, COUNT, LABEL]).result() == [21.25, 42, "valve"]
+        assert line.write(COUNT, -3, "Int32").result() is None
+        assert line.read(COUNT).result() == -3
+        assert line.read("i=2259").result() == 0  # ServerState.Running
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+
+
+def test_browse_path_and_call(shared_server: OPCUAServer) -> None:
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        assert line.browse_path(["0:Objects", "2:Plant", "2:Temperature"]).result() == \
+            TEMPERATURE
+        assert line.call_method(PLANT, "2:Add", 1.5, 2.25).result() == 3.75
+        assert line.call_method(PLANT, "ns=2;s=Plant.Add", 2.0, 2.0).result() == 4.0
+        assert line.call("call", PLANT, "2:Add", 1.0, 1.0).result() == 2.0
+        with pytest.raises(NodeError, match="2:Nope"):
+            line.browse_path(["0:Objects", "2:Plant", "2:Nope"]).result()
+        assert line.restarts == 0
+
+
+def test_bad_nodes_are_caller_errors_naming_the_node(shared_server: OPCUAServer) -> None:
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        with pytest.raises(NodeError, match=r"ns=2;s=NoSuchNode.*BadNodeIdUnknown") as caught:
+            line.read("ns=2;s=NoSuchNode").result()
+        err = caught.value
+        assert isinstance(err, sessions.SessionsError) and isinstance(err, ValueError)
+        assert (err.node_id, err.operation, err.status) == (
+            "ns=2;s=NoSuchNode", "read", "BadNodeIdUnknown")
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is NodeError and copy.node_id == err.node_id
+        with pytest.raises(NodeError, match="not a valid node id"):
+            line.read("this is no node id").result()
+        with pytest.raises(NodeError, match=r"ns=2;s=Plant\.Label.*write"):
+            line.write(LABEL, 1.5, "Double").result()  # BadTypeMismatch
+        with pytest.raises(NodeError, match=r"ns=2;s=Plant\.Count"):
+            line.write(COUNT, "seven").result()  # not an Int32
+        with pytest.raises(NodeError, match="ns=2;s=NoSuchNode"):
+            line.read_many([COUNT, "ns=2;s=NoSuchNode"]).result()
+        with pytest.raises(NodeError, match="ns=2;s=Plant"):
+            line.call_method(PLANT, "2:Add", "x").result()
+        with pytest.raises(ValueError, match="variant_type"):
+            line.write(COUNT, 1, "Int99").result()
+        assert answers(line)
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+
+
+def test_eight_threads_read_and_write_concurrently(shared_server: OPCUAServer) -> None:
+    rounds = 25
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        start = threading.Barrier(8)
+
+        def worker(n: int) -> list[Any]:
+            start.wait()
+            wrong = []
+            for i in range(rounds):
+                line.write(LABEL, f"w{n}-{i}")  # not awaited: interleaves with the others
+                got = line.read_many([COUNT, TEMPERATURE]).result(timeout=10)
+                if len(got) != 2:
+                    wrong.append(got)
+                if line.call_method(PLANT, "2:Add", float(n), float(i)).result(timeout=10) != n + i:
+                    wrong.append((n, i))
+            return wrong
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(worker, range(8)))
+        assert results == [[]] * 8
+        assert line.read(LABEL).result().startswith("w")
+        assert line.restarts == 0
+
+
+def test_subscription_gets_data_changes(shared_server: OPCUAServer) -> None:
+    seen: list[OPCUADataChange] = []
+    got = threading.Condition()
+
+    def on_change(change: OPCUADataChange) -> None:
+        assert threading.current_thread().name.startswith("sessions-line-opcua-sub-")
+        with got:
+            seen.append(change)
+            got.notify_all()
+
+    def wait_for(value: Any) -> None:
+        with got:
+            assert got.wait_for(lambda: any(c.value == value for c in seen), timeout=10), seen
+
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        line.write(TEMPERATURE, 1.0).result()
+        line.subscribe(TEMPERATURE, on_change, period=0.05).result()
+        wait_for(1.0)  # the current value comes first
+        line.write(TEMPERATURE, 2.5).result()
+        wait_for(2.5)
+        assert seen[-1].node_id == TEMPERATURE and seen[-1].status == "Good"
+        stats = line.subscriptions().result()
+        assert stats[TEMPERATURE]["delivered"] >= 2
+        line.unsubscribe(TEMPERATURE).result()
+        with pytest.raises(KeyError):
+            line.unsubscribe(TEMPERATURE).result()
+        assert line.subscriptions().result() == {}
+
+
+# -- faults -----------------------------------------------------------------------------
+
+
+def test_server_killed_then_back_resource_reconnects_and_replays_subscription(
+        own_server: OPCUAServer) -> None:
+    server = own_server
+    seen: list[Any] = []
+    got = threading.Condition()
+    faulted = threading.Event()
+
+    def on_change(change: OPCUADataChange) -> None:
+        with got:
+            seen.append(change.value)
+            got.notify_all()
+
+    def wait_for(value: Any) -> None:
+        with got:
+            assert got.wait_for(lambda: value in seen, timeout=20), seen
+
+    with sessions.start(opcua_config(server.url, call_timeout=3.0)) as system:
+        line = system.get("line")
+        line.subscribe(COUNT, on_change, period=0.05).result()
+        line.write(COUNT, 11).result()
+        wait_for(11)
+        server.kill()
+        try:
+            line.read(COUNT).result(timeout=10)
+        except (sessions.ResourceFault, sessions.ResourceUnavailable, sessions.CallTimeout):
+            faulted.set()
+        # the watchdog may have restarted it first; either way the session was lost
+        wait_until(lambda: faulted.is_set() or line.restarts > 0, timeout=20,
+                   what="the lost connection noticed")
+        server.start()  # same port; the values are the initial ones again
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+        assert line.restarts >= 1
+        wait_for(7)  # the replayed subscription delivers the restarted server's value
+        line.write(COUNT, 12).result()
+        wait_for(12)
+        assert line.read(COUNT).result() == 12
+
+
+def test_frozen_server_fails_the_call_in_time_and_recovers(own_server: OPCUAServer) -> None:
+    server = own_server
+    with sessions.start(opcua_config(server.url, call_timeout=3.0)) as system:
+        line = system.get("line")
+        assert line.read(COUNT).result() == 7
+        server.freeze()
+        with pytest.raises((sessions.ResourceFault, sessions.ResourceUnavailable,
+                            sessions.CallTimeout)):
+            line.read(COUNT).result(timeout=10)  # bounded by call_timeout, not by us
+        server.thaw()
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+        assert line.state == ChildState.RUNNING
+
+
+def test_a_stalled_call_is_aborted_from_another_thread(own_server: OPCUAServer) -> None:
+    # The driver would wait 20 s; the runtime gives up at stall_timeout and calls abort()
+    # from its watchdog thread, which closes the transport without blocking. keepalive is
+    # long so that asyncua's watchdog does not notice first.
+    server = own_server
+    config = opcua_config(server.url, timeout=20.0, keepalive=60.0, call_timeout=1.0,
+                          stall_timeout=1.5, connect_timeout=30.0)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert answers(line)
+        server.freeze()
+        with pytest.raises((sessions.CallTimeout, sessions.ResourceFault)):
+            line.read(COUNT).result(timeout=10)
+        wait_until(lambda: line.restarts >= 1 or line.state != ChildState.RUNNING,
+                   timeout=8, what="the stalled call aborted")
+        server.thaw()
+        wait_until(lambda: answers(line), timeout=40, what="the session back")
+
+
+def test_health_check_notices_a_frozen_server_without_calls(own_server: OPCUAServer) -> None:
+    server = own_server
+    config = opcua_config(server.url, timeout=0.5, keepalive=60.0, health_interval=0.3)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert answers(line)
+        server.freeze()
+        wait_until(lambda: line.restarts >= 1 or line.state != ChildState.RUNNING,
+                   timeout=10, what="the health check's fault")
+        server.thaw()
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+
+
+def test_no_library_thread_left_after_stop(shared_server: OPCUAServer) -> None:
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        line.subscribe(COUNT, lambda change: None).result()
+        names = [t.name for t in threading.enumerate()]
+        assert "sessions-line-opcua-loop" in names
+    wait_until(lambda: not [t for t in threading.enumerate()
+                            if t.name.startswith("sessions-line-")],
+               timeout=10, what="every thread of the resource ended")
+
+
+def test_session_manager(shared_server: OPCUAServer) -> None:
+    with OPCUASessionManager(url=shared_server.url, timeout=2.0) as line:
+        assert line.read(LABEL).result() is not None
+        assert line.name == "opcua"
+
+
+# -- config -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({"url": "opc.tcp://127.0.0.1:4840", "timout": 1.0}, "resources.line.timout"),
+    ({"url": "http://127.0.0.1:4840"}, "resources.line.url"),
+    ({"url": "opc.tcp://127.0.0.1:4840", "timeout": 0}, "resources.line.timeout"),
+    ({}, "resources.line.url"),
+])
+def test_bad_config_keys_are_config_errors_naming_the_key(options: dict[str, Any],
+                                                          key: str) -> None:
+    config = {"resources": {"line": {"kind": "opcua", **options}}}
+    with pytest.raises(sessions.ConfigError) as caught:
+        sessions.start(config)
+    assert key in str(caught.value)
+
+
+def test_password_needs_username() -> None:
+    with pytest.raises(sessions.ConfigError, match="password needs username"):
+        sessions.start({"resources": {"line": {
+            "kind": "opcua", "url": "opc.tcp://h:4840", "password": "x"}}})
+
+
+def test_kind_is_registered() -> None:
+    assert OPCUAActor.kind == OPCUA_KIND == "opcua"
+
+
+# -- sessions check --connect ------------------------------------------------------------
+
+
+def test_check_connect_reads_the_server_state(shared_server: OPCUAServer, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from sessions._tools.cli import main  # noqa: PLC0415
+
+    dead = _reserve_port()  # nothing listens there
+    path = tmp_path / "line.toml"
+    path.write_text(
+        f'[resources.up]\nkind = "{OPCUA_KIND}"\nurl = "{shared_server.url}"\n'
+        f'[resources.down]\nkind = "{OPCUA_KIND}"\nurl = "opc.tcp://127.0.0.1:{dead}"\n'
+        f'timeout = 0.5\nconnect_timeout = 5.0\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path), "--connect"]) == 1
+    out = capsys.readouterr().out
+    assert f"opcua {shared_server.url}: server state Running" in out, out
+    assert "1 of 2 resources failed to connect: down" in out, out
