@@ -358,7 +358,9 @@ class _InboxView:
         with mb.cond:
             while True:
                 if self.control:
-                    return self.control.popleft()
+                    taken = self._take_control()
+                    if taken is not None:
+                        return taken
                 timeout = None
                 if self.serving:
                     due = self._due()
@@ -366,6 +368,21 @@ class _InboxView:
                         return _SERVE_ENVELOPE
                     timeout = None if due == math.inf else due
                 mb.cond.wait(timeout)
+
+    def _take_control(self) -> Any:
+        """Under the mailbox's ``cond``: the oldest control message that may be taken
+        now, or None. A fault reported before the incarnation serves (a reader started
+        by ``connect()``) waits until it serves: handled earlier, it would end an
+        incarnation the supervisor has not recorded as started yet, and the restart
+        would be taken for a failed start. Other control messages (stop) go first."""
+        control = self.control
+        if self.serving or self.ended:
+            return control.popleft()
+        for i, envelope in enumerate(control):
+            if type(getattr(envelope, "message", None)) is not _Fault:
+                del control[i]
+                return envelope
+        return None
 
     def next_work(self) -> Any:
         """For the serve loop: due periodic work, else the oldest call; None when a
