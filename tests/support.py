@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from sessions.messages import Event
 
@@ -108,3 +113,52 @@ def abort_from_another_thread(actor: Any, resource: Any) -> None:
     aborter.start()
     aborter.join(ABORT_JOIN)
     assert not aborter.is_alive(), "abort() blocked"
+
+
+_S = TypeVar("_S", bound="ScriptServer")
+
+
+class ScriptServer:
+    """A test server module (``python -m tests.<module> ARGS``) in a subprocess that
+    prints ``ready`` once serving; the test can SIGKILL it, start it again with the same
+    arguments (so on the same port), and freeze it with SIGSTOP."""
+
+    name = "server"
+    """What the start failure message calls it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.frozen = False
+
+    def command(self) -> list[str]:
+        """``[module, *args]`` after ``python -m``."""
+        raise NotImplementedError
+
+    def start(self: _S) -> _S:
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *self.command()],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "" if it died
+        assert line.strip() == "ready", f"the {self.name} did not start: {line!r}"
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen and self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.frozen = False

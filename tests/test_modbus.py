@@ -11,9 +11,7 @@ import concurrent.futures
 import os
 import pickle
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,13 +33,12 @@ from sessions.actors.modbus import DeviceError, ModbusActor
 from sessions.messages import ChildState
 from sessions.modbus import MODBUS_KIND, ModbusSessionManager
 from tests.servers import _reserve_port
-from tests.support import abort_from_another_thread, wait_until
+from tests.support import ScriptServer, abort_from_another_thread, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(90)
 
 
-class ModbusServer:
+class ModbusServer(ScriptServer):
     """``tests/modbus_server.py`` in a subprocess; keeps its port across kill and start."""
 
     def __init__(self, tmp_path: Path, *options: str, transport: str = "tcp",
@@ -51,37 +48,13 @@ class ModbusServer:
         self.transport = transport
         self.log = tmp_path / f"requests-{self.port}.log"
         self.options = options
-        self.proc: subprocess.Popen[str] | None = None
-        self.frozen = False
+        super().__init__()
 
-    def start(self) -> ModbusServer:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.modbus_server", self.transport, self.where,
-             "--log", str(self.log), *self.options],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "" if it died
-        assert line.strip() == "ready", f"the modbus server did not start: {line!r}"
-        return self
+    name = "modbus server"
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.thaw()
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        if self.frozen and self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.frozen = False
+    def command(self) -> list[str]:
+        return ["tests.modbus_server", self.transport, self.where, "--log", str(self.log),
+                *self.options]
 
     def requests(self, function_code: int) -> int:
         """How many requests with ``function_code`` reached the ``--stall`` address."""

@@ -11,9 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +31,8 @@ from sessions.actors.opcua import NodeError, OPCUAActor, OPCUADataChange
 from sessions.messages import ChildState
 from sessions.opcua import OPCUA_KIND, OPCUASessionManager
 from tests.servers import _reserve_port
-from tests.support import wait_until
+from tests.support import ScriptServer, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 TEMPERATURE = "ns=2;s=Plant.Temperature"
@@ -45,42 +41,18 @@ LABEL = "ns=2;s=Plant.Label"
 PLANT = "ns=2;s=Plant"
 
 
-class OPCUAServer:
+class OPCUAServer(ScriptServer):
     """``tests/opcua_server.py`` in a subprocess; keeps its port across kill and start."""
 
     def __init__(self) -> None:
         self.port = _reserve_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plant"
-        self.proc: subprocess.Popen[str] | None = None
-        self.frozen = False
+        super().__init__()
 
-    def start(self) -> OPCUAServer:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.opcua_server", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "" if it died
-        assert line.strip() == "ready", f"the OPC UA server did not start: {line!r}"
-        return self
+    name = "OPC UA server"
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.thaw()
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        if self.frozen and self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.frozen = False
+    def command(self) -> list[str]:
+        return ["tests.opcua_server", str(self.port)]
 
 
 @pytest.fixture(scope="module")
