@@ -27,6 +27,10 @@ FACADE: dict[str, tuple[str, str, str]] = {
     "i2c_bus_id": ("i2c", "i2c", "bus"),
     "can_channel": ("can", "canbus", "channel"),
     "http_base_url": ("http", "http", "base_url"),
+    "modbus_host": ("modbus", "modbus", "host"),
+    "modbus_serial_port": ("modbus", "modbus", "serial_port"),
+    "mqtt_host": ("mqtt", "mqtt", "host"),
+    "opcua_url": ("opcua", "opcua", "url"),
 }
 
 
@@ -35,7 +39,9 @@ class SessionRegistry:
 
     ``SessionRegistry(db_url=..., redis_url=...)`` starts a resource per argument
     given; ``registry.db``, ``registry.redis``, ``registry.kafka``, ``registry.i2c``,
-    ``registry.can``, ``registry.http`` are their handles. ``kinds`` replaces the kind
+    ``registry.can``, ``registry.http``, ``registry.modbus`` (``modbus_host`` for Modbus
+    TCP or ``modbus_serial_port`` for an RTU line), ``registry.mqtt`` and
+    ``registry.opcua`` are their handles. ``kinds`` replaces the kind
     of an attribute (``{"db": "tests.fakes:FakeDb"}``) so tests can substitute a fake;
     ``options`` adds per-attribute options (``{"db": {"pool_size": 4}}``); ``config``
     adds resources and supervisors from a config file or mapping.
@@ -62,7 +68,9 @@ class SessionRegistry:
     transaction, committed on a normal exit and rolled back on an exception.
     """
 
-    ATTRIBUTES: ClassVar[tuple[str, ...]] = ("db", "redis", "kafka", "i2c", "can", "http")
+    ATTRIBUTES: ClassVar[tuple[str, ...]] = (
+        "db", "redis", "kafka", "i2c", "can", "http", "modbus", "mqtt", "opcua",
+    )
 
     def __init__(
         self,
@@ -74,6 +82,10 @@ class SessionRegistry:
         i2c_bus_id: int | str | None = None,
         can_channel: str | None = None,
         http_base_url: str | None = None,
+        modbus_host: str | None = None,
+        modbus_serial_port: str | None = None,
+        mqtt_host: str | None = None,
+        opcua_url: str | None = None,
         config: ConfigSource | None = None,
         kinds: Mapping[str, str] | None = None,
         options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -85,13 +97,22 @@ class SessionRegistry:
             "i2c_bus_id": i2c_bus_id,
             "can_channel": can_channel,
             "http_base_url": http_base_url,
+            "modbus_host": modbus_host,
+            "modbus_serial_port": modbus_serial_port,
+            "mqtt_host": mqtt_host,
+            "opcua_url": opcua_url,
         }
+        if modbus_host is not None and modbus_serial_port is not None:
+            raise ConfigError([("modbus_serial_port", "one Modbus link per registry: give "
+                                "modbus_host (TCP) or modbus_serial_port (RTU), not both")])
         resources: dict[str, dict[str, Any]] = {}
         for arg, value in given.items():
             if value is None:
                 continue
             attr, kind, key = FACADE[arg]
             resources[attr] = {"kind": kind, key: value}
+        if modbus_serial_port is not None:
+            resources["modbus"]["transport"] = "rtu"
         if kafka_group_id is not None:
             if "kafka" not in resources:
                 raise ConfigError([("kafka_group_id", "needs kafka_bootstrap_servers")])
@@ -168,7 +189,7 @@ class SessionRegistry:
             except KeyError:
                 raise AttributeError(
                     f"SessionRegistry has no {attr!r} resource: pass its argument "
-                    f"(e.g. {_arg_for(attr)}=...) when creating the registry"
+                    f"({_arg_for(attr)}) when creating the registry"
                 ) from None
         raise AttributeError(f"SessionRegistry has no attribute {attr!r}")
 
@@ -200,9 +221,10 @@ class SessionRegistry:
 
 
 def _arg_for(attr: str) -> str:
+    """The constructor argument(s) that configure ``attr``, as a hint: ``db_url=...``."""
     if attr == "kafka_consumer":
-        return "kafka_group_id"
-    return next(arg for arg, (a, _, _) in FACADE.items() if a == attr)
+        return "kafka_group_id=..."
+    return " or ".join(f"{arg}=..." for arg, (a, _, _) in FACADE.items() if a == attr)
 
 
 def _merge(config: ConfigSource | None, resources: dict[str, dict[str, Any]]) -> dict[str, Any]:

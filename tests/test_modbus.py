@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on the environment
                 "pip install 'applib-sessions[modbus]'", allow_module_level=True)
 
 import sessions
+from sessions import SessionRegistry
 from sessions.actors.modbus import DeviceError, ModbusActor
 from sessions.messages import ChildState
 from sessions.modbus import MODBUS_KIND, ModbusSessionManager
@@ -341,6 +342,18 @@ def test_session_manager(make_server: Callable[..., ModbusServer]) -> None:
         assert plc.read_value(40, "float32").result() == -1.25
 
 
+def test_session_registry_modbus_host(make_server: Callable[..., ModbusServer]) -> None:
+    """``SessionRegistry(modbus_host=...)``: the link is ``registry.modbus``, its other
+    keys come from ``options``."""
+    server = make_server()
+    with SessionRegistry(modbus_host="127.0.0.1",
+                         options={"modbus": {"port": server.port, "device_id": 3}}) as registry:
+        assert registry.modbus.kind == MODBUS_KIND
+        registry.modbus.write_register(7, 77).result()
+        assert registry.modbus.read_holding_registers(7, 1).result() == [77]
+        assert registry.unavailable == {}
+
+
 # -- RTU over a pseudo-terminal pair ------------------------------------------------------
 
 
@@ -383,6 +396,10 @@ def test_rtu_over_a_serial_line(make_server: Callable[..., ModbusServer],
         with pytest.raises(DeviceError, match="device 1: read_coils at address 4000"):
             line.read_coils(4000).result()
         assert line.restarts == 0
+    # The registry's modbus_serial_port is the same RTU link, transport set for it.
+    with SessionRegistry(modbus_serial_port=client_end,
+                         options={"modbus": {"baudrate": 115200, "timeout": 1.0}}) as registry:
+        assert registry.modbus.read_holding_registers(10, 2).result() == [5, 6]
 
 
 # -- sessions check --connect ------------------------------------------------------------

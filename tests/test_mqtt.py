@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the environment
                 allow_module_level=True)
 
 import sessions
+from sessions import SessionRegistry
 from sessions.actors.mqtt import MQTTActor, MQTTMessage
 from sessions.messages import ChildFaulted
 from sessions.mqtt import MQTT_KIND, MQTTSessionManager
@@ -416,6 +417,17 @@ def test_the_seed_manager(broker: MosquittoServer) -> None:
         mqtt.subscribe("seed/#", inbox, qos=1).result()
         mqtt.publish("seed/x", "1", qos=1).result()
         assert inbox.wait_for(1)[0].payload == b"1"
+
+
+def test_session_registry_mqtt_host(broker: MosquittoServer) -> None:
+    """``SessionRegistry(mqtt_host=...)``: the broker is ``registry.mqtt``."""
+    inbox = Inbox()
+    with SessionRegistry(mqtt_host="127.0.0.1",
+                         options={"mqtt": {"port": broker.port}}) as registry:
+        assert registry.mqtt.kind == MQTT_KIND
+        registry.mqtt.subscribe("registry/#", inbox, qos=1).result()
+        registry.mqtt.publish("registry/x", "2", qos=1).result()
+        assert inbox.wait_for(1)[0].payload == b"2"
 
 
 def test_check_connect(broker: MosquittoServer, tmp_path: Path,

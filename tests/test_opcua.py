@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
                 "pip install 'applib-sessions[opcua]'", allow_module_level=True)
 
 import sessions
+from sessions import SessionRegistry
 from sessions.actors.opcua import NodeError, OPCUAActor, OPCUADataChange
 from sessions.messages import ChildState
 from sessions.opcua import OPCUA_KIND, OPCUASessionManager
@@ -306,6 +307,14 @@ def test_session_manager(shared_server: OPCUAServer) -> None:
     with OPCUASessionManager(url=shared_server.url, timeout=2.0) as line:
         assert line.read(LABEL).result() is not None
         assert line.name == "opcua"
+
+
+def test_session_registry_opcua_url(shared_server: OPCUAServer) -> None:
+    """``SessionRegistry(opcua_url=...)``: the server is ``registry.opcua``."""
+    with SessionRegistry(opcua_url=shared_server.url,
+                         options={"opcua": {"timeout": 2.0}}) as registry:
+        assert registry.opcua.kind == "opcua"
+        assert registry.opcua.read(LABEL).result() is not None
 
 
 # -- config -----------------------------------------------------------------------------

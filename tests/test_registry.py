@@ -96,11 +96,21 @@ def test_registry_unconfigured_attribute() -> None:
             ("i2c", "i2c_bus_id="),
             ("can", "can_channel="),
             ("http", "http_base_url="),
+            ("modbus", "modbus_host=... or modbus_serial_port="),
+            ("mqtt", "mqtt_host="),
+            ("opcua", "opcua_url="),
             ("kafka_consumer", "kafka_group_id="),
         ]:
             with pytest.raises(AttributeError, match=arg):
                 getattr(registry, attr)
         assert not hasattr(registry, "redis")
+
+
+def test_registry_modbus_tcp_and_rtu_together_is_a_config_error() -> None:
+    """One Modbus link per registry: a host and a serial port together are refused,
+    before anything starts."""
+    with pytest.raises(ConfigError, match=r"modbus_serial_port.*not both"):
+        SessionRegistry(modbus_host="10.0.0.5", modbus_serial_port="/dev/ttyUSB0")
 
 
 def test_registry_unknown_attribute() -> None:
