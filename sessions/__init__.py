@@ -27,6 +27,7 @@ from sessions._system import (
     ChildCount,
     ChildInfo,
     Handle,
+    HandleView,
     Lease,
     System,
     check_childspecs,
@@ -37,7 +38,7 @@ from sessions.database import DatabaseSessionManager
 from sessions.http import HTTPSessionManager
 from sessions.i2c import I2CSessionManager
 from sessions.kafka import KafkaSessionManager
-from sessions.messages import ChildState, CircuitState
+from sessions.messages import ChildState, CircuitState, Superseded
 from sessions.modbus import ModbusSessionManager
 from sessions.mqtt import MQTTSessionManager
 from sessions.opcua import OPCUASessionManager
@@ -63,6 +64,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "DeviceError",
     "HTTPSessionManager",
     "Handle",
+    "HandleView",
     "I2CSessionManager",
     "IGNORE",
     "KafkaSessionManager",
@@ -83,6 +85,7 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "SessionManager",
     "SessionRegistry",
     "SessionsError",
+    "Superseded",
     "SupervisorConfig",
     "System",
     "SystemConfig",

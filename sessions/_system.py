@@ -168,6 +168,23 @@ class Handle:
         return caller(*args, **kwargs)
 
     @property
+    def urgent(self) -> HandleView:
+        """This handle with every call urgent: ``handle.urgent.stop_motor()`` is served
+        before every plain call already queued (an emergency stop does not wait behind
+        200 queued log writes), after the urgent calls queued before it, never
+        interrupting a call in progress; a lease that has begun finishes first."""
+        return HandleView(self, urgent=True, key=None)
+
+    def coalescing(self, key: str) -> HandleView:
+        """This handle with latest-value-wins calls under ``key``: a call made through it
+        replaces a call with the same key still queued (not started), in that call's
+        place in line; the replaced call's future resolves with
+        :class:`~sessions.messages.Superseded` (it never ran). A call that has started
+        is never touched. ``handle.coalescing("setpoint:motor1").set_speed(v)`` sends
+        setpoints faster than the device takes them without a growing queue."""
+        return HandleView(self, urgent=False, key=_coalescing_key(key))
+
+    @property
     def name(self) -> str:
         """The resource's name in the config."""
         return self._child.name
@@ -245,6 +262,56 @@ class Handle:
                 return held[i]
         raise RuntimeError(f"no lease of resource {self.name!r} was entered with "
                            "'with handle' in this thread or task")
+
+
+def _coalescing_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a coalescing key must be a non-empty str, not {key!r}")
+    return key
+
+
+class HandleView:
+    """A handle whose calls are marked: urgent (``handle.urgent``), latest-value-wins
+    under a key (``handle.coalescing(key)``), or both
+    (``handle.urgent.coalescing(key)``). Its methods are the handle's and return
+    futures the same way; the circuit breaker refuses them as it refuses the handle's.
+    """
+
+    def __init__(self, handle: Handle, *, urgent: bool, key: str | None) -> None:
+        self._handle = handle
+        self._urgent = urgent
+        self._key = key
+
+    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        caller = functools.partial(self._submit, self._handle._method(method), method)
+        self.__dict__[method] = caller
+        return caller
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
+        """Call ``method`` by name (for names that clash with view attributes)."""
+        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
+        return caller(*args, **kwargs)
+
+    @property
+    def urgent(self) -> HandleView:
+        """This view with its calls urgent too."""
+        return HandleView(self._handle, urgent=True, key=self._key)
+
+    def coalescing(self, key: str) -> HandleView:
+        """This view with its calls latest-value-wins under ``key``."""
+        return HandleView(self._handle, urgent=self._urgent, key=_coalescing_key(key))
+
+    def _submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
+                **kwargs: Any) -> SessionFuture[Any]:
+        child = self._handle._child
+        return self._handle._gate(method, lambda: child.submit_marked(
+            fn, method, args, kwargs, urgent=self._urgent, key=self._key))
+
+    def __repr__(self) -> str:
+        marks = ["urgent"] * self._urgent + ([f"coalescing={self._key!r}"] if self._key else [])
+        return f"<HandleView {self._handle.name!r} {' '.join(marks)}>"
 
 
 class Lease:

@@ -423,7 +423,8 @@ def test_call_statistics_count_each_outcome_exactly_with_sane_latencies() -> Non
                 a.echo("refused").result(5)
         wall = time.monotonic() - began
         status = system.status()["children"][0]
-        assert status["calls"] == {"ok": 5, "error": 2, "fault": 1, "timeout": 2, "refused": 2}
+        assert status["calls"] == {"ok": 5, "error": 2, "fault": 1, "timeout": 2, "refused": 2,
+                                   "superseded": 0}
         stats = system.stats("a")
         assert stats.outcomes == status["calls"]
         check_latencies(stats, 5 + 2 + 1, wall)
@@ -450,10 +451,11 @@ def test_a_pool_reports_the_sum_of_its_members() -> None:
         tree = system.status()["children"][0]
         members = {c["name"]: c["calls"] for c in tree["children"]}
         assert sorted(members.values(), key=lambda c: c["ok"]) == [
-            {"ok": 1, "error": 0, "fault": 0, "timeout": 0, "refused": 0},
-            {"ok": 3, "error": 1, "fault": 0, "timeout": 0, "refused": 0},
+            {"ok": 1, "error": 0, "fault": 0, "timeout": 0, "refused": 0, "superseded": 0},
+            {"ok": 3, "error": 1, "fault": 0, "timeout": 0, "refused": 0, "superseded": 0},
         ]
-        assert tree["calls"] == {"ok": 4, "error": 1, "fault": 0, "timeout": 0, "refused": 0}
+        assert tree["calls"] == {"ok": 4, "error": 1, "fault": 0, "timeout": 0, "refused": 0,
+                                 "superseded": 0}
         total = system.stats("db")
         assert total.outcomes == tree["calls"]
         check_latencies(total, 5, wall)
@@ -472,7 +474,8 @@ def test_latencies_fall_in_buckets_bounded_above_inclusive() -> None:
     expected[-1] = 1  # above every bound
     assert stats.buckets == expected
     assert stats.sum == pytest.approx(20.50120001)
-    assert stats.outcomes == {"ok": 6, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
+    assert stats.outcomes == {"ok": 6, "error": 0, "fault": 0, "timeout": 0, "refused": 0,
+                              "superseded": 0}
 
 
 def test_percentiles_and_snapshot_of_known_latencies() -> None:
@@ -491,7 +494,7 @@ def test_percentiles_and_snapshot_of_known_latencies() -> None:
     assert stats.percentile(0.9) == 0.01  # rank 9
     assert stats.percentile(1.0) == 0.0123456  # capped at the last rank
     assert stats.snapshot() == {
-        "calls": {"ok": 10, "error": 1, "fault": 0, "timeout": 1, "refused": 2},
+        "calls": {"ok": 10, "error": 1, "fault": 0, "timeout": 1, "refused": 2, "superseded": 0},
         "latency_p50_ms": 6.0,
         "latency_p99_ms": 12.346,
     }
@@ -520,7 +523,8 @@ def test_a_pool_total_keeps_every_members_recent_latencies() -> None:
     total = CallStats.total(members)
     assert len(total.recent) == 3 * RECENT
     assert (total.percentile(0.0), total.percentile(0.5), total.percentile(1.0)) == (1.0, 2.0, 3.0)
-    assert total.outcomes == {"ok": 3 * RECENT, "error": 0, "fault": 0, "timeout": 3, "refused": 0}
+    assert total.outcomes == {"ok": 3 * RECENT, "error": 0, "fault": 0, "timeout": 3, "refused": 0,
+                              "superseded": 0}
     assert total.sum == pytest.approx(6.0 * RECENT)
     assert total.buckets[BUCKETS.index(1.0)] == RECENT
     assert total.buckets[BUCKETS.index(2.5)] == RECENT

@@ -177,11 +177,13 @@ def test_states_are_str_enums_that_read_as_their_value(enum: type[Enum]) -> None
 
 
 def test_event_union_covers_public_events() -> None:
-    """``Event`` is the union of every public event class (all but the mailbox messages)."""
+    """``Event`` is the union of every public event class (all but the mailbox messages
+    and a call's ``Superseded`` outcome)."""
     event = sessions.messages.Event
     assert isinstance(event, types.UnionType)
     internal = {sessions.messages.Call, sessions.messages.LeaseCall,
-                sessions.messages.HealthCheck}
+                sessions.messages.KeyedCall, sessions.messages.HealthCheck,
+                sessions.messages.Superseded}
     assert set(event.__args__) == set(MESSAGE_CLASSES) - internal
 
 

@@ -252,7 +252,8 @@ def test_call_statistics_count_every_outcome() -> None:
         with pytest.raises(sessions.ResourceUnavailable):
             a.echo(4).result(5)
         status = system.status()["children"][0]
-        assert status["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 1, "refused": 1}
+        assert status["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 1, "refused": 1,
+                                   "superseded": 0}
         assert status["latency_p99_ms"] >= status["latency_p50_ms"] > 0
 
 

@@ -914,7 +914,7 @@ def test_a_cancelled_call_is_not_counted_as_a_timeout() -> None:
         release.set()
         assert a.echo(2).result(5) == 2
         assert system.stats("a").outcomes == {
-            "ok": 2, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
+            "ok": 2, "error": 0, "fault": 0, "timeout": 0, "refused": 0, "superseded": 0}
 
 
 @pytest.mark.parametrize("first", ["whoami", "fail"])

@@ -3,10 +3,12 @@
 Each run draws the supervisor's strategy, so group restarts (one_for_all, rest_for_one)
 interleave with everything else. Calls may also hang until aborted (a frozen peer) or
 past abort (returning late, after their incarnation was abandoned), and children may be
-terminated and restarted by hand. Invariants: every future resolves exactly once; each
+terminated and restarted by hand; urgent calls jump the queue and keyed calls (latest
+value wins) replace each other. Invariants: every future resolves exactly once; each
 caller's executed calls ran in its order; a call that timed out before starting never
-ran; a successful call ran exactly once; restarts never exceed the intensity without
-the supervisor giving up.
+ran; a successful call ran exactly once; a superseded call never ran and a newer call
+with its key came after it; restarts never exceed the intensity without the supervisor
+giving up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import sessions
-from sessions.messages import ChildFaulted, SupervisorGaveUp
+from sessions.messages import ChildFaulted, Superseded, SupervisorGaveUp
 from tests.kinds import CONTROLS, LIFECYCLE, controls
 from tests.support import Recorder, config
 
@@ -40,6 +42,8 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
         self.ordered: dict[tuple[str, int], list[tuple[int, concurrent.futures.Future[Any]]]] = {}
         self.all: list[concurrent.futures.Future[Any]] = []
         self.resolutions: dict[int, int] = {}
+        self.keyed: dict[tuple[str, str], list[concurrent.futures.Future[Any]]] = {}
+        """Each (resource, key)'s calls in the order they were made (one thread)."""
         # Reentrant: add_done_callback() runs the counting callback at once, in the
         # caller's thread, when the future is already resolved (refused, expired), and
         # _track() is called with the lock held.
@@ -93,6 +97,30 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
             w.start()
         for w in workers:
             w.join()
+
+    @rule(name=st.sampled_from("ab"), count=st.integers(1, 5))
+    def urgent_calls(self, name: str, count: int) -> None:
+        """One caller's urgent calls: ahead of the queue, in their own order."""
+        handle = self.running.get(name).urgent
+        cid = next(self.callers)
+        self.ordered[(name, cid)] = calls = []
+        with self.lock:
+            for seq in range(count):
+                calls.append((seq, self._track(handle.record(cid, seq))))
+
+    @rule(name=st.sampled_from("ab"), key=st.sampled_from(["k1", "k2"]),
+          count=st.integers(1, 8), urgent=st.booleans())
+    def setpoints(self, name: str, key: str, count: int, urgent: bool) -> None:
+        """One caller's latest-value-wins calls under ``key`` (maybe urgent too)."""
+        handle = self.running.get(name)
+        view = (handle.urgent if urgent else handle).coalescing(key)
+        cid = next(self.callers)
+        self.ordered[(name, cid)] = calls = []
+        with self.lock:
+            for seq in range(count):
+                future = self._track(view.record(cid, seq))
+                calls.append((seq, future))
+                self.keyed.setdefault((name, key), []).append(future)
 
     @rule(name=st.sampled_from("ab"))
     def fault(self, name: str) -> None:
@@ -153,7 +181,9 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
             assert ran == sorted(ran) and len(set(ran)) == len(ran), (name, cid, ran)
             for seq, fut in calls:
                 err = fut.exception(0)
-                if err is None:
+                if err is None and isinstance(fut.result(0), Superseded):
+                    assert seq not in ran, "a superseded call ran"
+                elif err is None:
                     assert seq in ran, "a successful call did not run"
                 elif isinstance(err, sessions.CallTimeout) and not err.started:
                     assert seq not in ran, "a call ran after it timed out"
@@ -161,6 +191,10 @@ class CallsFaultsRestarts(RuleBasedStateMachine):
                     assert isinstance(err, (sessions.ResourceUnavailable, sessions.CallTimeout)), (
                         err
                     )
+        for futures in self.keyed.values():
+            superseded = [isinstance(f.exception(0) or f.result(0), Superseded)
+                          for f in futures]
+            assert not superseded[-1], "the newest call of a key was superseded"
         faults = [e for e in self.recorder.of(ChildFaulted) if e.supervisor == "root"]
         gave_up = self.recorder.of(SupervisorGaveUp)
         if len(faults) > MAX_RESTARTS:

@@ -83,7 +83,8 @@ def test_copy_is_independent_of_later_writes() -> None:
     snap = stats.copy()
     stats.record("error", 0.002)
     stats.count_only("timeout")
-    assert snap.outcomes == {"ok": 1, "error": 0, "fault": 0, "timeout": 0, "refused": 0}
+    assert snap.outcomes == {"ok": 1, "error": 0, "fault": 0, "timeout": 0, "refused": 0,
+                             "superseded": 0}
     assert list(snap.recent) == [0.001]
     assert snap.sum == 0.001
     assert stats.outcomes["error"] == 1 and stats.outcomes["timeout"] == 1
@@ -95,7 +96,8 @@ def test_total_sums_members() -> None:
     b.record("fault", 0.5)
     b.count_only("refused")
     total = CallStats.total([a, b])
-    assert total.outcomes == {"ok": 1, "error": 0, "fault": 1, "timeout": 0, "refused": 1}
+    assert total.outcomes == {"ok": 1, "error": 0, "fault": 1, "timeout": 0, "refused": 1,
+                              "superseded": 0}
     assert sorted(total.recent) == [0.001, 0.5]
     assert total.sum == pytest.approx(0.501)
     assert total.percentile(0.0) == 0.001 and total.percentile(0.99) == 0.5

@@ -21,7 +21,8 @@ from tests.kinds import controls
 from tests.support import FakeClock, Recorder, config, in_thread, wait_until
 
 PROBE = "tests.kinds:Probe"
-STATS_IDLE = {"calls": {"ok": 0, "error": 0, "fault": 0, "timeout": 0, "refused": 0},
+STATS_IDLE = {"calls": {"ok": 0, "error": 0, "fault": 0, "timeout": 0, "refused": 0,
+                        "superseded": 0},
               "latency_p50_ms": None, "latency_p99_ms": None}
 
 
@@ -91,7 +92,8 @@ def test_status_shows_the_calls_and_a_pools_shared_breaker() -> None:
         pool = system.status()["children"][0]
         assert pool["circuit"] == "closed"
         assert [m["circuit"] for m in pool["children"]] == ["closed", "closed"]
-        assert pool["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 0, "refused": 0}
+        assert pool["calls"] == {"ok": 3, "error": 1, "fault": 0, "timeout": 0, "refused": 0,
+                                 "superseded": 0}
         assert sum(m["calls"]["ok"] for m in pool["children"]) == 3
         assert system.stats("p").outcomes["ok"] == 3
         assert system.stats("p").outcomes["error"] == 1

@@ -42,7 +42,7 @@ from sessions._errors import (
 from sessions._redact import describe
 from sessions._runtime.contract import IGNORE, Deferred
 from sessions._runtime.stats import CallStats
-from sessions.messages import Call, HealthCheck, LeaseCall
+from sessions.messages import Call, HealthCheck, KeyedCall, LeaseCall, Superseded
 
 if TYPE_CHECKING:
     from sessions._runtime.breaker import Breaker
@@ -119,7 +119,13 @@ class LeaseToken:
 
 
 class Mailbox:
-    """A resource's FIFO of calls; survives restarts, refuses calls once closed."""
+    """A resource's FIFO of calls; survives restarts, refuses calls once closed.
+
+    Two exceptions to FIFO, both decided when a call is queued (``queue()``), never
+    touching a call that has started: an **urgent** call goes ahead of every plain call
+    queued, behind the urgent ones before it; a **keyed** call (latest value wins) takes
+    the place of a queued older call with its key, which resolves with ``Superseded``.
+    """
 
     def __init__(self, resource: str, call_timeout: float = 5.0) -> None:
         self.resource = resource
@@ -127,6 +133,12 @@ class Mailbox:
         self.stats = CallStats()
         self.cond = threading.Condition(threading.Lock())
         self.calls: deque[Call] = deque()
+        """Queued calls, urgent ones first. Callers' threads append, the serving
+        incarnation takes from the head; all under ``cond``."""
+        self.urgent = 0
+        """How many calls at the head of ``calls`` are urgent (under ``cond``)."""
+        self.keyed: dict[str, KeyedCall] = {}
+        """The queued keyed calls by key, one per key (under ``cond``)."""
         self.refusal: str | None = None
         """Why calls are refused (set while closed), or None while open."""
         self.running = 0
@@ -152,6 +164,55 @@ class Mailbox:
                 return
         self.stats.count_only("refused")
         call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
+
+    def queue(self, call: Call, *, urgent: bool) -> None:
+        """Queue ``call`` (not a lease's), ahead of every plain call if ``urgent``; a
+        ``KeyedCall`` replaces a queued call with its key, in that call's place in line
+        if both are in the same lane (urgent or not), and the replaced call resolves
+        with ``Superseded``. Refused at once if the mailbox is closed."""
+        old: KeyedCall | None = None
+        with self.cond:
+            refusal = self.refusal
+            if refusal is None:
+                calls = self.calls
+                at = len(calls)
+                if type(call) is KeyedCall:
+                    old = self.keyed.get(call.key)
+                    self.keyed[call.key] = call
+                if old is not None:
+                    i = next(i for i, queued in enumerate(calls) if queued is old)
+                    del calls[i]
+                    if i < self.urgent:
+                        self.urgent -= 1
+                        at = i if urgent else len(calls)
+                    elif not urgent:
+                        at = i
+                if urgent:
+                    at = min(at, self.urgent)
+                    self.urgent += 1
+                calls.insert(at, call)
+                self.cond.notify()
+        if refusal is not None:
+            self.stats.count_only("refused")
+            call.future.set_exception(ResourceUnavailable(refusal, resource=self.resource))
+            return
+        if old is None:
+            return
+        future = old.future
+        if future.claim():
+            self.stats.count_only("superseded")
+            future.set_result(Superseded(self.resource, future.method, old.key))
+        elif not future.cancelled():
+            self.stats.count_only("timeout")
+
+    def take(self) -> Call:
+        """Under ``cond``: take the call at the head (there must be one)."""
+        call = self.calls.popleft()
+        if self.urgent:
+            self.urgent -= 1
+        if type(call) is KeyedCall and self.keyed.get(call.key) is call:
+            del self.keyed[call.key]
+        return call
 
     def _put_leased(self, call: LeaseCall) -> None:
         lease = call.lease
@@ -252,6 +313,8 @@ class Mailbox:
             self.refusal = reason
             dropped = list(self.calls)
             self.calls.clear()
+            self.urgent = 0
+            self.keyed.clear()
             leftover = [] if self.lease is None else self._unlease(self.lease, reason)
             self.leases.clear()
             self.cond.notify_all()
@@ -267,26 +330,41 @@ class Mailbox:
             self.refusal = None
 
     def expire_overdue(self, now: float) -> float:
-        """Expire queued calls past their deadline; return the next head deadline (or inf).
+        """Expire queued calls past their deadline; return the next deadline (or inf).
 
         Used while no incarnation is serving, so that a caller waiting through a
-        callback (``asyncio``, ``as_completed``) still sees its timeout on time.
-        Deadlines are in arrival order, so only the head needs looking at.
+        callback (``asyncio``, ``as_completed``) still sees its timeout on time. Urgent
+        and keyed calls are queued out of arrival order, so every call is looked at.
         """
-        while True:
-            with self.cond:
-                if not self.calls:
-                    return math.inf
-                head = self.calls[0]
-                if head.future.deadline > now and not head.future.done():
-                    return head.future.deadline
-                self.calls.popleft()
-                if type(head) is LeaseCall:  # a lease that never began
-                    self.leases.discard(head.lease)
-                    head.lease.closed = True
-            head.future.expire()  # unless its caller expired it already, or cancelled it
-            if not head.future.cancelled():
+        overdue: list[Call] = []
+        soonest = math.inf
+        with self.cond:
+            calls = self.calls
+            keep: list[Call] = []
+            urgent = 0
+            for i, call in enumerate(calls):
+                deadline = call.future.deadline
+                if deadline <= now or call.future.done():
+                    overdue.append(call)
+                    continue
+                keep.append(call)
+                soonest = min(soonest, deadline)
+                urgent += i < self.urgent
+            if overdue:
+                calls.clear()
+                calls.extend(keep)
+                self.urgent = urgent
+                for call in overdue:
+                    if type(call) is LeaseCall:  # a lease that never began
+                        self.leases.discard(call.lease)
+                        call.lease.closed = True
+                    elif type(call) is KeyedCall and self.keyed.get(call.key) is call:
+                        del self.keyed[call.key]
+        for call in overdue:
+            call.future.expire()  # unless its caller expired it already, or cancelled it
+            if not call.future.cancelled():
                 self.stats.count_only("timeout")
+        return soonest
 
     def ready(self) -> bool:
         """Under ``cond``: a call is waiting that the serving incarnation may take."""
@@ -399,7 +477,7 @@ class _InboxView:
                     if mb.lease_calls:
                         return mb.lease_calls.popleft()
                 elif mb.calls:
-                    return mb.calls.popleft()
+                    return mb.take()
                 mb.cond.wait(None if due == math.inf else due)
 
     def take_batch(self, fns: frozenset[Any], limit: int,
@@ -412,8 +490,9 @@ class _InboxView:
             if mb.lease is not lease:
                 return batch
             calls = mb.calls if lease is None else mb.lease_calls
+            take = mb.take if lease is None else calls.popleft
             while calls and len(batch) < limit and calls[0].fn in fns and not self.control:
-                batch.append(calls.popleft())
+                batch.append(take())
         return batch
 
     def empty(self) -> bool:

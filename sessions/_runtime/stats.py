@@ -25,10 +25,11 @@ BUCKETS: tuple[float, ...] = (
 RECENT = 2048
 """Latencies kept per resource for the percentiles of status views."""
 
-OUTCOMES = ("ok", "error", "fault", "timeout", "refused")
+OUTCOMES = ("ok", "error", "fault", "timeout", "refused", "superseded")
 """ok: returned; error: raised a caller error; fault: broke the resource; timeout: did
 not start within call_timeout, or its deferred reply did not come within stall_timeout;
-refused: failed at once (stopped, gave up, circuit open)."""
+refused: failed at once (stopped, gave up, circuit open); superseded: a keyed call
+replaced by a newer one with its key before it ran."""
 
 
 class CallStats:

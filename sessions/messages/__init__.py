@@ -1,9 +1,10 @@
 """Messages: what flows into resource actors and out of supervisors.
 
-Internal messages (``Call``, ``HealthCheck``) travel through a resource's
+Internal messages (``Call`` and its kinds, ``HealthCheck``) travel through a resource's
 mailbox; the public supervision events (``ChildStarted`` ... ``SupervisorGaveUp``)
-are delivered to ``System.subscribe`` callbacks. All are frozen dataclasses so a
-subscriber can keep, compare and log them without copying.
+are delivered to ``System.subscribe`` callbacks; ``Superseded`` is the outcome of a
+keyed call a newer one replaced. All are frozen dataclasses so a subscriber can keep,
+compare and log them without copying.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ __all__ = [
     "CircuitState",
     "Event",
     "HealthCheck",
+    "KeyedCall",
     "LeaseCall",
+    "Superseded",
     "SupervisorGaveUp",
 ]
 
@@ -98,6 +101,33 @@ class LeaseCall(Call):
 
     lease: LeaseToken
     """The lease this call belongs to."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedCall(Call):
+    """A latest-value-wins call (``handle.coalescing(key)``): queued behind an older call
+    with the same key that has not started, it takes that call's place in line and the
+    older one resolves with :class:`Superseded`. (A subclass, so that a plain call
+    carries nothing more.)"""
+
+    key: str
+    """The coalescing key, e.g. ``"setpoint:motor1"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """The result of a coalescing call that never ran: a newer call with the same key
+    replaced it while it was still queued. Not an error: the newer value is the one
+    the resource gets (``isinstance(future.result(), Superseded)`` tells them apart)."""
+
+    resource: str
+    """The resource the call was queued for."""
+
+    method: str
+    """The method that was not run."""
+
+    key: str
+    """The coalescing key the newer call carried."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from sessions.messages import (
     ChildStarted,
     ChildState,
     ChildStopped,
+    KeyedCall,
     LeaseCall,
     SupervisorGaveUp,
 )
@@ -130,6 +131,20 @@ class ResourceChild(Node):
             self.name, method, now + self.call_timeout, now
         )
         self.mailbox.put(Call(fn, args, kwargs, future))
+        return future
+
+    def submit_marked(self, fn: Callable[..., Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any], *, urgent: bool,
+                      key: str | None) -> SessionFuture[Any]:
+        """Queue one call ahead of the plain ones (``urgent``) and/or latest-value-wins
+        under ``key`` (see ``Mailbox.queue``)."""
+        now = time.monotonic()
+        future: SessionFuture[Any] = SessionFuture(
+            self.name, method, now + self.call_timeout, now
+        )
+        call = (Call(fn, args, kwargs, future) if key is None
+                else KeyedCall(fn, args, kwargs, future, key))
+        self.mailbox.queue(call, urgent=urgent)
         return future
 
     # -- leases: one caller holds this resource for a block ---------------------------
@@ -261,10 +276,27 @@ class Pool:
         self.own_stats = CallStats()
         """Calls refused before reaching a member (the shared circuit breaker open)."""
         self._turn = itertools.count()
+        self._keyed_lock = threading.Lock()
+        self._keyed: dict[str, tuple[ResourceChild, SessionFuture[Any]]] = {}
+        """Each coalescing key's last call and the member it went to (callers' threads,
+        under ``_keyed_lock``): a key's calls stay on one member while one is pending,
+        so an older value can neither run after a newer one nor escape being replaced."""
 
     def submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
                **kwargs: Any) -> SessionFuture[Any]:
         return self._pick().submit(fn, method, *args, **kwargs)
+
+    def submit_marked(self, fn: Callable[..., Any], method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any], *, urgent: bool,
+                      key: str | None) -> SessionFuture[Any]:
+        if key is None:
+            return self._pick().submit_marked(fn, method, args, kwargs, urgent=urgent, key=None)
+        with self._keyed_lock:
+            last = self._keyed.get(key)
+            member = last[0] if last is not None and not last[1].done() else self._pick()
+            future = member.submit_marked(fn, method, args, kwargs, urgent=urgent, key=key)
+            self._keyed[key] = (member, future)
+        return future
 
     def lease_member(self) -> ResourceChild:
         """The member a new lease takes (the one a plain call would go to)."""
