@@ -34,7 +34,7 @@ from sessions._runtime.futures import SessionFuture, resolved
 from sessions._runtime.kinds import resolve_kind
 from sessions._runtime.runner import LeaseToken
 from sessions._runtime.stats import CallStats
-from sessions.messages import ACTIVE, ChildState, Event
+from sessions.messages import ACTIVE, ChildState, ConfigReloaded, Event
 from sessions.supervisor._events import EventBus
 from sessions.supervisor._tree import (
     Kernel,
@@ -112,6 +112,14 @@ class Handle:
     """
 
     def __init__(self, target: ResourceChild | Pool) -> None:
+        self._bind(target)
+
+    def _bind(self, target: ResourceChild | Pool) -> None:
+        """Serve ``target`` (at creation; and when a config reload rebuilt the resource,
+        so that handles the application holds keep working). Method lookups cached by
+        ``__getattr__`` are dropped: the kind, its methods or its breaker may differ."""
+        for cached in [k for k in self.__dict__ if not k.startswith("_")]:
+            del self.__dict__[cached]
         self._child = target
         self._methods = public_methods(target.cls)
         self._submit = target.submit if target.breaker is None else self._guarded
@@ -539,6 +547,7 @@ class System:
         self._kernel.on_remove = self._forget_node
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self._reload_lock = threading.Lock()
 
     def _add(self, name: str, spec: ResourceConfig, sup: SupervisorNode) -> Node:
         """Build resource ``name`` (a pool supervisor if ``pool_size`` > 1) under ``sup``."""
@@ -704,13 +713,15 @@ class System:
             raise
         return self._handles[name]
 
-    def _begin_add(self, name: str, spec: ResourceConfig,
-                   sup: SupervisorNode) -> concurrent.futures.Future[None]:
-        """Supervision thread: build the child and start it (the tree changes only here)."""
+    def _begin_add(self, name: str, spec: ResourceConfig, sup: SupervisorNode,
+                   dynamic: bool = True) -> concurrent.futures.Future[None]:
+        """Supervision thread: build the child and start it (the tree changes only here).
+        ``dynamic``: added by start_child (gone when its supervisor restarts), not by a
+        config reload (part of the spec from then on)."""
         if name in self._resources or name in self._supervisors:  # raced another add
             raise ConfigError([(f"resources.{name}", "name is already in use")])
         node = self._add(name, spec, sup)
-        node.dynamic = True
+        node.dynamic = dynamic
         return self._kernel.add_child(sup, node)
 
     def _forget(self, name: str) -> None:
@@ -737,6 +748,172 @@ class System:
         Raises ``ChildRunning`` if it is starting, running or restarting."""
         node = self._node(name)
         self._kernel.call(self._kernel.delete_child, node)
+
+    # -- reload -----------------------------------------------------------------------
+
+    def reload(self, config: ConfigSource) -> ConfigReloaded:
+        """Apply a new config to the running tree; what did not change is not touched.
+
+        ``config`` is validated in full first, exactly as ``start()`` would (kinds, their
+        options, the tree): a bad one raises ``ConfigError`` and changes nothing. Then,
+        compared with the config running now:
+
+        - a **removed** resource or supervisor is stopped and taken out (its handle
+          refuses calls);
+        - an **added** one is started after its supervisor (parents first, else in
+          config order), placed after the children already there, as ``start_child``
+          places one; one whose first start fails is not added (it is in ``failed``:
+          reload again to retry);
+        - a **changed** resource is restarted with its new spec. Its handle keeps
+          working. A lone resource under the same supervisor keeps its mailbox: calls
+          queued meanwhile wait for the new incarnation. A pool, or a resource moved to
+          another supervisor, is stopped and started anew: calls queued at that moment
+          are refused. Either way it is a new kind object: run-time set-up the
+          application made on it (subscriptions, filters, periodic tasks) is not
+          carried over (a warning names it);
+        - a supervisor whose **policy** changed (strategy, intensity, backoff, restart,
+          significance, auto_shutdown) keeps its children running and applies the new
+          policy from its next decision on; one moved to another parent is removed
+          and added again with its subtree.
+
+        Children added with ``start_child`` are not part of the config and are left
+        alone; a new config naming one is a ``ConfigError``. ``[server]`` belongs to the
+        process (``sessions run``), not to the tree: not applied here. Returns the
+        :class:`~sessions.messages.ConfigReloaded` event, which subscribers get too.
+        One reload at a time (a second waits for the first)."""
+        with self._reload_lock:
+            new = _config.load(config)
+            check = System(new)  # validates as start() does; nothing starts
+            check.stop()
+            return self._apply(new)
+
+    def _apply(self, new: SystemConfig) -> ConfigReloaded:
+        old = self.config
+        clash = [(f"resources.{n}", "name is in use by a child added with start_child")
+                 for n in new.resources
+                 if n not in old.resources and (n in self._resources or n in self._supervisors)]
+        clash += [(f"supervisors.{n}", "name is in use by a resource added with start_child")
+                  for n in new.supervisors if n not in old.supervisors and n in self._resources]
+        if clash:
+            raise ConfigError(clash)
+        old_sups, new_sups = old.supervisors, new.supervisors
+
+        def parent(sups: Mapping[str, SupervisorConfig], name: str) -> str:
+            return sups[name].parent or ROOT
+
+        def chain(sups: Mapping[str, SupervisorConfig], name: str) -> list[str]:
+            out = []
+            while name != ROOT:
+                out.append(name)
+                name = parent(sups, name)
+            return out
+
+        uprooted = {n for n in old_sups if n not in new_sups or (
+            parent(old_sups, n) != parent(new_sups, n))}
+        gone_sups = {n for n in old_sups if uprooted & set(chain(old_sups, n))}
+        added_sups = [n for n, _ in _ordered_supervisors(new)
+                      if n not in old_sups or n in gone_sups]
+        policies = [n for n in old_sups if n in new_sups and n not in gone_sups
+                    and old_sups[n] != new_sups[n]]
+        if old.supervisor != new.supervisor:
+            policies.insert(0, ROOT)
+        removed: list[str] = []
+        readd: list[str] = []
+        respec: list[str] = []
+        for name, spec in old.resources.items():
+            if name not in self._resources:
+                continue  # failed its last add; the new config decides again below
+            was = spec.supervisor or ROOT
+            now = new.resources.get(name)
+            if now is None:
+                removed.append(name)
+                continue
+            changed = _dump(spec) != _dump(now)
+            rebuilt = (now.supervisor or ROOT) != was or spec.pool_size != 1 or (
+                now.pool_size != 1)
+            if was in gone_sups or (changed and rebuilt):
+                readd.append(name)  # its node is rebuilt: stopped, removed, added
+            elif changed:
+                respec.append(name)  # the same node, restarted with the new spec
+        added = [n for n in new.resources if n not in old.resources or n not in self._resources]
+        kernel = self._kernel
+        why = "removed from the config by a reload"
+        keep = {n: self._handles[n] for n in readd}
+        for name in removed + readd:  # a resource under a gone supervisor goes with it
+            node = self._resources[name]
+            if node.parent is not None and node.parent.name not in gone_sups:
+                kernel.call(kernel.stop_one, node, why).result()
+                kernel.call(kernel.delete_child, node)
+        for name in [n for n in old_sups if n in uprooted]:  # the top of each gone subtree
+            node = self._supervisors[name]
+            if node.parent is not None and node.parent.name not in gone_sups:
+                kernel.call(kernel.stop_one, node, why).result()
+                kernel.call(kernel.delete_child, node)
+        for name in policies:
+            cfg = new.supervisor if name == ROOT else new_sups[name]
+            kernel.call(kernel.change_policy, self._supervisors[name], cfg)
+        failed: list[str] = []
+        for name in added_sups:
+            sup = self._supervisors[parent(new_sups, name)]
+            node = SupervisorNode(name, new_sups[name], sup)
+            self._supervisors[name] = node
+            try:
+                kernel.call(self._begin_add_supervisor, sup, node).result()
+            except ResourceUnavailable as err:
+                failed.append(f"{name}: {err}")
+        for name in [n for n in new.resources if n in added or n in readd]:
+            spec = new.resources[name]
+            try:
+                sup = self._supervisor(spec.supervisor)
+                kernel.call(self._begin_add, name, spec, sup, False).result()
+            except (ResourceUnavailable, KeyError) as err:
+                kernel.call(self._forget, name)
+                failed.append(f"{name}: {err}")
+                continue
+            if name in keep:  # the application's handle serves the new resource
+                handle = keep[name]
+                handle._bind(self._handles[name]._child)
+                self._handles[name] = handle
+        for name in respec:
+            node = self._resources[name]
+            assert isinstance(node, ResourceChild)
+            spec = new.resources[name]
+            dropped = node.actor.replays
+            path = f"resources.{name}"
+            cls = resolve_kind(spec.kind, f"{path}.kind")
+            actor = make_actor(cls, check_options(cls, spec.options, path), spec.kind, path)
+            breaker = None if spec.breaker is None else Breaker(
+                name, spec.breaker.failures, spec.breaker.reset_timeout, self._events.emit,
+                self._clock)
+            if dropped:
+                log.warning("resources.%s: restarted with its new spec; run-time set-up "
+                            "not carried over: %s", name, ", ".join(dropped))
+            done = kernel.call(kernel.respec, node, spec, cls, actor, breaker)
+            self._handles[name]._bind(node)
+            try:
+                done.result()
+            except ResourceUnavailable as err:
+                failed.append(f"{name}: {err}")
+        unadded = {f.partition(":")[0] for f in failed} - set(respec)
+        self.config = new.model_copy(update={"resources": {
+            n: spec for n, spec in new.resources.items() if n not in unadded}})
+        event = ConfigReloaded(
+            added=tuple([n for n in added_sups if n not in old_sups]
+                        + [n for n in added if n not in unadded]),
+            removed=tuple([n for n in old_sups if n not in new_sups] + removed),
+            changed=tuple(readd + respec),
+            policies=tuple(policies),
+            failed=tuple(failed),
+        )
+        self._events.emit(event)
+        return event
+
+    def _begin_add_supervisor(self, parent: SupervisorNode,
+                              node: SupervisorNode) -> concurrent.futures.Future[None]:
+        """Supervision thread: a supervisor added by a reload starts (empty; its
+        resources are added to it next)."""
+        parent.children.append(node)
+        return self._kernel.add_child(parent, node)
 
     def _forget_node(self, node: Node) -> None:
         """Supervision thread: ``node`` and its subtree left the tree; free their names."""
@@ -792,6 +969,13 @@ class System:
 
     def __repr__(self) -> str:
         return f"<System state={str(self.state)!r} resources={list(self._resources)}>"
+
+
+def _dump(spec: ResourceConfig) -> dict[str, Any]:
+    """A resource spec as comparable data (options included)."""
+    data: dict[str, Any] = spec.model_dump()
+    data["options"] = dict(spec.options)
+    return data
 
 
 def _ordered_supervisors(config: SystemConfig) -> list[tuple[str, Any]]:

@@ -709,13 +709,14 @@ def start_run(tmp_path: Path, app: str | None) -> subprocess.Popen[str]:
     )
 
 
-def wait_ready(proc: subprocess.Popen[str], marker: str) -> None:
+def wait_ready(proc: subprocess.Popen[str], marker: str) -> str:
+    """Read stderr up to the line with ``marker``; that line."""
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if marker in line:
-            return
+            return line
         if not line and proc.poll() is not None:
             break
     raise AssertionError(f"{marker!r} never appeared (exit {proc.poll()})")
@@ -749,6 +750,30 @@ def test_run_without_app_supervises_until_a_signal(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0, err
+
+
+def test_sighup_reloads_the_config_and_a_bad_file_changes_nothing(tmp_path: Path) -> None:
+    proc = start_run(tmp_path, None)
+    path = Path(tmp_path) / "sessions.toml"
+    try:
+        wait_ready(proc, "2 resources running")
+        assert path.read_text() == RUN, "start_run wrote its config elsewhere"
+        path.write_text(RUN.replace("[resources.b]", '[resources.c]\nkind = "tests.kinds:Probe"'
+                                    "\n\n[resources.b]\nlabel = \"new\""))
+        proc.send_signal(signal.SIGHUP)
+        line = wait_ready(proc, "reloaded")
+        assert line.endswith(f"reloaded {path}: added c; changed b\n"), line
+        path.write_text(RUN + "\n[resources.d]\nkind = \"tests.kinds:Probe\"\ncall_timeout = 0\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_ready(proc, "refused, nothing changed")
+        line = wait_ready(proc, "resources.d.call_timeout")
+        assert "must be > 0, got 0" in line, line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "threads still running" not in err
 
 
 def test_run_exit_codes(tmp_path: Path) -> None:

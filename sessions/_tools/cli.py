@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -405,6 +406,93 @@ class _Interrupts:
                 signal.pthread_kill(ident, signal.SIGTERM)
 
 
+class _Reloader:
+    """SIGHUP (``systemctl reload``): read the config file again and apply it to the
+    running tree (:meth:`System.reload`).
+
+    The signal handler only sets a flag: the reload runs on its own thread
+    (``sessions-reload``), never inside the app's main thread. Signals arriving during a
+    reload fold into one more reload after it. A file that does not validate changes
+    nothing and is reported, as ``sessions check`` would report it. ``on_reloading`` and
+    ``on_reloaded`` are called around each reload (the systemd notifier's
+    ``RELOADING=1`` and ``READY=1``).
+    """
+
+    def __init__(self, path: str, system: System, server: Any,
+                 on_reloading: Callable[[], None] = lambda: None,
+                 on_reloaded: Callable[[], None] = lambda: None) -> None:
+        self.path = path
+        self.system = system
+        self.server = server
+        """The ``[server]`` table running: a change to it needs a restart of the process."""
+        self.on_reloading = on_reloading
+        self.on_reloaded = on_reloaded
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._previous: Any = None
+        self._installed = False
+        self._thread = threading.Thread(target=self._loop, name="sessions-reload", daemon=True)
+
+    def start(self) -> None:
+        """Take over SIGHUP (main thread only, unless ignored) and start the thread."""
+        self._thread.start()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+            return  # nohup: respect it
+        self._previous = signal.signal(signal.SIGHUP, self._handle)
+        self._installed = True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """Restore SIGHUP's handler, let a reload in progress finish, join the thread."""
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._installed = False
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            self.on_reloading()
+            try:
+                self.reload()
+            finally:
+                self.on_reloaded()
+
+    def reload(self) -> None:
+        """One reload, reported on stderr."""
+        say = functools.partial(print, file=sys.stderr, flush=True)
+        try:
+            loaded = read_config(self.path, probe_server=False)
+            if loaded.config.server != self.server:
+                say(f"sessions: {self.path}: [server] changed: it applies at the next start "
+                    "of the process, not on reload")
+            event = self.system.reload(loaded.raw)
+        except ConfigError as err:
+            say(f"sessions: reload of {self.path} refused, nothing changed:")
+            for path, message in err.errors:
+                say(f"sessions:   {path + ': ' if path else ''}{message}")
+            return
+        except Exception as exc:  # the running tree is kept; say why the reload stopped
+            say(f"sessions: reload of {self.path} failed: {type(exc).__name__}: "
+                f"{redact(exc)}")
+            return
+        parts = [f"{label} {', '.join(names)}" for label, names in (
+            ("added", event.added), ("removed", event.removed), ("changed", event.changed),
+            ("policy of", event.policies)) if names]
+        say(f"sessions: reloaded {self.path}: {'; '.join(parts) or 'nothing changed'}")
+        for failure in event.failed:
+            say(f"sessions: reload: {redact(failure)}")
+
+
 def _load_app(spec: str) -> Callable[[System], Any]:
     """Import ``module:function`` (the working directory is importable: see
     :func:`_importable_cwd`)."""
@@ -433,6 +521,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = StatusServer(loaded.config.server) if loaded.config.server is not None else None
     interrupts = _Interrupts()
     system: System | None = None
+    reloader: _Reloader | None = None
     outcome = "returned"
     try:
         try:
@@ -455,6 +544,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 interrupts.root_gave_up()
             if server is not None:
                 server.start(system)
+            reloader = _Reloader(loaded.path, system, loaded.config.server)
+            reloader.start()
             served = f"; serving {server.url} (/healthz /status /metrics)" if server else ""
             print(
                 f"sessions: {_count(len(loaded.config.resources), 'resource')} "
@@ -481,6 +572,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = "raised"
         _report(f"app {args.app} raised {type(exc).__name__}: {redact(exc)}", args.verbose)
     finally:
+        if reloader is not None:
+            reloader.stop()
         if server is not None:
             server.stop()
         if system is not None:

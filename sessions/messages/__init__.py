@@ -28,6 +28,7 @@ __all__ = [
     "ChildStopped",
     "CircuitChanged",
     "CircuitState",
+    "ConfigReloaded",
     "Event",
     "HealthCheck",
     "KeyedCall",
@@ -226,7 +227,29 @@ class CircuitChanged:
     """The failure that opened it, or what closed it."""
 
 
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """A new config was applied to the running tree (``System.reload``; SIGHUP under
+    ``sessions run``). Resources and supervisors it names nowhere were left untouched."""
+
+    added: tuple[str, ...]
+    """Resources and supervisors started because the new config has them."""
+
+    removed: tuple[str, ...]
+    """Resources and supervisors stopped and taken out of the tree."""
+
+    changed: tuple[str, ...]
+    """Resources restarted with their new spec; their handles keep working."""
+
+    policies: tuple[str, ...]
+    """Supervisors whose policy changed in place, their children left running."""
+
+    failed: tuple[str, ...]
+    """Added or changed resources whose start failed, each as ``"name: why"``."""
+
+
 Event = (
-    ChildStarted | ChildFaulted | ChildRestarting | ChildStopped | SupervisorGaveUp | CircuitChanged
+    ChildStarted | ChildFaulted | ChildRestarting | ChildStopped | SupervisorGaveUp
+    | CircuitChanged | ConfigReloaded
 )
 """Every public event type."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -1173,6 +1174,43 @@ class Kernel:
             node.state = ChildState.RESTARTING if node.ever_started else ChildState.STARTING
         self.advance(sup)
         return waiter
+
+    def respec(self, node: ResourceChild, spec: ResourceConfig, cls: type[ResourceActor],
+               actor: ResourceActor, breaker: Breaker | None
+               ) -> concurrent.futures.Future[None]:
+        """A config reload changed ``node``'s spec: end its incarnation, give it the new
+        spec, kind object and breaker, and start it again (not counted toward restart
+        intensity, like restart_child). Its mailbox, the calls queued in it and its
+        handle are kept. A child stopped by hand (terminate_child) takes the new spec
+        and stays stopped; the future is then resolved at once."""
+        entries: list[_Entry] = []
+        stopped = node.state == ChildState.STOPPED
+        if not stopped:
+            self._stop_child(node, None, ChildState.RESTARTING, entries)
+        self._reap(entries)
+        actor.name = node.name
+        node.spec, node.cls, node.actor, node.breaker = spec, cls, actor, breaker
+        node.kind = cls.kind or spec.kind
+        node.call_timeout = node.mailbox.call_timeout = spec.call_timeout
+        node.stall_timeout = stall_timeout(spec)
+        node.last_fault = None
+        if stopped:
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        return self.restart_child(node)
+
+    def change_policy(self, sup: SupervisorNode, config: SupervisorConfig) -> None:
+        """A config reload changed ``sup``'s policy: applied in place, its children left
+        running (as OTP's ``sys:change_code`` lets a supervisor change its flags). The
+        restarts already counted stay in the intensity window and are weighed against
+        the new limit at the next restart, as OTP does; a backoff timer already set
+        keeps its time, the next one follows the new backoff."""
+        sup.config = config
+        sup.intensity = dataclasses.replace(
+            sup.intensity, max_restarts=config.max_restarts, period=config.period)
+        b = config.backoff
+        sup.backoff = Backoff(b.initial, b.max, b.multiplier, b.jitter)
 
     def delete_child(self, node: Node) -> None:
         """delete_child: take a child that is not running (and its subtree) out of the

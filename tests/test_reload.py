@@ -1,0 +1,247 @@
+"""``System.reload``: a new config applied to the running tree, each kind of change,
+and a bad config that changes nothing."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+import sessions
+from sessions.messages import ChildStarted, ChildStopped, ConfigReloaded, SupervisorGaveUp
+from tests.kinds import controls
+from tests.support import Recorder, config, in_thread, wait_until
+
+
+def label(handle: sessions.Handle) -> Any:
+    return handle.apply(lambda probe: probe.label).result(5)
+
+
+def base() -> dict[str, Any]:
+    return config({"a": {"label": "one"}, "b": {}, "c": {}})
+
+
+def test_a_bad_config_changes_nothing_and_names_the_problem() -> None:
+    with sessions.start(base()) as system:
+        bad = base()
+        bad["resources"]["a"]["call_timeout"] = -1
+        bad["resources"]["d"] = {"kind": "tests.kinds:NoSuchKind"}
+        with pytest.raises(sessions.ConfigError) as info:
+            system.reload(bad)
+        message = str(info.value)
+        assert "resources.a.call_timeout" in message and "resources.d.kind" in message
+        assert [controls(n).connects for n in "abc"] == [1, 1, 1]
+        assert label(system.get("a")) == "one"
+        with pytest.raises(KeyError):
+            system.get("d")
+
+
+def test_unchanged_resources_are_untouched_and_changed_ones_restart_with_the_new_spec() -> None:
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        a, b = system.get("a"), system.get("b")
+        new = base()
+        new["resources"]["a"]["label"] = "two"
+        event = system.reload(new)
+        assert event == ConfigReloaded(added=(), removed=(), changed=("a",), policies=(),
+                                       failed=())
+        assert rec.wait_for(lambda e: isinstance(e, ConfigReloaded))[0] == event
+        assert system.get("a") is a and system.get("b") is b
+        assert label(a) == "two" and a.generation().result(5) == 2
+        assert [controls(n).connects for n in "bc"] == [1, 1]  # not restarted
+        assert b.generation().result(5) == 1
+        assert system.child_spec("a")["label"] == "two"
+        assert system.reload(new) == ConfigReloaded((), (), (), (), ())  # nothing to do
+
+
+def test_calls_queued_for_a_changed_resource_wait_for_its_new_incarnation() -> None:
+    with sessions.start(config({"a": {"call_timeout": 10.0}})) as system:
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        running = a.block(started, release)
+        assert started.wait(5)
+        queued = [a.record("q", i) for i in range(3)]
+        new = config({"a": {"call_timeout": 10.0, "label": "new"}})
+        reloading = in_thread(lambda: system.reload(new))
+        wait_until(lambda: a.state == "restarting", what="the old incarnation to stop")
+        release.set()
+        assert running.result(5) == "released"  # the call in progress finished
+        assert reloading.result(10).changed == ("a",)
+        assert [f.result(5) for f in queued] == [2, 2, 2]  # ran on the new connection
+        assert label(a) == "new"
+
+
+def test_added_and_removed_resources() -> None:
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        c = system.get("c")
+        new = base()
+        del new["resources"]["c"]
+        new["resources"]["d"] = {"kind": "tests.kinds:Probe", "label": "dee"}
+        event = system.reload(new)
+        assert (event.added, event.removed, event.changed) == (("d",), ("c",), ())
+        assert label(system.get("d")) == "dee"
+        with pytest.raises(sessions.ResourceUnavailable, match="removed from the config"):
+            c.echo(1).result(5)
+        with pytest.raises(KeyError):
+            system.get("c")
+        rec.wait_for(lambda e: isinstance(e, ChildStopped) and e.name == "c"
+                     and "reload" in e.reason)
+        assert [i.name for i in system.which_children()] == ["a", "b", "d"]
+        # Part of the spec now: a restart of the root rebuilds it, unlike start_child's.
+        assert "d" in system.config.resources
+
+
+def test_an_added_resource_that_cannot_start_is_reported_and_a_later_reload_retries() -> None:
+    with sessions.start(base()) as system:
+        controls("d").fail_connects = 100
+        new = base()
+        new["resources"]["d"] = {"kind": "tests.kinds:Probe"}
+        new["supervisor"]["max_restarts"] = 0  # no retries inside the add
+        event = system.reload(new)
+        assert event.added == () and len(event.failed) == 1
+        assert event.failed[0].startswith("d: ") and "connect refused" in event.failed[0]
+        with pytest.raises(KeyError):
+            system.get("d")
+        controls("d").fail_connects = 0
+        event = system.reload(new)
+        assert event.added == ("d",) and event.failed == ()
+        assert system.get("d").echo("up").result(5) == "up"
+
+
+def test_a_policy_change_applies_without_restarting_children() -> None:
+    with sessions.start(base()) as system:
+        a, b = system.get("a"), system.get("b")
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.state == "running" and a.restarts == 1, what="a restarted")
+        assert b.generation().result(5) == 1  # one_for_one: b untouched
+        new = base()
+        new["supervisor"]["strategy"] = "one_for_all"
+        event = system.reload(new)
+        assert event.policies == ("root",) and event.changed == ()
+        assert [controls(n).connects for n in "abc"] == [2, 1, 1]  # nobody restarted
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: b.restarts == 1 and b.state == "running", what="b restarted too")
+        assert b.generation().result(5) == 2  # one_for_all now
+
+
+def test_a_lower_intensity_counts_the_restarts_already_made() -> None:
+    rec = Recorder()
+    with sessions.start(base(), ) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.restarts == 1 and a.state == "running", what="a restarted")
+        new = base()
+        new["supervisor"].update(max_restarts=1, period=600)
+        system.reload(new)
+        assert a.echo("still up").result(5) == "still up"  # applied at the next restart
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        rec.wait_for(lambda e: isinstance(e, SupervisorGaveUp))
+
+
+def nested() -> dict[str, Any]:
+    cfg = config({"a": {}, "x": {"supervisor": "line"}, "y": {"supervisor": "line"}})
+    cfg["supervisors"] = {"line": {"strategy": "one_for_all"}, "cell": {}}
+    return cfg
+
+
+def test_supervisors_added_removed_and_moved_with_their_resources() -> None:
+    with sessions.start(nested()) as system:
+        x = system.get("x")
+        new = nested()
+        new["supervisors"]["line"]["parent"] = "cell"  # moved: rebuilt with x and y
+        new["supervisors"]["bay"] = {"parent": "cell"}
+        new["resources"]["z"] = {"kind": "tests.kinds:Probe", "supervisor": "bay"}
+        event = system.reload(new)
+        assert event.added == ("bay", "z")
+        assert set(event.changed) == {"x", "y"}
+        assert system.get("x") is x and x.echo("moved").result(5) == "moved"
+        assert {i.name for i in system.which_children("cell")} == {"line", "bay"}
+        assert [i.name for i in system.which_children("line")] == ["x", "y"]
+        assert system.get("z").echo(1).result(5) == 1
+        assert controls("a").connects == 1
+        gone = copy.deepcopy(new)
+        del gone["supervisors"]["bay"]
+        del gone["resources"]["z"]
+        z = system.get("z")
+        event = system.reload(gone)
+        assert event.removed == ("bay", "z")
+        with pytest.raises(sessions.ResourceUnavailable):
+            z.echo(1).result(5)
+        assert [i.name for i in system.which_children("cell")] == ["line"]
+
+
+def test_a_resource_moved_to_another_supervisor_or_resized_keeps_its_handle() -> None:
+    with sessions.start(nested()) as system:
+        a = system.get("a")
+        new = nested()
+        new["resources"]["a"] = {"kind": "tests.kinds:Probe", "supervisor": "cell",
+                                 "pool_size": 2}
+        event = system.reload(new)
+        assert event.changed == ("a",)
+        assert system.get("a") is a
+        members = {a.whoami().result(5)[0] for _ in range(20)}
+        assert members == {"sessions-a#0", "sessions-a#1"}
+        assert [i.name for i in system.which_children("cell")] == ["a"]
+
+
+def test_a_reload_during_a_restart_applies_the_new_spec() -> None:
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.state == "restarting", what="a restarting")
+        new = base()
+        new["resources"]["a"]["label"] = "after"
+        reloading = in_thread(lambda: system.reload(new))
+        gate.set()
+        assert reloading.result(10).changed == ("a",)
+        assert label(a) == "after"
+        assert a.state == "running"
+
+
+def test_a_name_used_by_start_child_is_a_config_error() -> None:
+    with sessions.start(base()) as system:
+        system.start_child("extra", {"kind": "tests.kinds:Probe"})
+        new = base()
+        new["resources"]["extra"] = {"kind": "tests.kinds:Probe"}
+        with pytest.raises(sessions.ConfigError, match="resources.extra: name is in use"):
+            system.reload(new)
+        event = system.reload(base())  # a dynamic child is not the config's business
+        assert event == ConfigReloaded((), (), (), (), ())
+        assert system.get("extra").echo(1).result(5) == 1
+
+
+def test_a_toml_file_reloads(tmp_path: Any) -> None:
+    path = tmp_path / "plant.toml"
+    path.write_text('[resources.a]\nkind = "tests.kinds:Probe"\nlabel = "one"\n')
+    with sessions.start(path) as system:
+        path.write_text('[resources.a]\nkind = "tests.kinds:Probe"\nlabel = "two"\n'
+                        '[resources.b]\nkind = "tests.kinds:Probe"\n')
+        event = system.reload(path)
+        assert (event.added, event.changed) == (("b",), ("a",))
+        assert label(system.get("a")) == "two"
+
+
+def test_started_events_for_a_reload_come_before_its_report() -> None:
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        new = base()
+        new["resources"]["d"] = {"kind": "tests.kinds:Probe"}
+        system.reload(new)
+        rec.wait_for(lambda e: isinstance(e, ConfigReloaded))
+        kinds = [type(e) for e in rec.events
+                 if isinstance(e, (ChildStarted, ConfigReloaded))]
+        assert kinds == [ChildStarted, ConfigReloaded]
