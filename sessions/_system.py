@@ -782,6 +782,9 @@ class System:
         :class:`~sessions.messages.ConfigReloaded` event, which subscribers get too.
         One reload at a time (a second waits for the first)."""
         with self._reload_lock:
+            if self._stopped:
+                raise ResourceUnavailable("the system is stopped: nothing to reload",
+                                          resource=ROOT)
             new = _config.load(config)
             check = System(new)  # validates as start() does; nothing starts
             check.stop()
@@ -842,7 +845,8 @@ class System:
         for name in removed + readd:  # a resource under a gone supervisor goes with it
             node = self._resources[name]
             if node.parent is not None and node.parent.name not in gone_sups:
-                kernel.call(kernel.stop_one, node, why).result()
+                reason = why if name in removed else "rebuilt by a reload with its new spec"
+                kernel.call(kernel.stop_one, node, reason).result()
                 kernel.call(kernel.delete_child, node)
         for name in [n for n in old_sups if n in uprooted]:  # the top of each gone subtree
             node = self._supervisors[name]

@@ -223,6 +223,13 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
         assert system.get("extra").echo(1).result(5) == 1
 
 
+def test_a_stopped_system_refuses_a_reload() -> None:
+    system = sessions.start(base())
+    system.stop()
+    with pytest.raises(sessions.ResourceUnavailable, match="the system is stopped"):
+        system.reload(base())
+
+
 def test_a_toml_file_reloads(tmp_path: Any) -> None:
     path = tmp_path / "plant.toml"
     path.write_text('[resources.a]\nkind = "tests.kinds:Probe"\nlabel = "one"\n')
