@@ -485,16 +485,18 @@ def test_a_user_name_and_a_password_from_the_environment_open_the_session(
     assert PASSWORD not in caplog.text  # ...without the password
 
 
-@pytest.mark.parametrize("credentials", [
-    {"username": USER, "password": f"${{{PASSWORD_ENV}}}"},  # the wrong one, from the env
-    {"username": "intruder", "password": PASSWORD},
-], ids=["wrong-password", "unknown-user"])
+@pytest.mark.parametrize(("credentials", "status"), [
+    # the wrong one, from the environment
+    ({"username": USER, "password": f"${{{PASSWORD_ENV}}}"}, "BadUserAccessDenied"),
+    ({"username": "intruder", "password": PASSWORD}, "BadUserAccessDenied"),
+    ({}, "BadIdentityTokenRejected"),  # anonymous: the endpoint only takes user names
+], ids=["wrong-password", "unknown-user", "anonymous"])
 def test_a_refused_login_is_a_failed_start_retried_and_no_password_is_shown(
         user_server: OPCUAServer, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture, credentials: dict[str, str]) -> None:
-    """The server refuses to activate the session (BadUserAccessDenied): a failed start,
-    retried with backoff, the reason naming the status; neither password shows in the
-    events, the logs, the status or the caller's error."""
+        caplog: pytest.LogCaptureFixture, credentials: dict[str, str], status: str) -> None:
+    """The server refuses to activate the session: a failed start, retried with
+    backoff, the reason naming the server, the user and the status; neither password
+    shows in the events, the logs, the status or the caller's error."""
     monkeypatch.setenv(PASSWORD_ENV, WRONG_PASSWORD)
     caplog.set_level(logging.DEBUG)
     events = Recorder()
@@ -506,16 +508,20 @@ def test_a_refused_login_is_a_failed_start_retried_and_no_password_is_shown(
             line.read(COUNT).result()
         assert not caught.value.started  # it waited for a start that never came
         failures = _start_failures(events, count=2)
-        assert all("BadUserAccessDenied" in e.error for e in failures), failures[0]
+        who = (f"user {credentials['username']!r}" if credentials
+               else "an anonymous session")
+        assert all(f"ConnectionRefusedError: opcua {user_server.url} refused the login of "
+                   f"{who}: {status}" in e.error for e in failures), failures[0]
         retries = [e for e in events.wait_for(
-            lambda e: isinstance(e, ChildRestarting) and e.name == "line", count=2)
+            lambda e: isinstance(e, ChildRestarting) and e.name == "line", count=3)
             if isinstance(e, ChildRestarting)]
-        assert [e.attempt for e in retries[:2]] == [1, 2]
-        assert 0 < retries[0].delay < retries[1].delay  # backoff
+        attempts, delays = [e.attempt for e in retries], [e.delay for e in retries]
+        assert attempts == list(range(attempts[0], attempts[0] + len(attempts)))
+        assert all(d > 0 for d in delays) and delays == sorted(delays)  # backoff
         assert line.state != ChildState.RUNNING and line.restarts == 0
-        status = json.dumps(system.status())
-        assert "BadUserAccessDenied" in status
-    shown = [status, caplog.text, *(repr(e) for e in events.events), *_texts(caught.value)]
+        shown_status = json.dumps(system.status())
+        assert status in shown_status
+    shown = [shown_status, caplog.text, *(repr(e) for e in events.events), *_texts(caught.value)]
     for text in shown:
         assert WRONG_PASSWORD not in text and PASSWORD not in text, text
 
@@ -567,6 +573,7 @@ def test_no_security_against_a_secured_endpoint_is_a_failed_start(
         system.subscribe(events)
         line = system.get("line")
         failures = _start_failures(events, count=2)
-        assert all("No matching endpoints" in e.error and "SecurityPolicy#None" in e.error
+        assert all(f"opcua {secure_server.url} has no endpoint with the security asked "
+                   "for (None): UaError: No matching endpoints" in e.error
                    for e in failures), failures[0]
         assert line.state != ChildState.RUNNING and line.restarts == 0

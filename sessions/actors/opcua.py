@@ -69,9 +69,11 @@ BadServerHalted, BadShutdown...)
 the watchdog (every ``keepalive`` s) finds the  nobody (reported with     **fault**: restarted
 server gone, no call waiting                    ``report_fault``)
 the connect at start fails or times out; the    nobody (calls wait, at    failed start: retried
-login is refused (BadUserAccessDenied); no      most ``call_timeout``)    with backoff
-endpoint has the ``security`` asked for
-("No matching endpoints")
+login is refused (BadUserAccessDenied,          most ``call_timeout``)    with backoff
+BadIdentityTokenRejected...: a
+``ConnectionRefusedError`` naming the user and
+the status); no endpoint has the ``security``
+asked for (a ``ConnectionRefusedError``)
 a call still blocked at ``stall_timeout``       ``ResourceFault``         **fault**: ``abort()``
                                                                           closes the transport
 ==============================================  ========================  ========================
@@ -127,6 +129,12 @@ FAULT_STATUS = frozenset({
     "BadRequestTimeout", "BadServerNotConnected", "BadCommunicationError",
     "BadDisconnect", "BadShutdown", "BadServerHalted", "BadNoCommunication",
     "BadTcpInternalError", "BadTooManySessions", "BadTooManyOperations",
+})
+
+#: Status codes of a refused login (ActivateSession): a failed start, said plainly.
+LOGIN_STATUS = frozenset({
+    "BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",
+    "BadUserSignatureInvalid",
 })
 
 _CLOSE_WAIT = 1.0  # seconds disconnect() lets the client close its session
@@ -330,13 +338,40 @@ class OPCUAActor(ResourceActor):
         conn.thread = self.context.spawn(functools.partial(_run_loop, conn.loop),
                                          f"sessions-{self.name}-opcua-loop")
         try:
-            self._wait(conn, self._open(conn), "connect", self.config.timeout * 4)
+            try:
+                self._wait(conn, self._open(conn), "connect", self.config.timeout * 4)
+            except Exception as exc:
+                refusal = self._refusal(exc)
+                if refusal is None:
+                    raise
+                raise refusal from exc
         except BaseException:
             self._close(conn)
             raise
         finally:
             self._connecting = None
         return conn
+
+    def _refusal(self, exc: Exception) -> ConnectionRefusedError | None:
+        """The server refused the login or has no endpoint with our security: that said
+        plainly (naming the server, the user, the policy and mode), or ``None``."""
+        from asyncua.ua.uaerrors._base import UaError, UaStatusCodeError  # noqa: PLC0415
+
+        config = self.config
+        if isinstance(exc, UaStatusCodeError):
+            name = _status_name(exc.code)
+            if name not in LOGIN_STATUS:
+                return None
+            who = (f"user {config.username!r}" if config.username is not None
+                   else "an anonymous session")
+            return ConnectionRefusedError(
+                f"{self._where()} refused the login of {who}: {name}")
+        if isinstance(exc, UaError) and str(exc).startswith("No matching endpoints"):
+            wanted = ",".join(config.security.split(",")[:2]) if config.security else "None"
+            return ConnectionRefusedError(
+                f"{self._where()} has no endpoint with the security asked for ({wanted}): "
+                f"{describe(exc)}")
+        return None
 
     def check_connection(self) -> str:
         """``sessions check --connect``: read the server's state."""
