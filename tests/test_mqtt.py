@@ -31,7 +31,6 @@ from sessions import SessionRegistry
 from sessions.actors.mqtt import MQTTActor, MQTTMessage
 from sessions.messages import ChildFaulted, ChildRestarting
 from sessions.mqtt import MQTT_KIND, MQTTSessionManager
-from tests.certs import make_ca
 from tests.servers import MosquittoServer, _reserve_port
 from tests.support import Recorder, wait_until
 
@@ -601,6 +600,8 @@ def tls_broker(make_broker: Callable[..., MosquittoServer],
                tmp_path: Path) -> tuple[MosquittoServer, Path]:
     """A broker with a TLS listener, its certificate (127.0.0.1, localhost) signed by a
     throwaway CA; the CA's certificate file."""
+    from tests.certs import make_ca  # noqa: PLC0415 - cryptography: only these tests need it
+
     ca = make_ca(tmp_path / "pki")
     server = ca.issue("broker")
     return make_broker(tls=(ca.cert, server.cert, server.key)), ca.cert
