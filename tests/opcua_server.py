@@ -7,8 +7,11 @@ endpoint ``opc.tcp://127.0.0.1:PORT/plant``, namespace ``urn:sessions:test`` (in
 holding an object ``Plant`` with writable variables ``Temperature`` (Double, 20.5,
 ``ns=2;s=Plant.Temperature``), ``Count`` (Int32, 7, ``ns=2;s=Plant.Count``) and ``Label``
 (String, "pump", ``ns=2;s=Plant.Label``), a read-only variable ``Serial`` (String,
-"SN-0001", ``ns=2;s=Plant.Serial``), and a method ``Add`` (``ns=2;s=Plant.Add``: two
-Doubles in, their sum out). It prints ``ready`` once serving.
+"SN-0001", ``ns=2;s=Plant.Serial``), a method ``Add`` (``ns=2;s=Plant.Add``: two
+Doubles in, their sum out) and a method ``CloseSessions`` (``ns=2;s=Plant.CloseSessions``:
+closes every client session on the server, the caller's too, and keeps their connections
+open, so that their next request is refused with ``BadSessionNotActivated``). It prints
+``ready`` once serving.
 
 ``--user NAME:PASSWORD``: only that user may open a session (anonymous sessions and
 other passwords are refused with ``BadUserAccessDenied``). ``--security CERT KEY``: the
@@ -80,6 +83,14 @@ async def serve(port: int, user: str | None, security: list[str] | None) -> None
     await plant.add_method(ua.NodeId("Plant.Add", idx), f"{idx}:Add", add,
                            [ua.VariantType.Double, ua.VariantType.Double],
                            [ua.VariantType.Double])
+
+    async def close_sessions(parent: object) -> list[ua.Variant]:
+        for session in list(server.iserver._external_sessions.values()):
+            await session.close_session()
+        return []
+
+    await plant.add_method(ua.NodeId("Plant.CloseSessions", idx), f"{idx}:CloseSessions",
+                           close_sessions, [], [])
     async with server:
         print("ready", flush=True)
         await asyncio.Event().wait()  # until killed

@@ -577,3 +577,21 @@ def test_no_security_against_a_secured_endpoint_is_a_failed_start(
                    "for (None): UaError: No matching endpoints" in e.error
                    for e in failures), failures[0]
         assert line.state != ChildState.RUNNING and line.restarts == 0
+
+
+def test_a_session_status_is_a_fault_and_the_resource_restarts(own_server: OPCUAServer) -> None:
+    """The server closes the session and keeps the connection: the next request is
+    refused with BadSessionNotActivated, a session status (the fault table's "a session
+    or channel error"): a fault, the resource restarts on a new session. keepalive is
+    long so that asyncua's watchdog does not find it first."""
+    config = opcua_config(own_server.url, keepalive=60.0)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert line.read(COUNT).result() == 7
+        line.call_method(PLANT, "2:CloseSessions").result()
+        with pytest.raises(sessions.ResourceFault) as caught:
+            line.read(COUNT).result()
+        assert "BadSessionNotActivated" in str(caught.value), caught.value
+        assert not isinstance(caught.value.__cause__, NodeError)
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+        assert line.restarts == 1 and line.state == ChildState.RUNNING
