@@ -8,10 +8,11 @@ import re
 _URL_PASSWORD = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)"
 )
-# password=secret, password='a b', {'password': 'secret'} in DSNs and kwarg dumps
+# password=secret, password='a b', {'password': 'secret'} in DSNs and kwarg dumps, and
+# Password=b'secret' in the repr of a bytes field (asyncua's UserNameIdentityToken)
 _KV_PASSWORD = re.compile(
     r"(?i)(?P<head>\b\w*(?:password|passwd|pwd|secret)['\"]?\s*[=:]\s*)"
-    r"(?P<pw>'[^']*'|\"[^\"]*\"|[^'\"\s,;&)}]+)"
+    r"(?P<pw>b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"|[^'\"\s,;&)}]+)"
 )
 
 
@@ -23,8 +24,10 @@ def redact(text: object) -> str:
 
 
 def _mask_value(m: re.Match[str]) -> str:
-    quote = m.group("pw")[0] if m.group("pw")[0] in "'\"" else ""
-    return f"{m.group('head')}{quote}***{quote}"
+    pw = m.group("pw")
+    prefix = "b" if pw[:1] in "bB" and pw[1:2] in ("'", '"') else ""
+    quote = pw[len(prefix)] if pw[len(prefix):len(prefix) + 1] in ("'", '"') else ""
+    return f"{m.group('head')}{prefix}{quote}***{quote}"
 
 
 _BREAKS = re.compile(r"\s*\n\s*")

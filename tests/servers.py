@@ -979,6 +979,21 @@ _MOSQUITTO_INSTALL_HINT = (
 )
 
 
+def _mosquitto_password_file(directory: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file of ``users`` (``mosquitto_passwd -b``)."""
+    tool = _which("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+    if tool is None:
+        raise ServerUnavailable("mosquitto_passwd (MQTT password files)",
+                                _MOSQUITTO_INSTALL_HINT)
+    path = directory / "passwords"
+    for i, (user, password) in enumerate(users.items()):
+        create = ["-c"] if i == 0 else []
+        subprocess.run([tool, "-b", *create, str(path), user, password],
+                       check=True, capture_output=True, timeout=30)
+    path.chmod(0o600)
+    return path
+
+
 def find_mosquitto() -> str:
     found = os.environ.get("MOSQUITTO") or _which("mosquitto", "/usr/sbin/mosquitto")
     if not found:
@@ -993,20 +1008,33 @@ class MosquittoServer(ProcessServer):
     false) and their queued QoS 1/2 messages across stop and start: Mosquitto writes its
     database on a clean stop (SIGTERM) and every ``autosave_interval`` seconds, so a
     SIGKILL loses what changed since the last save.
+
+    ``users={"name": "password"}`` refuses anonymous clients and accepts those users (a
+    password file made with ``mosquitto_passwd``); ``tls=(cafile, certfile, keyfile)``
+    makes the listener a TLS one with that CA, certificate and key (PEM files).
     """
 
     kind = "mosquitto"
 
     def __init__(self, *, port: int | None = None, persistence: bool = False,
+                 users: Mapping[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None,
                  executable: str | None = None) -> None:
         mosquitto = executable or find_mosquitto()
         super().__init__(port)
         self.persistence = persistence
         datadir = self._make_tmp_dir()
         self._log_path = datadir / "mosquitto.log"
-        lines = [
-            f"listener {self.port} {HOST}",
-            "allow_anonymous true",
+        lines = [f"listener {self.port} {HOST}"]
+        if tls is not None:
+            cafile, certfile, keyfile = tls
+            lines += [f"cafile {cafile}", f"certfile {certfile}", f"keyfile {keyfile}"]
+        if users:
+            lines += ["allow_anonymous false",
+                      f"password_file {_mosquitto_password_file(datadir, users)}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += [
             f"log_dest file {datadir / 'mosquitto.log'}",
             "log_type error",
             "log_type warning",

@@ -175,6 +175,8 @@ def test_redact_url_exact() -> None:
         "connect(user='u', password='s3cret', host='h')",
         'connect(password="s3cret")',
         "https://h/login?user=u&password=s3cret&next=1",
+        "UserNameIdentityToken(UserName='u', Password=b's3cret', EncryptionAlgorithm=None)",
+        "Token(Password=b'it\\'s s3cret')",  # an escaped quote inside
     ],
 )
 def test_redact_password_pairs(text: str) -> None:

@@ -7,6 +7,8 @@ connection. Waiting is on futures, events and ``wait_until``; no fixed sleeps.
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 import sessions
 from sessions import SessionRegistry
 from sessions.actors.mqtt import MQTTActor, MQTTMessage
-from sessions.messages import ChildFaulted
+from sessions.messages import ChildFaulted, ChildRestarting
 from sessions.mqtt import MQTT_KIND, MQTTSessionManager
 from tests.servers import MosquittoServer, _reserve_port
 from tests.support import Recorder, wait_until
@@ -508,3 +510,129 @@ def test_subscribing_a_filter_again_replaces_its_callback(broker: MosquittoServe
         assert inbox.payloads() == []
         assert list(m.subscriptions().result()) == ["open/#"]
         assert (m.state, m.restarts) == ("running", 0)
+
+
+# -- authentication and TLS ----------------------------------------------------------
+
+USER = "plant"
+PASSWORD = "right-Pa55-7f3c9e"
+WRONG_PASSWORD = "wrong-Pa55-91ab04"
+PASSWORD_ENV = "SESSIONS_TEST_MQTT_PASSWORD"
+
+
+def _texts(error: BaseException | None) -> list[str]:
+    """``str`` and ``repr`` of ``error`` and of every exception it was raised from."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts += [str(error), repr(error)]
+        error = error.__cause__ or error.__context__
+    return texts
+
+
+def _start_failures(events: Recorder, name: str, count: int) -> list[ChildFaulted]:
+    found = events.wait_for(
+        lambda e: isinstance(e, ChildFaulted) and e.name == name and e.during_start,
+        count=count, timeout=30)
+    return [e for e in found if isinstance(e, ChildFaulted)]
+
+
+def test_a_username_and_a_password_from_the_environment_connect(
+    make_broker: Callable[..., MosquittoServer], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that refuses anonymous clients: the password is given as "${ENV}",
+    read from the environment when the config is loaded."""
+    broker = make_broker(users={USER: PASSWORD})
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    inbox = Inbox()
+    config = _config(broker, m={"username": USER, "password": f"${{{PASSWORD_ENV}}}"})
+    with sessions.start(config) as system:
+        m = system.get("m")
+        m.subscribe("auth/#", inbox, qos=1).result()
+        m.publish("auth/x", "in", qos=1).result()
+        assert inbox.wait_for(1)[0].payload == b"in"
+        assert (m.state, m.restarts) == ("running", 0)
+        assert PASSWORD not in json.dumps(system.status())
+
+
+@pytest.mark.parametrize("credentials", [
+    {"username": USER, "password": f"${{{PASSWORD_ENV}}}"},  # the wrong one, from the env
+    {},  # anonymous
+], ids=["wrong-password", "anonymous"])
+def test_a_refused_login_is_a_failed_start_retried_and_no_password_is_shown(
+    make_broker: Callable[..., MosquittoServer], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, credentials: dict[str, str],
+) -> None:
+    """The broker answers CONNACK 5 (not authorized): a failed start, retried with
+    backoff; the reason names the refusal, and neither password appears in the events,
+    the logs, the status or the caller's error."""
+    broker = make_broker(users={USER: PASSWORD})
+    monkeypatch.setenv(PASSWORD_ENV, WRONG_PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    events = Recorder()
+    config = _config(broker, m={**credentials, "call_timeout": 2.0})
+    with sessions.start(config, wait=False) as system:
+        system.subscribe(events)
+        m = system.get("m")
+        with pytest.raises(sessions.CallTimeout) as info:
+            m.publish("auth/x", "never", qos=1).result()
+        assert not info.value.started  # it waited for a start that never came
+        failures = _start_failures(events, "m", count=2)
+        assert all(f"mqtt 127.0.0.1:{broker.port} refused the connection (CONNACK: "
+                   "Not authorized)" in e.error for e in failures), failures[0]
+        retries = [e for e in events.wait_for(
+            lambda e: isinstance(e, ChildRestarting) and e.name == "m", count=3)
+            if isinstance(e, ChildRestarting)]
+        attempts, delays = [e.attempt for e in retries], [e.delay for e in retries]
+        assert attempts == list(range(attempts[0], attempts[0] + len(attempts)))
+        assert all(d > 0 for d in delays) and delays == sorted(delays)  # backoff
+        assert m.state != "running" and m.restarts == 0
+        status = json.dumps(system.status())
+        assert "Not authorized" in status
+    shown = [status, caplog.text, *(repr(e) for e in events.events), *_texts(info.value)]
+    for text in shown:
+        assert WRONG_PASSWORD not in text and PASSWORD not in text, text
+
+
+@pytest.fixture
+def tls_broker(make_broker: Callable[..., MosquittoServer],
+               tmp_path: Path) -> tuple[MosquittoServer, Path]:
+    """A broker with a TLS listener, its certificate (127.0.0.1, localhost) signed by a
+    throwaway CA; the CA's certificate file."""
+    from tests.certs import make_ca  # noqa: PLC0415 - cryptography: only these tests need it
+
+    ca = make_ca(tmp_path / "pki")
+    server = ca.issue("broker")
+    return make_broker(tls=(ca.cert, server.cert, server.key)), ca.cert
+
+
+def test_tls_verified_with_the_brokers_ca_connects_and_round_trips(
+    tls_broker: tuple[MosquittoServer, Path],
+) -> None:
+    broker, ca = tls_broker
+    inbox = Inbox()
+    config = _config(broker, m={"tls": True, "ca_certs": str(ca)})
+    with sessions.start(config) as system:
+        m = system.get("m")
+        m.subscribe("tls/#", inbox, qos=2).result()
+        for qos in (0, 1, 2):
+            m.publish(f"tls/{qos}", f"sealed {qos}", qos=qos).result()
+        received = inbox.wait_for(3)
+        assert sorted(m.payload for m in received) == [b"sealed 0", b"sealed 1", b"sealed 2"]
+        assert (m.state, m.restarts) == ("running", 0)
+
+
+def test_tls_verified_with_the_system_cas_is_a_failed_start_naming_verification(
+    tls_broker: tuple[MosquittoServer, Path],
+) -> None:
+    """No ca_certs: the system's CAs do not know the broker's: the handshake fails
+    certificate verification, a failed start (retried), never a connection."""
+    broker, _ = tls_broker
+    events = Recorder()
+    with sessions.start(_config(broker, m={"tls": True}), wait=False) as system:
+        system.subscribe(events)
+        m = system.get("m")
+        failures = _start_failures(events, "m", count=2)
+        assert all("certificate verify failed" in e.error for e in failures), failures
+        assert m.state != "running" and m.restarts == 0

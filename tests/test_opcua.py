@@ -9,17 +9,19 @@ do not hurt the server share one (module scope).
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import logging
 import os
 import pickle
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 try:
-    import asyncua  # noqa: F401
+    from asyncua.ua.status_codes import StatusCodes
 except ImportError:  # pragma: no cover - depends on the environment
     if os.environ.get("CI") == "true":
         raise  # CI installs the opcua extra: a missing driver is a failure, not a skip
@@ -29,31 +31,36 @@ except ImportError:  # pragma: no cover - depends on the environment
 import sessions
 from sessions import SessionRegistry
 from sessions.actors.opcua import NodeError, OPCUAActor, OPCUADataChange
-from sessions.messages import ChildState
+from sessions.messages import ChildFaulted, ChildRestarting, ChildState
 from sessions.opcua import OPCUA_KIND, OPCUASessionManager
+from tests.certs import Issued, self_signed
 from tests.servers import _reserve_port
-from tests.support import ScriptServer, wait_until
+from tests.support import Recorder, ScriptServer, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 TEMPERATURE = "ns=2;s=Plant.Temperature"
 COUNT = "ns=2;s=Plant.Count"
 LABEL = "ns=2;s=Plant.Label"
+SERIAL = "ns=2;s=Plant.Serial"  # read-only
 PLANT = "ns=2;s=Plant"
 
 
 class OPCUAServer(ScriptServer):
-    """``tests/opcua_server.py`` in a subprocess; keeps its port across kill and start."""
+    """``tests/opcua_server.py`` in a subprocess; keeps its port across kill and start.
+    ``options``: its command line options (``--user NAME:PASSWORD``, ``--security CERT
+    KEY``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.port = _reserve_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plant"
+        self.options = options
         super().__init__()
 
     name = "OPC UA server"
 
     def command(self) -> list[str]:
-        return ["tests.opcua_server", str(self.port)]
+        return ["tests.opcua_server", str(self.port), *self.options]
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +370,228 @@ def test_check_connect_reads_the_server_state(shared_server: OPCUAServer, tmp_pa
     out = capsys.readouterr().out
     assert f"opcua {shared_server.url}: server state Running" in out, out
     assert "1 of 2 resources failed to connect: down" in out, out
+
+
+# -- status codes: the server refuses an operation, the session is fine ------------------
+
+
+@pytest.mark.parametrize(("call", "node_id", "operation", "status"), [
+    (lambda line: line.read("ns=2;s=NoSuchNode"), "ns=2;s=NoSuchNode", "read",
+     "BadNodeIdUnknown"),
+    (lambda line: line.read_many([COUNT, "ns=2;s=NoSuchNode"]), "ns=2;s=NoSuchNode",
+     "read_many", "BadNodeIdUnknown"),
+    (lambda line: line.write("ns=2;s=NoSuchNode", 1), "ns=2;s=NoSuchNode", "write",
+     "BadNodeIdUnknown"),
+    # a variable not writable: the server refuses the write to the session's user
+    (lambda line: line.write(SERIAL, "SN-9999"), SERIAL, "write", "BadUserAccessDenied"),
+    (lambda line: line.write(SERIAL, "SN-9999", "String"), SERIAL, "write",
+     "BadUserAccessDenied"),
+    # the server's check: a Double for a String node
+    (lambda line: line.write(LABEL, 1.5, "Double"), LABEL, "write", "BadTypeMismatch"),
+    # the kind's check against the node's type, before anything is sent
+    (lambda line: line.write(COUNT, "seven"), COUNT, "write", "BadTypeMismatch"),
+    (lambda line: line.browse_path(["0:Objects", "2:Plant", "2:Nope"]),
+     "0:Objects/2:Plant/2:Nope", "browse_path", "BadNoMatch"),
+    (lambda line: line.call_method(PLANT, "2:Nope", 1.0), PLANT, "call 2:Nope",
+     "BadNoMatch"),
+    (lambda line: line.subscribe("ns=2;s=NoSuchNode", lambda change: None),
+     "ns=2;s=NoSuchNode", "subscribe", "BadNodeIdUnknown"),
+], ids=["read-unknown", "read_many-unknown", "write-unknown", "write-read-only",
+        "write-read-only-typed", "write-type-server", "write-type-client",
+        "browse-no-match", "call-no-such-method", "subscribe-unknown"])
+def test_a_refused_operation_is_a_node_error_naming_the_node_and_the_status(
+        shared_server: OPCUAServer, call: Callable[[sessions.Handle], Any], node_id: str,
+        operation: str, status: str) -> None:
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        with pytest.raises(NodeError) as caught:
+            call(line).result()
+        err = caught.value
+        assert (err.node_id, err.operation, err.status) == (node_id, operation, status)
+        assert err.status_code == int(getattr(StatusCodes, status))
+        assert f"{node_id}: {operation}: {status}" in str(err)
+        assert line.read(SERIAL).result() == "SN-0001"  # the session is fine, nothing written
+        assert line.subscriptions().result() == {}
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+
+
+@pytest.mark.parametrize("args", [(1.0,), (1.0, 2.0, 3.0)], ids=["too-few", "too-many"])
+def test_a_methods_bad_arguments_are_a_node_error(shared_server: OPCUAServer,
+                                                  args: tuple[float, ...]) -> None:
+    """The server's status for them is its own (asyncua's answers BadUnexpectedError);
+    what matters is that the caller gets it, naming the object and the method."""
+    with sessions.start(opcua_config(shared_server.url)) as system:
+        line = system.get("line")
+        with pytest.raises(NodeError) as caught:
+            line.call_method(PLANT, "2:Add", *args).result()
+        err = caught.value
+        assert (err.node_id, err.operation) == (PLANT, "call 2:Add")
+        assert err.status is not None and err.status.startswith("Bad")
+        assert err.status_code is not None
+        assert line.call_method(PLANT, "2:Add", 1.0, 2.0).result() == 3.0
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+
+
+# -- user name and password; security ------------------------------------------------------
+
+USER = "operator"
+PASSWORD = "right-Pa55-c4f1e2"
+WRONG_PASSWORD = "wrong-Pa55-0b9d37"
+PASSWORD_ENV = "SESSIONS_TEST_OPCUA_PASSWORD"
+
+
+@pytest.fixture(scope="module")
+def user_server() -> Iterator[OPCUAServer]:
+    """A server that only lets ``USER`` with ``PASSWORD`` open a session."""
+    server = OPCUAServer("--user", f"{USER}:{PASSWORD}").start()
+    yield server
+    server.kill()
+
+
+def _texts(error: BaseException | None) -> list[str]:
+    texts: list[str] = []
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts += [str(error), repr(error)]
+        error = error.__cause__ or error.__context__
+    return texts
+
+
+def _start_failures(events: Recorder, count: int) -> list[ChildFaulted]:
+    found = events.wait_for(
+        lambda e: isinstance(e, ChildFaulted) and e.name == "line" and e.during_start,
+        count=count, timeout=30)
+    return [e for e in found if isinstance(e, ChildFaulted)]
+
+
+def test_a_user_name_and_a_password_from_the_environment_open_the_session(
+        user_server: OPCUAServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The password is read from the environment; asyncua logs the requests it sends
+    at DEBUG, the session's activation with the password in it: masked."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    config = opcua_config(user_server.url, username=USER, password=f"${{{PASSWORD_ENV}}}")
+    with sessions.start(config) as system:
+        line = system.get("line")
+        line.write(COUNT, 9).result()
+        assert line.read(COUNT).result() == 9
+        with pytest.raises(NodeError, match="BadUserAccessDenied"):
+            line.write(SERIAL, "SN-9999").result()  # the user may not write that one
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+        assert PASSWORD not in json.dumps(system.status())
+    assert "ActivateSessionRequest" in caplog.text  # the request was logged...
+    assert PASSWORD not in caplog.text  # ...without the password
+
+
+@pytest.mark.parametrize(("credentials", "status"), [
+    # the wrong one, from the environment
+    ({"username": USER, "password": f"${{{PASSWORD_ENV}}}"}, "BadUserAccessDenied"),
+    ({"username": "intruder", "password": PASSWORD}, "BadUserAccessDenied"),
+    ({}, "BadIdentityTokenRejected"),  # anonymous: the endpoint only takes user names
+], ids=["wrong-password", "unknown-user", "anonymous"])
+def test_a_refused_login_is_a_failed_start_retried_and_no_password_is_shown(
+        user_server: OPCUAServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, credentials: dict[str, str], status: str) -> None:
+    """The server refuses to activate the session: a failed start, retried with
+    backoff, the reason naming the server, the user and the status; neither password
+    shows in the events, the logs, the status or the caller's error."""
+    monkeypatch.setenv(PASSWORD_ENV, WRONG_PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    events = Recorder()
+    config = opcua_config(user_server.url, call_timeout=2.0, **credentials)
+    with sessions.start(config, wait=False) as system:
+        system.subscribe(events)
+        line = system.get("line")
+        with pytest.raises(sessions.CallTimeout) as caught:
+            line.read(COUNT).result()
+        assert not caught.value.started  # it waited for a start that never came
+        failures = _start_failures(events, count=2)
+        who = (f"user {credentials['username']!r}" if credentials
+               else "an anonymous session")
+        assert all(f"ConnectionRefusedError: opcua {user_server.url} refused the login of "
+                   f"{who}: {status}" in e.error for e in failures), failures[0]
+        retries = [e for e in events.wait_for(
+            lambda e: isinstance(e, ChildRestarting) and e.name == "line", count=3)
+            if isinstance(e, ChildRestarting)]
+        attempts, delays = [e.attempt for e in retries], [e.delay for e in retries]
+        assert attempts == list(range(attempts[0], attempts[0] + len(attempts)))
+        assert all(d > 0 for d in delays) and delays == sorted(delays)  # backoff
+        assert line.state != ChildState.RUNNING and line.restarts == 0
+        shown_status = json.dumps(system.status())
+        assert status in shown_status
+    shown = [shown_status, caplog.text, *(repr(e) for e in events.events), *_texts(caught.value)]
+    for text in shown:
+        assert WRONG_PASSWORD not in text and PASSWORD not in text, text
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
+    """Self-signed application instance certificates: the server's (asyncua's default
+    application URI) and the client's (asyncua's client default)."""
+    directory = tmp_path_factory.mktemp("pki")
+    return {
+        "server": self_signed(directory, "server", uri="urn:freeopcua:python:server",
+                              server=True),
+        "client": self_signed(directory, "client",
+                              uri="urn:example.org:FreeOpcUa:opcua-asyncio", server=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def secure_server(pki: dict[str, Issued]) -> Iterator[OPCUAServer]:
+    """A server whose only endpoint is Basic256Sha256 SignAndEncrypt, and whose only
+    user is ``USER``."""
+    server = OPCUAServer("--security", str(pki["server"].cert), str(pki["server"].key),
+                         "--user", f"{USER}:{PASSWORD}").start()
+    yield server
+    server.kill()
+
+
+def test_basic256sha256_sign_and_encrypt_with_a_user(
+        secure_server: OPCUAServer, pki: dict[str, Issued]) -> None:
+    """The kind's ``security`` string: the client's certificate and key; the session is
+    signed and encrypted, the password sent encrypted with the server's key."""
+    client = pki["client"]
+    security = f"Basic256Sha256,SignAndEncrypt,{client.cert},{client.key}"
+    config = opcua_config(secure_server.url, security=security, username=USER,
+                          password=PASSWORD)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        line.write(LABEL, "sealed").result()
+        assert line.read(LABEL).result() == "sealed"
+        assert line.call_method(PLANT, "2:Add", 1.0, 2.0).result() == 3.0
+        assert line.state == ChildState.RUNNING and line.restarts == 0
+
+
+def test_no_security_against_a_secured_endpoint_is_a_failed_start(
+        secure_server: OPCUAServer) -> None:
+    events = Recorder()
+    config = opcua_config(secure_server.url, username=USER, password=PASSWORD)
+    with sessions.start(config, wait=False) as system:
+        system.subscribe(events)
+        line = system.get("line")
+        failures = _start_failures(events, count=2)
+        assert all(f"opcua {secure_server.url} has no endpoint with the security asked "
+                   "for (None): UaError: No matching endpoints" in e.error
+                   for e in failures), failures[0]
+        assert line.state != ChildState.RUNNING and line.restarts == 0
+
+
+def test_a_session_status_is_a_fault_and_the_resource_restarts(own_server: OPCUAServer) -> None:
+    """The server closes the session and keeps the connection: the next request is
+    refused with BadSessionNotActivated, a session status (the fault table's "a session
+    or channel error"): a fault, the resource restarts on a new session. keepalive is
+    long so that asyncua's watchdog does not find it first."""
+    config = opcua_config(own_server.url, keepalive=60.0)
+    with sessions.start(config) as system:
+        line = system.get("line")
+        assert line.read(COUNT).result() == 7
+        line.call_method(PLANT, "2:CloseSessions").result()
+        with pytest.raises(sessions.ResourceFault) as caught:
+            line.read(COUNT).result()
+        assert "BadSessionNotActivated" in str(caught.value), caught.value
+        assert not isinstance(caught.value.__cause__, NodeError)
+        wait_until(lambda: answers(line), timeout=30, what="the session back")
+        assert line.restarts == 1 and line.state == ChildState.RUNNING

@@ -64,6 +64,9 @@ a publish whose ack never comes                 ``CallTimeout``           keeps 
 no CONNACK or SUBACK within ``timeout``         ``ResourceFault`` (cause: **fault** (at connect: a
                                                 ``TimeoutError``)         failed start, retried
                                                                           with backoff)
+at connect: the login refused (``CONNACK: Not   nobody (calls wait for    failed start, retried
+authorized``), the TLS handshake failed         the start, at most        with backoff
+(certificate verification), the broker down     ``call_timeout``)
 a call still blocked at ``stall_timeout``       ``ResourceFault``         **fault**: ``abort()``
                                                                           shuts the socket down
 ==============================================  ========================  ========================
@@ -275,7 +278,9 @@ class _Connection:
         """Set by disconnect() and abort(): the loop ends quietly."""
         self.stopping = threading.Event()
         """Set by disconnect() before its DISCONNECT: the loop ends quietly."""
-        self.connack: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self.connack: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        """The CONNACK: ``None`` if it accepted the connection, else the refusal's reason
+        (paho's name of the reason code, e.g. ``"Not authorized"``)."""
         self.thread: threading.Thread | None = None
 
     def expect(self, mid: int) -> concurrent.futures.Future[Any]:
@@ -382,13 +387,13 @@ class MQTTActor(ResourceActor):
             conn.thread = self.context.spawn(functools.partial(self._loop, conn),
                                              f"sessions-{self.name}-mqtt-loop")
             try:
-                code = conn.connack.result(config.timeout)
+                refusal = conn.connack.result(config.timeout)
             except concurrent.futures.TimeoutError:
                 raise TimeoutError(
                     f"no CONNACK from {self._where()} within {config.timeout}s") from None
-            if code != 0:
+            if refusal is not None:
                 raise ConnectionRefusedError(
-                    f"{self._where()} refused the connection: {paho.connack_string(code)}")
+                    f"{self._where()} refused the connection (CONNACK: {refusal})")
         except BaseException:
             self._close(conn)
             raise
@@ -605,9 +610,13 @@ class MQTTActor(ResourceActor):
     # paho's callbacks (loop thread), VERSION2 signatures: (client, userdata, ...).
 
     def _on_connect(self, conn: _Connection, *args: Any) -> None:
-        reason_code = args[3]  # client, userdata, flags, reason_code, properties
+        # client, userdata, flags, reason_code, properties. With MQTT 3.1.1 paho maps the
+        # CONNACK return code to an MQTT 5 ReasonCode (5 "not authorised" becomes 135 "Not
+        # authorized"): its name is the reason, its number is not the 3.1.1 code.
+        reason_code = args[3]
+        failed = getattr(reason_code, "is_failure", reason_code != 0)
         with contextlib.suppress(concurrent.futures.InvalidStateError):
-            conn.connack.set_result(int(getattr(reason_code, "value", reason_code)))
+            conn.connack.set_result(str(reason_code) if failed else None)
 
     def _on_publish(self, conn: _Connection, *args: Any) -> None:
         conn.acked(args[2], None)  # client, userdata, mid, reason_code, properties

@@ -51,9 +51,12 @@ what happened                                   the caller gets           the re
 ==============================================  ========================  ========================
 a malformed node id, an unknown node            ``NodeError`` naming the  keeps running
 (BadNodeIdUnknown), a type the node refuses     node, the operation and
-(BadTypeMismatch), not writable, a browse       the status (``status``,
-path that matches nothing (BadNoMatch), a       ``status_code``)
-method's bad arguments
+(BadTypeMismatch, the server's or the kind's    the status (``status``,
+own check before sending), not writable for     ``status_code``)
+the session's user (BadUserAccessDenied,
+BadNotWritable), a browse path or method name
+that matches nothing (BadNoMatch), a method's
+bad arguments (the server's status)
 a bad argument (not a str, an unknown           ``TypeError`` or          keeps running; nothing
 variant type, a callback not callable)          ``ValueError``            was sent
 no answer within ``timeout`` (a frozen          ``ResourceFault`` (cause: **fault**: restarted on a
@@ -65,8 +68,12 @@ Closed, BadSecureChannel..., BadTimeout,        ``UaStatusCodeError``)
 BadServerHalted, BadShutdown...)
 the watchdog (every ``keepalive`` s) finds the  nobody (reported with     **fault**: restarted
 server gone, no call waiting                    ``report_fault``)
-the connect at start fails or times out         nobody (calls wait, at    failed start: retried
-                                                most ``call_timeout``)    with backoff
+the connect at start fails or times out; the    nobody (calls wait, at    failed start: retried
+login is refused (BadUserAccessDenied,          most ``call_timeout``)    with backoff
+BadIdentityTokenRejected...: a
+``ConnectionRefusedError`` naming the user and
+the status); no endpoint has the ``security``
+asked for (a ``ConnectionRefusedError``)
 a call still blocked at ``stall_timeout``       ``ResourceFault``         **fault**: ``abort()``
                                                                           closes the transport
 ==============================================  ========================  ========================
@@ -96,7 +103,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from sessions._errors import SessionsError
-from sessions._redact import describe
+from sessions._redact import describe, redact
 from sessions._runtime.contract import ResourceActor
 from sessions._runtime.fanout import Delivery
 
@@ -122,6 +129,12 @@ FAULT_STATUS = frozenset({
     "BadRequestTimeout", "BadServerNotConnected", "BadCommunicationError",
     "BadDisconnect", "BadShutdown", "BadServerHalted", "BadNoCommunication",
     "BadTcpInternalError", "BadTooManySessions", "BadTooManyOperations",
+})
+
+#: Status codes of a refused login (ActivateSession): a failed start, said plainly.
+LOGIN_STATUS = frozenset({
+    "BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",
+    "BadUserSignatureInvalid",
 })
 
 _CLOSE_WAIT = 1.0  # seconds disconnect() lets the client close its session
@@ -194,6 +207,42 @@ class OPCUAOptions(BaseModel):
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
         return self
+
+
+class _RedactPasswords(logging.Filter):
+    """On asyncua's client loggers: asyncua logs every request it sends at DEBUG, the
+    ActivateSessionRequest with the user's password in its identity token (in plain text
+    without security). A record whose text holds a password is logged masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        if "assword" in text:
+            record.msg, record.args = redact(text), ()
+        return True
+
+
+_REDACT = _RedactPasswords()
+_REDACT_LOCK = threading.Lock()
+#: asyncua's loggers that log requests; made here (a driver's logger may not exist yet)
+#: so that the filter is on them before the first request.
+_DRIVER_LOGGERS = ("asyncua.client.ua_client.UASocketProtocol",
+                   "asyncua.client.ua_client.UaClient", "asyncua.client.ua_session.UaSession",
+                   "asyncua.client.client")
+
+
+def _guard_driver_logs() -> None:
+    """Put the password filter on asyncua's client loggers (idempotent)."""
+    with _REDACT_LOCK:
+        names = {*_DRIVER_LOGGERS, *(
+            name for name, logger in list(logging.root.manager.loggerDict.items())
+            if name.startswith("asyncua.client") and isinstance(logger, logging.Logger))}
+        for name in names:
+            logger = logging.getLogger(name)
+            if _REDACT not in logger.filters:
+                logger.addFilter(_REDACT)
 
 
 class _Subscription:
@@ -289,13 +338,40 @@ class OPCUAActor(ResourceActor):
         conn.thread = self.context.spawn(functools.partial(_run_loop, conn.loop),
                                          f"sessions-{self.name}-opcua-loop")
         try:
-            self._wait(conn, self._open(conn), "connect", self.config.timeout * 4)
+            try:
+                self._wait(conn, self._open(conn), "connect", self.config.timeout * 4)
+            except Exception as exc:
+                refusal = self._refusal(exc)
+                if refusal is None:
+                    raise
+                raise refusal from exc
         except BaseException:
             self._close(conn)
             raise
         finally:
             self._connecting = None
         return conn
+
+    def _refusal(self, exc: Exception) -> ConnectionRefusedError | None:
+        """The server refused the login or has no endpoint with our security: that said
+        plainly (naming the server, the user, the policy and mode), or ``None``."""
+        from asyncua.ua.uaerrors._base import UaError, UaStatusCodeError  # noqa: PLC0415
+
+        config = self.config
+        if isinstance(exc, UaStatusCodeError):
+            name = _status_name(exc.code)
+            if name not in LOGIN_STATUS:
+                return None
+            who = (f"user {config.username!r}" if config.username is not None
+                   else "an anonymous session")
+            return ConnectionRefusedError(
+                f"{self._where()} refused the login of {who}: {name}")
+        if isinstance(exc, UaError) and str(exc).startswith("No matching endpoints"):
+            wanted = ",".join(config.security.split(",")[:2]) if config.security else "None"
+            return ConnectionRefusedError(
+                f"{self._where()} has no endpoint with the security asked for ({wanted}): "
+                f"{describe(exc)}")
+        return None
 
     def check_connection(self) -> str:
         """``sessions check --connect``: read the server's state."""
@@ -390,6 +466,7 @@ class OPCUAActor(ResourceActor):
         async def run(client: Client) -> None:
             from asyncua import ua  # noqa: PLC0415
             from asyncua.ua.attribute_ids import AttributeIds  # noqa: PLC0415
+            from asyncua.ua.status_codes import StatusCodes  # noqa: PLC0415
             from asyncua.ua.ua_binary import variant_to_binary  # noqa: PLC0415
 
             node = client.get_node(node_id)
@@ -402,9 +479,10 @@ class OPCUAActor(ResourceActor):
                 variant_to_binary(variant)  # a value the type cannot carry: nothing sent
             except Exception as exc:  # asyncua checks the value against the type
                 raise NodeError(
-                    f"{node_id}: write: {value!r} is not a {vtype.name}: {exc}",
-                    node_id=node_id, operation="write", status="BadTypeMismatch",
-                    status_code=None) from exc
+                    f"{node_id}: write: BadTypeMismatch ({value!r} is not a {vtype.name}: "
+                    f"{exc}; nothing was sent)", node_id=node_id, operation="write",
+                    status="BadTypeMismatch",
+                    status_code=int(StatusCodes.BadTypeMismatch)) from exc
             await node.write_attribute(AttributeIds.Value, ua.DataValue(variant))
 
         self._do(node_id, "write", run)
@@ -512,6 +590,8 @@ class OPCUAActor(ResourceActor):
         from asyncua.client.client import Client  # noqa: PLC0415 - lazy driver import
 
         config = self.config
+        if config.password is not None:
+            _guard_driver_logs()
         client = Client(config.url, timeout=config.timeout,
                         watchdog_intervall=config.keepalive)
         if config.username is not None:
