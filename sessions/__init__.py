@@ -14,6 +14,7 @@ from sessions._errors import (
     ChildRunning,
     ConfigError,
     DeviceError,
+    InjectedFault,
     LeaseBroken,
     ResourceBroken,
     ResourceFault,
@@ -23,9 +24,11 @@ from sessions._errors import (
 from sessions._registry import SessionManager, SessionRegistry
 from sessions._runtime.contract import IGNORE, Deferred, ResourceActor, ResourceContext
 from sessions._runtime.futures import SessionFuture
+from sessions._runtime.inject import InjectedStall
 from sessions._system import (
     ChildCount,
     ChildInfo,
+    FaultInjector,
     Handle,
     HandleView,
     Lease,
@@ -62,11 +65,14 @@ __all__ = [  # noqa: RUF022 - plain sorted() order, as tests/test_exports.py che
     "DatabaseSessionManager",
     "Deferred",
     "DeviceError",
+    "FaultInjector",
     "HTTPSessionManager",
     "Handle",
     "HandleView",
     "I2CSessionManager",
     "IGNORE",
+    "InjectedFault",
+    "InjectedStall",
     "KafkaSessionManager",
     "Lease",
     "LeaseBroken",

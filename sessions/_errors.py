@@ -66,6 +66,12 @@ class ResourceBroken(SessionsError):
     driver's error; the caller gets ``ResourceFault`` with this as ``__cause__``."""
 
 
+class InjectedFault(ResourceBroken):
+    """A fault injected on cue (``system.faults(name)``, ``sessions fault``) to rehearse
+    a failure: never raised by a real resource. A fault like any other: the resource
+    restarts, the caller gets ``ResourceFault`` with this as ``__cause__``."""
+
+
 class ResourceUnavailable(SessionsError):
     """The resource is not serving calls: stopped, terminated, its supervisor gave up,
     or its circuit is open. The call was not executed."""

@@ -27,10 +27,11 @@ from sessions._config import (
     check_options,
     make_actor,
 )
-from sessions._errors import CallTimeout, ConfigError, ResourceUnavailable
+from sessions._errors import CallTimeout, ConfigError, InjectedFault, ResourceUnavailable
 from sessions._runtime.breaker import Breaker
 from sessions._runtime.contract import public_methods
 from sessions._runtime.futures import SessionFuture, resolved
+from sessions._runtime.inject import FaultPlan, InjectedStall
 from sessions._runtime.kinds import resolve_kind
 from sessions._runtime.runner import LeaseToken
 from sessions._runtime.stats import CallStats
@@ -320,6 +321,88 @@ class HandleView:
     def __repr__(self) -> str:
         marks = ["urgent"] * self._urgent + ([f"coalescing={self._key!r}"] if self._key else [])
         return f"<HandleView {self._handle.name!r} {' '.join(marks)}>"
+
+
+class FaultInjector:
+    """Faults on cue for one resource (``system.faults(name)``), through the runtime:
+    the same for every kind, and what the resource's code, its supervisor and its
+    callers see is what a real failure would give them.
+
+    - :meth:`fail_calls`: the next ``n`` calls (a batch counts as one) fault as if the
+      resource broke under them: each caller gets ``ResourceFault`` (its
+      ``__cause__`` an :class:`~sessions.InjectedFault`), the resource restarts;
+    - :meth:`fail_connects`: the next ``n`` connects fail (a failed start: backoff,
+      intensity, maybe the supervisor giving up);
+    - :meth:`stall_next_call`: the next call hangs as on a frozen peer, until released
+      or until the stall watchdog (``stall_timeout``) aborts it;
+    - :meth:`drop_connection`: the connection is torn down now (the kind's ``abort``)
+      and the resource faults, as when a peer closes it.
+
+    Injections queue up and are used by the calls and connects that come next, in
+    any member of a pool (one shared plan).
+    """
+
+    def __init__(self, name: str, members: list[ResourceChild]) -> None:
+        self.name = name
+        self._members = members
+        plan = next((m.mailbox.injected for m in members if m.mailbox.injected), None)
+        if plan is None:
+            plan = FaultPlan(name)
+        for member in members:
+            if member.mailbox.injected is None:
+                member.mailbox.injected = plan
+        self._plan = plan
+
+    def fail_calls(self, n: int = 1) -> None:
+        """The next ``n`` calls fault (each restarting the resource)."""
+        self._plan.add(calls=_count(n, "fail_calls"))
+
+    def fail_connects(self, n: int = 1) -> None:
+        """The next ``n`` connects fail."""
+        self._plan.add(connects=_count(n, "fail_connects"))
+
+    def stall_next_call(self) -> InjectedStall:
+        """The next call hangs until ``stall.release()`` (it then runs) or until the
+        runtime aborts it (``stall_timeout``: the caller gets ``ResourceFault``, the
+        resource restarts). ``stall.started`` is set once a call hangs on it."""
+        stall = InjectedStall(self.name)
+        self._plan.add(stall=stall)
+        return stall
+
+    def drop_connection(self) -> int:
+        """Tear the connection down now, as a peer closing it would: the kind's
+        ``abort()`` closes it under whatever runs, and the resource faults and
+        restarts. Returns how many connections were dropped (a pool's members that
+        were serving)."""
+        dropped = 0
+        for member in self._members:
+            runner = member.runner
+            if runner is None or not runner.view.serving:
+                continue
+            runner.abort()
+            runner.report(InjectedFault(f"the connection of {member.name!r} was dropped "
+                                        "(injected)"))
+            dropped += 1
+        return dropped
+
+    def clear(self) -> None:
+        """Drop what is still queued; stalls waiting for a call are released."""
+        for stall in self._plan.clear():
+            stall.release()
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """What is still queued: ``{"calls": n, "connects": n, "stalls": n}``."""
+        return self._plan.pending()
+
+    def __repr__(self) -> str:
+        return f"<FaultInjector {self.name!r} pending={self.pending}>"
+
+
+def _count(n: object, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what}(n): n must be a positive int, got {n!r}")
+    return n
 
 
 class Lease:
@@ -687,6 +770,22 @@ class System:
             spec = node.spec
         data: dict[str, Any] = spec.model_dump(exclude_defaults=True)
         return data
+
+    def faults(self, name: str) -> FaultInjector:
+        """Fault injection on resource ``name`` (for a pool: on whichever member serves
+        the calls; ``name#i`` for one member): rehearse a failure from a test, or from
+        ``sessions fault`` against a running system. See :class:`FaultInjector`."""
+        node = self._resources.get(name)
+        if node is None and "#" in name:
+            pool = self._resources.get(name.partition("#")[0])
+            if isinstance(pool, SupervisorNode) and pool.pool is not None:
+                node = next((m for m in pool.pool.members if m.name == name), None)
+        if node is None:
+            known = ", ".join(self._resources) or "none"
+            raise KeyError(f"no resource named {name!r} (resources: {known})")
+        members = node.pool.members if isinstance(node, SupervisorNode) and (
+            node.pool is not None) else [node]
+        return FaultInjector(name, [m for m in members if isinstance(m, ResourceChild)])
 
     # -- dynamic children -------------------------------------------------------------
 

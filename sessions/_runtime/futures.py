@@ -22,6 +22,7 @@ import itertools
 import math
 import threading
 import time
+import weakref
 from collections.abc import Generator
 from concurrent.futures._base import (
     CANCELLED,
@@ -38,6 +39,11 @@ from sessions._errors import CallTimeout
 T = TypeVar("T")
 
 _FuturesTimeout = concurrent.futures.TimeoutError  # builtin TimeoutError from 3.11 on
+
+TRACKED: weakref.WeakSet[SessionFuture[Any]] | None = None
+"""Set by a test harness (``sessions.testing``): every ``SessionFuture`` created from
+then on is added, so that one a stopped system left unresolved can be reported. None
+(the default) costs one global lookup per call."""
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 
@@ -54,6 +60,8 @@ class SessionFuture(concurrent.futures.Future[T]):
         self.queued_at = deadline if queued_at is None else queued_at
         """``time.monotonic()`` when the caller queued the call: latency is measured
         from here (what the caller waits), whatever the call's timeout."""
+        if TRACKED is not None:
+            TRACKED.add(self)
 
     # -- runtime side ---------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from sessions._errors import (
 )
 from sessions._redact import describe
 from sessions._runtime.contract import IGNORE, Deferred
+from sessions._runtime.inject import FaultPlan, InjectedStall
 from sessions._runtime.stats import CallStats
 from sessions.messages import Call, HealthCheck, KeyedCall, LeaseCall, Superseded
 
@@ -149,6 +150,9 @@ class Mailbox:
         """The active lease's queued calls."""
         self.leases: set[LeaseToken] = set()
         """Leases pending (first call queued) or active here (for pool routing)."""
+        self.injected: FaultPlan | None = None
+        """Faults injected on cue (``System.faults``): set once, by the injecting
+        thread; read by the incarnations before each connect and call."""
 
     def put(self, call: Call) -> None:
         """Queue ``call``, or fail its future at once if the mailbox is closed (a call of
@@ -582,6 +586,8 @@ class Runner(pykka.ThreadingActor):
         self.batch_fns = frozenset(
             getattr(type(actor), name) for name in actor.batch_methods
         )
+        self.stall: InjectedStall | None = None
+        """An injected stall holding the call in progress (actor thread writes)."""
         register(self)  # before the thread starts, so the owner can always reach it
 
     def report(self, error: BaseException) -> None:
@@ -627,6 +633,9 @@ class Runner(pykka.ThreadingActor):
         self.actor.context.attach(self)
         try:
             self.busy_what = "connect()"
+            plan = self.view.mailbox.injected
+            if plan is not None and (failure := plan.take_connect()) is not None:
+                raise failure
             resource = self.actor.connect()
             if resource is IGNORE:  # decided not to run: nothing to disconnect
                 self._close()
@@ -724,6 +733,9 @@ class Runner(pykka.ThreadingActor):
     def abort(self) -> None:
         """Tear this incarnation's connection down under a blocked call (kind's hook).
         Called from a stopper thread; errors are logged, never raised."""
+        stall = self.stall
+        if stall is not None:  # a call held by an injected stall fails as on a torn link
+            stall.abort()
         try:
             self.actor.abort(self.conn)
         except Exception as exc:
@@ -802,6 +814,9 @@ class Runner(pykka.ThreadingActor):
         self.current, self.busy_what = future, future.method
         self.busy_since = time.monotonic()
         try:
+            plan = mailbox.injected
+            if plan is not None and plan.armed:
+                self._inject(plan)
             result = call.fn(self.actor, *call.args, **call.kwargs)
         except BaseException as exc:
             self.busy_since, self.current = 0.0, None
@@ -906,6 +921,9 @@ class Runner(pykka.ThreadingActor):
         self.current, self.busy_what = [c.future for c in calls], "run_batch()"
         self.busy_since = time.monotonic()
         try:
+            plan = mailbox.injected
+            if plan is not None and plan.armed:
+                self._inject(plan)
             outcomes = self.actor.run_batch(
                 [(c.future.method, c.args, c.kwargs) for c in calls]
             )
@@ -949,6 +967,18 @@ class Runner(pykka.ThreadingActor):
             self.breaker.record(broken is None, broken)
         if broken is not None:
             self._crash(broken, "batch", owed)
+
+    def _inject(self, plan: FaultPlan) -> None:
+        """Before a call or batch: raise an injected fault, or hold on a stall."""
+        taken = plan.take_call()
+        if isinstance(taken, InjectedStall):
+            self.stall = taken
+            try:
+                taken.hold()
+            finally:
+                self.stall = None
+        elif taken is not None:
+            raise taken
 
     def _fault_error(self, exc: BaseException, method: str) -> ResourceFault:
         err = ResourceFault(
