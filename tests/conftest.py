@@ -12,6 +12,7 @@ import hypothesis  # noqa: F401  # imported early: CPython 3.11 can fail to pars
 import pykka
 import pytest
 
+from sessions.testing import library_threads
 from tests import kinds
 
 
@@ -24,8 +25,8 @@ def _terminate(signum: int, frame: object) -> None:
 signal.signal(signal.SIGTERM, _terminate)
 
 
-def _library_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("sessions-") and t.is_alive()]
+def _library_threads() -> set[threading.Thread]:
+    return library_threads()  # the plugin's own check, so that it stays true
 
 
 @pytest.fixture(autouse=True)
@@ -81,5 +82,5 @@ def fresh_probe_controls() -> Iterator[None]:
 
 
 # --- test servers (PostgreSQL, Redis, Kafka, HTTP): fixtures in tests/fixtures_servers.py ---
-pytest_plugins = ["tests.fixtures_servers"]
+pytest_plugins = ["tests.fixtures_servers", "pytester"]
 # --- end test servers ---

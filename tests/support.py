@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessions.messages import Event
+from sessions.testing import EventLog
 
 PROBE = "tests.kinds:Probe"
 
@@ -31,35 +32,15 @@ def config(resources: dict[str, dict[str, Any]] | list[str], **supervisor: Any) 
     }
 
 
-class Recorder:
-    """Collects events; ``wait_for`` blocks until a matching event has arrived."""
+class Recorder(EventLog):
+    """The plugin's event log (``sessions.testing.EventLog``, dogfooded), with the
+    ``wait_for`` the library's older tests use: a predicate, and every match so far."""
 
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: Event) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def wait_for(
+    def wait_for(  # type: ignore[override]
         self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 10.0
     ) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if pred(e)]
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {count} events; got {self.events}")
-                self._cond.wait(left)
-
-    def of(self, cls: type) -> list[Any]:
-        with self._cond:
-            return [e for e in self.events if isinstance(e, cls)]
+        super().wait_for(pred, count=count, timeout=timeout)
+        return list(self.matching(pred))
 
 
 class FakeClock:

@@ -23,7 +23,9 @@ import pytest
 import sessions
 import sessions.messages
 
-PUBLIC_MODULES = ["sessions", "sessions.messages", "sessions.supervisor", "sessions.actors"]
+PUBLIC_MODULES = [
+    "sessions", "sessions.messages", "sessions.supervisor", "sessions.actors", "sessions.testing",
+]
 
 
 def _defined_here(obj: Any, modname: str) -> bool:

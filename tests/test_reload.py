@@ -216,7 +216,7 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
         system.start_child("extra", {"kind": "tests.kinds:Probe"})
         new = base()
         new["resources"]["extra"] = {"kind": "tests.kinds:Probe"}
-        with pytest.raises(sessions.ConfigError, match="resources.extra: name is in use"):
+        with pytest.raises(sessions.ConfigError, match=r"resources\.extra: name is in use"):
             system.reload(new)
         event = system.reload(base())  # a dynamic child is not the config's business
         assert event == ConfigReloaded((), (), (), (), ())
