@@ -99,7 +99,7 @@ def is_bus_off_frame(msg: can.Message) -> bool:
     """True if ``msg`` reports bus-off (from a SocketCAN interface or the simulator)."""
     return bool(msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF)
 
-FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF})
+FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.ENXIO, errno.EBADF})
 """``error_code``/``errno`` values of a receive or send error that mean the bus is gone."""
 
 _MAX_ID = 0x1FFFFFFF
@@ -926,7 +926,9 @@ class CANBusActor(ResourceActor):
         The actor only sends and registers the waiter, so other calls run while the
         reply is awaited. A reply frame resolves one request - the oldest one waiting
         for it - and is delivered to subscribers as well. Error frames and this bus's
-        own echoes never match. ``timeout`` (default ``request_timeout``) expiring
+        own echoes never match (with ``receive_own_messages`` on SocketCAN, neither do
+        frames sent by other sockets on this host: python-can marks every locally sent
+        frame ``is_rx = False``, echo or not). ``timeout`` (default ``request_timeout``) expiring
         raises ``can.CanTimeoutError``: a caller error, not a fault. The runtime bounds
         the wait as for any ``Deferred`` (``CallTimeout(started=True)`` at
         ``stall_timeout``; ``ResourceFault`` at once if the bus closes first).
@@ -1004,7 +1006,12 @@ class CANBusActor(ResourceActor):
                 link.bus,
             )
             return True
-        if link.waiters and not msg.is_error_frame and msg.is_rx:
+        # A bus receives its own frames only with receive_own_messages; only then must a
+        # reply be told apart from an echo, by is_rx. SocketCAN (python-can) clears is_rx
+        # for every frame sent on this host (MSG_DONTROUTE): a reply from a node in
+        # another process on vcan, or from another resource, is is_rx False too.
+        own_echoes = self.config.receive_own_messages
+        if link.waiters and not msg.is_error_frame and (msg.is_rx or not own_echoes):
             self._match_waiter(link, msg)
         for sub in self._sub_list:
             if _passes(sub.filters, msg):
