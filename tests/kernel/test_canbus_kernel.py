@@ -128,6 +128,23 @@ def test_can_fd_64_byte_frames() -> None:
         assert (bytes(msg.data), msg.is_fd, msg.bitrate_switch) == (data, True, True)
 
 
+def test_fd_frames_and_a_classic_bus() -> None:
+    """A classic (fd = false) bus: sending an FD frame is a clear caller error (the kind
+    checks first; the kernel would say EINVAL), and it never receives FD frames."""
+    spec = {"kind": "canbus", "interface": "socketcan", "channel": VCAN}
+    config = system_config({"classic": dict(spec), "fd": {**spec, "fd": True}})
+    with sessions.start(config) as system:
+        classic, fd = system.get("classic"), system.get("fd")
+        _, q = classic.subscribe_queue().result()
+        with pytest.raises(ValueError, match="opened with fd = false"):
+            classic.send(arbitration_id=0x7F0, data=bytes(64), is_fd=True).result()
+        fd.send(arbitration_id=0x7F0, data=bytes(64), is_fd=True).result()
+        fd.send(arbitration_id=0x7F1, data=b"\x01").result()  # classic frame: both see it
+        msg = next_frame(q)
+        assert (msg.arbitration_id, msg.is_fd) == (0x7F1, False)
+        assert classic.restarts == 0 and fd.restarts == 0
+
+
 def test_request_and_response_between_resources() -> None:
     """The replier is another resource in this process: on SocketCAN its frames reach
     the requester marked is_rx False (sent on this host), like every local frame."""

@@ -727,6 +727,8 @@ class CANBusActor(ResourceActor):
         msgs = (msg,) if isinstance(msg, can.Message) else tuple(msg)
         if not msgs or not all(isinstance(m, can.Message) for m in msgs):
             raise TypeError("send_periodic needs a can.Message or a non-empty sequence of them")
+        for m in msgs:
+            self._check_frame(m)
         if not (isinstance(period, (int, float)) and 0 < period < math.inf):
             raise ValueError(f"period must be a positive number of seconds, got {period!r}")
         if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
@@ -997,6 +999,8 @@ class CANBusActor(ResourceActor):
 
     def _dispatch(self, link: _Link, msg: can.Message) -> bool:
         """Hand one frame to its request and subscribers; True if it was a bus-off."""
+        if msg.is_fd and not self.config.fd:
+            return False  # a classic SocketCAN socket never gets FD frames; virtual would
         self._received += 1
         if is_bus_off_frame(msg):
             self.report_fault(
@@ -1077,7 +1081,24 @@ class CANBusActor(ResourceActor):
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _check_frame(self, msg: can.Message) -> None:
+        """A frame this bus can carry, else a ``ValueError`` saying why: SocketCAN rejects
+        an FD frame on a classic socket (EINVAL) where python-can's ``virtual`` would
+        pass it on, and a classic frame carries at most 8 data bytes."""
+        if msg.is_fd and not self.config.fd:
+            raise ValueError(
+                f"a CAN FD frame (is_fd=True, id {msg.arbitration_id:#x}) on {self.name!r}, "
+                "which was opened with fd = false: set fd = true to send FD frames"
+            )
+        if not msg.is_fd and len(msg.data) > 8:
+            raise ValueError(
+                f"a classic CAN frame carries at most 8 data bytes, got {len(msg.data)} "
+                f"(id {msg.arbitration_id:#x}): send it as an FD frame (is_fd=True) on a "
+                "bus with fd = true"
+            )
+
     def _send(self, msg: can.Message, link: _Link | None = None) -> None:
+        self._check_frame(msg)
         if link is None:
             link = self._current()
         if link.aborted:
