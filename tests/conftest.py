@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import hypothesis  # noqa: F401  # imported early: CPython 3.11 can fail to parse it late
 import pykka
 import pytest
 
@@ -19,7 +18,11 @@ from tests import kinds
 # sets SESSIONS_KERNEL_LANE=1. Elsewhere the directory is not collected at all: no skips
 # to report (CI allows none), and no `-m` expression to keep in step with `-m soak` and
 # the mutation run's selection.
-collect_ignore = [] if os.environ.get("SESSIONS_KERNEL_LANE") == "1" else ["kernel"]
+IN_KERNEL_LANE = os.environ.get("SESSIONS_KERNEL_LANE") == "1"
+collect_ignore = [] if IN_KERNEL_LANE else ["kernel"]
+
+if not IN_KERNEL_LANE:  # the guest runs no property test, and this import takes 8 s there
+    import hypothesis  # noqa: F401  # imported early: CPython 3.11 can fail to parse it late
 
 
 def _terminate(signum: int, frame: object) -> None:
