@@ -213,11 +213,16 @@ def test_the_adapter_going_away_and_coming_back() -> None:
     an adapter is unplugged) makes the health check fault; the resource closes the bus,
     ``rmmod`` goes through, and after ``insmod`` (registers all zero again) the resource
     reopens the bus, replays its init writes, and serves the calls made meanwhile."""
-    init = [{"address": TMP, "register": 0x01, "value": 0x60}]
+    init = [
+        {"address": TMP, "register": 0x01, "value": 0x60},
+        # MSB first, as a TMP102's 16-bit registers take it: the stub's cell gets 0x004B
+        {"address": TMP, "register": 0x03, "word": True, "byteorder": "big", "value": 0x4B00},
+    ]
     with sessions.start(i2c(init=init, health_interval=0.1)) as system:
         h = system.get("bus")
         path = device()
         assert h.read_byte_data(TMP, 0x01).result() == 0x60
+        assert h.read_word_data(TMP, 0x03).result() == 0x004B
         h.write_byte_data(TMP, 0x02, 0x22).result()
 
         refused = busybox("rmmod", "i2c_stub", check=False)
@@ -237,4 +242,5 @@ def test_the_adapter_going_away_and_coming_back() -> None:
         assert [f.result() for f in during] == [0x60, 0x00]  # replayed; the rest reset
         assert device() == path
         assert h.read_byte_data(TMP, 0x01).result() == 0x60
+        assert h.read_word_data(TMP, 0x03).result() == 0x004B
         assert h.restarts >= 1 and h.state == "running"
