@@ -176,6 +176,29 @@ def test_request_and_response_with_the_simulated_node_on_vcan() -> None:
         assert decode_reply(reply.data) == Reply(CMD_GET_SPEED, STATUS_OK, 1200)
 
 
+def test_error_frames_on_vcan_bus_off_restarts_others_are_data() -> None:
+    """vcan makes no error frames itself, but carries those another socket sends, in
+    the shape SocketCAN reports controller errors: a bus-off one (MotorDriveSim's,
+    error class CAN_ERR_BUSOFF) restarts the bus; another class is data."""
+    node = MotorDriveSim(VCAN, interface="socketcan", node_id=6, status_period=None,
+                         ramp_rpm_per_s=math.inf)
+    with node, sessions.start(canbus("drive")) as system:
+        drive = system.get("drive")
+        _, q = drive.subscribe_queue().result()
+        with can.Bus(interface="socketcan", channel=VCAN) as other:
+            other.send(can.Message(arbitration_id=0x08, is_error_frame=True, data=bytes(8),
+                                   is_extended_id=False))  # CAN_ERR_PROT: a protocol error
+            msg = next_frame(q)
+            assert (msg.is_error_frame, msg.arbitration_id) == (True, 0x08)
+        assert drive.restarts == 0
+        node.bus_off()
+        serving_again(drive)
+        node.recover()
+        reply = drive.request(request_message(encode_get_speed(), 6), response_id(6),
+                              timeout=WAIT).result(WAIT + 5)
+        assert decode_reply(reply.data).command == CMD_GET_SPEED
+
+
 def test_link_down_and_up_replays_filters_and_subscribers_keep_receiving() -> None:
     with sessions.start(canbus("tx", "rx")) as system:
         tx, rx = system.get("tx"), system.get("rx")
