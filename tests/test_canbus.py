@@ -23,6 +23,7 @@ from typing import Any
 
 import can
 import pytest
+from can.interfaces.virtual import VirtualBus
 
 import sessions
 from sessions.actors.canbus import BusOffError, CANBusActor
@@ -193,6 +194,7 @@ def test_fault_mapping() -> None:
     assert actor.is_fault(can.CanInitializationError("cannot open"))
     assert actor.is_fault(can.CanOperationError("down", errno.ENETDOWN))
     assert actor.is_fault(can.CanOperationError("gone", errno.ENODEV))
+    assert actor.is_fault(can.CanOperationError("deleted: send", errno.ENXIO))
     assert actor.is_fault(can.CanOperationError("bad fd", errno.EBADF))
     assert actor.is_fault(can.CanOperationError("Cannot operate on a closed bus"))
     assert actor.is_fault(OSError(errno.ENETDOWN, "Network is down"))
@@ -736,3 +738,62 @@ def test_a_pool_is_lowered_to_one_bus_owner(
     with start(channel, pool_size=3) as system:
         assert system.status()["children"][0]["type"] == "resource"
         assert "pool_size = 3 lowered to 1: a CAN bus has one owner" in caplog.text
+
+
+def test_a_reply_marked_not_received_still_resolves_a_request(
+    channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SocketCAN (python-can) marks every frame sent on this host ``is_rx = False``
+    (MSG_DONTROUTE), so a node in another process on vcan, or another resource, replies
+    with such frames; ``virtual`` marks only a bus's own echoes so (found by the kernel
+    lane). Without receive_own_messages there are no echoes: the reply must match."""
+    recv_internal = VirtualBus._recv_internal
+
+    def as_socketcan(self: Any, timeout: float | None) -> tuple[Any, bool]:
+        msg, filtered = recv_internal(self, timeout)
+        if msg is not None:
+            msg.is_rx = False  # sent on the local host, as SocketCAN reports it
+        return msg, filtered
+
+    monkeypatch.setattr(VirtualBus, "_recv_internal", as_socketcan)
+    with sim(channel, 1), start(channel) as system:
+        bus = system.get("bus")
+        reply = reply_of(bus.request(set_speed(1, 100), response_id(1), 5))
+        assert decode_reply(reply.data) == Reply(CMD_SET_SPEED, STATUS_OK, 100)
+    with sim(channel, 1), start(channel, receive_own_messages=True) as system:
+        bus = system.get("bus")
+        with pytest.raises(can.CanTimeoutError):  # cannot be told from an echo: documented
+            reply_of(bus.request(set_speed(1, 100), response_id(1), 0.3))
+
+
+def test_fd_frames_need_an_fd_bus_as_on_socketcan(channel: str, monitor: can.BusABC) -> None:
+    """SocketCAN refuses an FD frame on a classic socket (EINVAL) and never delivers FD
+    frames to one; python-can's ``virtual`` does both. The kind behaves as the kernel on
+    every interface: a clear ValueError before sending, and no FD frame received."""
+    fd_frame = can.Message(arbitration_id=0x7F0, data=bytes(64), is_fd=True, is_extended_id=False)
+    with start(channel) as system:
+        bus = system.get("bus")
+        _, q = bus.subscribe_queue().result(5)
+        with pytest.raises(ValueError, match="opened with fd = false: set fd = true"):
+            bus.send(fd_frame).result(5)
+        with pytest.raises(ValueError, match="opened with fd = false"):
+            bus.send(arbitration_id=0x7F0, data=bytes(12), is_fd=True).result(5)
+        with pytest.raises(ValueError, match="opened with fd = false"):
+            bus.send_periodic(fd_frame, 0.1).result(5)
+        with pytest.raises(ValueError, match="opened with fd = false"):
+            bus.request(fd_frame, 0x7F1, 1.0).result(5)
+        long_classic = can.Message(arbitration_id=0x10, data=bytes(12), is_extended_id=False)
+        with pytest.raises(ValueError, match="at most 8 data bytes, got 12"):
+            bus.send(long_classic).result(5)
+        monitor.send(fd_frame)  # from a plain virtual bus: virtual would deliver it
+        monitor.send(can.Message(arbitration_id=0x11, data=b"ok", is_extended_id=False))
+        got = q.get(timeout=TIMEOUT)
+        assert (got.arbitration_id, got.is_fd) == (0x11, False)  # the FD frame never came
+        assert bus.restarts == 0 and bus.stats().result(5)["received"] == 1
+    with start(channel, fd=True) as system:
+        bus = system.get("bus")
+        _, q = bus.subscribe_queue().result(5)
+        bus.send(fd_frame).result(5)
+        assert recv_until(monitor, lambda m: m.arbitration_id == 0x7F0).is_fd
+        monitor.send(fd_frame)
+        assert bytes(q.get(timeout=TIMEOUT).data) == bytes(64)

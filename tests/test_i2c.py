@@ -1030,3 +1030,59 @@ def test_registry_unavailable_i2c_bus_does_not_fail_the_registry(tmp_path: Path)
         faults.wait_for(lambda e: isinstance(e, ChildFaulted) and e.name == "i2c", count=3)
         assert registry.system.state == "running"  # never gives up on it
     assert registry.system.state == "stopped"
+
+
+# -- errno mapping of a hardware bus, without hardware (the kernel lane has the real one) --
+
+
+def _failing_hardware_actor(
+    monkeypatch: pytest.MonkeyPatch, path: str, code: int, funcs: int = 0
+) -> tuple[I2CActor, Any]:
+    """An actor on an smbus2 bus opened on ``path`` whose reads, quick writes and
+    i2c_rdwr fail with ``code``, as an adapter's driver would answer."""
+    smbus2 = pytest.importorskip("smbus2")
+    monkeypatch.setattr(smbus2.SMBus, "_get_funcs", lambda self: smbus2.I2cFunc(funcs))
+
+    def fail(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    for method in ("read_byte_data", "i2c_rdwr", "read_byte", "write_quick"):
+        monkeypatch.setattr(smbus2.SMBus, method, fail)
+    actor = I2CActor(bus=path)
+    actor.resource = actor.connect()
+    return actor, actor.resource
+
+
+def test_enodev_for_an_address_is_a_nack_while_the_adapter_is_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Linux's i2c-stub answers ENODEV for an address with no chip (real adapters:
+    ENXIO): a DeviceError for the caller, no fault, while the device node exists; once
+    the node is gone, ENODEV means the adapter went away: a fault."""
+    node = tmp_path / "i2c-9"
+    node.write_bytes(b"")
+    actor, bus = _failing_hardware_actor(monkeypatch, str(node), errno.ENODEV)
+    with pytest.raises(sessions.DeviceError, match="0x33 did not acknowledge") as info:
+        actor.read_byte_data(0x33, 0)
+    assert (info.value.address, info.value.errno) == (0x33, errno.ENODEV)
+    assert not actor.is_fault(info.value.__cause__)  # type: ignore[arg-type]
+    assert actor.scan() == []  # every address "absent", as i2cdetect shows them
+    node.unlink()
+    with pytest.raises(OSError) as fault:
+        actor.read_byte_data(0x33, 0)
+    assert fault.value.errno == errno.ENODEV and actor.is_fault(fault.value)
+    actor.disconnect(bus)
+
+
+def test_eopnotsupp_names_the_missing_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """i2c_rdwr on an SMBus-only adapter (i2c-stub: EOPNOTSUPP): the caller hears which
+    I2C_FUNC capability the adapter lacks; not a fault, the bus stays open."""
+    actor, bus = _failing_hardware_actor(monkeypatch, os.devnull, errno.EOPNOTSUPP, 0x0C7F0000)
+    with pytest.raises(OSError, match=r"I2C_FUNC_I2C.*0x0c7f0000.*SMBus methods") as info:
+        actor.i2c_rdwr({"addr": TMP, "write": [0]}, {"addr": TMP, "read": 2})
+    assert type(info.value) is OSError and info.value.errno == errno.EOPNOTSUPP
+    assert isinstance(info.value.__cause__, OSError) and not actor.is_fault(info.value)
+    with pytest.raises(OSError, match="I2C_FUNC_SMBUS_READ_BYTE_DATA") as info:
+        actor.read_byte_data(TMP, 0)
+    assert not actor.is_fault(info.value)
+    actor.disconnect(bus)

@@ -99,7 +99,7 @@ def is_bus_off_frame(msg: can.Message) -> bool:
     """True if ``msg`` reports bus-off (from a SocketCAN interface or the simulator)."""
     return bool(msg.is_error_frame and msg.arbitration_id & CAN_ERR_BUSOFF)
 
-FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF})
+FAULT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.ENXIO, errno.EBADF})
 """``error_code``/``errno`` values of a receive or send error that mean the bus is gone."""
 
 _MAX_ID = 0x1FFFFFFF
@@ -727,6 +727,8 @@ class CANBusActor(ResourceActor):
         msgs = (msg,) if isinstance(msg, can.Message) else tuple(msg)
         if not msgs or not all(isinstance(m, can.Message) for m in msgs):
             raise TypeError("send_periodic needs a can.Message or a non-empty sequence of them")
+        for m in msgs:
+            self._check_frame(m)
         if not (isinstance(period, (int, float)) and 0 < period < math.inf):
             raise ValueError(f"period must be a positive number of seconds, got {period!r}")
         if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
@@ -926,7 +928,9 @@ class CANBusActor(ResourceActor):
         The actor only sends and registers the waiter, so other calls run while the
         reply is awaited. A reply frame resolves one request - the oldest one waiting
         for it - and is delivered to subscribers as well. Error frames and this bus's
-        own echoes never match. ``timeout`` (default ``request_timeout``) expiring
+        own echoes never match (with ``receive_own_messages`` on SocketCAN, neither do
+        frames sent by other sockets on this host: python-can marks every locally sent
+        frame ``is_rx = False``, echo or not). ``timeout`` (default ``request_timeout``) expiring
         raises ``can.CanTimeoutError``: a caller error, not a fault. The runtime bounds
         the wait as for any ``Deferred`` (``CallTimeout(started=True)`` at
         ``stall_timeout``; ``ResourceFault`` at once if the bus closes first).
@@ -995,6 +999,8 @@ class CANBusActor(ResourceActor):
 
     def _dispatch(self, link: _Link, msg: can.Message) -> bool:
         """Hand one frame to its request and subscribers; True if it was a bus-off."""
+        if msg.is_fd and not self.config.fd:
+            return False  # a classic SocketCAN socket never gets FD frames; virtual would
         self._received += 1
         if is_bus_off_frame(msg):
             self.report_fault(
@@ -1004,7 +1010,12 @@ class CANBusActor(ResourceActor):
                 link.bus,
             )
             return True
-        if link.waiters and not msg.is_error_frame and msg.is_rx:
+        # A bus receives its own frames only with receive_own_messages; only then must a
+        # reply be told apart from an echo, by is_rx. SocketCAN (python-can) clears is_rx
+        # for every frame sent on this host (MSG_DONTROUTE): a reply from a node in
+        # another process on vcan, or from another resource, is is_rx False too.
+        own_echoes = self.config.receive_own_messages
+        if link.waiters and not msg.is_error_frame and (msg.is_rx or not own_echoes):
             self._match_waiter(link, msg)
         for sub in self._sub_list:
             if _passes(sub.filters, msg):
@@ -1070,7 +1081,24 @@ class CANBusActor(ResourceActor):
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _check_frame(self, msg: can.Message) -> None:
+        """A frame this bus can carry, else a ``ValueError`` saying why: SocketCAN rejects
+        an FD frame on a classic socket (EINVAL) where python-can's ``virtual`` would
+        pass it on, and a classic frame carries at most 8 data bytes."""
+        if msg.is_fd and not self.config.fd:
+            raise ValueError(
+                f"a CAN FD frame (is_fd=True, id {msg.arbitration_id:#x}) on {self.name!r}, "
+                "which was opened with fd = false: set fd = true to send FD frames"
+            )
+        if not msg.is_fd and len(msg.data) > 8:
+            raise ValueError(
+                f"a classic CAN frame carries at most 8 data bytes, got {len(msg.data)} "
+                f"(id {msg.arbitration_id:#x}): send it as an FD frame (is_fd=True) on a "
+                "bus with fd = true"
+            )
+
     def _send(self, msg: can.Message, link: _Link | None = None) -> None:
+        self._check_frame(msg)
         if link is None:
             link = self._current()
         if link.aborted:

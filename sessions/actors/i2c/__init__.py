@@ -56,8 +56,15 @@ EIO, ETIMEDOUT, EBUSY              ``DeviceError`` for the first ``fault_thresho
                                    1`` in a row; the ``fault_threshold``-th in a row
                                    is a **fault**. A successful transfer resets the
                                    count; NACKs neither count nor reset it
+ENODEV (19) for an address, while  NACK, as ENXIO: Linux's ``i2c-stub`` answers
+the device node is there (hw)      ENODEV for an address with no chip, where real bus
+                                   drivers answer ENXIO (the error keeps ``errno=19``)
 ENODEV, EBADF, ENOENT, ESHUTDOWN   **fault** at once: the adapter (or our handle on
                                    it) is gone
+EOPNOTSUPP (95)                    the adapter cannot do that transfer type (e.g.
+                                   ``i2c_rdwr`` on an SMBus-only adapter): an
+                                   ``OSError(EOPNOTSUPP)`` to the caller naming the
+                                   missing ``I2C_FUNC_*`` capability; not a fault
 any other errno (EINVAL, ...)      the ``OSError`` to the caller, unchanged
 (bad argument: register 256)       ``ValueError`` (``TypeError`` for a non-int) to the
                                    caller, before any transfer
@@ -155,8 +162,28 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-_FUNC_SMBUS_QUICK = 0x00010000  # I2C_FUNCS bits (linux/i2c.h)
+_FUNC_I2C = 0x00000001  # I2C_FUNCS bits (linux/i2c.h)
+_FUNC_SMBUS_QUICK = 0x00010000
 _FUNC_SMBUS_READ_BYTE = 0x00020000
+
+#: The capability each call needs, as ``i2cdetect -F`` names it: what an EOPNOTSUPP
+#: (the adapter cannot do that transfer type) reports as missing.
+_FUNC_NEEDED: dict[str, tuple[int, str]] = {
+    "i2c_rdwr": (_FUNC_I2C, "I2C_FUNC_I2C, plain I2C transfers (I2C_RDWR)"),
+    "write_quick": (_FUNC_SMBUS_QUICK, "I2C_FUNC_SMBUS_QUICK"),
+    "read_byte": (_FUNC_SMBUS_READ_BYTE, "I2C_FUNC_SMBUS_READ_BYTE"),
+    "write_byte": (0x00040000, "I2C_FUNC_SMBUS_WRITE_BYTE"),
+    "read_byte_data": (0x00080000, "I2C_FUNC_SMBUS_READ_BYTE_DATA"),
+    "write_byte_data": (0x00100000, "I2C_FUNC_SMBUS_WRITE_BYTE_DATA"),
+    "read_word_data": (0x00200000, "I2C_FUNC_SMBUS_READ_WORD_DATA"),
+    "write_word_data": (0x00400000, "I2C_FUNC_SMBUS_WRITE_WORD_DATA"),
+    "process_call": (0x00800000, "I2C_FUNC_SMBUS_PROC_CALL"),
+    "read_block_data": (0x01000000, "I2C_FUNC_SMBUS_READ_BLOCK_DATA"),
+    "write_block_data": (0x02000000, "I2C_FUNC_SMBUS_WRITE_BLOCK_DATA"),
+    "read_i2c_block_data": (0x04000000, "I2C_FUNC_SMBUS_READ_I2C_BLOCK"),
+    "write_i2c_block_data": (0x08000000, "I2C_FUNC_SMBUS_WRITE_I2C_BLOCK"),
+    "block_process_call": (0x00008000, "I2C_FUNC_SMBUS_BLOCK_PROC_CALL"),
+}
 
 #: The device did not acknowledge: one device's problem, the bus is fine.
 NACK_ERRNOS = frozenset({errno.ENXIO, errno.EREMOTEIO})
@@ -1065,15 +1092,21 @@ class I2CActor(_SMBusSurface, ResourceActor):
         where = f"device {address:#04x}" if address is not None else "the devices addressed"
         text = exc.strerror or os.strerror(code or 0)
         bus = conn.bus
+        if code == errno.ENODEV and self._adapter_present(address):
+            # Linux's i2c-stub answers ENODEV for an address with no chip, where real
+            # bus drivers answer ENXIO; the adapter is still there, so it is a NACK.
+            code = errno.ENXIO
         if code in FATAL_ERRNOS:
             conn.fault = exc
             return exc
+        if code == errno.EOPNOTSUPP:
+            return self._unsupported(exc, method)
         if code in NACK_ERRNOS:
             return DeviceError(
                 f"{method}(): {where} did not acknowledge ({text}); nothing answered there, "
                 f"or the device is busy",
                 address=address,
-                errno=code,
+                errno=exc.errno,
             )
         if code in DEVICE_ERRNOS:
             why = "lost arbitration to another master" if code == errno.EAGAIN else text
@@ -1108,6 +1141,33 @@ class I2CActor(_SMBusSurface, ResourceActor):
                 errno=code,
             )
         return exc
+
+    def _adapter_present(self, address: int | None) -> bool:
+        """For an ENODEV: is it about the address (a hardware bus whose device node is
+        still there) rather than the adapter itself being gone?"""
+        return (
+            address is not None
+            and self._device_path is not None
+            and os.path.exists(self._device_path)
+        )
+
+    def _unsupported(self, exc: OSError, method: str) -> OSError:
+        """EOPNOTSUPP: the adapter cannot do this kind of transfer. A caller error naming
+        the missing capability (linux/i2c.h ``I2C_FUNC_*``) and what the adapter has."""
+        need = _FUNC_NEEDED.get(method)
+        funcs = getattr(self._conn_of(self.resource).bus, "funcs", None)
+        have = f" (its I2C_FUNCS: {int(funcs):#010x})" if funcs is not None else ""
+        missing = f"{need[1]} ({need[0]:#x})" if need is not None else "this transfer type"
+        hint = (
+            "; it supports SMBus transfers only: use the SMBus methods"
+            if need is not None and need[0] == _FUNC_I2C
+            else ""
+        )
+        return OSError(
+            errno.EOPNOTSUPP,
+            f"{method}(): the adapter of bus {self.config.bus!r} does not support "
+            f"{missing}{have}{hint}",
+        )
 
     def _make_msgs(self, msgs: Sequence[Any]) -> list[Any]:
         """Plain-data messages as objects the bus takes; i2c_msg objects as they are."""
