@@ -201,6 +201,11 @@ class ServerConfig(_Model):
     port: int = Field(
         ge=0, le=65535, description="TCP port; 0 picks a free one (printed at start)."
     )
+    faults: bool = Field(
+        False, description="Accept fault injection (`sessions fault`, POST /faults/NAME) "
+        "from this host's loopback addresses only, to rehearse failures on a staging "
+        "controller. Off: the endpoints are read-only.",
+    )
 
     @field_validator("bind")
     @classmethod

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sessions._tools.schema import build_schema
 from sessions._tools.server import ServerConfig, StatusServer
 from sessions.actors import BUILTIN_KINDS, resolve_kind
 from tests.kinds import controls
+from tests.support import wait_until
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -774,6 +776,48 @@ def test_sighup_reloads_the_config_and_a_bad_file_changes_nothing(tmp_path: Path
         proc.kill()
     assert proc.returncode == 0, err
     assert "threads still running" not in err
+
+
+def test_sessions_fault_injects_into_a_running_run(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write(tmp_path, RUN + f"\n[server]\nport = {port}\nfaults = true\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sessions", "run", config], cwd=ROOT_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(proc, "2 resources running")
+        done = sessions_cli("fault", config, "a", "fail_calls", "--count", "2")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ('sessions: a: fail_calls injected: {"resource": "a", "pending": '
+                               '{"calls": 2, "connects": 0, "stalls": 0}}\n')
+        done = sessions_cli("fault", config, "b", "drop_connection")
+        assert done.returncode == 0 and '"dropped": 1' in done.stdout, done.stderr
+
+        def b_restarted() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                tree = json.loads(r.read())
+            b = next(c for c in tree["children"] if c["name"] == "b")
+            return bool(b["restarts"] == 1 and b["state"] == "running")
+
+        wait_until(b_restarted, what="b restarted after its connection was dropped")
+        done = sessions_cli("fault", config, "nope", "fail_calls")
+        assert done.returncode == 1 and "no resource named 'nope'" in done.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    # Every injection is in the run's log, so a rehearsal is never mistaken for a failure.
+    assert "WARNING sessions.http: fault injection from 127.0.0.1: a {'fault': 'fail_calls'" in err
+
+
+def test_sessions_fault_needs_faults_enabled_in_the_config(tmp_path: Path) -> None:
+    config = write(tmp_path, RUN + "\n[server]\nport = 9\n")
+    done = sessions_cli("fault", config, "a", "fail_calls")
+    assert done.returncode == 2
+    assert "sessions fault needs a [server] table with a fixed port and faults = true" in (
+        done.stderr)
 
 
 def test_run_exit_codes(tmp_path: Path) -> None:

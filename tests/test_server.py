@@ -291,3 +291,82 @@ kind = "tests.kinds:Probe"
     assert SCENARIO["status"]["children"][0]["name"] == "a"
     with pytest.raises(urllib.error.URLError):  # the server is gone with the system
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+# -- fault injection (POST /faults/NAME, [server] faults = true) --------------------------
+
+
+def post(url: str, body: Any) -> tuple[int, Any]:
+    """(status, JSON answer) of one POST."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        data = err.read()
+        return err.code, json.loads(data) if data.startswith(b"{") else data.decode()
+
+
+@pytest.fixture
+def faultable() -> Iterator[Served]:
+    system = sessions.start(config(["a"], max_restarts=100, period=1.0))
+    server = StatusServer(ServerConfig(port=0, faults=True))
+    server.start(system)
+    try:
+        yield system, server.url
+    finally:
+        server.stop()
+        system.stop()
+
+
+def test_faults_are_refused_unless_enabled(served: Served) -> None:
+    _, url = served
+    code, answer = post(f"{url}/faults/a", {"fault": "fail_calls"})
+    assert code == 405 and "GET and HEAD only" in answer
+
+
+def test_fault_injection_over_http(faultable: Served) -> None:
+    system, url = faultable
+    a = system.get("a")
+    assert post(f"{url}/faults/a", {"fault": "fail_calls", "count": 2}) == (
+        200, {"resource": "a", "pending": {"calls": 2, "connects": 0, "stalls": 0}})
+    for _ in range(2):
+        with pytest.raises(sessions.ResourceFault):
+            a.echo(1).result(5)
+        wait_until(lambda: a.state == "running", what="a back")
+    assert a.restarts == 2
+    code, answer = post(f"{url}/faults/a", {"fault": "stall"})
+    assert code == 200 and answer["pending"]["stalls"] == 1
+    held = a.echo("held")
+    wait_until(lambda: system.faults("a").pending["stalls"] == 0, what="the call held")
+    assert not held.done()
+    assert post(f"{url}/faults/a", {"fault": "release"}) == (
+        200, {"resource": "a", "released": 1})
+    assert held.result(5) == "held"
+    assert post(f"{url}/faults/a", {"fault": "drop_connection"}) == (
+        200, {"resource": "a", "dropped": 1})
+    wait_until(lambda: a.restarts == 3 and a.state == "running", what="a reconnected")
+
+
+def test_bad_fault_requests_say_what_was_wrong(faultable: Served) -> None:
+    _, url = faultable
+    code, answer = post(f"{url}/faults/a", {"fault": "explode"})
+    assert code == 400 and "fail_calls, fail_connects, stall" in answer["error"]
+    code, answer = post(f"{url}/faults/a", {"fault": "fail_calls", "count": 0})
+    assert code == 400 and "n must be a positive int, got 0" in answer["error"]
+    code, answer = post(f"{url}/faults/nope", {"fault": "fail_calls"})
+    assert code == 404 and "no resource named 'nope'" in answer["error"]
+    code, answer = post(f"{url}/status", {"fault": "fail_calls"})
+    assert code == 405 and "POST only to /faults/NAME" in answer
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.5", False), ("192.168.1.20", False), ("fe80::1%eth0", False),
+    ("::ffff:10.0.0.5", False), ("2001:db8::1", False), ("not an address", False),
+])
+def test_only_loopback_peers_may_inject(address: str, loopback: bool) -> None:
+    from sessions._tools.server import loopback_peer  # noqa: PLC0415
+
+    assert loopback_peer(address) is loopback

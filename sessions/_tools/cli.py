@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import ipaddress
 import json
 import logging
 import math
@@ -39,6 +40,9 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,13 +53,14 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 import sessions
+from sessions import _config
 from sessions._config import ROOT, ResourceConfig, SupervisorConfig, SystemConfig
 from sessions._errors import ConfigError, ResourceFault, ResourceUnavailable
 from sessions._redact import describe, redact
 from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
 from sessions._tools.check import read_config
-from sessions._tools.server import StatusServer
+from sessions._tools.server import FAULTS, StatusServer, parse_server
 from sessions.messages import ChildState, Event, SupervisorGaveUp
 from sessions.supervisor._tree import ResourceChild, stall_timeout
 
@@ -595,6 +600,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- schema ---------------------------------------------------------------------------
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    """``sessions fault CONFIG RESOURCE FAULT [--count N]``."""
+    table = _config.read_file(args.config).get("server")  # only [server]: no ${VAR} needed
+    server = None if table is None else parse_server(table)
+    if server is None or not server.faults or server.port == 0:
+        raise ConfigError([("server", "sessions fault needs a [server] table with a fixed "
+                            "port and faults = true (in the config the run uses)")])
+    host = server.bind
+    if host in ("0.0.0.0", "::") or not _is_loopback(host):
+        host = "::1" if ":" in host else "127.0.0.1"  # loopback only: the run refuses others
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/faults/" + (
+        urllib.parse.quote(args.resource, safe=""))
+    body = json.dumps({"fault": args.fault, "count": args.count}).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace").strip()
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("error", detail)
+        raise CLIError(f"{url}: {err.code} {err.reason}: {detail}", EXIT_FAILED) from None
+    except OSError as err:
+        raise CLIError(f"cannot reach the run at {url}: {err}", EXIT_FAILED) from None
+    print(f"sessions: {args.resource}: {args.fault} injected: {json.dumps(answer)}")
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """``sessions schema [-o FILE]``."""
     from sessions._tools.schema import build_schema  # noqa: PLC0415 - imports every kind
@@ -720,6 +761,28 @@ def build_parser() -> argparse.ArgumentParser:
         "importable); omitted: run until a signal",
     )
     run.set_defaults(func=cmd_run)
+
+    fault = sub.add_parser(
+        "fault",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="inject a fault into a resource of a running 'sessions run' (rehearsal)",
+        description="Ask the 'sessions run' of CONFIG, over its [server] endpoint on this "
+        "host, to inject FAULT into RESOURCE: fail_calls and fail_connects (the next "
+        "--count calls or connects fail), stall (the next call hangs until 'release', or "
+        "until the stall watchdog aborts it), drop_connection (torn down now, as by the "
+        "peer), clear. Refused unless CONFIG's [server] has 'faults = true'; accepted "
+        "from loopback only. For rehearsing failures on a staging controller.",
+        epilog="exit codes: 0 injected; 1 refused or not reachable; 2 invalid config or "
+        "no [server] with a fixed port and faults = true",
+    )
+    fault.add_argument("config", metavar="CONFIG", help="the TOML config file of the run")
+    fault.add_argument("resource", metavar="RESOURCE", help="the resource (name#i: a member)")
+    fault.add_argument("fault", metavar="FAULT", choices=FAULTS,
+                       help=f"one of: {', '.join(FAULTS)}")
+    fault.add_argument("--count", type=int, default=1,
+                       help="fail_calls, fail_connects: how many (default 1)")
+    fault.set_defaults(func=cmd_fault)
 
     schema = sub.add_parser(
         "schema",

@@ -6,8 +6,10 @@ dependency for them. Each request gets a short-lived thread, so a slow scraper
 never delays a health probe; the serving loop runs on one daemon thread named
 ``sessions-http`` that :meth:`StatusServer.stop` shuts down and joins.
 
-Nothing here writes: there is no endpoint that restarts or stops anything, so
-exposing it to a monitoring network does not expose control of the system.
+Nothing here writes, unless ``[server] faults = true``: then ``POST /faults/NAME``
+injects a fault into resource NAME (``sessions fault``), accepted from a loopback
+address only, whatever the bind address, so a monitoring network never gets control of
+the system. Off by default; meant for rehearsing failures on a staging controller.
 
 ``[server]`` is a top-level table of the config file (``bind``, ``port``), validated
 with the rest as ``SystemConfig.server``; :func:`parse_server` validates a table on its
@@ -16,10 +18,12 @@ own.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +37,7 @@ from sessions._redact import redact
 from sessions._tools.metrics import CONTENT_TYPE, MetricsCollector, MetricsUnavailable, resources
 
 if TYPE_CHECKING:
+    from sessions._runtime.inject import InjectedStall
     from sessions._system import System
 
 __all__ = ["ServerConfig", "StatusServer", "health", "parse_server"]
@@ -40,6 +45,56 @@ __all__ = ["ServerConfig", "StatusServer", "health", "parse_server"]
 log = logging.getLogger("sessions.http")
 
 ENDPOINTS = ("/healthz", "/status", "/metrics")
+
+FAULTS = ("fail_calls", "fail_connects", "stall", "release", "drop_connection", "clear")
+"""What ``POST /faults/NAME`` takes as ``{"fault": ..., "count": n}``: the
+``FaultInjector`` methods; ``stall`` holds the next call until ``release``."""
+
+
+def loopback_peer(address: str) -> bool:
+    """Whether a client ``address`` is one of this host's loopback addresses (IPv4,
+    IPv6, or IPv4 mapped into IPv6)."""
+    try:
+        peer = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer.is_loopback
+
+
+def inject(system: System, stalls: dict[str, list[InjectedStall]], name: str,
+           request: Any) -> tuple[int, dict[str, Any]]:
+    """One fault injection asked over HTTP: (status, JSON answer). ``stalls`` keeps the
+    stalls made here per resource, for a later ``release``."""
+    if not isinstance(request, dict) or request.get("fault") not in FAULTS:
+        return HTTPStatus.BAD_REQUEST, {"error": f"expected {{\"fault\": one of "
+                                        f"{', '.join(FAULTS)}, \"count\": n}}"}
+    fault, count = request["fault"], request.get("count", 1)
+    try:
+        faults = system.faults(name)
+        if fault == "fail_calls":
+            faults.fail_calls(count)
+        elif fault == "fail_connects":
+            faults.fail_connects(count)
+        elif fault == "stall":
+            stalls.setdefault(name, []).append(faults.stall_next_call())
+        elif fault == "release":
+            held = stalls.pop(name, [])
+            for stall in held:
+                stall.release()
+            return HTTPStatus.OK, {"resource": name, "released": len(held)}
+        elif fault == "drop_connection":
+            return HTTPStatus.OK, {"resource": name, "dropped": faults.drop_connection()}
+        else:
+            faults.clear()
+            for stall in stalls.pop(name, []):
+                stall.release()
+    except KeyError as err:
+        return HTTPStatus.NOT_FOUND, {"error": str(err.args[0])}
+    except ValueError as err:
+        return HTTPStatus.BAD_REQUEST, {"error": str(err)}
+    return HTTPStatus.OK, {"resource": name, "pending": faults.pending}
 
 
 def parse_server(raw: Any, path: str = "server") -> ServerConfig:
@@ -90,6 +145,11 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     system: System
     metrics: MetricsCollector
+    faults = False
+    """``[server] faults``: POST /faults/NAME accepted (from loopback only)."""
+    stalls: dict[str, list[InjectedStall]]
+    """Stalls injected over HTTP, by resource, until released (under faults_lock)."""
+    faults_lock: threading.Lock
 
 
 class _HTTPServer6(_HTTPServer):
@@ -144,15 +204,38 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def _refuse(self) -> None:
+        allow = "GET, HEAD, POST (/faults/NAME)" if self.server.faults else "GET, HEAD"
         self._send(
             HTTPStatus.METHOD_NOT_ALLOWED,
-            b"read-only: GET and HEAD only\n",
+            b"read-only: GET and HEAD only\n" if not self.server.faults else
+            b"GET and HEAD; POST only to /faults/NAME\n",
             "text/plain; charset=utf-8",
             True,
-            allow="GET, HEAD",
+            allow=allow,
         )
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if not path.startswith("/faults/") or not self.server.faults:
+            self._refuse()
+            return
+        peer = self.client_address[0]
+        if not loopback_peer(peer):
+            self._send(HTTPStatus.FORBIDDEN, _json({"error": "fault injection is accepted "
+                       "from this host's loopback addresses only"}), "application/json", True)
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"null") if length <= 65536 else None
+        except (ValueError, UnicodeDecodeError):
+            request = None
+        name = urllib.parse.unquote(path.removeprefix("/faults/"))
+        log.warning("fault injection from %s: %s %s", peer, name, request)
+        with self.server.faults_lock:
+            code, body = inject(self.server.system, self.server.stalls, name, request)
+        self._send(code, _json(body), "application/json", True)
 
     def _send(
         self, code: int, body: bytes, content_type: str, send_body: bool, **headers: str
@@ -214,6 +297,9 @@ class StatusServer:
         self._metrics = MetricsCollector(system)
         self._httpd.system = system
         self._httpd.metrics = self._metrics
+        self._httpd.faults = self.config.faults
+        self._httpd.stalls = {}
+        self._httpd.faults_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -228,6 +314,11 @@ class StatusServer:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
+            with self._httpd.faults_lock:  # a call held over HTTP is let go at stop
+                for held in self._httpd.stalls.values():
+                    for stall in held:
+                        stall.release()
+                self._httpd.stalls.clear()
         self._httpd.server_close()
         if self._metrics is not None:
             self._metrics.close()
