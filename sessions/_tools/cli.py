@@ -55,6 +55,7 @@ from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
 from sessions._tools.check import read_config
 from sessions._tools.server import StatusServer
+from sessions._tools.systemd import SystemdNotifier
 from sessions.messages import ChildState, Event, SupervisorGaveUp
 from sessions.supervisor._tree import ResourceChild, stall_timeout
 
@@ -433,13 +434,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = StatusServer(loaded.config.server) if loaded.config.server is not None else None
     interrupts = _Interrupts()
     system: System | None = None
+    notifier: SystemdNotifier | None = None
     outcome = "returned"
     try:
         try:
             interrupts.armed = True  # from here on, the first signal raises _Stop
             interrupts.install()
+            # Started in the background so that systemd can be told READY=1 as soon as
+            # the [systemd] ready resources run; the app still waits for the whole tree.
+            system = sessions.start(loaded.raw, wait=False)
+            # -- systemd hook (sessions/_tools/systemd.py): READY=1, STATUS=, WATCHDOG=1
+            # here; STOPPING=1 in the finally below. A SIGHUP reload is to call
+            # notifier.reloading() before it and notifier.ready() after it.
+            notifier = SystemdNotifier.from_environment(
+                system, loaded.config.ready_resources())
+            if notifier is not None:
+                notifier.start()
             try:
-                system = sessions.start(loaded.raw)
+                system.ready.result()
             except ResourceUnavailable as err:
                 interrupts.armed = False
                 print(f"sessions: {loaded.path}: {redact(err)}", file=sys.stderr)
@@ -481,6 +493,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = "raised"
         _report(f"app {args.app} raised {type(exc).__name__}: {redact(exc)}", args.verbose)
     finally:
+        if notifier is not None:  # systemd hook: STOPPING=1, and the notifier thread ends
+            notifier.stopping(None if system is None else system.failure)
         if server is not None:
             server.stop()
         if system is not None:
