@@ -30,7 +30,7 @@ import sessions
 from sessions._tools.cli import main
 from sessions._tools.systemd import STATUS_INTERVAL, SystemdNotifier
 from tests.kinds import controls
-from tests.support import PROBE, config
+from tests.support import PROBE, config, wait_until
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
@@ -277,16 +277,19 @@ def test_watchdog_pings_stop_while_a_call_is_stalled_and_resume_after(
     # and restarts the resource, but the thread stays blocked in the driver.
     started, release = threading.Event(), threading.Event()
     system.get("a").stubborn(started, release)
-    assert started.wait(5)
-    held = notify.wait_for(status("watchdog held: a stuck in stubborn() for"),
-                           what="the status saying what holds the watchdog")
-    assert re.fullmatch(r"(2 resources running|1 of 2 resources running; a \w+ \(.*\)); "
-                        r"watchdog held: a stuck in stubborn\(\) for \d+\.\ds", held["STATUS"])
-    stalls = system.stalls()
-    assert [(s.resource, s.what, s.abandoned) for s in stalls] == [("a", "stubborn()", True)]
-    assert not any("WATCHDOG" in f for f in notify.gather(1.0))  # five intervals
-
-    release.set()
+    try:
+        assert started.wait(5)
+        held = notify.wait_for(status("watchdog held: a stuck in stubborn() for"),
+                               what="the status saying what holds the watchdog")
+        assert re.fullmatch(r"(2 resources running|1 of 2 resources running; a \w+ \(.*\)); "
+                            r"watchdog held: a stuck in stubborn\(\) for \d+\.\ds",
+                            held["STATUS"])
+        # Listed from its stall_timeout on; abandoned once the stall watchdog has acted
+        wait_until(lambda: [(s.resource, s.what, s.abandoned) for s in system.stalls()]
+                   == [("a", "stubborn()", True)], what="the stall to be abandoned")
+        assert not any("WATCHDOG" in f for f in notify.gather(1.0))  # five intervals
+    finally:
+        release.set()
     notify.wait_for(lambda f: "WATCHDOG" in f, timeout=5, what="the pings resuming")
     assert system.stalls() == []
     notify.wait_for(lambda f: f.get("STATUS") == "2 resources running", what="a clean status")
@@ -353,9 +356,18 @@ def test_reloading_then_ready_again(notify: NotifySocket) -> None:
             after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             assert reloading["RELOADING"] == "1"
             assert before <= int(reloading["MONOTONIC_USEC"]) <= after
+            system.terminate_child("a")  # as a reload that restarts a changed resource
             notifier.ready()
+            held = notify.wait_for(status("not ready"), what="READY=1 held back")
+            assert held["STATUS"] == "0 of 1 resource running; a stopped; not ready: waiting for a"
+            since = notify.datagrams()[notify.datagrams().index(reloading) + 1:]
+            assert not any("READY" in f for f in since)
+            system.restart_child("a")
             again = notify.wait_for(lambda f: "READY" in f, what="READY=1 after the reload")
             assert again == {"READY": "1", "STATUS": "1 resource running"}
+            notifier.reloading()
+            notifier.ready([])  # the reloaded config's ready resources: none
+            notify.wait_for(lambda f: "READY" in f, what="READY=1 for the new list")
         finally:
             notifier.stopping()
     assert_stopped_last(notify)

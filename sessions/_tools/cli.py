@@ -456,7 +456,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 interrupts.armed = False
                 print(f"sessions: {loaded.path}: {redact(err)}", file=sys.stderr)
                 return EXIT_GAVE_UP
-            running = system
+            system._events.flush()  # boot events are history for later subscribers,
+            running = system  # as with start(wait=True): /metrics counts faults from here
 
             def on_event(event: Event) -> None:
                 if isinstance(event, SupervisorGaveUp) and event.supervisor == ROOT:

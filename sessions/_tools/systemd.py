@@ -206,10 +206,13 @@ class SystemdNotifier:
             self._want_ready = False
         self._send(f"RELOADING=1\nMONOTONIC_USEC={now_usec}\nSTATUS=reloading")
 
-    def ready(self) -> None:
+    def ready(self, resources: Sequence[str] | None = None) -> None:
         """The reload is done: ``READY=1`` again once the ``ready`` resources run (at
-        once if they do)."""
+        once if they do); ``resources``: the reloaded config's (its
+        ``ready_resources()``), if they changed."""
         with self._cond:
+            if resources is not None:
+                self._ready_names = list(resources)
             self._reloading = False
             self._want_ready = True
             self._cond.notify_all()
