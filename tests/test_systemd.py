@@ -402,3 +402,12 @@ def test_an_unknown_ready_resource_is_a_config_error(
         f"sessions: {path}: systemd.ready[2]: 'cell' is a supervisor; name its resources "
         "(resources: a, b)",
     ]
+
+
+def test_check_says_what_ready_waits_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "plant.toml"
+    path.write_text(RUN + '\n[systemd]\nready = ["b"]\n', encoding="utf-8")
+    assert main(["check", str(path)]) == 0
+    assert "\nsystemd: READY=1 once b runs\n" in capsys.readouterr().out

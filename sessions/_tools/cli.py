@@ -105,6 +105,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"server: http://{host}:{server.port} (GET /healthz, /status, /metrics)",
             file=out,
         )
+    if loaded.config.systemd.ready is not None:
+        names = loaded.config.systemd.ready
+        verb = "runs" if len(names) == 1 else "run"
+        print(f"systemd: READY=1 once {', '.join(names) or 'started'}"
+              f"{f' {verb}' if names else ''}", file=out)
     for name, path, message in unbounded_waits(loaded.config):
         log.warning("resources.%s.%s %s", name, path, message)
     for path, message in loaded.warnings:
@@ -630,8 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGINT/SIGTERM. With a [server] table (bind, port) in CONFIG, serve "
         "read-only GET /healthz, /status and /metrics meanwhile. "
         "SIGINT/SIGTERM interrupt the app and stop gracefully; a second one "
-        "forces the exit. The working directory is importable, as with 'python -m': "
-        "the app and a kind 'mymodule:Class' may live in it.",
+        "forces the exit. Started by systemd as a Type=notify service (NOTIFY_SOCKET "
+        "set), it sends READY=1 once the [systemd] ready resources run, STATUS= lines, "
+        "WATCHDOG=1 while nothing is stalled, and STOPPING=1. The working directory is "
+        "importable, as with 'python -m': the app and a kind 'mymodule:Class' may live "
+        "in it.",
         epilog=f"exit codes:\n{codes}",
     )
     run.add_argument("config", metavar="CONFIG", help="the TOML config file")

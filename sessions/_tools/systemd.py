@@ -16,9 +16,10 @@ What is sent, and why:
   holds READY back (``STATUS=`` says which and why), and systemd's
   ``TimeoutStartSec=`` decides how long that may last (then it fails the start and
   ``Restart=`` applies), which is what a unit's author expects ``Type=notify`` to do.
-* ``STATUS=`` with the tree's health (``systemctl status`` shows it), on every
-  supervision event, at most once per :data:`STATUS_INTERVAL` (the latest state is
-  always sent, late rather than never).
+* ``STATUS=`` with the tree's health (``systemctl status`` shows it) when it changes:
+  looked at on every supervision event and once per :data:`STATUS_INTERVAL` (a stall
+  begins and ends without an event), sent at most once per interval (the latest state
+  is always sent, late rather than never).
 * ``WATCHDOG=1`` every half ``$WATCHDOG_USEC`` (when ``WatchdogSec=`` is set and
   ``$WATCHDOG_PID``, if set, is this process), but only while the root supervisor runs
   and :meth:`sessions.System.stalls` is empty: no call past its ``stall_timeout``, no
@@ -144,14 +145,12 @@ class SystemdNotifier:
     per kind of error: telling systemd must not break the service)."""
 
     def __init__(self, system: System, address: str | bytes, *, ready: Sequence[str] = (),
-                 watchdog_interval: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 watchdog_interval: float | None = None) -> None:
         self._system = system
         self._address = address
         self._ready_names = list(ready)
         self.watchdog_interval = watchdog_interval
         """Seconds between two ``WATCHDOG=1`` (half of ``WATCHDOG_USEC``), or None."""
-        self._clock = clock
         self._cond = threading.Condition()
         self._want_ready = True
         """READY=1 is owed (at start, and after ``reloading()`` until ``ready()``)."""
@@ -276,7 +275,7 @@ class SystemdNotifier:
         """One look at the tree (under ``_cond``): READY=1 when due, the status when it
         changed (rate-limited), and the watchdog ping when due and healthy; returns
         the datagram to send ("" for none)."""
-        now = self._clock()
+        now = time.monotonic()
         lines = []
         waiting = self._waiting_for()
         if self._want_ready and not self._reloading and not waiting:
@@ -301,7 +300,7 @@ class SystemdNotifier:
     def _wait(self) -> float:
         """Seconds until the next thing due (the ping, a rate-limited status, a look at
         whether the ``ready`` resources run)."""
-        now = self._clock()
+        now = time.monotonic()
         due = [self._looked_at + STATUS_INTERVAL - now]  # a look, at least that often
         if self._changed:
             due.append(self._status_at + STATUS_INTERVAL - now)
