@@ -216,6 +216,19 @@ class ServerConfig(_Model):
         return value
 
 
+class SystemdConfig(_Model):
+    """``[systemd]``: what ``sessions run`` tells systemd (``Type=notify``), when it
+    runs under it (``$NOTIFY_SOCKET`` set; otherwise the table is only validated)."""
+
+    ready: list[str] | None = Field(
+        None,
+        description="Resources that must be running before READY=1 is sent (systemd then "
+        "considers the service started). Default: every permanent resource. READY=1 is "
+        "never sent early: a resource that does not come up holds it back (STATUS= says "
+        "which), and systemd's TimeoutStartSec= decides how long that may last.",
+    )
+
+
 class SystemConfig(_Model):
     """The whole file."""
 
@@ -223,6 +236,14 @@ class SystemConfig(_Model):
     supervisors: dict[str, SupervisorConfig] = {}
     resources: dict[str, ResourceConfig] = {}
     server: ServerConfig | None = None
+    systemd: SystemdConfig = SystemdConfig()
+
+    def ready_resources(self) -> list[str]:
+        """The resources READY=1 waits for: ``[systemd] ready``, else every permanent
+        resource (transient and temporary ones may end for good and stay down)."""
+        if self.systemd.ready is not None:
+            return list(self.systemd.ready)
+        return [name for name, spec in self.resources.items() if spec.restart == "permanent"]
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -268,7 +289,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_TABLES = 1000
 #: The top-level tables of a config file, as the operator writes them.
 TOP_LEVEL = {"supervisor": "[supervisor]", "supervisors": "[supervisors.NAME]",
-             "resources": "[resources.NAME]", "server": "[server]"}
+             "resources": "[resources.NAME]", "server": "[server]", "systemd": "[systemd]"}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _NAME_RULE = "names are letters, digits, '_', '-' and '.', starting with a letter or '_'"
@@ -433,6 +454,7 @@ def _valid_part(raw: Mapping[str, Any]) -> SystemConfig:
                    if (r := valid(ResourceConfig, t)) is not None}
         if isinstance(resources, Mapping) else {},
         server=None,
+        systemd=SystemdConfig(),
     )
 
 
@@ -529,6 +551,13 @@ def _check_tree(config: SystemConfig) -> list[tuple[str, str]]:
                            f"unknown supervisor {res.supervisor!r} (known: {known})"))
         if name in sups or name == ROOT:
             errors.append((f"resources.{name}", "name is already used by a supervisor"))
+    for i, name in enumerate(config.systemd.ready or []):
+        if name in config.resources:
+            continue
+        resources = ", ".join(config.resources) or "none"
+        what = (f"{name!r} is a supervisor; name its resources"
+                if name in sups or name == ROOT else f"unknown resource {name!r}")
+        errors.append((f"systemd.ready[{i}]", f"{what} (resources: {resources})"))
     return errors
 
 

@@ -43,6 +43,7 @@ from sessions.supervisor._tree import (
     Pool,
     ResourceChild,
     SupervisorNode,
+    runner_alive,
     walk,
 )
 
@@ -86,6 +87,32 @@ class ChildCount:
 
     resources: int
     """Children that are resources (OTP's workers; a pool counts as one)."""
+
+
+@dataclass(frozen=True)
+class Stall:
+    """One row of ``System.stalls()``: work that has run past its ``stall_timeout``."""
+
+    resource: str
+    """The resource (a pool member: ``name#i``) whose incarnation is stuck; the
+    supervision thread itself is ``"supervisor"``."""
+
+    what: str
+    """What it is stuck in: ``read()`` (a call), ``connect()``, ``run_batch()``, or
+    ``a step`` for the supervision thread."""
+
+    seconds: float | None
+    """How long it has been stuck so far (None if unknown)."""
+
+    abandoned: bool
+    """True once the stall watchdog has given up on it (its callers failed, ``abort()``
+    sent, a new incarnation started or starting) and its thread is still blocked: a
+    driver call ``abort()`` could not reach. Only a new process frees that thread."""
+
+
+SUPERVISION_STALL = 2.0
+"""Seconds the supervision thread may go without a turn of its loop (it turns at least
+every 0.1 s) before ``System.stalls()`` reports it stuck."""
 
 
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -727,6 +754,40 @@ class System:
         """The tree as JSON-serializable data (no credentials)."""
         return _node_status(self._kernel.root)
 
+    def stalls(self) -> list[Stall]:
+        """What is stuck right now, for a process watchdog (``sessions run`` under
+        systemd stops its ``WATCHDOG=1`` pings while this is not empty).
+
+        A resource is stalled while a call (or batch) of its current incarnation has run
+        longer than its ``stall_timeout`` (the stall watchdog aborts it within a tenth of
+        a second, so this is brief unless the supervision thread is stuck too), and
+        while an incarnation the library gave up on (stalled, past its
+        ``shutdown_timeout``, or past ``connect_timeout``) still has its thread blocked
+        after ``abort()``: the resource is restarted, but that thread is only freed when
+        the driver call returns, or by a new process. The supervision thread is stalled
+        when its loop has not turned for :data:`SUPERVISION_STALL` seconds. Empty in a
+        healthy system, and once stopped. Read-only; callable from any thread."""
+        now = time.monotonic()
+        found: list[Stall] = []
+        kernel = self._kernel
+        if kernel.alive and now - kernel.turned_at > SUPERVISION_STALL:
+            found.append(Stall("supervisor", "a step", now - kernel.turned_at, False))
+        for node in walk(kernel.root):
+            if not isinstance(node, ResourceChild):
+                continue
+            runner = node.runner
+            if runner is not None and not runner.abandoned:
+                since = runner.busy_since
+                if since and now - since > node.stall_timeout:
+                    found.append(Stall(node.name, _doing(runner.busy_what), now - since,
+                                       False))
+            for old in [*list(node.retired), *list(node.lost)]:
+                if old.abandoned and runner_alive(old):
+                    since = old.busy_since
+                    found.append(Stall(node.name, _doing(old.busy_what),
+                                       now - since if since else None, True))
+        return found
+
     def stats(self, name: str) -> CallStats:
         """Call statistics of resource ``name``: outcomes and the latency histogram
         (a pool's members summed). For metrics exporters and live views."""
@@ -1154,6 +1215,13 @@ def _node_status(node: Node) -> dict[str, Any]:
                     abandoned=node.abandoned,
                     **node.stats.snapshot())
     return base
+
+
+def _doing(busy_what: str) -> str:
+    """``read()`` for a call's bare method name; ``connect()``, ``run_batch()`` as is."""
+    if not busy_what:
+        return "a driver call"
+    return busy_what if busy_what.endswith(")") else f"{busy_what}()"
 
 
 def _circuit(breaker: Breaker | None) -> str | None:

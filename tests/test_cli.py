@@ -298,7 +298,7 @@ def test_check_a_typo_in_a_table_name_is_suggested(tmp_path: Path) -> None:
     assert result.stderr == (
         f"sessions: {path}: resource: unknown table [resource] (did you mean "
         "[resources.NAME]?); a config file has the tables [supervisor], [supervisors.NAME], "
-        "[resources.NAME], [server]\n"
+        "[resources.NAME], [server], [systemd]\n"
     )
 
 

@@ -108,7 +108,8 @@ def test_bad_strategy_in_named_supervisor() -> None:
     assert "got 'all_for_one'" in str(err)
 
 
-TABLES = "a config file has the tables [supervisor], [supervisors.NAME], [resources.NAME], [server]"
+TABLES = ("a config file has the tables [supervisor], [supervisors.NAME], [resources.NAME], "
+          "[server], [systemd]")
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,8 @@ def test_message_equality(cls: type) -> None:
     assert _example(cls) == _example(cls)
 
 
-DOCUMENTED = [*MESSAGE_CLASSES, sessions.ChildInfo, sessions.Backoff, sessions.RestartIntensity]
+DOCUMENTED = [*MESSAGE_CLASSES, sessions.ChildInfo, sessions.Stall, sessions.Backoff,
+              sessions.RestartIntensity]
 
 
 @pytest.mark.parametrize("cls", DOCUMENTED, ids=lambda c: c.__name__)

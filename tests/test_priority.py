@@ -249,10 +249,35 @@ def test_a_pool_keeps_one_key_on_one_member() -> None:
             release.set()
         outcomes = [f.result(5) for f in keyed]
         assert all(isinstance(o, Superseded) for o in outcomes[:-1])
+        assert {(o.method, o.key) for o in outcomes[:-1]} == {("whoami", "k")}
         assert not isinstance(outcomes[-1], Superseded)
         assert {f.result(5) for f in blocks} == {"released"}
         members = {p.whoami().result(5)[0] for _ in range(30)}
         assert len(members) > 1
+
+
+def test_urgent_calls_to_a_pool_go_first_on_the_member_they_reach() -> None:
+    with sessions.start(config({"p": {"pool_size": 2, "call_timeout": 10.0}})) as system:
+        p = system.get("p")
+        releases = []
+        for _ in range(2):  # both members busy
+            started, release = threading.Event(), threading.Event()
+            p.block(started, release)
+            releases.append(release)
+            assert started.wait(5)
+        plain = [p.record("log", i) for i in range(6)]
+        urgent = [p.urgent.call("record", "estop", seq=i) for i in range(2)]
+        urgent.append(p.urgent.coalescing("k").record("estop", 2))
+        assert [f.method for f in urgent] == ["record"] * 3
+        for release in releases:
+            release.set()
+        assert {f.result(5) for f in plain + urgent} == {1}
+        log = [(caller, seq) for caller, seq, _ in controls("p#0").log + controls("p#1").log]
+        assert sorted(log) == sorted([("estop", i) for i in range(3)]
+                                     + [("log", i) for i in range(6)])
+        for member in ("p#0", "p#1"):  # on each member, its urgent calls ran first
+            ran = [caller for caller, _, _ in controls(member).log]
+            assert ran == sorted(ran, key=lambda caller: caller != "estop"), (member, ran)
 
 
 def test_urgent_calls_wait_for_a_begun_lease_to_finish() -> None:

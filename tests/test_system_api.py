@@ -805,3 +805,47 @@ def test_a_pool_size_is_lowered_to_the_kinds_limit_for_its_options(
             ("at", "pool", 2), ("over", "pool", 3)]
     warnings = [r.getMessage() for r in caplog.records if r.name == "sessions"]
     assert warnings == ["resources.over.pool_size = 5 lowered to 3: the device takes 3 owners"]
+
+
+# -- stalls -----------------------------------------------------------------------------
+
+
+def test_stalls_lists_work_stuck_past_its_stall_timeout_until_it_ends() -> None:
+    """Empty while healthy; a call that abort() cannot reach is listed (abandoned) from
+    the stall watchdog's verdict until its thread returns."""
+    with sessions.start(config({"a": {"call_timeout": 0.1, "stall_timeout": 0.2}, "b": {}},
+                               max_restarts=100)) as system:
+        assert system.stalls() == []
+        started, release = threading.Event(), threading.Event()
+        stuck = system.get("a").stubborn(started, release)
+        assert started.wait(5)
+        wait_until(lambda: bool(system.stalls()), what="the stall to be listed")
+        [stall] = system.stalls()
+        assert (stall.resource, stall.what) == ("a", "stubborn()")
+        assert stall.seconds is not None and stall.seconds > 0.2
+        wait_until(lambda: all(s.abandoned for s in system.stalls()), what="the abandonment")
+        with pytest.raises(sessions.ResourceFault, match="stalled"):
+            stuck.result(5)
+        wait_until(lambda: system.get("a").state == "running", what="a restarted meanwhile")
+        assert system.stalls()  # the old thread is still blocked
+        release.set()
+        wait_until(lambda: system.stalls() == [], what="the thread to end")
+    assert system.stalls() == []
+
+
+def test_stalls_lists_a_stuck_supervision_thread() -> None:
+    """The supervision thread turns at least every 0.1 s; stuck (here: a step that
+    blocks, which only a bug would do) it is listed after SUPERVISION_STALL."""
+    with sessions.start(config(["a"])) as system:
+        release = threading.Event()
+        system._kernel.post(release.wait, 10)  # a wedged step (private: no API does it)
+        try:
+            wait_until(lambda: bool(system.stalls()), timeout=10, what="the stuck loop")
+            [stall] = system.stalls()
+            assert (stall.resource, stall.what, stall.abandoned) == ("supervisor", "a step",
+                                                                     False)
+            assert stall.seconds is not None
+            assert stall.seconds > sessions._system.SUPERVISION_STALL
+        finally:
+            release.set()
+        wait_until(lambda: system.stalls() == [], what="the loop to turn again")

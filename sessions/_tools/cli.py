@@ -61,6 +61,7 @@ from sessions._runtime.kinds import resolve_kind
 from sessions._system import System, status_rows
 from sessions._tools.check import read_config
 from sessions._tools.server import FAULTS, StatusServer, parse_server
+from sessions._tools.systemd import SystemdNotifier
 from sessions.messages import ChildState, Event, SupervisorGaveUp
 from sessions.supervisor._tree import ResourceChild, stall_timeout
 
@@ -110,6 +111,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"server: http://{host}:{server.port} (GET /healthz, /status, /metrics)",
             file=out,
         )
+    if loaded.config.systemd.ready is not None:
+        names = loaded.config.systemd.ready
+        verb = "runs" if len(names) == 1 else "run"
+        print(f"systemd: READY=1 once {', '.join(names) or 'started'}"
+              f"{f' {verb}' if names else ''}", file=out)
     for name, path, message in unbounded_waits(loaded.config):
         log.warning("resources.%s.%s %s", name, path, message)
     for path, message in loaded.warnings:
@@ -420,12 +426,13 @@ class _Reloader:
     reload fold into one more reload after it. A file that does not validate changes
     nothing and is reported, as ``sessions check`` would report it. ``on_reloading`` and
     ``on_reloaded`` are called around each reload (the systemd notifier's
-    ``RELOADING=1`` and ``READY=1``).
+    ``RELOADING=1`` and ``READY=1``); ``on_reloaded`` gets the config now running (the
+    new one, or the old one if the file was refused).
     """
 
     def __init__(self, path: str, system: System, server: Any,
                  on_reloading: Callable[[], None] = lambda: None,
-                 on_reloaded: Callable[[], None] = lambda: None) -> None:
+                 on_reloaded: Callable[[SystemConfig], None] = lambda config: None) -> None:
         self.path = path
         self.system = system
         self.server = server
@@ -470,7 +477,7 @@ class _Reloader:
             try:
                 self.reload()
             finally:
-                self.on_reloaded()
+                self.on_reloaded(self.system.config)
 
     def reload(self) -> None:
         """One reload, reported on stderr."""
@@ -527,18 +534,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     interrupts = _Interrupts()
     system: System | None = None
     reloader: _Reloader | None = None
+    notifier: SystemdNotifier | None = None
     outcome = "returned"
     try:
         try:
             interrupts.armed = True  # from here on, the first signal raises _Stop
             interrupts.install()
+            # Started in the background so that systemd can be told READY=1 as soon as
+            # the [systemd] ready resources run; the app still waits for the whole tree.
+            system = sessions.start(loaded.raw, wait=False)
+            # -- systemd hook (sessions/_tools/systemd.py): READY=1, STATUS=, WATCHDOG=1
+            # here; RELOADING=1 and READY=1 around a SIGHUP reload (_Reloader);
+            # STOPPING=1 in the finally below.
+            notifier = SystemdNotifier.from_environment(
+                system, loaded.config.ready_resources())
+            if notifier is not None:
+                notifier.start()
             try:
-                system = sessions.start(loaded.raw)
+                system.ready.result()
             except ResourceUnavailable as err:
                 interrupts.armed = False
                 print(f"sessions: {loaded.path}: {redact(err)}", file=sys.stderr)
                 return EXIT_GAVE_UP
-            running = system
+            system._events.flush()  # boot events are history for later subscribers,
+            running = system  # as with start(wait=True): /metrics counts faults from here
 
             def on_event(event: Event) -> None:
                 if isinstance(event, SupervisorGaveUp) and event.supervisor == ROOT:
@@ -550,6 +569,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             if server is not None:
                 server.start(system)
             reloader = _Reloader(loaded.path, system, loaded.config.server)
+            if notifier is not None:
+                tell = notifier
+                reloader.on_reloading = tell.reloading
+                reloader.on_reloaded = lambda config: tell.ready(config.ready_resources())
             reloader.start()
             served = f"; serving {server.url} (/healthz /status /metrics)" if server else ""
             print(
@@ -579,6 +602,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if reloader is not None:
             reloader.stop()
+        if notifier is not None:  # systemd hook: STOPPING=1, and the notifier thread ends
+            notifier.stopping(None if system is None else system.failure)
         if server is not None:
             server.stop()
         if system is not None:
@@ -749,8 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGINT/SIGTERM. With a [server] table (bind, port) in CONFIG, serve "
         "read-only GET /healthz, /status and /metrics meanwhile. "
         "SIGINT/SIGTERM interrupt the app and stop gracefully; a second one "
-        "forces the exit. The working directory is importable, as with 'python -m': "
-        "the app and a kind 'mymodule:Class' may live in it.",
+        "forces the exit. Started by systemd as a Type=notify service (NOTIFY_SOCKET "
+        "set), it sends READY=1 once the [systemd] ready resources run, STATUS= lines, "
+        "WATCHDOG=1 while nothing is stalled, and STOPPING=1. The working directory is "
+        "importable, as with 'python -m': the app and a kind 'mymodule:Class' may live "
+        "in it.",
         epilog=f"exit codes:\n{codes}",
     )
     run.add_argument("config", metavar="CONFIG", help="the TOML config file")

@@ -205,8 +205,8 @@ class ResourceChild(Node):
     def abandoned(self) -> int:
         """Threads of abandoned incarnations still alive (blocked in a driver call that
         abort() could not end). Read by status views; zero in a healthy system."""
-        self.lost = [r for r in self.lost if _alive(r)]
-        return sum(1 for r in [*self.retired, *self.lost] if r.abandoned and _alive(r))
+        self.lost = [r for r in self.lost if runner_alive(r)]
+        return sum(1 for r in [*self.retired, *self.lost] if r.abandoned and runner_alive(r))
 
 
 def stall_timeout(spec: ResourceConfig) -> float:
@@ -246,7 +246,7 @@ def shutdown_wait(spec: ResourceConfig) -> float:
     return 0.0 if timeout == "brutal_kill" else timeout
 
 
-def _alive(runner: Runner) -> bool:
+def runner_alive(runner: Runner) -> bool:
     """Whether an incarnation's thread may still run (not started yet counts as alive)."""
     thread = runner.thread
     return thread is None or thread.is_alive()
@@ -422,6 +422,9 @@ class Kernel:
         self._ended = False
         """The loop has finished (under ``_cond``): ``call`` runs inline from then on."""
         self._next_stall_check = 0.0
+        self.turned_at = time.monotonic()
+        """When the loop last turned (it turns at least every STALL_TICK): read by
+        ``System.stalls()`` to tell a stuck supervision thread."""
         self._stoppers: set[threading.Thread] = set()  # supervision thread only
         self._shutdown: concurrent.futures.Future[None] | None = None
         self.on_remove: Callable[[Node], None] | None = None
@@ -479,6 +482,7 @@ class Kernel:
 
     def _loop(self) -> None:
         while not self._exit:
+            self.turned_at = time.monotonic()
             wake_by = self._tick()
             with self._cond:
                 now = time.monotonic()
@@ -1020,7 +1024,7 @@ class Kernel:
         wait = shutdown_wait(child.spec)
         if not abort_first and wait > 0:
             self._wait_end(runner, time.monotonic() + wait)
-        if _alive(runner):
+        if runner_alive(runner):
             what = runner.busy_what or "its work"
             runner.abandon(
                 f"resource {child.name!r} was abandoned" if abort_first
@@ -1039,7 +1043,7 @@ class Kernel:
         while True:
             limit = min(deadline, self.hurry + (0.25 if grace else 0.0))
             left = limit - time.monotonic()
-            if left <= 0 or not _alive(runner):
+            if left <= 0 or not runner_alive(runner):
                 return
             thread = runner.thread
             if thread is None:
@@ -1050,7 +1054,7 @@ class Kernel:
     def _reaped(self, child: ResourceChild, runner: Runner) -> None:
         if runner in child.retired:
             child.retired.remove(runner)
-        if _alive(runner):
+        if runner_alive(runner):
             child.lost.append(runner)
             log.error("resource %r: an abandoned incarnation's thread is still blocked "
                       "(in %s) after abort(); it is left behind", child.name,
