@@ -340,6 +340,34 @@ def test_run_as_a_process_on_an_abstract_socket_stops_on_sigterm(tmp_path: Path)
     assert receiver.datagrams()[-1] == {"STOPPING": "1", "STATUS": "stopping"}  # read above
 
 
+def test_sighup_reload_is_announced_as_reloading_then_ready(tmp_path: Path) -> None:
+    receiver = NotifySocket(f"@sessions-test-{uuid.uuid4().hex}")
+    path = tmp_path / "plant.toml"
+    path.write_text(RUN, encoding="utf-8")
+    env = {**os.environ, "NOTIFY_SOCKET": receiver.address}
+    proc = subprocess.Popen([sys.executable, "-m", "sessions", "run", str(path)],
+                            cwd=ROOT_DIR, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        receiver.wait_for(lambda f: "READY" in f, what="READY=1")
+        path.write_text(RUN + '\n[resources.c]\nkind = "tests.kinds:Probe"\n',
+                        encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        reloading = receiver.wait_for(lambda f: "RELOADING" in f, what="RELOADING=1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        ready = receiver.wait_for(lambda f: "READY" in f and "RELOADING" not in f,
+                                  what="READY=1 after the reload")
+        assert ready["STATUS"] == "3 resources running"
+        proc.send_signal(signal.SIGTERM)
+        receiver.wait_for(lambda f: "STOPPING" in f, what="STOPPING=1")
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        receiver.close()
+    assert proc.returncode == 0, err
+    assert "reloaded" in err and "added c" in err
+
+
 # -- the notifier on its own ----------------------------------------------------------
 
 

@@ -430,11 +430,12 @@ class _Reloader:
     new one, or the old one if the file was refused).
     """
 
-    def __init__(self, path: str, system: System, server: Any,
+    def __init__(self, path: str, server: Any,
                  on_reloading: Callable[[], None] = lambda: None,
                  on_reloaded: Callable[[SystemConfig], None] = lambda config: None) -> None:
         self.path = path
-        self.system = system
+        self.system: System | None = None
+        """Set by :meth:`start`; a SIGHUP before it waits for it."""
         self.server = server
         """The ``[server]`` table running: a change to it needs a restart of the process."""
         self.on_reloading = on_reloading
@@ -445,15 +446,21 @@ class _Reloader:
         self._installed = False
         self._thread = threading.Thread(target=self._loop, name="sessions-reload", daemon=True)
 
-    def start(self) -> None:
-        """Take over SIGHUP (main thread only, unless ignored) and start the thread."""
-        self._thread.start()
+    def install(self) -> None:
+        """Take over SIGHUP (main thread only, unless ignored), before the tree starts:
+        a SIGHUP that comes early (systemd may send one right after READY=1) is kept
+        for when the tree is up, never left to end the process."""
         if threading.current_thread() is not threading.main_thread():
             return
         if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
             return  # nohup: respect it
         self._previous = signal.signal(signal.SIGHUP, self._handle)
         self._installed = True
+
+    def start(self, system: System) -> None:
+        """Reload ``system`` on SIGHUP from now on (a SIGHUP already received too)."""
+        self.system = system
+        self._thread.start()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self._wanted.set()
@@ -465,7 +472,8 @@ class _Reloader:
             self._installed = False
         self._stopping = True
         self._wanted.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _loop(self) -> None:
         while True:
@@ -473,13 +481,15 @@ class _Reloader:
             self._wanted.clear()
             if self._stopping:
                 return
+            system = self.system
+            assert system is not None  # the thread starts with start(system)
             self.on_reloading()
             try:
-                self.reload()
+                self.reload(system)
             finally:
-                self.on_reloaded(self.system.config)
+                self.on_reloaded(system.config)
 
-    def reload(self) -> None:
+    def reload(self, system: System) -> None:
         """One reload, reported on stderr."""
         say = functools.partial(print, file=sys.stderr, flush=True)
         try:
@@ -487,7 +497,7 @@ class _Reloader:
             if loaded.config.server != self.server:
                 say(f"sessions: {self.path}: [server] changed: it applies at the next start "
                     "of the process, not on reload")
-            event = self.system.reload(loaded.raw)
+            event = system.reload(loaded.raw)
         except ConfigError as err:
             say(f"sessions: reload of {self.path} refused, nothing changed:")
             for path, message in err.errors:
@@ -540,6 +550,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             interrupts.armed = True  # from here on, the first signal raises _Stop
             interrupts.install()
+            reloader = _Reloader(loaded.path, loaded.config.server)
+            reloader.install()
             # Started in the background so that systemd can be told READY=1 as soon as
             # the [systemd] ready resources run; the app still waits for the whole tree.
             system = sessions.start(loaded.raw, wait=False)
@@ -568,12 +580,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 interrupts.root_gave_up()
             if server is not None:
                 server.start(system)
-            reloader = _Reloader(loaded.path, system, loaded.config.server)
             if notifier is not None:
                 tell = notifier
                 reloader.on_reloading = tell.reloading
                 reloader.on_reloaded = lambda config: tell.ready(config.ready_resources())
-            reloader.start()
+            reloader.start(system)
             served = f"; serving {server.url} (/healthz /status /metrics)" if server else ""
             print(
                 f"sessions: {_count(len(loaded.config.resources), 'resource')} "
