@@ -40,6 +40,7 @@ CORE = [
     "sessions/_runtime/breaker.py",
     "sessions/_runtime/stats.py",
     "sessions/_runtime/futures.py",
+    "sessions/_runtime/inject.py",
     "sessions/_config.py",
     "sessions/_runtime/runner.py",
     "sessions/_runtime/contract.py",
