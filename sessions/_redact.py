@@ -8,10 +8,11 @@ import re
 _URL_PASSWORD = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)"
 )
-# password=secret, password='a b', {'password': 'secret'} in DSNs and kwarg dumps, and
+# password=secret, password='a b', {'password': 'secret'} in DSNs and kwarg dumps (not a
+# URL's user name that happens to be "pwd": scheme://pwd:secret@ is the pattern above), and
 # Password=b'secret' in the repr of a bytes field (asyncua's UserNameIdentityToken)
 _KV_PASSWORD = re.compile(
-    r"(?i)(?P<head>\b\w*(?:password|passwd|pwd|secret)['\"]?\s*[=:]\s*)"
+    r"(?i)(?P<head>(?<!//)\b\w*(?:password|passwd|pwd|secret)['\"]?\s*[=:]\s*)"
     r"(?P<pw>b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"|[^'\"\s,;&)}]+)"
 )
 

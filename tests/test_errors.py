@@ -16,6 +16,7 @@ from sessions import (
     ChildRunning,
     ConfigError,
     DeviceError,
+    InjectedFault,
     LeaseBroken,
     ResourceBroken,
     ResourceFault,
@@ -29,6 +30,7 @@ EXAMPLES: list[tuple[SessionsError, dict[str, object]]] = [
     (SessionsError("with details", resource="a", extra=[1, 2]), {"resource": "a"}),
     (ResourceFault("query broke", resource="db", method="query"), {"method": "query"}),
     (ResourceBroken("link desynchronized"), {}),
+    (InjectedFault("a fault injected into a call to 'db'"), {}),
     (ResourceUnavailable("stopped", resource="cache"), {"resource": "cache"}),
     (LeaseBroken("lease ended", resource="db#1", lease="db-lease-1"),
      {"resource": "db#1", "lease": "db-lease-1"}),
@@ -162,6 +164,9 @@ def test_redact_url_exact() -> None:
         == "postgresql+psycopg://user:***@host/db"
     )
     assert redact("redis://:pw@host") == "redis://:***@host"
+    # A user named like a password key is a user: only the URL's password goes.
+    assert redact("postgresql://pwd:000000@a/db") == "postgresql://pwd:***@a/db"
+    assert redact("mqtt://password:x@broker:1883") == "mqtt://password:***@broker:1883"
 
 
 @pytest.mark.parametrize(
