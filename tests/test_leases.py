@@ -18,8 +18,9 @@ import pytest
 
 import sessions
 from sessions import CallTimeout, LeaseBroken, ResourceFault, ResourceUnavailable
+from sessions.messages import CircuitChanged
 from tests import kinds
-from tests.support import config, wait_until
+from tests.support import Recorder, config, wait_until
 
 
 def test_pool_members_all_leased_plain_call_waits() -> None:
@@ -219,6 +220,61 @@ def test_lease_given_up_while_its_first_call_waits_never_begins() -> None:
         assert p.state == "running" and p.restarts == 0
         with p.lease() as lease:  # the mailbox is free for the next lease
             assert lease.echo(1).result(5) == 1
+
+
+class CountingProbe(kinds.Probe):
+    """A probe whose caller errors count toward its circuit breaker."""
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        return True
+
+
+def test_a_probe_lease_given_up_before_it_begins_reopens_the_circuit() -> None:
+    """The half-open circuit's one probe call is a lease's first call, and its owner
+    gives the lease up while that call waits behind a busy call. The busy call's
+    success closes the circuit; when the probe's turn comes the lease does not begin,
+    and the probe that never ran counts as a failure (as the handle counts any probe
+    refused or expired in the queue): with failures=1 the circuit opens again, and a
+    later probe closes it."""
+    rec = Recorder()
+
+    async def give_up(p: sessions.Handle) -> None:
+        async def take() -> None:
+            async with p.lease():
+                raise AssertionError("the lease began")
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0)  # the task runs up to its wait for the first call
+        assert not task.done()  # the probe was let through, and waits
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    def echoed() -> bool:
+        return bool(p.echo(1).exception(5) is None)
+
+    def opened(count: int) -> None:
+        rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open", count)
+
+    cfg = {"resources": {"p": {"kind": "tests.test_leases:CountingProbe",
+                               "breaker": {"failures": 1, "reset_timeout": 0.05}}}}
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        failing = p.fail()
+        busy = p.block(started, release)  # let through before the circuit opens
+        with pytest.raises(ValueError):
+            failing.result(5)
+        opened(1)
+        assert started.wait(5)
+        time.sleep(0.1)  # past reset_timeout: the next call is the half-open probe
+        asyncio.run(give_up(p))  # its first call is the probe, behind the busy call
+        release.set()
+        assert busy.result(5) == "released"
+        opened(2)
+        wait_until(echoed, what="a successful probe after reset_timeout")
+        assert kinds.controls("p").leases == []
 
 
 def test_lease_misuse() -> None:
