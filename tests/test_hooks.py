@@ -290,6 +290,44 @@ def test_a_fault_reported_while_connecting_takes_effect_once_serving() -> None:
         assert EarlyReporter.connects == 2
 
 
+class SelfReporter(sessions.ResourceActor):
+    """Its first connect() reports that connection broken itself, on the actor thread,
+    and still returns it (no other thread involved, so nothing yields on the way)."""
+
+    kind = "self-reporter"
+    fault_types = (Broken,)
+    connects = 0
+
+    def connect(self) -> object:
+        type(self).connects += 1
+        conn = object()
+        if type(self).connects == 1:
+            self.report_fault(Broken("broken from the start"), conn)
+        return conn
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_a_fault_reported_by_connect_itself_takes_effect_once_the_start_is_recorded(
+) -> None:
+    """The fault takes effect once the incarnation serves, i.e. after the supervisor
+    has recorded its start: the resource restarts once and serves. Handled as soon as
+    connect() returned, it would end the incarnation before the start was recorded,
+    the supervisor would drop the report as stale, and the resource would stay
+    'running' with no incarnation serving it (this kind's connect() never yields the
+    GIL, so its thread gets that far before the supervisor looks)."""
+    rec = Recorder()
+    SelfReporter.connects = 0
+    with _start("SelfReporter") as system:
+        system.subscribe(rec)
+        r = system.get("r")
+        wait_until(lambda: r.restarts == 1, what="the restart")
+        assert r.ping().result(5) == "pong"
+        assert SelfReporter.connects == 2
+        assert "broken from the start" in (system.status()["children"][0]["last_fault"] or "")
+
+
 class StaleReporter(sessions.ResourceActor):
     """After a restart, a reader of the previous connection reports it broken while the
     new connection is being set up (here: from inside a replay step)."""

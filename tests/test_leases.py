@@ -18,8 +18,9 @@ import pytest
 
 import sessions
 from sessions import CallTimeout, LeaseBroken, ResourceFault, ResourceUnavailable
+from sessions.messages import CircuitChanged
 from tests import kinds
-from tests.support import config, wait_until
+from tests.support import Recorder, config, wait_until
 
 
 def test_pool_members_all_leased_plain_call_waits() -> None:
@@ -165,8 +166,9 @@ def test_lease_not_begun_within_timeout() -> None:
         assert info.value.started is False
         release.set()
         assert busy.result(5) == "released"
-        assert p.echo(1).result(5) == 1
+        assert p.echo(1).result(5) == 1  # runs after the expired first call was dropped
         assert kinds.controls("p").leases == []
+        assert system.stats("p").outcomes["timeout"] == 1  # the first call, expired
 
 
 def test_lease_refused_by_begin_lease() -> None:
@@ -175,11 +177,104 @@ def test_lease_refused_by_begin_lease() -> None:
     with sessions.start(config(["p"])) as system:
         p = system.get("p")
         kinds.controls("p").refuse_lease = True
-        with pytest.raises(ValueError, match="lease refused"), p.lease():
+        lease = p.lease()
+        with pytest.raises(ValueError, match="lease refused"), lease:
             pass
-        assert p.echo(1).result(5) == 1
+        assert p.echo(1).result(5) == 1  # served once the refused lease is over
         assert kinds.controls("p").leases == []
         assert p.state == "running"
+        with pytest.raises(LeaseBroken,
+                           match=r"is broken: its first call, begin_lease\(\), failed;"):
+            lease.echo(2).result(5)
+
+
+def test_lease_given_up_while_its_first_call_waits_never_begins() -> None:
+    """A task cancelled while its ``async with`` waits for the lease to begin gives the
+    lease up; its first call is left queued (cancelling a waiter does not withdraw a
+    call), and when its turn comes the lease does not begin: begin_lease never runs and
+    the resource goes on serving the calls behind it."""
+
+    async def main(p: sessions.Handle) -> None:
+        async def take() -> None:
+            async with p.lease():
+                raise AssertionError("the lease began")
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0)  # the task runs up to its wait for the first call
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        busy = p.block(started, release)
+        assert started.wait(5)
+        asyncio.run(main(p))
+        behind = p.echo("behind")
+        release.set()
+        assert busy.result(5) == "released"
+        assert behind.result(5) == "behind"
+        assert kinds.controls("p").leases == []
+        assert p.state == "running" and p.restarts == 0
+        with p.lease() as lease:  # the mailbox is free for the next lease
+            assert lease.echo(1).result(5) == 1
+
+
+class CountingProbe(kinds.Probe):
+    """A probe whose caller errors count toward its circuit breaker."""
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        return True
+
+
+def test_a_probe_lease_given_up_before_it_begins_reopens_the_circuit() -> None:
+    """The half-open circuit's one probe call is a lease's first call, and its owner
+    gives the lease up while that call waits behind a busy call. The busy call's
+    success closes the circuit; when the probe's turn comes the lease does not begin,
+    and the probe that never ran counts as a failure (as the handle counts any probe
+    refused or expired in the queue): with failures=1 the circuit opens again, and a
+    later probe closes it."""
+    rec = Recorder()
+
+    async def give_up(p: sessions.Handle) -> None:
+        async def take() -> None:
+            async with p.lease():
+                raise AssertionError("the lease began")
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0)  # the task runs up to its wait for the first call
+        assert not task.done()  # the probe was let through, and waits
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    def echoed() -> bool:
+        return bool(p.echo(1).exception(5) is None)
+
+    def opened(count: int) -> None:
+        rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open", count)
+
+    cfg = {"resources": {"p": {"kind": "tests.test_leases:CountingProbe",
+                               "breaker": {"failures": 1, "reset_timeout": 0.05}}}}
+    with sessions.start(cfg) as system:
+        system.subscribe(rec)
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        failing = p.fail()
+        busy = p.block(started, release)  # let through before the circuit opens
+        with pytest.raises(ValueError):
+            failing.result(5)
+        opened(1)
+        assert started.wait(5)
+        time.sleep(0.1)  # past reset_timeout: the next call is the half-open probe
+        asyncio.run(give_up(p))  # its first call is the probe, behind the busy call
+        release.set()
+        assert busy.result(5) == "released"
+        opened(2)
+        wait_until(echoed, what="a successful probe after reset_timeout")
+        assert kinds.controls("p").leases == []
 
 
 def test_lease_misuse() -> None:
@@ -263,4 +358,31 @@ def test_lease_calls_are_batched_among_themselves() -> None:
         assert b.log().result(5) == [
             ("batch", ["lease"] * 3), ("lease", 0), ("lease", 1), ("lease", 2),
             ("batch", ["other"] * 3), ("other", 0), ("other", 1), ("other", 2),
+        ]
+
+
+class PairBatcher(Batcher):
+    """Batches at most two calls."""
+
+    max_batch = 2
+
+
+def test_lease_batches_hold_at_most_max_batch_calls() -> None:
+    """A lease's queued calls of a batch method are batched max_batch at a time; the
+    odd one out runs as itself."""
+    with sessions.start(
+            {"resources": {"b": {"kind": "tests.test_leases:PairBatcher"}}}) as system:
+        b = system.get("b")
+        started, release = threading.Event(), threading.Event()
+        with b.lease() as lease:
+            held = lease.hold(started, release)
+            assert started.wait(5)
+            mine = [lease.put("lease", i) for i in range(5)]
+            release.set()
+            held.result(5)
+            assert [f.result(5) for f in mine] == [0, 1, 2, 3, 4]
+        assert b.log().result(5) == [
+            ("batch", ["lease"] * 2), ("lease", 0), ("lease", 1),
+            ("batch", ["lease"] * 2), ("lease", 2), ("lease", 3),
+            ("lease", 4),
         ]

@@ -6,6 +6,7 @@ calls, normal exits, report_fault()."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import gc
 import logging
 import threading
@@ -1437,3 +1438,32 @@ def test_deferred_replies_still_owed_when_the_connection_closes_fail_at_once() -
         answer.set_result("too late")  # dropped
         assert asked.exception(0) is error
         assert r.ping().result(5) == "pong"
+
+
+def test_a_retired_incarnation_waiting_for_its_stop_serves_nothing_and_ignores_reports(
+) -> None:
+    """A one_for_all restart retires the siblings of the faulted child; the stopper ends
+    them one at a time (b first, waiting for its call), so c's old incarnation waits
+    for its stop meanwhile. It serves no call in that time (a call waits for the new
+    incarnation), and a fault its reader reports then is moot: c still ends at once when
+    its turn comes, and is restarted once."""
+    cfg = config({"c": {"shutdown_timeout": 30}, "b": {"shutdown_timeout": 30}, "a": {}},
+                 strategy="one_for_all")
+    with sessions.start(cfg) as system:
+        a, b, c = (system.get(name) for name in "abc")
+        report = c.apply(lambda probe: functools.partial(
+            probe.report_fault, ProbeBroken("the old connection's reader saw EOF"),
+            probe.resource)).result(5)
+        started, release = threading.Event(), threading.Event()
+        held = b.block(started, release)
+        assert started.wait(5)
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)  # answered once b and c are retired
+        late = c.generation()
+        report()
+        concurrent.futures.wait([late], timeout=0.2)
+        assert not late.done()  # not served by the retired incarnation
+        release.set()
+        assert held.result(5) == "released"
+        assert late.result(10) == 2  # served by c's next connection
+        assert c.restarts == 1 and controls("c").connects == 2
