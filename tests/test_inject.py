@@ -85,7 +85,8 @@ def test_a_stalled_call_is_aborted_by_the_stall_watchdog() -> None:
         stall = system.faults("a").stall_next_call()
         with pytest.raises(sessions.ResourceFault, match="stall"):
             a.record("held", 1).result(5)
-        assert stall.aborted
+        # The caller is failed first; the stopper thread then aborts the connection.
+        wait_until(lambda: stall.aborted, what="the held call aborted")
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert a.record("after", 2).result(5) == 2
         assert [c for c, _, _ in controls("a").log] == ["after"]
