@@ -33,9 +33,10 @@ from typing import Any, TypeVar
 import sessions
 from sessions import _config
 from sessions._runtime import futures as _futures
+from sessions._runtime import substitutes
 from sessions.messages import Event
 
-__all__ = ["EventLog", "Harness", "library_threads", "merge"]
+__all__ = ["EventLog", "Harness", "fake_redis_server", "library_threads", "merge"]
 
 E = TypeVar("E")
 
@@ -130,6 +131,15 @@ def library_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("sessions-") and t.is_alive()}
 
 
+def fake_redis_server(name: str = "") -> Any:
+    """The fake Redis server (a ``fakeredis.FakeServer``) behind ``url =
+    "fakeredis://NAME"``: look at its data, or set ``connected = False`` to make it
+    fail as a real server going down would (see docs/testing.md, "Substitutes")."""
+    from sessions.actors.redis import fake_server  # noqa: PLC0415 - imports redis-py
+
+    return fake_server(name)
+
+
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` merged in, tables recursively (a copy; neither is
     changed): ``{"resources": {"db": {"url": "sqlite://"}}}`` changes one key."""
@@ -169,13 +179,15 @@ class Harness:
         return system
 
     def finish(self) -> list[str]:
-        """Stop every system started here; the problems: library threads still running
+        """Stop every system started here and forget the substitutes' named peers (fake
+        Redis servers, in-memory brokers); the problems: library threads still running
         ``LEAK_WAIT`` s after, futures never resolved."""
         try:
             for system in reversed(self.systems):
                 system.stop()
         finally:
             _futures.TRACKED = self._previous
+            substitutes.reset()  # the next test's fake servers and brokers start empty
         problems = []
         deadline = time.monotonic() + LEAK_WAIT
         leaked = library_threads() - self._threads_before
