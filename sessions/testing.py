@@ -36,7 +36,14 @@ from sessions._runtime import futures as _futures
 from sessions._runtime import substitutes
 from sessions.messages import Event
 
-__all__ = ["EventLog", "Harness", "fake_redis_server", "library_threads", "merge"]
+__all__ = [
+    "EventLog",
+    "Harness",
+    "fake_redis_server",
+    "kafka_broker",
+    "library_threads",
+    "merge",
+]
 
 E = TypeVar("E")
 
@@ -138,6 +145,16 @@ def fake_redis_server(name: str = "") -> Any:
     from sessions.actors.redis import fake_server  # noqa: PLC0415 - imports redis-py
 
     return fake_server(name)
+
+
+def kafka_broker(name: str = "") -> Any:
+    """The in-memory Kafka broker (a :class:`sessions.actors.kafka.memory.MemoryBroker`)
+    behind ``bootstrap_servers = "memory://NAME"``: read its topics and committed
+    offsets, ``create_topic``, or ``down()``/``up()`` to make the cluster go away and
+    come back (see docs/testing.md, "Substitutes")."""
+    from sessions.actors.kafka.memory import broker  # noqa: PLC0415 - imports kafka-python
+
+    return broker(name)
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import kafka.errors
 import pytest
 import redis
 
 import sessions
+from sessions.actors.kafka import AckTimeout, SendResult
 from sessions.messages import ChildFaulted, ChildStarted
-from sessions.testing import EventLog, Harness, fake_redis_server
+from sessions.testing import EventLog, Harness, fake_redis_server, kafka_broker
 
 StartSystem = Callable[..., sessions.System]
 
@@ -161,3 +163,186 @@ def test_redis_fakeredis_url_errors_are_config_errors(monkeypatch: pytest.Monkey
     monkeypatch.setattr(importlib.util, "find_spec", without_fakeredis)
     with pytest.raises(sessions.ConfigError, match=r"pip install 'applib-sessions\[testing\]'"):
         sessions.start(redis_config(cache={"url": "fakeredis://"}))
+
+
+# -- kafka in memory --------------------------------------------------------------------
+
+
+def kafka_config(**resources: dict[str, Any]) -> dict[str, Any]:
+    kinds = {"out": "kafka_producer"}
+    return {
+        "supervisor": FAST,
+        "resources": {
+            name: {"kind": kinds.get(name.rstrip("0123456789"), "kafka_consumer"), **spec}
+            for name, spec in resources.items()
+        },
+    }
+
+
+def test_kafka_produce_then_consume_with_keys_and_headers_in_memory(
+    sessions_system: StartSystem,
+) -> None:
+    system = sessions_system(
+        kafka_config(
+            out={"bootstrap_servers": "memory://plant?partitions=3"},
+            inp={"bootstrap_servers": "memory://plant?partitions=3", "group_id": "line3",
+                 "topics": ["readings"]},
+        )
+    )
+    out, inp = system.get("out"), system.get("inp")
+    sent = [
+        out.send("readings", f"{n}", key=f"sensor-{n % 2}", headers={"unit": "degC"})
+        for n in range(6)
+    ]
+    results = [f.result(5) for f in sent]
+    assert isinstance(results[0], SendResult)
+    by_key = {results[n].partition for n in range(0, 6, 2)}, {
+        results[n].partition for n in range(1, 6, 2)
+    }
+    assert all(len(partitions) == 1 for partitions in by_key)  # a key keeps its partition
+    assert out.partitions_for("readings").result(5) == [0, 1, 2]
+    out.flush().result(5)
+
+    records = inp.fetch(10, timeout=2.0).result(5)
+    assert sorted(r.value for r in records) == [b"0", b"1", b"2", b"3", b"4", b"5"]
+    for key in (b"sensor-0", b"sensor-1"):  # in send order within a partition
+        assert [r.value for r in records if r.key == key] == sorted(
+            r.value for r in records if r.key == key
+        )
+    assert records[0].headers == (("unit", b"degC"),)
+    committed = inp.commit().result(5)
+    assert sum(committed.values()) == 6
+    (topic, partition), offset = next(iter(committed.items()))
+    assert inp.committed(topic, partition).result(5) == offset
+
+
+def test_kafka_consumer_restarted_resumes_from_its_committed_offset_in_memory(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    system = sessions_system(
+        kafka_config(
+            out={"bootstrap_servers": "memory://plant", "serializer": "json"},
+            inp={"bootstrap_servers": "memory://plant", "group_id": "g", "topics": "t",
+                 "deserializer": "json"},
+        )
+    )
+    out, inp = system.get("out"), system.get("inp")
+    for n in range(5):
+        out.send("t", {"n": n}).result(5)
+    first = inp.fetch(3, timeout=2.0).result(5)
+    assert [r.value for r in first] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert inp.commit().result(5) == {("t", 0): 3}
+    assert [r.value for r in inp.fetch(10, timeout=2.0).result(5)] == [{"n": 3}, {"n": 4}]
+
+    system.faults("inp").fail_calls(1)  # read 3 and 4, but crashed before committing
+    with pytest.raises(sessions.ResourceFault):
+        inp.commit().result(5)
+    sessions_events.wait_for(ChildStarted, name="inp", restarts=1, timeout=5)
+    again = inp.fetch(10, timeout=2.0).result(5)
+    assert [r.value for r in again] == [{"n": 3}, {"n": 4}]  # at-least-once
+
+
+def test_kafka_handler_mode_and_consumer_groups_in_memory(
+    sessions_system: StartSystem,
+) -> None:
+    handled: list[tuple[str, bytes]] = []
+    done = threading.Semaphore(0)
+
+    def handler(name: str) -> Callable[[Any], None]:
+        def handle(record: Any) -> None:
+            handled.append((name, record.value))
+            done.release()
+
+        return handle
+
+    system = sessions_system(
+        kafka_config(
+            out={"bootstrap_servers": "memory://plant?partitions=2"},
+            a={"bootstrap_servers": "memory://plant?partitions=2", "group_id": "g",
+               "topics": ["t"]},
+            b={"bootstrap_servers": "memory://plant?partitions=2", "group_id": "g",
+               "topics": ["t"]},
+            audit={"bootstrap_servers": "memory://plant?partitions=2", "group_id": "audit",
+                   "topics": ["t"]},
+        )
+    )
+    for name in ("a", "b", "audit"):
+        system.get(name).consume(handler(name)).result(5)
+    assert len(system.get("a").assignment().result(5)) == 1  # the group shares them out
+    assert len(system.get("b").assignment().result(5)) == 1
+    assert len(system.get("audit").assignment().result(5)) == 2  # another group: all
+    out = system.get("out")
+    for key in ("a", "b", "c", "d"):  # murmur2: keys on both partitions
+        out.send("t", key, key=key).result(5)
+    for _ in range(8):
+        assert done.acquire(timeout=5)
+    assert sorted(v for n, v in handled if n == "audit") == [b"a", b"b", b"c", b"d"]
+    assert sorted(v for n, v in handled if n != "audit") == [b"a", b"b", b"c", b"d"]
+    assert {n for n, _ in handled} == {"a", "b", "audit"}
+    broker = kafka_broker("plant")
+    assert sum(broker.committed("g", "t", p) or 0 for p in (0, 1)) == 4
+
+
+def test_kafka_broker_down_is_an_ack_timeout_fault_in_memory(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    system = sessions_system(
+        kafka_config(out={"bootstrap_servers": "memory://plant", "ack_timeout": 0.3})
+    )
+    out = system.get("out")
+    assert out.send("t", "before").result(5).offset == 0
+    broker = kafka_broker("plant")
+    broker.down()
+    late = out.send("t", "unacked")
+    with pytest.raises(sessions.ResourceFault) as caught:
+        late.result(5)
+    assert isinstance(caught.value.__cause__, AckTimeout)
+    sessions_events.wait_for(ChildFaulted, name="out", timeout=5)
+    broker.up()  # reconnects succeed again
+    sessions_events.wait_for(ChildStarted, name="out", restarts=1, timeout=5)
+    assert out.send("t", "after").result(5).offset == 1  # the unacked one died with its producer
+    assert [r.value for r in broker.records("t")] == [b"before", b"after"]
+
+
+def test_kafka_caller_errors_stay_with_the_caller_in_memory(sessions_system: StartSystem) -> None:
+    system = sessions_system(kafka_config(out={"bootstrap_servers": "memory://plant"}))
+    out = system.get("out")
+    with pytest.raises(kafka.errors.InvalidTopicError):
+        out.send("not a topic!", "x").result(5)
+    with pytest.raises(kafka.errors.MessageSizeTooLargeError):
+        out.send("t", b"x" * 2_000_000).result(5)
+    assert out.send("t", "fine").result(5).offset == 0
+    assert out.restarts == 0
+
+
+def test_kafka_memory_url_errors_are_config_errors() -> None:
+    with pytest.raises(sessions.ConfigError, match="cannot be listed with other"):
+        sessions.start(kafka_config(out={"bootstrap_servers": ["memory://a", "broker:9092"]}))
+    with pytest.raises(sessions.ConfigError, match="partitions must be a whole number"):
+        sessions.start(kafka_config(out={"bootstrap_servers": "memory://a?partitions=0"}))
+
+
+def test_kafka_consumer_faults_on_a_dead_broker_and_on_a_dropped_connection_in_memory(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    system = sessions_system(
+        kafka_config(
+            out={"bootstrap_servers": "memory://plant"},
+            inp={"bootstrap_servers": "memory://plant", "group_id": "g", "topics": ["t"],
+                 "fault_after": 0.2},
+        )
+    )
+    out, inp = system.get("out"), system.get("inp")
+    assert inp.assignment().result(5) == [("t", 0)]
+    broker = kafka_broker("plant")
+    broker.down()  # a polling consumer sees nothing; the link watch makes it a fault
+    faulted = sessions_events.wait_for(ChildFaulted, name="inp", timeout=5)
+    assert "no connection to any broker" in faulted.error
+    broker.up()
+    sessions_events.wait_for(ChildStarted, name="inp", restarts=1, timeout=5)
+
+    out.send("t", "one").result(5)
+    system.faults("inp").drop_connection()  # the kind's abort(): the member leaves
+    sessions_events.wait_for(ChildStarted, name="inp", restarts=2, timeout=5)
+    assert [r.value for r in inp.fetch(10, timeout=2.0).result(5)] == [b"one"]
+    assert inp.assignment().result(5) == [("t", 0)]
