@@ -16,6 +16,9 @@ from typing import Any
 import kafka.errors
 import pytest
 import redis
+import requests
+import responses
+import responses.matchers
 
 import sessions
 from sessions.actors.kafka import AckTimeout, SendResult
@@ -346,3 +349,56 @@ def test_kafka_consumer_faults_on_a_dead_broker_and_on_a_dropped_connection_in_m
     sessions_events.wait_for(ChildStarted, name="inp", restarts=2, timeout=5)
     assert [r.value for r in inp.fetch(10, timeout=2.0).result(5)] == [b"one"]
     assert inp.assignment().result(5) == [("t", 0)]
+
+
+# -- http on responses ------------------------------------------------------------------
+
+API = "http://plant-api.test/v1"
+"""A host that does not exist: only ``responses`` answers for it."""
+
+
+def http_config(**spec: Any) -> dict[str, Any]:
+    return {"supervisor": FAST, "resources": {"api": {"kind": "http", "base_url": API, **spec}}}
+
+
+def test_http_calls_go_through_the_kind_to_registered_responses(
+    sessions_system: StartSystem,
+) -> None:
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/orders", json=[{"id": 7}])
+        mock.post(f"{API}/orders", status=201, json={"id": 8},
+                  match=[responses.matchers.json_params_matcher({"item": "bolt"})])
+        mock.get(f"{API}/orders/9", status=404)
+        system = sessions_system(http_config(headers={"X-Client": "plant-7"}, pool_size=2))
+        api = system.get("api")
+        listed = api.get("orders").result(5)
+        assert listed.json() == [{"id": 7}] and listed.raw is None  # detached, plain data
+        assert api.post("orders", json={"item": "bolt"}).result(5).status_code == 201
+        assert api.get("orders/9").result(5).status_code == 404  # a status is an answer
+        assert [c.request.headers["X-Client"] for c in mock.calls] == ["plant-7"] * 3
+    assert api.restarts == 0
+
+
+def test_http_fault_classification_on_responses(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{API}/down", body=requests.ConnectionError("refused (mocked)"))
+        mock.get(f"{API}/up", json={"ok": True})
+        system = sessions_system(http_config(breaker={"failures": 2, "reset_timeout": 60}))
+        api = system.get("api")
+        # A connection error goes to the caller, never a restart; the breaker counts it.
+        for _ in range(2):
+            with pytest.raises(requests.ConnectionError, match="refused"):
+                api.get("down").result(5)
+        with pytest.raises(sessions.ResourceUnavailable, match="circuit"):
+            api.get("up").result(5)
+        assert api.restarts == 0
+        # A fault (here injected by the runtime) restarts the resource with a new Session.
+        system2 = sessions_system(http_config())
+        api2 = system2.get("api")
+        system2.faults("api").fail_calls(1)
+        with pytest.raises(sessions.ResourceFault):
+            api2.get("up").result(5)
+        sessions_events.wait_for(ChildStarted, name="api", restarts=1, timeout=5)
+        assert api2.get("up").result(5).json() == {"ok": True}
