@@ -43,6 +43,7 @@ __all__ = [
     "kafka_broker",
     "library_threads",
     "merge",
+    "modbus_device",
 ]
 
 E = TypeVar("E")
@@ -155,6 +156,15 @@ def kafka_broker(name: str = "") -> Any:
     from sessions.actors.kafka.memory import broker  # noqa: PLC0415 - imports kafka-python
 
     return broker(name)
+
+
+def modbus_device(port: int = 502) -> Any:
+    """The simulated Modbus device behind ``host = "sim"`` and ``port`` (a
+    :class:`sessions.actors._modbus_sim.ModbusSim`): ``set``/``get`` its coils and
+    registers, ``stop()``/``start()`` it (see docs/testing.md, "Substitutes")."""
+    from sessions.actors._modbus_sim import simulator  # noqa: PLC0415 - imports pymodbus
+
+    return simulator(port)
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,13 @@ import responses.matchers
 import sessions
 from sessions.actors.kafka import AckTimeout, SendResult
 from sessions.messages import ChildFaulted, ChildStarted
-from sessions.testing import EventLog, Harness, fake_redis_server, kafka_broker
+from sessions.testing import (
+    EventLog,
+    Harness,
+    fake_redis_server,
+    kafka_broker,
+    modbus_device,
+)
 
 StartSystem = Callable[..., sessions.System]
 
@@ -182,6 +188,18 @@ def kafka_config(**resources: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fetch(consumer: sessions.Handle, count: int) -> list[Any]:
+    """``count`` records from a manual-mode consumer: ``fetch()`` returns what it has
+    (the poll hook may have taken only some of the records sent so far), so ask again,
+    each time for at most the rest, within 10 tries of at most 2 s."""
+    records: list[Any] = []
+    for _ in range(10):
+        if len(records) == count:
+            break
+        records += consumer.fetch(count - len(records), timeout=2.0).result(5)
+    return records
+
+
 def test_kafka_produce_then_consume_with_keys_and_headers_in_memory(
     sessions_system: StartSystem,
 ) -> None:
@@ -206,7 +224,7 @@ def test_kafka_produce_then_consume_with_keys_and_headers_in_memory(
     assert out.partitions_for("readings").result(5) == [0, 1, 2]
     out.flush().result(5)
 
-    records = inp.fetch(10, timeout=2.0).result(5)
+    records = fetch(inp, 6)
     assert sorted(r.value for r in records) == [b"0", b"1", b"2", b"3", b"4", b"5"]
     for key in (b"sensor-0", b"sensor-1"):  # in send order within a partition
         assert [r.value for r in records if r.key == key] == sorted(
@@ -232,16 +250,16 @@ def test_kafka_consumer_restarted_resumes_from_its_committed_offset_in_memory(
     out, inp = system.get("out"), system.get("inp")
     for n in range(5):
         out.send("t", {"n": n}).result(5)
-    first = inp.fetch(3, timeout=2.0).result(5)
+    first = fetch(inp, 3)
     assert [r.value for r in first] == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert inp.commit().result(5) == {("t", 0): 3}
-    assert [r.value for r in inp.fetch(10, timeout=2.0).result(5)] == [{"n": 3}, {"n": 4}]
+    assert [r.value for r in fetch(inp, 2)] == [{"n": 3}, {"n": 4}]
 
     system.faults("inp").fail_calls(1)  # read 3 and 4, but crashed before committing
     with pytest.raises(sessions.ResourceFault):
         inp.commit().result(5)
     sessions_events.wait_for(ChildStarted, name="inp", restarts=1, timeout=5)
-    again = inp.fetch(10, timeout=2.0).result(5)
+    again = fetch(inp, 2)
     assert [r.value for r in again] == [{"n": 3}, {"n": 4}]  # at-least-once
 
 
@@ -347,7 +365,7 @@ def test_kafka_consumer_faults_on_a_dead_broker_and_on_a_dropped_connection_in_m
     out.send("t", "one").result(5)
     system.faults("inp").drop_connection()  # the kind's abort(): the member leaves
     sessions_events.wait_for(ChildStarted, name="inp", restarts=2, timeout=5)
-    assert [r.value for r in inp.fetch(10, timeout=2.0).result(5)] == [b"one"]
+    assert [r.value for r in fetch(inp, 1)] == [b"one"]
     assert inp.assignment().result(5) == [("t", 0)]
 
 
@@ -402,3 +420,56 @@ def test_http_fault_classification_on_responses(
             api2.get("up").result(5)
         sessions_events.wait_for(ChildStarted, name="api", restarts=1, timeout=5)
         assert api2.get("up").result(5).json() == {"ok": True}
+
+
+# -- modbus on pymodbus's own server ------------------------------------------------------
+
+
+def modbus_config(**spec: Any) -> dict[str, Any]:
+    return {
+        "supervisor": FAST,
+        "resources": {"plc": {"kind": "modbus", "host": "sim", "port": 502, "timeout": 0.5,
+                              **spec}},
+    }
+
+
+def test_modbus_calls_on_the_simulated_device(sessions_system: StartSystem) -> None:
+    system = sessions_system(modbus_config())
+    plc = system.get("plc")
+    device = modbus_device(502)
+    device.set("input_registers", 10, [215, 216])  # the device's sensors
+    device.set("discrete_inputs", 3, [True])
+    assert plc.read_input_registers(10, 2).result(5) == [215, 216]
+    assert plc.read_discrete_inputs(2, 3).result(5) == [False, True, False]
+    plc.write_register(100, 1500).result(5)
+    plc.write_coils(0, [True, False, True]).result(5)
+    plc.write_value(200, -2.5, "float32").result(5)
+    assert device.get("holding_registers", 100) == [1500]
+    assert device.get("coils", 0, 3) == [True, False, True]
+    assert plc.read_value(200, "float32").result(5) == -2.5
+    assert plc.read_holding_registers(0, 1, device_id=7).result(5) == [0]  # any device id
+    # A Modbus exception is the caller's: the link is fine.
+    with pytest.raises(sessions.DeviceError, match="ILLEGAL DATA ADDRESS"):
+        plc.read_holding_registers(9999, 2).result(5)
+    assert plc.restarts == 0
+
+
+def test_modbus_device_switched_off_is_a_fault_then_failed_starts(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    system = sessions_system(modbus_config())
+    plc = system.get("plc")
+    plc.write_register(1, 42).result(5)
+    device = modbus_device(502)
+    device.stop()
+    with pytest.raises(sessions.ResourceFault):
+        plc.read_holding_registers(1).result(5)
+    sessions_events.wait_for(ChildFaulted, name="plc", timeout=5)
+    device.start()
+    sessions_events.wait_for(ChildStarted, name="plc", restarts=1, timeout=5)
+    assert plc.read_holding_registers(1).result(5) == [42]  # the device kept its data
+
+    system.faults("plc").fail_calls(1)  # and the runtime's injection, as for every kind
+    with pytest.raises(sessions.ResourceFault):
+        plc.read_holding_registers(1).result(5)
+    sessions_events.wait_for(ChildStarted, name="plc", restarts=2, timeout=5)

@@ -14,6 +14,7 @@ This module imports no driver: the kinds hand it a factory when they first need 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 __all__ = ["peer", "peers", "reset"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("sessions.substitutes")
 
 _lock = threading.Lock()
 _peers: dict[tuple[str, str], Any] = {}
@@ -45,7 +48,16 @@ def peers(family: str) -> dict[str, Any]:
 
 
 def reset() -> None:
-    """Forget every peer: the next resource to ask for a name gets a fresh, empty one.
-    A resource still connected keeps the peer it has (stop systems first)."""
+    """Forget every peer, closing those that have a ``close()`` (a simulated device's
+    server thread): the next resource to ask for a name gets a fresh, empty one. A
+    resource still connected keeps the peer it has (stop systems first)."""
     with _lock:
+        forgotten = list(_peers.values())
         _peers.clear()
+    for value in forgotten:
+        close = getattr(value, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # one peer failing to close must not keep the others open
+                log.exception("closing the substitute %r failed", value)
