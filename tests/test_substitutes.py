@@ -30,6 +30,7 @@ from sessions.testing import (
     kafka_broker,
     modbus_device,
 )
+from tests.support import wait_until
 
 StartSystem = Callable[..., sessions.System]
 
@@ -301,7 +302,8 @@ def test_kafka_handler_mode_and_consumer_groups_in_memory(
     assert sorted(v for n, v in handled if n != "audit") == [b"a", b"b", b"c", b"d"]
     assert {n for n, _ in handled} == {"a", "b", "audit"}
     broker = kafka_broker("plant")
-    assert sum(broker.committed("g", "t", p) or 0 for p in (0, 1)) == 4
+    wait_until(lambda: sum(broker.committed("g", "t", p) or 0 for p in (0, 1)) == 4,
+               what="the group's commits after the handlers")
 
 
 def test_kafka_broker_down_is_an_ack_timeout_fault_in_memory(
@@ -473,3 +475,38 @@ def test_modbus_device_switched_off_is_a_fault_then_failed_starts(
     with pytest.raises(sessions.ResourceFault):
         plc.read_holding_registers(1).result(5)
     sessions_events.wait_for(ChildStarted, name="plc", restarts=2, timeout=5)
+
+
+def test_kafka_handler_errors_retry_then_dead_letter_in_memory(
+    sessions_system: StartSystem,
+) -> None:
+    attempts: list[bytes] = []
+    settled = threading.Semaphore(0)
+
+    def handle(record: Any) -> None:
+        attempts.append(record.value)
+        if record.value == b"bad":
+            raise ValueError("cannot parse")
+        settled.release()
+
+    system = sessions_system(
+        kafka_config(
+            out={"bootstrap_servers": "memory://plant"},
+            inp={"bootstrap_servers": "memory://plant", "group_id": "g", "topics": ["t"],
+                 "on_handler_error": "retry", "max_retries": 2, "retry_backoff": 0.01,
+                 "dead_letter_topic": "t.dlq"},
+        )
+    )
+    inp, out = system.get("inp"), system.get("out")
+    inp.consume(handle).result(5)
+    for value in ("good", "bad", "after"):
+        out.send("t", value).result(5)
+    assert settled.acquire(timeout=5) and settled.acquire(timeout=5)
+    assert attempts == [b"good", b"bad", b"bad", b"bad", b"after"]  # 1 try + 2 retries
+    (dead,) = kafka_broker("plant").records("t.dlq")
+    assert dead.value == b"bad"
+    assert ("dlq.original.offset", b"1") in dead.headers
+    stats = inp.stats().result(5)
+    assert (stats["retries"], stats["dead_lettered"], stats["handled"]) == (2, 1, 2)
+    wait_until(lambda: kafka_broker("plant").committed("g", "t", 0) == 3,
+               what="the commit after the handler")
