@@ -18,6 +18,12 @@ library) gives any project whose tests run with pytest two fixtures, without an 
 
 Failures on cue come from the runtime: ``system.faults(name)`` (see
 :class:`sessions.FaultInjector`). ``docs/testing.md`` shows them together.
+
+The substitutes a config selects (``fakeredis://``, ``memory://``, ``host = "sim"``,
+``opc.tcp://sim/``) are in-process peers shared by name; :func:`fake_redis_server`,
+:func:`kafka_broker`, :func:`modbus_device` and :func:`opcua_server` give a test the
+peer itself, to look at it or make it fail, and :meth:`Harness.finish` forgets them all
+after each test (``docs/testing.md``, "Substitutes").
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ __all__ = [
     "library_threads",
     "merge",
     "modbus_device",
+    "opcua_server",
 ]
 
 E = TypeVar("E")
@@ -165,6 +172,15 @@ def modbus_device(port: int = 502) -> Any:
     from sessions.actors._modbus_sim import simulator  # noqa: PLC0415 - imports pymodbus
 
     return simulator(port)
+
+
+def opcua_server(name: str = "") -> Any:
+    """The simulated OPC UA server behind ``url = "opc.tcp://sim/NAME"`` (a
+    :class:`sessions.actors._opcua_sim.OPCUASim`): ``add_variable`` to its address
+    space, ``get``/``set`` values (see docs/testing.md, "Substitutes")."""
+    from sessions.actors._opcua_sim import simulator  # noqa: PLC0415 - starts asyncua
+
+    return simulator(name)
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import responses.matchers
 
 import sessions
 from sessions.actors.kafka import AckTimeout, SendResult
+from sessions.actors.opcua import NodeError
 from sessions.messages import ChildFaulted, ChildStarted
 from sessions.testing import (
     EventLog,
@@ -29,6 +30,7 @@ from sessions.testing import (
     fake_redis_server,
     kafka_broker,
     modbus_device,
+    opcua_server,
 )
 from tests.support import wait_until
 
@@ -510,3 +512,49 @@ def test_kafka_handler_errors_retry_then_dead_letter_in_memory(
     assert (stats["retries"], stats["dead_lettered"], stats["handled"]) == (2, 1, 2)
     wait_until(lambda: kafka_broker("plant").committed("g", "t", 0) == 3,
                what="the commit after the handler")
+
+
+# -- opcua on asyncua's own server -------------------------------------------------------
+
+
+def test_opcua_calls_and_subscriptions_on_the_simulated_server(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    server = opcua_server("plant")  # before the system: the nodes exist when it connects
+    temperature = server.add_variable("Plant.Temperature", 20.5, "Double")
+    count = server.add_variable("Plant.Count", 7, "Int32")
+    serial = server.add_variable("Plant.Serial", "SN-0001", writable=False)
+    system = sessions_system({"supervisor": FAST, "resources": {
+        "line": {"kind": "opcua", "url": "opc.tcp://sim/plant", "keepalive": 0.5}}})
+    line = system.get("line")
+    assert line.read(temperature).result(5) == 20.5
+    assert line.read_many([count, serial]).result(5) == [7, "SN-0001"]
+    line.write(count, 9).result(5)  # the node's Int32 type, read once per connection
+    assert server.get(count) == 9
+    assert line.browse_path(["0:Objects", "2:Plant.Count"]).result(5) == count
+    # The server's refusals are the caller's: the session goes on.
+    with pytest.raises(NodeError, match=r"BadUserAccessDenied|BadNotWritable"):
+        line.write(serial, "forged").result(5)
+    with pytest.raises(NodeError, match="BadNodeIdUnknown"):
+        line.read("ns=2;s=Plant.Nothing").result(5)
+    assert line.restarts == 0
+
+    changes: list[Any] = []
+    arrived = threading.Semaphore(0)
+
+    def on_change(change: Any) -> None:
+        changes.append(change.value)
+        arrived.release()
+
+    line.subscribe(temperature, on_change, period=0.05).result(5)
+    assert arrived.acquire(timeout=5)  # the current value first
+    server.set(temperature, 21.0)
+    assert arrived.acquire(timeout=5)
+    system.faults("line").fail_calls(1)
+    with pytest.raises(sessions.ResourceFault):
+        line.read(temperature).result(5)
+    sessions_events.wait_for(ChildStarted, name="line", restarts=1, timeout=10)
+    assert arrived.acquire(timeout=5)  # replayed: the current value again
+    server.set(temperature, 22.5)
+    assert arrived.acquire(timeout=5)
+    assert changes == [20.5, 21.0, 21.0, 22.5]
