@@ -558,3 +558,38 @@ def test_opcua_calls_and_subscriptions_on_the_simulated_server(
     server.set(temperature, 22.5)
     assert arrived.acquire(timeout=5)
     assert changes == [20.5, 21.0, 21.0, 22.5]
+
+
+# -- the stall watchdog aborts a call on every substitute ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "call"),
+    [
+        ({"kind": "redis", "url": "fakeredis://"}, ("get", "k")),
+        ({"kind": "kafka_producer", "bootstrap_servers": "memory://"}, ("partitions_for", "t")),
+        ({"kind": "kafka_consumer", "bootstrap_servers": "memory://", "group_id": "g",
+          "topics": ["t"]}, ("assignment",)),
+        ({"kind": "modbus", "host": "sim", "port": 1502}, ("read_coils", 0)),
+        ({"kind": "opcua", "url": "opc.tcp://sim/stall"}, ("read", "i=2259")),
+    ],
+    ids=["redis", "kafka_producer", "kafka_consumer", "modbus", "opcua"],
+)
+def test_a_stalled_call_is_aborted_and_the_substitute_serves_again(
+    sessions_system: StartSystem,
+    sessions_events: EventLog,
+    spec: dict[str, Any],
+    call: tuple[Any, ...],
+) -> None:
+    system = sessions_system(
+        {"supervisor": FAST, "resources": {"res": {**spec, "stall_timeout": 0.5}}}
+    )
+    res = system.get("res")
+    method, *args = call
+    getattr(res, method)(*args).result(10)
+    stall = system.faults("res").stall_next_call()
+    with pytest.raises(sessions.ResourceFault, match="stall"):
+        getattr(res, method)(*args).result(10)
+    assert stall.aborted
+    sessions_events.wait_for(ChildStarted, name="res", restarts=1, timeout=10)
+    getattr(res, method)(*args).result(10)
