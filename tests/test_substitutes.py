@@ -340,6 +340,23 @@ def test_kafka_caller_errors_stay_with_the_caller_in_memory(sessions_system: Sta
     assert out.restarts == 0
 
 
+def test_kafka_urls_naming_one_broker_must_agree_on_partitions(
+    sessions_system: StartSystem, sessions_events: EventLog
+) -> None:
+    system = sessions_system(
+        kafka_config(out={"bootstrap_servers": "memory://plant?partitions=2"},
+                     out2={"bootstrap_servers": "memory://plant?partitions=3"}),
+        partial=True,
+    )
+    failed = sessions_events.wait_for(
+        lambda e: isinstance(e, ChildFaulted) and "partitions" in e.error, timeout=5
+    )
+    assert "that broker has partitions=" in failed.error
+    assert system.get(failed.name).restarts == 0  # never started
+    started = {"out", "out2"} - {failed.name}
+    assert kafka_broker("plant").default_partitions == (2 if started == {"out"} else 3)
+
+
 def test_kafka_memory_url_errors_are_config_errors() -> None:
     with pytest.raises(sessions.ConfigError, match="cannot be listed with other"):
         sessions.start(kafka_config(out={"bootstrap_servers": ["memory://a", "broker:9092"]}))
