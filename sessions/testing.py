@@ -18,6 +18,12 @@ library) gives any project whose tests run with pytest two fixtures, without an 
 
 Failures on cue come from the runtime: ``system.faults(name)`` (see
 :class:`sessions.FaultInjector`). ``docs/testing.md`` shows them together.
+
+The substitutes a config selects (``fakeredis://``, ``memory://``, ``host = "sim"``,
+``opc.tcp://sim/``) are in-process peers shared by name; :func:`fake_redis_server`,
+:func:`kafka_broker`, :func:`modbus_device` and :func:`opcua_server` give a test the
+peer itself, to look at it or make it fail, and :meth:`Harness.finish` forgets them all
+after each test (``docs/testing.md``, "Substitutes").
 """
 
 from __future__ import annotations
@@ -33,9 +39,19 @@ from typing import Any, TypeVar
 import sessions
 from sessions import _config
 from sessions._runtime import futures as _futures
+from sessions._runtime import substitutes
 from sessions.messages import Event
 
-__all__ = ["EventLog", "Harness", "library_threads", "merge"]
+__all__ = [
+    "EventLog",
+    "Harness",
+    "fake_redis_server",
+    "kafka_broker",
+    "library_threads",
+    "merge",
+    "modbus_device",
+    "opcua_server",
+]
 
 E = TypeVar("E")
 
@@ -130,6 +146,43 @@ def library_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("sessions-") and t.is_alive()}
 
 
+def fake_redis_server(name: str = "") -> Any:
+    """The fake Redis server (a ``fakeredis.FakeServer``) behind ``url =
+    "fakeredis://NAME"``: look at its data, or set ``connected = False`` to make it
+    fail as a real server going down would (see docs/testing.md, "Substitutes")."""
+    from sessions.actors.redis import fake_server  # noqa: PLC0415 - imports redis-py
+
+    return fake_server(name)
+
+
+def kafka_broker(name: str = "") -> Any:
+    """The in-memory Kafka broker (a :class:`sessions.actors.kafka.memory.MemoryBroker`)
+    behind ``bootstrap_servers = "memory://NAME"``: read its topics and committed
+    offsets, ``create_topic``, or ``down()``/``up()`` to make the cluster go away and
+    come back (see docs/testing.md, "Substitutes")."""
+    from sessions.actors.kafka.memory import broker  # noqa: PLC0415 - imports kafka-python
+
+    return broker(name)
+
+
+def modbus_device(port: int = 502) -> Any:
+    """The simulated Modbus device behind ``host = "sim"`` and ``port`` (a
+    :class:`sessions.actors._modbus_sim.ModbusSim`): ``set``/``get`` its coils and
+    registers, ``stop()``/``start()`` it (see docs/testing.md, "Substitutes")."""
+    from sessions.actors._modbus_sim import simulator  # noqa: PLC0415 - imports pymodbus
+
+    return simulator(port)
+
+
+def opcua_server(name: str = "") -> Any:
+    """The simulated OPC UA server behind ``url = "opc.tcp://sim/NAME"`` (a
+    :class:`sessions.actors._opcua_sim.OPCUASim`): ``add_variable`` to its address
+    space, ``get``/``set`` values (see docs/testing.md, "Substitutes")."""
+    from sessions.actors._opcua_sim import simulator  # noqa: PLC0415 - starts asyncua
+
+    return simulator(name)
+
+
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` merged in, tables recursively (a copy; neither is
     changed): ``{"resources": {"db": {"url": "sqlite://"}}}`` changes one key."""
@@ -169,13 +222,15 @@ class Harness:
         return system
 
     def finish(self) -> list[str]:
-        """Stop every system started here; the problems: library threads still running
+        """Stop every system started here and forget the substitutes' named peers (fake
+        Redis servers, in-memory brokers); the problems: library threads still running
         ``LEAK_WAIT`` s after, futures never resolved."""
         try:
             for system in reversed(self.systems):
                 system.stop()
         finally:
             _futures.TRACKED = self._previous
+            substitutes.reset()  # the next test's fake servers and brokers start empty
         problems = []
         deadline = time.monotonic() + LEAK_WAIT
         leaked = library_threads() - self._threads_before

@@ -62,6 +62,11 @@ caller may give up on a read the actor is still retrying.
 
 pymodbus is imported lazily (when a resource connects), so that this module, and
 ``ModbusSessionManager`` with it, can be imported without the ``modbus`` extra.
+
+``host = "sim"`` (for tests) connects the same client, over a real loopback socket, to
+pymodbus's own server on an in-process simulated device named by ``port``
+(:mod:`sessions.actors._modbus_sim`): every row of the table above takes the path it
+takes in production.
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ _WIDTH: dict[str, int] = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "flo
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 _TCP_KEYS = ("host", "port")
+
+SIM_HOST = "sim"
+"""``host = "sim"``: the in-process simulated device (:mod:`sessions.actors._modbus_sim`)."""
 _RTU_KEYS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize")
 
 
@@ -139,7 +147,11 @@ class ModbusOptions(BaseModel):
         "tcp", description="tcp (Modbus TCP: host, port) or rtu (a serial line: serial_port, "
         "baudrate, parity, stopbits, bytesize)."
     )
-    host: str | None = Field(None, description="tcp: the device or gateway host (required).")
+    host: str | None = Field(
+        None, description='tcp: the device or gateway host (required). "sim": an '
+        "in-process simulated device named by port (for tests; pymodbus's own server on a "
+        "loopback port)."
+    )
     port: int | None = Field(None, ge=1, le=65535, description="tcp: the TCP port (502).")
     serial_port: str | None = Field(
         None, description="rtu: the serial device, e.g. /dev/ttyUSB0 (required)."
@@ -339,6 +351,11 @@ class ModbusActor(ResourceActor):
         config = self.config
         if config.transport == "tcp":
             assert config.host is not None
+            if config.host == SIM_HOST:  # the same client, to the simulated device's port
+                from sessions.actors._modbus_sim import simulator  # noqa: PLC0415
+
+                return ModbusTcpClient("127.0.0.1", port=simulator(config.port or 502).port,
+                                       timeout=config.timeout, retries=0)
             return ModbusTcpClient(config.host, port=config.port or 502,
                                    timeout=config.timeout, retries=0)
         assert config.serial_port is not None

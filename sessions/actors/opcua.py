@@ -106,6 +106,7 @@ from sessions._errors import SessionsError
 from sessions._redact import describe, redact
 from sessions._runtime.contract import ResourceActor
 from sessions._runtime.fanout import Delivery
+from sessions.actors._opcua_sim import simulated_name, simulator
 
 if TYPE_CHECKING:
     from asyncua.client.client import Client
@@ -178,7 +179,8 @@ class OPCUAOptions(BaseModel):
 
     url: str = Field(
         pattern=r"^opc\.tcp://[^/\s]+", description="The server's endpoint, "
-        "opc.tcp://host:port/path."
+        "opc.tcp://host:port/path. opc.tcp://sim/NAME: an in-process simulated server "
+        "(asyncua's own), for tests."
     )
     timeout: _Seconds = Field(
         4.0, description="Seconds the server has to answer each request (and the connect); "
@@ -333,13 +335,14 @@ class OPCUAActor(ResourceActor):
     def connect(self) -> _Connection:
         """Start the connection's loop thread, then connect: a TCP connect, a secure
         channel, a session created and activated."""
+        url = self._endpoint()
         conn = _Connection()
         self._connecting = conn  # what abort(None) closes while this runs
         conn.thread = self.context.spawn(functools.partial(_run_loop, conn.loop),
                                          f"sessions-{self.name}-opcua-loop")
         try:
             try:
-                self._wait(conn, self._open(conn), "connect", self.config.timeout * 4)
+                self._wait(conn, self._open(conn, url), "connect", self.config.timeout * 4)
             except Exception as exc:
                 refusal = self._refusal(exc)
                 if refusal is None:
@@ -585,14 +588,22 @@ class OPCUAActor(ResourceActor):
     def _where(self) -> str:
         return f"opcua {self.config.url}"
 
-    async def _open(self, conn: _Connection) -> None:
-        """On the loop thread: a new client, connected."""
+    def _endpoint(self) -> str:
+        """The url to connect to: the configured one, or for ``opc.tcp://sim[/NAME]``
+        the in-process simulated server's loopback endpoint (started on first use)."""
+        name = simulated_name(self.config.url)
+        if name is None:
+            return self.config.url
+        return simulator(name).url
+
+    async def _open(self, conn: _Connection, url: str) -> None:
+        """On the loop thread: a new client, connected to ``url``."""
         from asyncua.client.client import Client  # noqa: PLC0415 - lazy driver import
 
         config = self.config
         if config.password is not None:
             _guard_driver_logs()
-        client = Client(config.url, timeout=config.timeout,
+        client = Client(url, timeout=config.timeout,
                         watchdog_intervall=config.keepalive)
         if config.username is not None:
             client.set_user(config.username)

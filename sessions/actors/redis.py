@@ -75,6 +75,18 @@ Methods
 * ``batch_stats()``: how many pipelines automatic pipelining sent, and how big.
 * ``transaction(fn)`` (built in): ``fn(client)`` with the raw ``redis.Redis`` client, for
   anything else; nothing else runs on this actor meanwhile.
+
+The in-process substitute
+-------------------------
+
+``url = "fakeredis://[NAME][/DB]"`` selects an in-process fake server (the ``fakeredis``
+package, imported only for this scheme) instead of a real one, for tests: the resources
+naming one NAME share one server (:func:`fake_server`), which outlives restarts as a
+real server does. Only the connection class changes (fakeredis' subclass of redis-py's
+``Connection``, on a socket-like object): the client, the automatic pipelining, pub/sub
+and its replay, and the classification above are this module's, unchanged. Setting the
+fake server's ``connected = False`` makes every call a ``ConnectionError`` fault and
+every connect a failed start, as a server going down would.
 """
 
 from __future__ import annotations
@@ -83,11 +95,13 @@ import concurrent.futures
 import contextlib
 import difflib
 import functools
+import importlib.util
 import inspect
 import logging
 import socket
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -119,6 +133,7 @@ from redis.retry import Retry
 
 from sessions._config import ResourceConfig
 from sessions._redact import describe
+from sessions._runtime import substitutes
 from sessions._runtime.abort import shutdown_socket
 from sessions._runtime.contract import BatchItem, Outcome, ResourceActor
 from sessions._runtime.fanout import Delivery
@@ -126,11 +141,13 @@ from sessions._runtime.fanout import Delivery
 __all__ = [
     "COMMANDS",
     "EXCLUDED",
+    "FAKE_SCHEME",
     "KEEPALIVE_DEFAULTS",
     "UNBATCHED",
     "PipelineBroken",
     "RedisActor",
     "RedisOptions",
+    "fake_server",
 ]
 
 log = logging.getLogger("sessions.redis")
@@ -348,6 +365,45 @@ def _tcp_url(url: str) -> bool:
     return url.split(":", 1)[0].lower() in ("redis", "rediss")
 
 
+FAKE_SCHEME = "fakeredis"
+"""The url scheme of the in-process substitute: ``fakeredis://[NAME][/DB]``."""
+
+
+def _fake_url(url: str) -> bool:
+    return url.split(":", 1)[0].lower() == FAKE_SCHEME
+
+
+def _parse_fake_url(url: str) -> tuple[str, int]:
+    """``(server name, db)`` of a ``fakeredis://[NAME][/DB]`` url (ValueError if not one)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.strip("/")
+    if parts.query or parts.fragment or parts.username or parts.password or parts.port:
+        raise ValueError(
+            f"{url!r}: a fakeredis url is fakeredis://[NAME][/DB] (NAME: the fake server to "
+            "share, DB: a database number); pass options as keys of the resource instead"
+        )
+    if path and not path.isdigit():
+        raise ValueError(f"{url!r}: the database after the name must be a number, got {path!r}")
+    return parts.netloc, int(path or 0)
+
+
+def fake_server(name: str = "") -> Any:
+    """The in-process fake Redis server ``name`` (a ``fakeredis.FakeServer``) that the
+    resources with ``url = "fakeredis://NAME"`` connect to, made on first use.
+
+    A test can look at it or make it fail as a real server would: ``connected = False``
+    refuses connections and breaks the open ones (a fault, then failed starts until it
+    is set back to True)."""
+    try:
+        import fakeredis  # noqa: PLC0415 - only the fakeredis:// scheme needs it
+    except ImportError as err:
+        raise ImportError(
+            "fakeredis:// urls need the fakeredis package: "
+            "pip install 'applib-sessions[testing]'"
+        ) from err
+    return substitutes.peer(FAKE_SCHEME, name, fakeredis.FakeServer)
+
+
 def _key_problem(key: str, value: Any) -> tuple[str, Any]:
     """``(problem, value)`` for one key that is not a field of :class:`RedisOptions`:
     the problem is "" for a redis-py connection option (``value`` converted if needed)."""
@@ -394,7 +450,9 @@ class RedisOptions(BaseModel):
 
     url: str = Field(
         description="redis://[[user]:[password]@]host[:port][/db], rediss:// for TLS, "
-        "unix:///path/to.sock?db=N. Query-string options win over other keys."
+        "unix:///path/to.sock?db=N. Query-string options win over other keys. "
+        "fakeredis://[NAME][/DB]: the in-process fake Redis server NAME (tests; needs "
+        "the fakeredis package)."
     )
     client_name: str | None = Field(
         None, description="Sent with CLIENT SETNAME on every (re)connect; shows in CLIENT LIST."
@@ -426,7 +484,16 @@ class RedisOptions(BaseModel):
     @classmethod
     def _non_empty_url(cls, url: str) -> str:
         if not url:
-            raise ValueError("url must be a non-empty redis://, rediss:// or unix:// url")
+            raise ValueError(
+                "url must be a non-empty redis://, rediss://, unix:// or fakeredis:// url"
+            )
+        if _fake_url(url):
+            _parse_fake_url(url)
+            if importlib.util.find_spec("fakeredis") is None:
+                raise ValueError(
+                    "a fakeredis:// url selects the in-process fake Redis, which needs the "
+                    "fakeredis package: pip install 'applib-sessions[testing]'"
+                )
         return url
 
     @model_validator(mode="wrap")
@@ -607,7 +674,7 @@ class _Listener:
     def __init__(self, actor: RedisActor, owner: redis.Redis) -> None:
         self._actor = actor
         self.owner = owner  # the command client of this incarnation
-        self._pool = _AbortablePool.from_url(actor.config.url, **actor._connection_kwargs())
+        self._pool = actor._pool()
         client = redis.Redis(connection_pool=self._pool)
         # redis-py < 8.2 leaves pubsub() untyped; 8.2 types it and its encoder as Optional.
         self._pubsub: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
@@ -826,11 +893,26 @@ class RedisActor(ResourceActor):
             "max_connections": 1,
         }
 
+    def _pool(self) -> _AbortablePool:
+        """A one-connection pool on the configured url: a real server's, or for
+        ``fakeredis://`` the named in-process fake's (fakeredis' connection class, a
+        subclass of redis-py's: the same client, pipelines, parser and errors)."""
+        if not _fake_url(self.config.url):
+            return _AbortablePool.from_url(self.config.url, **self._connection_kwargs())
+        name, db = _parse_fake_url(self.config.url)
+        server = fake_server(name)
+        from fakeredis import FakeRedisConnection  # noqa: PLC0415 - see fake_server()
+
+        return _AbortablePool(
+            connection_class=FakeRedisConnection, server=server, db=db,
+            **self._connection_kwargs(),
+        )
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def connect(self) -> redis.Redis:
         """A client on a one-connection pool, connected (PING) before it serves calls."""
-        pool = _AbortablePool.from_url(self.config.url, **self._connection_kwargs())
+        pool = self._pool()
         client = redis.Redis(connection_pool=pool)
         with self._abort_lock:
             self._connecting.append(pool)

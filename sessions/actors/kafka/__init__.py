@@ -74,6 +74,10 @@ and fails every caller waiting on the driver (a ``send()`` waiting for metadata,
 ``flush()``, a consumer ``poll()``/``commit()``/``committed()``) with
 ``KafkaAborted``. The disconnect that follows closes the aborted client without
 flushing or leaving the group.
+
+``bootstrap_servers = "memory://NAME"`` swaps kafka-python's client objects for the
+in-process stand-ins of :mod:`sessions.actors.kafka.memory` (for tests): both kinds run
+unchanged on them, with the same fault rules.
 """
 
 from sessions.actors.kafka._common import AckTimeout, KafkaAborted

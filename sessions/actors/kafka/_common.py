@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from kafka import KafkaConsumer
 from kafka import errors as kerr
 from kafka.net.compat import KafkaNetClient
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from sessions._redact import describe
+from sessions.actors.kafka import memory
 
 log = logging.getLogger("sessions.kafka")
 
@@ -111,7 +113,14 @@ def open_driver(
     cls: Callable[..., Any], driver: Mapping[str, Any], trap: ClientTrap | None = None
 ) -> tuple[Any, Any]:
     """``cls(**driver)`` (a KafkaProducer or KafkaConsumer) and the network client it
-    built; that client is closed if the constructor fails (see ``ClientTrap``)."""
+    built; that client is closed if the constructor fails (see ``ClientTrap``).
+
+    ``bootstrap_servers = "memory://NAME"``: the in-memory stand-in for ``cls`` on the
+    broker NAME (:mod:`sessions.actors.kafka.memory`), which is its own client."""
+    if memory.is_memory_url(driver.get("bootstrap_servers")):
+        consumer = isinstance(cls, type) and issubclass(cls, KafkaConsumer)
+        client = memory.open_client("consumer" if consumer else "producer", driver)
+        return client, client
     if trap is None:
         trap = ClientTrap(driver.get("kafka_client", KafkaNetClient))
     try:
@@ -169,7 +178,12 @@ def abort_client(client: Any, error: BaseException) -> None:
        every caller blocked in ``NetworkSelector.run()``. ``_exception`` makes every
        later ``run()`` raise at once, and ``_stop`` ends the IO thread.
     3. Wake the loop's ``select()``.
+
+    A memory client (``memory://``) has no sockets nor loop: its own ``abort``.
     """
+    if isinstance(client, memory.MemoryClient):
+        client.abort(error)
+        return
     manager: Any = getattr(client, "_manager", None)
     net: Any = getattr(client, "_net", None)
     steps: list[tuple[str, Callable[[], None]]] = [
@@ -259,8 +273,11 @@ def link_up(client: Any) -> bool:
 
     kafka-python 3.0.12's ``bootstrap_connected()`` is only true while a bootstrap is
     in progress, so it cannot tell a dead broker from a live one; the connection table
-    can. An unknown client implementation counts as connected (no false faults).
+    can. An unknown client implementation counts as connected (no false faults). A
+    memory client (``memory://``) is connected while its broker is up.
     """
+    if isinstance(client, memory.MemoryClient):
+        return client.link_up()
     conns = getattr(getattr(client, "_manager", None), "_conns", None)
     if conns is None:
         return True
@@ -351,7 +368,8 @@ class KafkaOptions(BaseModel):
     _reserved: ClassVar[Mapping[str, str]] = {}
 
     bootstrap_servers: str | list[str] = Field(
-        description="Broker addresses, 'host:port' or a list of them."
+        description="Broker addresses, 'host:port' or a list of them. 'memory://NAME' "
+        "(optionally '?partitions=N'): the in-process broker NAME, for tests."
     )
     bootstrap_timeout_ms: int | float | None = Field(
         5000,
@@ -370,6 +388,15 @@ class KafkaOptions(BaseModel):
             "shutdown_timeout (default 5 s). An aborted connection is not flushed."
         ),
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _memory_url(cls, value: str | list[str]) -> str | list[str]:
+        """A ``memory://`` url is well formed and stands alone."""
+        items = [value] if isinstance(value, str) else value
+        if any(isinstance(v, str) and v.startswith(memory.SCHEME) for v in items):
+            memory.parse_memory_url(value)
+        return value
 
     @model_validator(mode="before")
     @classmethod
