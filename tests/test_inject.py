@@ -154,5 +154,76 @@ def test_bad_arguments_are_clear_errors() -> None:
         for bad in (0, -1, 1.5, True, "2"):
             with pytest.raises(ValueError, match=r"fail_calls\(n\): n must be a positive int"):
                 system.faults("a").fail_calls(bad)  # type: ignore[arg-type]
-        with pytest.raises(KeyError, match="no resource named 'nope'"):
-            system.faults("nope")
+        for name in ("nope", "nope#1", "a#0"):  # a lone resource has no members
+            with pytest.raises(KeyError) as info:
+                system.faults(name)
+            assert info.value.args[0] == f"no resource named {name!r} (resources: a)"
+    with sessions.start({"resources": {}}) as empty, pytest.raises(KeyError) as info:
+        empty.faults("a")
+    assert info.value.args[0] == "no resource named 'a' (resources: none)"
+
+
+def test_counts_add_up_and_default_to_one() -> None:
+    with sessions.start(config(["a"])) as system:
+        faults = system.faults("a")
+        faults.fail_calls()
+        faults.fail_calls(2)
+        faults.fail_connects()
+        faults.fail_connects(3)
+        assert faults.pending == {"calls": 3, "connects": 4, "stalls": 0}
+        assert repr(faults) == (
+            "<FaultInjector 'a' pending={'calls': 3, 'connects': 4, 'stalls': 0}>")
+        faults.clear()
+        with pytest.raises(ValueError, match=r"^fail_connects\(n\): n must be a positive "
+                                             r"int, got 0$"):
+            faults.fail_connects(0)
+
+
+def test_a_stall_says_where_it_is() -> None:
+    with sessions.start(config(["a"])) as system:
+        stall = system.faults("a").stall_next_call()
+        assert repr(stall) == "<InjectedStall 'a' waiting for a call>"
+        held = system.get("a").echo(1)
+        assert stall.started.wait(5)
+        assert repr(stall) == "<InjectedStall 'a' holding a call>"
+        stall.release()
+        assert held.result(5) == 1
+        assert repr(stall) == "<InjectedStall 'a' released>"
+        # The held call has finished: dropping the connection now tears down no stall.
+        assert system.faults("a").drop_connection() == 1
+
+
+def test_dropping_the_connection_under_a_held_call_fails_that_call_as_a_fault() -> None:
+    with sessions.start(config(["a"])) as system:
+        a = system.get("a")
+        stall = system.faults("a").stall_next_call()
+        held = a.echo("held")
+        assert stall.started.wait(5)
+        system.faults("a").drop_connection()
+        with pytest.raises(sessions.ResourceFault) as info:
+            held.result(5)
+        assert isinstance(info.value.__cause__, sessions.InjectedFault)
+        assert str(info.value.__cause__) == (
+            "the connection of 'a' was torn down under a call held by an injected stall")
+        assert repr(stall) == "<InjectedStall 'a' aborted>"
+        wait_until(lambda: a.state == "running" and a.restarts == 1, what="a back")
+
+
+def test_drop_connection_skips_members_that_are_not_serving() -> None:
+    with sessions.start(config({"p": {"pool_size": 2}})) as system:
+        p = system.get("p")
+
+        def members() -> dict[str, str]:
+            pool = next(c for c in system.status()["children"] if c["name"] == "p")
+            return {m["name"]: m["state"] for m in pool["children"]}
+
+        controls("p#0").connect_gate = gate = threading.Event()
+        assert system.faults("p#0").drop_connection() == 1
+        wait_until(lambda: members() == {"p#0": "restarting", "p#1": "running"},
+                   what="p#0 reconnecting, held in its connect")
+        assert system.faults("p").drop_connection() == 1  # only p#1 serves
+        assert system.faults("p#0").drop_connection() == 0
+        gate.set()
+        wait_until(lambda: members() == {"p#0": "running", "p#1": "running"},
+                   what="both members back")
+        assert p.restarts == 2

@@ -824,6 +824,9 @@ def test_stalls_lists_work_stuck_past_its_stall_timeout_until_it_ends() -> None:
         assert (stall.resource, stall.what) == ("a", "stubborn()")
         assert stall.seconds is not None and stall.seconds > 0.2
         wait_until(lambda: all(s.abandoned for s in system.stalls()), what="the abandonment")
+        [stall] = system.stalls()
+        assert (stall.resource, stall.what, stall.abandoned) == ("a", "stubborn()", True)
+        assert stall.seconds is not None and 0.2 < stall.seconds < 30
         with pytest.raises(sessions.ResourceFault, match="stalled"):
             stuck.result(5)
         wait_until(lambda: system.get("a").state == "running", what="a restarted meanwhile")
@@ -831,6 +834,59 @@ def test_stalls_lists_work_stuck_past_its_stall_timeout_until_it_ends() -> None:
         release.set()
         wait_until(lambda: system.stalls() == [], what="the thread to end")
     assert system.stalls() == []
+
+
+def test_stalls_lists_a_call_past_its_stall_timeout_before_the_watchdog_acts() -> None:
+    """While the stall watchdog has not acted (here the supervision thread is wedged, so
+    it cannot), a call past its stall_timeout is listed, not yet abandoned."""
+    with sessions.start(config({"a": {"stall_timeout": 0.2}})) as system:
+        stall = system.faults("a").stall_next_call()
+        held = system.get("a").echo("held")
+        assert stall.started.wait(5)
+        release = threading.Event()
+        system._kernel.post(release.wait, 10)  # a wedged step (private: no API does it)
+        try:
+            wait_until(lambda: any(s.resource == "a" for s in system.stalls()),
+                       what="the stalled call listed")
+            [listed] = [s for s in system.stalls() if s.resource == "a"]
+            assert (listed.what, listed.abandoned) == ("echo()", False)
+            assert listed.seconds is not None and 0.2 < listed.seconds < 30
+        finally:
+            release.set()
+        with pytest.raises(sessions.ResourceFault):
+            held.result(5)  # the watchdog, free again, aborted it
+        wait_until(lambda: system.stalls() == [], what="nothing stuck any more")
+
+
+class DeafConnect(ResourceActor):
+    """Its first connect blocks until ``RELEASE`` is set, and abort() cannot reach it."""
+
+    RELEASE = threading.Event()
+    connects = 0
+
+    def connect(self) -> None:
+        DeafConnect.connects += 1
+        if DeafConnect.connects == 1:
+            DeafConnect.RELEASE.wait(10)
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+
+def test_stalls_lists_a_connect_given_up_on_whose_thread_is_still_blocked() -> None:
+    DeafConnect.RELEASE.clear()
+    DeafConnect.connects = 0
+    cfg = {"supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+           "resources": {"a": {"kind": DeafConnect, "connect_timeout": 0.2}}}
+    with sessions.start(cfg, partial=True) as system:
+        try:
+            wait_until(lambda: system.get("a").state == "running", what="a up on its retry")
+            [stall] = system.stalls()
+            assert (stall.resource, stall.what, stall.abandoned) == ("a", "connect()", True)
+            assert stall.seconds is None  # a connect does not count as a call's busy time
+        finally:
+            DeafConnect.RELEASE.set()
+        wait_until(lambda: system.stalls() == [], what="the blocked connect returned")
 
 
 def test_stalls_lists_a_stuck_supervision_thread() -> None:
