@@ -150,14 +150,14 @@ def test_clear_releases_waiting_stalls_and_drops_the_rest() -> None:
 
 
 def test_bad_arguments_are_clear_errors() -> None:
-    with sessions.start(config(["a"])) as system:
+    with sessions.start(config(["a", "b"])) as system:
         for bad in (0, -1, 1.5, True, "2"):
             with pytest.raises(ValueError, match=r"fail_calls\(n\): n must be a positive int"):
                 system.faults("a").fail_calls(bad)  # type: ignore[arg-type]
         for name in ("nope", "nope#1", "a#0"):  # a lone resource has no members
             with pytest.raises(KeyError) as info:
                 system.faults(name)
-            assert info.value.args[0] == f"no resource named {name!r} (resources: a)"
+            assert info.value.args[0] == f"no resource named {name!r} (resources: a, b)"
     with sessions.start({"resources": {}}) as empty, pytest.raises(KeyError) as info:
         empty.faults("a")
     assert info.value.args[0] == "no resource named 'a' (resources: none)"

@@ -901,7 +901,7 @@ def test_stalls_lists_a_stuck_supervision_thread() -> None:
             assert (stall.resource, stall.what, stall.abandoned) == ("supervisor", "a step",
                                                                      False)
             assert stall.seconds is not None
-            assert stall.seconds > sessions._system.SUPERVISION_STALL
+            assert sessions._system.SUPERVISION_STALL < stall.seconds < 30
         finally:
             release.set()
         wait_until(lambda: system.stalls() == [], what="the loop to turn again")
