@@ -306,7 +306,31 @@ def _coalescing_key(key: object) -> str:
     return key
 
 
-class HandleView:
+class _ByName:
+    """A handle's methods by name, for the objects that submit them their own way
+    (``HandleView``, ``Lease``): ``obj.method(...)`` is ``obj._submit(fn, "method",
+    ...)`` with the kind's function, looked up once and cached."""
+
+    _handle: Handle
+
+    def _submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
+                **kwargs: Any) -> SessionFuture[Any]:
+        raise NotImplementedError
+
+    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        caller = functools.partial(self._submit, self._handle._method(method), method)
+        self.__dict__[method] = caller
+        return caller
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
+        """Call ``method`` by name (for names that clash with this object's attributes)."""
+        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
+        return caller(*args, **kwargs)
+
+
+class HandleView(_ByName):
     """A handle whose calls are marked: urgent (``handle.urgent``), latest-value-wins
     under a key (``handle.coalescing(key)``), or both
     (``handle.urgent.coalescing(key)``). Its methods are the handle's and return
@@ -317,18 +341,6 @@ class HandleView:
         self._handle = handle
         self._urgent = urgent
         self._key = key
-
-    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        caller = functools.partial(self._submit, self._handle._method(method), method)
-        self.__dict__[method] = caller
-        return caller
-
-    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
-        """Call ``method`` by name (for names that clash with view attributes)."""
-        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
-        return caller(*args, **kwargs)
 
     @property
     def urgent(self) -> HandleView:
@@ -432,7 +444,7 @@ def _count(n: object, what: str) -> int:
     return n
 
 
-class Lease:
+class Lease(_ByName):
     """One member of a resource (one connection), held by one caller for a block.
 
     ``with handle.lease() as db:`` (or ``async with``, or ``with handle as db``): every
@@ -475,18 +487,6 @@ class Lease:
         self._ended = False
 
     # -- calls --------------------------------------------------------------------------
-
-    def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        caller = functools.partial(self._submit, self._handle._method(method), method)
-        self.__dict__[method] = caller
-        return caller
-
-    def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
-        """Call ``method`` by name (for names that clash with lease attributes)."""
-        caller: Callable[..., SessionFuture[Any]] = self.__getattr__(method)
-        return caller(*args, **kwargs)
 
     def _submit(self, fn: Callable[..., Any], method: str, /, *args: Any,
                 **kwargs: Any) -> SessionFuture[Any]:
