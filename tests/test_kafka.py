@@ -975,3 +975,30 @@ def test_a_consumer_pool_is_lowered_to_one(
     with start({"c": spec}) as system:
         assert system.status()["children"][0]["type"] == "resource"
     assert "pool_size = 3 lowered to 1" in caplog.text
+
+
+def test_an_io_thread_started_after_the_abort_still_ends() -> None:
+    """kafka-python's ``run_forever()`` clears ``_stop`` when it begins: an abort that set
+    it before the consumer's new IO thread ran was lost, and the thread ran for ever
+    (a kafka-io thread left behind, seen once in CI). Closing an aborted client stops it
+    whenever it started."""
+    from kafka.net.selector import NetworkSelector  # noqa: PLC0415
+
+    from sessions.actors.kafka._common import close_client  # noqa: PLC0415
+
+    net = NetworkSelector(client_id="abort-race")
+    net._stop = True  # what abort() does, before the IO thread runs...
+    net.start()  # ...which then clears it and loops
+    wait_until(lambda: net._io_thread is not None and not net._stop, what="the loop running")
+    closed = threading.Event()
+
+    class Client:
+        _net = net
+
+        def close(self) -> None:
+            closed.set()
+            net.close()
+
+    close_client(Client(), aborted=True)
+    assert closed.is_set()
+    assert not any(t.name == "kafka-io-abort-race" for t in threading.enumerate())

@@ -12,6 +12,7 @@ import logging
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -241,7 +242,14 @@ def close_client(client: Any, *, aborted: bool) -> None:
         thread = getattr(net, "_io_thread", None)
         if isinstance(thread, threading.Thread):
             if thread is not threading.current_thread():
-                thread.join(ABORT_JOIN)
+                # run_forever() clears _stop when it begins: a stop set by abort()
+                # before the new IO thread ran is lost, so set it again until it ends.
+                deadline = time.monotonic() + ABORT_JOIN
+                while thread.is_alive() and time.monotonic() < deadline:
+                    net._stop = True
+                    with contextlib.suppress(Exception):
+                        net.wakeup()
+                    thread.join(0.05)
             if thread.is_alive():
                 log.warning("kafka IO thread %s did not end after abort(); left behind",
                             thread.name)
