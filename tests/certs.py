@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 import socket
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +46,6 @@ class Authority:
         """A server certificate for ``hosts`` (IP addresses or DNS names), signed by
         this CA: ``NAME.pem`` and ``NAME.key``."""
         key = _key()
-        now = datetime.datetime.now(datetime.timezone.utc)
         names: list[x509.GeneralName] = []
         for host in hosts:
             try:
@@ -53,13 +53,7 @@ class Authority:
             except ValueError:
                 names.append(x509.DNSName(host))
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _DAY)
+            _builder(_name(name), self.certificate.subject, key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -75,16 +69,9 @@ def make_ca(directory: Path, name: str = "sessions test CA") -> Authority:
     """A self-signed CA: ``NAME.pem`` in ``directory`` (the key stays in memory)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
     subject = _name(name)
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _DAY)
+        _builder(subject, subject, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=False,
@@ -105,17 +92,10 @@ def self_signed(directory: Path, name: str, *, uri: str, server: bool) -> Issued
     and ``NAME.pem`` (the key)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
     subject = _name(name)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _DAY)
+        _builder(subject, subject, key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
         .add_extension(x509.SubjectAlternativeName([
             x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname()),
@@ -128,6 +108,19 @@ def self_signed(directory: Path, name: str, *, uri: str, server: bool) -> Issued
         .sign(key, hashes.SHA256())
     )
     return _write(directory, name, certificate, key, der=True)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key: Any) -> x509.CertificateBuilder:
+    """What every certificate here shares: names, key, a fresh serial, valid from five
+    minutes ago (clock skew) for a day."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _DAY))
 
 
 def _key() -> rsa.RSAPrivateKey:
