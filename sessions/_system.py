@@ -309,7 +309,12 @@ def _coalescing_key(key: object) -> str:
 class _ByName:
     """A handle's methods by name, for the objects that submit them their own way
     (``HandleView``, ``Lease``): ``obj.method(...)`` is ``obj._submit(fn, "method",
-    ...)`` with the kind's function, looked up once and cached."""
+    ...)`` with the kind's function.
+
+    The function is looked up through the handle on every access, never cached here: a
+    view is often kept for the life of a program (a setpoint loop), and a reload that
+    changes the resource's kind rebinds the handle (``Handle._bind``), which must reach
+    the views too. The lookup is two dict reads, small beside a submit."""
 
     _handle: Handle
 
@@ -320,9 +325,7 @@ class _ByName:
     def __getattr__(self, method: str) -> Callable[..., SessionFuture[Any]]:
         if method.startswith("_"):
             raise AttributeError(method)
-        caller = functools.partial(self._submit, self._handle._method(method), method)
-        self.__dict__[method] = caller
-        return caller
+        return functools.partial(self._submit, self._handle._method(method), method)
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> SessionFuture[Any]:
         """Call ``method`` by name (for names that clash with this object's attributes)."""

@@ -252,3 +252,35 @@ def test_started_events_for_a_reload_come_before_its_report() -> None:
         kinds = [type(e) for e in rec.events
                  if isinstance(e, (ChildStarted, ConfigReloaded))]
         assert kinds == [ChildStarted, ConfigReloaded]
+
+
+class Gauge(sessions.ResourceActor):
+    """Another kind, to replace a probe by reload: its own ``echo``, no ``whoami``."""
+
+    kind = "gauge"
+
+    def connect(self) -> object:
+        return object()
+
+    def echo(self, value: Any) -> Any:
+        return ("gauge", value)
+
+
+def test_a_kind_changed_by_reload_serves_every_handle_and_view_already_held() -> None:
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        urgent, keyed = a.urgent, a.coalescing("k")
+        # Each path has looked its methods up (and cached them) before the reload.
+        assert [a.echo(1).result(5), urgent.echo(2).result(5), keyed.echo(3).result(5)] == [
+            1, 2, 3]
+        assert urgent.whoami().result(5)[0] == "sessions-a"
+        new = base()
+        new["resources"]["a"] = {"kind": Gauge}
+        assert system.reload(new).changed == ("a",)
+        assert a.kind == "gauge" and system.get("a") is a
+        assert [a.echo(1).result(5), urgent.echo(2).result(5), keyed.echo(3).result(5)] == [
+            ("gauge", 1), ("gauge", 2), ("gauge", 3)]
+        for held in (a, urgent, keyed):
+            with pytest.raises(AttributeError, match="'a' \\(kind 'gauge'\\) has no method "
+                                                     "'whoami'; its methods: echo"):
+                held.whoami()
