@@ -136,8 +136,12 @@ def test_the_circuit_events_and_refusals_of_one_open_probe_close_cycle() -> None
         wait_circuit(rec, "half_open")
         assert a.circuit == "half_open"
         assert system.status()["children"][0]["circuit"] == "half_open"
-        clock.advance(1)  # past the period while the probe runs: no negative wait
-        assert refusal(a).endswith("; next probe in 0.0s")
+        clock.advance(1)  # past the period while the probe runs
+        assert refusal(a) == (
+            "circuit half-open for resource 'a' after 1 consecutive failures (last: "
+            "ProbeBroken: link lost): a probe call is in progress, and other calls are "
+            "refused until it succeeds"
+        )
         release.set()
         assert probe.result(5) == "released"
         wait_circuit(rec, "closed")
@@ -244,6 +248,31 @@ def test_failures_while_open_neither_reopen_nor_extend_the_period() -> None:
             "circuit open for resource 'a' after 1 consecutive failures (last: start "
             "failed: ProbeBroken: connect refused (attempt 3)); next probe in 6.0s"
         )
+
+
+def test_a_call_queued_before_the_circuit_opened_that_succeeds_closes_it_saying_so() -> None:
+    """The call behind the faulting one was let through while the circuit was closed;
+    it runs on the restarted resource and succeeds: the circuit closes at once, with a
+    reason that says what happened (no probe ran)."""
+    clock, rec = FakeClock(), Recorder()
+    with sessions.start(breaker_config(1, 10), clock=clock) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        started, release = threading.Event(), threading.Event()
+        holding = a.block(started, release)  # so that both calls below are queued
+        assert started.wait(5)
+        broken, behind = a.break_it("link lost"), a.echo("behind")
+        release.set()
+        assert holding.result(5) == "released"
+        with pytest.raises(sessions.ResourceFault):
+            broken.result(5)
+        assert behind.result(5) == "behind"
+        wait_circuit(rec, "closed")
+        assert circuit(rec) == [
+            ("a", "open", "ProbeBroken: link lost"),
+            ("a", "closed", "a call made before the circuit opened succeeded"),
+        ]
+        assert a.circuit == "closed" and a.echo(1).result(5) == 1
 
 
 def test_failed_connects_open_the_circuit_with_their_reason() -> None:

@@ -54,9 +54,14 @@ class Breaker:
             return False, False
 
     def refusal(self) -> str:
+        """Why a call is refused now: open (with the wait until the next probe), or
+        half-open (one probe call is in progress; its outcome decides)."""
+        why = f"after {self.threshold} consecutive failures (last: {self.last_error})"
+        if self.state == CircuitState.HALF_OPEN:
+            return (f"circuit half-open for resource {self.resource!r} {why}: a probe call "
+                    "is in progress, and other calls are refused until it succeeds")
         left = max(0.0, self.reset_timeout - (self._clock() - self.opened_at))
-        return (f"circuit open for resource {self.resource!r} after {self.threshold} "
-                f"consecutive failures (last: {self.last_error}); next probe in {left:.1f}s")
+        return f"circuit open for resource {self.resource!r} {why}; next probe in {left:.1f}s"
 
     def record(self, ok: bool, error: BaseException | str | None = None) -> None:
         """The outcome of a call, or of a connect (a failed connect is a failure)."""
@@ -67,9 +72,13 @@ class Breaker:
                 self.failures = 0
                 self._probing = False
                 if self.state != CircuitState.CLOSED:
+                    # Half-open, the success is the probe's; open, it is a call let
+                    # through before the circuit opened, which ran since and succeeded:
+                    # the resource works again either way.
+                    reason = ("probe succeeded" if self.state == CircuitState.HALF_OPEN
+                              else "a call made before the circuit opened succeeded")
                     self.state = CircuitState.CLOSED
-                    self._emit(CircuitChanged(self.resource, CircuitState.CLOSED,
-                                              "probe succeeded"))
+                    self._emit(CircuitChanged(self.resource, CircuitState.CLOSED, reason))
             return
         with self._lock:
             self.failures += 1
