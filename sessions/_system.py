@@ -763,7 +763,8 @@ class System:
 
         A resource is stalled while a call (or batch) of its current incarnation has run
         longer than its ``stall_timeout`` (the stall watchdog aborts it within a tenth of
-        a second, so this is brief unless the supervision thread is stuck too), and
+        a second, so this is brief unless the supervision thread is stuck too), or one of
+        an incarnation being stopped (which waits up to its ``shutdown_timeout``), and
         while an incarnation the library gave up on (stalled, past its
         ``shutdown_timeout``, or past ``connect_timeout``) still has its thread blocked
         after ``abort()``: the resource is restarted, but that thread is only freed when
@@ -785,10 +786,18 @@ class System:
                     found.append(Stall(node.name, _doing(runner.busy_what), now - since,
                                        False))
             for old in [*list(node.retired), *list(node.lost)]:
-                if old.abandoned and runner_alive(old):
-                    since = old.busy_since
+                if not runner_alive(old):
+                    continue
+                since = old.busy_since
+                if old.abandoned:
                     found.append(Stall(node.name, _doing(old.busy_what),
                                        now - since if since else None, True))
+                elif since and now - since > node.stall_timeout:
+                    # Retired but not given up on yet: stopping (within its
+                    # shutdown_timeout), or between the watchdog's verdict and the
+                    # abandonment that follows it. Stuck all the same.
+                    found.append(Stall(node.name, _doing(old.busy_what), now - since,
+                                       False))
         return found
 
     def stats(self, name: str) -> CallStats:

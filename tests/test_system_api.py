@@ -836,6 +836,27 @@ def test_stalls_lists_work_stuck_past_its_stall_timeout_until_it_ends() -> None:
     assert system.stalls() == []
 
 
+def test_stalls_lists_a_call_stuck_past_its_stall_timeout_while_its_resource_stops() -> None:
+    """terminate_child retires the incarnation and waits up to shutdown_timeout for the
+    call in progress; a call stuck past its stall_timeout meanwhile is a stall (not yet
+    abandoned), until it returns."""
+    with sessions.start(config({"a": {"stall_timeout": 1.0, "shutdown_timeout": 60.0},
+                                "b": {}})) as system:
+        started, release = threading.Event(), threading.Event()
+        stuck = system.get("a").stubborn(started, release)
+        assert started.wait(5)
+        stopping = in_thread(lambda: system.terminate_child("a"))
+        wait_until(lambda: system.get("a").state == "stopped", what="a to be retired")
+        wait_until(lambda: bool(system.stalls()), timeout=30, what="the stall to be listed")
+        [stall] = system.stalls()
+        assert (stall.resource, stall.what, stall.abandoned) == ("a", "stubborn()", False)
+        assert stall.seconds is not None and stall.seconds > 1.0
+        release.set()
+        assert stuck.result(5) == 1
+        stopping.result(10)
+        assert system.stalls() == []
+
+
 def test_stalls_lists_a_call_past_its_stall_timeout_before_the_watchdog_acts() -> None:
     """While the stall watchdog has not acted (here the supervision thread is wedged, so
     it cannot), a call past its stall_timeout is listed, not yet abandoned."""
