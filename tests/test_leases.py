@@ -93,6 +93,39 @@ def test_lease_fault_exit_by_exception_is_left_alone() -> None:
             lease.break_it().result()
 
 
+def test_a_fault_reported_from_another_thread_breaks_the_lease_saying_so() -> None:
+    """A kind's reader thread reports the fault (``report_fault``), not a call: the
+    lease's next call says the resource faulted, and how it learned of it."""
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        with pytest.raises(LeaseBroken), p.lease() as lease:
+            assert lease.echo(1).result(5) == 1
+            reader = lease.apply(lambda probe: threading.Thread(
+                target=probe.report_fault, args=(kinds.ProbeBroken("reader: link lost"),)))
+            thread = reader.result(5)
+            thread.start()
+            thread.join(5)
+            wait_until(lambda: not lease.active, what="the lease to break")
+            with pytest.raises(LeaseBroken) as info:
+                lease.echo(2).result(5)
+        assert "is broken: resource 'p' faulted (reported fault): ProbeBroken: reader: " \
+               "link lost;" in str(info.value)
+        assert p.echo(3).result(5) == 3
+
+
+def test_a_resource_that_exits_normally_ends_the_lease_saying_so() -> None:
+    """``stop_normally`` from a call of the lease: the resource (permanent) is
+    restarted, and the lease's next call says it exited normally, not that it faulted."""
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        with pytest.raises(LeaseBroken), p.lease() as lease:
+            assert lease.finish().result(5) == "bye"
+            with pytest.raises(LeaseBroken) as info:
+                lease.echo(2).result(5)
+        assert "is broken: resource 'p' exited normally;" in str(info.value)
+        assert p.echo(3).result(5) == 3
+
+
 def test_lease_resource_stopped_mid_block() -> None:
     """The system stops while a block holds a lease: the lease's calls fail, and its
     exit returns at once."""
