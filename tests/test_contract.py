@@ -422,3 +422,66 @@ def test_a_declined_batch_leaves_the_calls_behind_a_fault_to_the_next_connection
             broken.result(10)
         assert [f.result(10) for f in after] == [1, 2]
         assert b.restarts == 1
+
+
+
+RELEASE_STUCK = threading.Event()
+"""Lets the stuck thread of ``Threads`` end (a test sets it once it has checked)."""
+
+
+class Threads(sessions.ResourceActor):
+    """Spawns two threads per connection: one that ends a moment after the disconnect,
+    and one that ignores it (a driver call the disconnect cannot reach)."""
+
+    kind = "threads"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = threading.Event()
+
+    def connect(self) -> object:
+        self.closed = threading.Event()
+        return object()
+
+    def disconnect(self, resource: Any) -> None:
+        self.closed.set()
+
+    def spawn_two(self) -> None:
+        closed = self.closed
+
+        def lingering() -> None:
+            closed.wait(30)
+            threading.Event().wait(0.05)  # takes a moment to wind down
+
+        def stuck() -> None:
+            RELEASE_STUCK.wait(30)
+
+        self.context.spawn(lingering, name=f"sessions-{self.name}-lingering")
+        self.context.spawn(stuck, name=f"sessions-{self.name}-stuck")
+
+    def crash(self) -> None:
+        raise sessions.ResourceBroken("link lost")
+
+
+def test_spawned_threads_are_joined_within_a_bound_and_a_stuck_one_is_left_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After the disconnect, the runtime waits for the connection's threads together up
+    to SPAWN_JOIN (2 s): one ending a moment later is joined quietly; one still blocked
+    is logged by name and left running, and the restart goes on without it."""
+    RELEASE_STUCK.clear()
+    with caplog.at_level(logging.WARNING, logger="sessions"), sessions.start({
+        "supervisor": {"backoff": {"initial": 0.01, "jitter": 0}},
+        "resources": {"t": {"kind": Threads}},
+    }) as system:
+        t = system.get("t")
+        t.spawn_two().result(5)
+        with pytest.raises(sessions.ResourceFault):
+            t.crash().result(5)
+        wait_until(lambda: t.restarts == 1 and t.state == "running", timeout=15,
+                   what="the restart, not held up by the stuck thread")
+        left = [r.getMessage() for r in caplog.records if "did not end" in r.getMessage()]
+        assert left == ["thread sessions-t-stuck of 't' did not end within 2.0 s of its "
+                        "disconnect (left running)"]
+        assert [th.name for th in threading.enumerate()
+                if th.name.startswith("sessions-t-")] == ["sessions-t-stuck"]
+        RELEASE_STUCK.set()
