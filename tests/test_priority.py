@@ -229,6 +229,8 @@ def test_bad_coalescing_keys_are_type_errors_naming_the_key() -> None:
                 a.coalescing(key)  # type: ignore[arg-type]
         with pytest.raises(AttributeError, match="no method 'nope'"):
             _ = a.urgent.nope
+        with pytest.raises(AttributeError, match="^_connect$"):  # never a kind's method
+            _ = a.coalescing("k")._connect
 
 
 def test_a_pool_keeps_one_key_on_one_member() -> None:
