@@ -865,7 +865,7 @@ def test_stalls_lists_a_call_past_its_stall_timeout_before_the_watchdog_acts() -
         held = system.get("a").echo("held")
         assert stall.started.wait(5)
         release = threading.Event()
-        system._kernel.post(release.wait, 10)  # a wedged step (private: no API does it)
+        system._kernel.post(release.wait, 30)  # wedged for longer than the wait below
         try:
             wait_until(lambda: any(s.resource == "a" for s in system.stalls()),
                        what="the stalled call listed")
@@ -915,7 +915,7 @@ def test_stalls_lists_a_stuck_supervision_thread() -> None:
     blocks, which only a bug would do) it is listed after SUPERVISION_STALL."""
     with sessions.start(config(["a"])) as system:
         release = threading.Event()
-        system._kernel.post(release.wait, 10)  # a wedged step (private: no API does it)
+        system._kernel.post(release.wait, 30)  # wedged for longer than the wait below
         try:
             wait_until(lambda: bool(system.stalls()), timeout=10, what="the stuck loop")
             [stall] = system.stalls()
