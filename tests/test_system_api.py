@@ -857,6 +857,39 @@ def test_stalls_lists_a_call_stuck_past_its_stall_timeout_while_its_resource_sto
         assert system.stalls() == []
 
 
+def test_stalls_lists_a_stuck_incarnation_behind_one_whose_thread_has_ended(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Incarnations given up on are kept while their threads may still be blocked; one
+    whose thread has ended since is skipped, and a later stuck one is still listed."""
+    with caplog.at_level("ERROR", logger="sessions"), sessions.start(config(
+            {"a": {"call_timeout": 0.1, "stall_timeout": 0.2}}, max_restarts=100)) as system:
+        a = system.get("a")
+
+        def stick() -> threading.Event:
+            started, release = threading.Event(), threading.Event()
+            stuck = a.stubborn(started, release)
+            assert started.wait(5)
+            with pytest.raises(sessions.ResourceFault, match="stalled"):
+                stuck.result(5)
+            return release
+
+        def left_behind() -> int:
+            return sum("left behind" in r.getMessage() for r in caplog.records)
+
+        first = stick()
+        wait_until(lambda: left_behind() == 1, what="the first incarnation left behind")
+        first.set()
+        wait_until(lambda: system.stalls() == [], what="its thread to end")
+        second = stick()
+        wait_until(lambda: left_behind() == 2, what="the second incarnation left behind")
+        try:
+            assert [(s.resource, s.what, s.abandoned) for s in system.stalls()] == [
+                ("a", "stubborn()", True)]
+        finally:
+            second.set()
+        wait_until(lambda: system.stalls() == [], what="its thread to end")
+
+
 def test_stalls_lists_a_call_past_its_stall_timeout_before_the_watchdog_acts() -> None:
     """While the stall watchdog has not acted (here the supervision thread is wedged, so
     it cannot), a call past its stall_timeout is listed, not yet abandoned."""
