@@ -694,10 +694,10 @@ class Runner(pykka.ThreadingActor):
 
     # -- giving up (supervision or stopper thread) ------------------------------------
 
-    def abandon(self, reason: str) -> int:
+    def abandon(self, reason: str) -> None:
         """Give up on this incarnation: it serves no more calls, and every future it
         still owes (the call in progress, replies it deferred) fails now with
-        ``ResourceFault`` naming ``reason``. Returns how many futures it failed.
+        ``ResourceFault`` naming ``reason``.
 
         Safe against the actor thread finishing the same call at the same moment:
         whoever resolves a future first wins, the other side's resolution is dropped.
@@ -712,12 +712,11 @@ class Runner(pykka.ThreadingActor):
         elif current is not None:
             owed.append(current)
         owed += list(self.deferred)  # list() of a set is atomic under the GIL
-        return self._fail_owed(owed, reason)
+        self._fail_owed(owed, reason)
 
-    def _fail_owed(self, owed: list[SessionFuture[Any]], reason: str) -> int:
-        """Fail ``owed`` (started calls) with ``ResourceFault`` naming ``reason``;
-        returns how many this call failed (one already resolved is left alone)."""
-        failed = 0
+    def _fail_owed(self, owed: list[SessionFuture[Any]], reason: str) -> None:
+        """Fail ``owed`` (started calls) with ``ResourceFault`` naming ``reason`` (one
+        already resolved is left alone, and not counted again)."""
         mailbox = self.view.mailbox
         for future in owed:
             err = ResourceFault(
@@ -726,9 +725,7 @@ class Runner(pykka.ThreadingActor):
                 resource=self.actor.name, method=future.method,
             )
             if _try_fail(future, err):
-                failed += 1
                 mailbox.stats.record("fault", self._elapsed(future))
-        return failed
 
     def abort(self) -> None:
         """Tear this incarnation's connection down under a blocked call (kind's hook).
