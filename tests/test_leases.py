@@ -40,6 +40,30 @@ def test_pool_members_all_leased_plain_call_waits() -> None:
             assert {one.member, two.member} == {"p#0", "p#1"}
 
 
+def test_a_pool_member_whose_lease_ended_takes_plain_calls_again() -> None:
+    """While leased, a member gets no plain calls (another one runs); once the lease has
+    ended, plain calls spread over every member again."""
+    with sessions.start(config({"p": {"pool_size": 2}})) as system:
+        p = system.get("p")
+        with p.lease() as lease:
+            leased = f"sessions-{lease.member}"
+            assert leased not in {p.whoami().result(5)[0] for _ in range(10)}
+        assert {p.whoami().result(5)[0] for _ in range(10)} == {"sessions-p#0",
+                                                                "sessions-p#1"}
+
+
+def test_a_lease_of_a_stopped_resource_is_refused_at_once_and_counted() -> None:
+    with sessions.start(config(["p", "q"])) as system:
+        p = system.get("p")
+        system.terminate_child("p")
+        with pytest.raises(ResourceUnavailable, match="terminated"), p.lease():
+            pass
+        assert system.stats("p").outcomes["refused"] == 1
+        system.restart_child("p")
+        with p.lease() as again:
+            assert again.echo(1).result(5) == 1
+
+
 def test_lease_hooks_bracket_the_block() -> None:
     """begin_lease runs before the block's first call, end_lease(ok) after its last,
     on the member's own thread; ok is False when the block raised."""
