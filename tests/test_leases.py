@@ -56,12 +56,29 @@ def test_a_lease_of_a_stopped_resource_is_refused_at_once_and_counted() -> None:
     with sessions.start(config(["p", "q"])) as system:
         p = system.get("p")
         system.terminate_child("p")
-        with pytest.raises(ResourceUnavailable, match="terminated"), p.lease():
+        with pytest.raises(ResourceUnavailable, match="terminated") as info, p.lease():
             pass
+        assert info.value.resource == "p"
         assert system.stats("p").outcomes["refused"] == 1
         system.restart_child("p")
         with p.lease() as again:
             assert again.echo(1).result(5) == 1
+
+
+def test_queued_counts_a_leases_calls_and_the_plain_ones_behind_it() -> None:
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        with p.lease() as lease:
+            first = lease.block(started, release)
+            assert started.wait(5)
+            rest = [lease.echo(i) for i in range(2)]
+            plain = p.echo("plain")  # waits for the lease to end
+            assert p.queued == 3
+            release.set()
+            assert first.result(5) == "released"
+            assert [f.result(5) for f in rest] == [0, 1]
+        assert plain.result(5) == "plain" and p.queued == 0
 
 
 def test_lease_hooks_bracket_the_block() -> None:
@@ -275,6 +292,7 @@ def test_lease_given_up_while_its_first_call_waits_never_begins() -> None:
         assert behind.result(5) == "behind"
         assert kinds.controls("p").leases == []
         assert p.state == "running" and p.restarts == 0
+        assert p.queued == 0  # nothing of the given-up lease is left waiting
         with p.lease() as lease:  # the mailbox is free for the next lease
             assert lease.echo(1).result(5) == 1
 
