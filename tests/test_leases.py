@@ -81,6 +81,29 @@ def test_queued_counts_a_leases_calls_and_the_plain_ones_behind_it() -> None:
         assert plain.result(5) == "plain" and p.queued == 0
 
 
+def test_calls_queued_in_a_lease_when_it_breaks_fail_naming_it_and_count_as_refused() -> None:
+    """The lease's calls queued behind the one that faults never run on the restarted
+    connection: each fails with LeaseBroken naming the resource, counted as refused."""
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        with pytest.raises(LeaseBroken), p.lease() as lease:
+            first = lease.block(started, release)
+            assert started.wait(5)
+            broken = lease.break_it()
+            behind = [lease.record("lease", i) for i in range(2)]
+            release.set()
+            assert first.result(5) == "released"
+            with pytest.raises(ResourceFault):
+                broken.result(5)
+            for future in behind:
+                with pytest.raises(LeaseBroken, match="faulted during break_it") as info:
+                    future.result(5)
+                assert info.value.resource == "p"
+        assert system.stats("p").outcomes["refused"] == 2
+        assert [e for e in kinds.controls("p").log if e[0] == "lease"] == []
+
+
 def test_lease_hooks_bracket_the_block() -> None:
     """begin_lease runs before the block's first call, end_lease(ok) after its last,
     on the member's own thread; ok is False when the block raised."""
