@@ -897,7 +897,14 @@ class System:
         return self._kernel.add_child(sup, node)
 
     def _forget(self, name: str) -> None:
-        """Supervision thread: drop a child whose add failed (already out of the tree)."""
+        """Supervision thread: drop a child whose add failed (already out of the tree).
+
+        The name may already be free (its supervisor gave up and dropped it) and taken
+        again by another ``start_child`` that got in between: a child registered under
+        it that is in the tree is that one's, and stays."""
+        node = self._resources.get(name)
+        if node is not None and node.parent is not None and node in node.parent.children:
+            return
         self._resources.pop(name, None)
         self._handles.pop(name, None)
 

@@ -229,7 +229,7 @@ def test_bad_coalescing_keys_are_type_errors_naming_the_key() -> None:
                 a.coalescing(key)  # type: ignore[arg-type]
         with pytest.raises(AttributeError, match="no method 'nope'"):
             _ = a.urgent.nope
-        with pytest.raises(AttributeError, match="^_connect$"):  # never a kind's method
+        with pytest.raises(AttributeError, match=r"^_connect$"):  # never a kind's method
             _ = a.coalescing("k")._connect
 
 

@@ -755,6 +755,24 @@ def test_two_start_child_calls_racing_for_one_name() -> None:
         assert system.get("d").kind == "slow"
 
 
+def test_a_late_cleanup_of_a_failed_add_leaves_a_new_child_of_that_name_alone() -> None:
+    """start_child cleans up after a failed add by name, on the supervision thread. When
+    the failed child's supervisor gave up meanwhile, the name was freed already, and
+    another start_child may have taken it before the cleanup runs: the cleanup must
+    leave that child registered. (The window cannot be steered through the API; the
+    cleanup step is run directly, as the late one would run.)"""
+    with sessions.start(config(["a"])) as system:
+        f = system.start_child("f", {"kind": PROBE})
+        system._kernel.call(system._forget, "f")
+        assert system.get("f") is f and f.echo(1).result(5) == 1
+        assert [c.name for c in system.which_children()] == ["a", "f"]
+        system.terminate_child("f")
+        system.delete_child("f")
+        system._kernel.call(system._forget, "f")  # nothing left to forget: no error
+        with pytest.raises(KeyError):
+            system.get("f")
+
+
 def test_the_rng_given_to_start_draws_the_backoff_jitter() -> None:
     """Two systems given equally seeded generators wait the same jittered delays."""
     def delays(seed: int) -> list[float]:
