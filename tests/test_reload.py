@@ -284,3 +284,51 @@ def test_a_kind_changed_by_reload_serves_every_handle_and_view_already_held() ->
             with pytest.raises(AttributeError, match="'a' \\(kind 'gauge'\\) has no method "
                                                      "'whoami'; its methods: echo"):
                 held.whoami()
+
+
+def test_a_terminated_resource_takes_its_new_spec_and_stays_stopped() -> None:
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        system.terminate_child("a")
+        new = base()
+        new["resources"]["a"]["label"] = "two"
+        assert system.reload(new).changed == ("a",)
+        assert a.state == "stopped" and controls("a").connects == 1  # not started again
+        assert system.child_spec("a")["label"] == "two"
+        system.restart_child("a")
+        assert label(a) == "two"
+
+
+def test_a_reload_restarts_a_resource_through_restarting_and_clears_its_last_fault() -> None:
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it("link lost").result(5)
+        wait_until(lambda: a.state == "running" and a.restarts == 1, what="the restart")
+        assert "link lost" in str(system.status()["children"][0]["last_fault"])
+        started, release = threading.Event(), threading.Event()
+        running = a.block(started, release)
+        assert started.wait(5)
+        new = base()
+        new["resources"]["a"]["label"] = "two"
+        reloading = in_thread(lambda: system.reload(new))
+        wait_until(lambda: a.state == "restarting", what="the old incarnation stopping")
+        release.set()
+        assert running.result(5) == "released"
+        assert reloading.result(10).changed == ("a",)
+        assert label(a) == "two"
+        assert system.status()["children"][0]["last_fault"] is None
+
+
+def test_a_reload_that_shortens_stall_timeout_applies_it_to_the_next_call() -> None:
+    with sessions.start(config({"a": {"stall_timeout": 60.0}}, max_restarts=10)) as system:
+        a = system.get("a")
+        new = config({"a": {"stall_timeout": 0.3}}, max_restarts=10)
+        assert system.reload(new).changed == ("a",)
+        started, release = threading.Event(), threading.Event()
+        stuck = a.stubborn(started, release)
+        assert started.wait(5)
+        with pytest.raises(sessions.ResourceFault, match=r"stall_timeout=0\.3s"):
+            stuck.result(10)
+        release.set()
+        wait_until(lambda: system.stalls() == [], what="the stuck thread to end")
