@@ -4,13 +4,20 @@ and a bad config that changes nothing."""
 from __future__ import annotations
 
 import copy
+import random
 import threading
 from typing import Any
 
 import pytest
 
 import sessions
-from sessions.messages import ChildStarted, ChildStopped, ConfigReloaded, SupervisorGaveUp
+from sessions.messages import (
+    ChildRestarting,
+    ChildStarted,
+    ChildStopped,
+    ConfigReloaded,
+    SupervisorGaveUp,
+)
 from tests.kinds import controls
 from tests.support import Recorder, config, in_thread, wait_until
 
@@ -332,3 +339,43 @@ def test_a_reload_that_shortens_stall_timeout_applies_it_to_the_next_call() -> N
             stuck.result(10)
         release.set()
         wait_until(lambda: system.stalls() == [], what="the stuck thread to end")
+
+
+def test_a_backoff_change_sets_the_delays_of_the_next_restarts() -> None:
+    """Initial, multiplier, max and jitter all come from the new policy (the jitter drawn
+    from the rng given to start, so the delays are known exactly)."""
+    rec = Recorder()
+    with sessions.start(base(), rng=random.Random(3)) as system:
+        system.subscribe(rec)
+        new = base()
+        new["supervisor"].update(max_restarts=10, backoff={
+            "initial": 0.004, "max": 0.02, "multiplier": 3.0, "jitter": 0.5})
+        assert system.reload(new).policies == ("root",)
+        a = system.get("a")
+        for n in (1, 2, 3):
+            with pytest.raises(sessions.ResourceFault):
+                a.break_it().result(5)
+            wait_until(lambda n=n: a.restarts == n and a.state == "running",
+                       what=f"restart {n}")
+        expected, draws = sessions.Backoff(0.004, 0.02, 3.0, 0.5), random.Random(3)
+        assert [e.delay for e in rec.of(ChildRestarting)] == [
+            expected.get_backoff_time(n, draws) for n in (1, 2, 3)]
+
+
+def test_a_shorter_period_lets_restarts_made_before_it_age_out() -> None:
+    """max_restarts = 1 with a period so short that the restart made before the reload
+    is out of the window: the next fault restarts again instead of giving up."""
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.restarts == 1 and a.state == "running", what="a restarted")
+        new = base()
+        new["supervisor"].update(max_restarts=1, period=1e-6)
+        system.reload(new)
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.restarts == 2 and a.state == "running", what="a restarted again")
+        assert rec.of(SupervisorGaveUp) == []
