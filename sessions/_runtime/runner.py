@@ -128,9 +128,8 @@ class Mailbox:
     the place of a queued older call with its key, which resolves with ``Superseded``.
     """
 
-    def __init__(self, resource: str, call_timeout: float = 5.0) -> None:
+    def __init__(self, resource: str) -> None:
         self.resource = resource
-        self.call_timeout = call_timeout
         self.stats = CallStats()
         self.cond = threading.Condition(threading.Lock())
         self.calls: deque[Call] = deque()

@@ -110,7 +110,7 @@ class ResourceChild(Node):
         self.cls = cls
         self.kind = cls.kind or spec.kind
         self.actor = actor
-        self.mailbox = Mailbox(name, spec.call_timeout)
+        self.mailbox = Mailbox(name)
         self.runner: Runner | None = None
         """The current incarnation (connecting or serving), or None. Supervision thread."""
         self.connecting = False
@@ -1195,7 +1195,7 @@ class Kernel:
         actor.name = node.name
         node.spec, node.cls, node.actor, node.breaker = spec, cls, actor, breaker
         node.kind = cls.kind or spec.kind
-        node.call_timeout = node.mailbox.call_timeout = spec.call_timeout
+        node.call_timeout = spec.call_timeout
         node.stall_timeout = stall_timeout(spec)
         node.last_fault = None
         if stopped:
