@@ -393,7 +393,7 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
     between tables and each resource's kind and kind keys (also of a table whose
     supervision keys are wrong), as one ``ConfigError``.
     """
-    raw: Any = source if isinstance(source, Mapping) else read_file(source)
+    raw: Any = read_file(source) if isinstance(source, (str, os.PathLike)) else source
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
     unset = [path for path, _ in errors]  # keys still holding a ${VAR} placeholder
