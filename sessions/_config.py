@@ -271,10 +271,13 @@ def bind_problem(bind: str) -> str | None:
         return f"is an address only: write bind = {host!r} and port = {port}, got {bind!r}"
     if ":" in bind:
         return f"not a valid IPv6 address, got {bind!r}"
-    labels = bind[:-1].split(".") if bind.endswith(".") else bind.split(".")
+    name = bind[:-1] if bind.endswith(".") else bind  # a fully qualified name's final dot
+    labels = name.split(".")
     if all(label.isdigit() for label in labels):
         return f"not a valid IPv4 address (four numbers 0-255), got {bind!r}"
-    if len(bind) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+    if len(name) > 253:
+        return f"a host name has at most 253 characters, got {len(name)}"
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return f"not an IP address or a host name, got {redact(repr(bind))}"
     return None
 

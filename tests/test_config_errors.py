@@ -311,6 +311,11 @@ def test_server_port_edges_are_accepted() -> None:
                            "'localhost'), got 'http://example.org'"),
     ("my host", "not an IP address or a host name, got 'my host'"),
     ("-bad-.example", "not an IP address or a host name, got '-bad-.example'"),
+    ("my host.", "not an IP address or a host name, got 'my host.'"),
+    ("[::1", "not a valid IPv6 address, got '[::1'"),
+    ("1::2::3", "not a valid IPv6 address, got '1::2::3'"),
+    (".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62]),
+     "a host name has at most 253 characters, got 254"),
 ])
 def test_server_bind_must_be_an_address(bind: str, message: str) -> None:
     """What ``run`` would fail to listen on is named by ``check`` (whether the address is
@@ -318,8 +323,12 @@ def test_server_bind_must_be_an_address(bind: str, message: str) -> None:
     assert config_error({"server": {"bind": bind, "port": 0}}).errors == [("server.bind", message)]
 
 
+_LONGEST_NAME = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters
+
+
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "::1", "127.0.0.1", "localhost",
-                                  "plant-gw.example.org", "plant-gw.example.org."])
+                                  "plant-gw.example.org", "plant-gw.example.org.", "plc-1.",
+                                  _LONGEST_NAME, f"{_LONGEST_NAME}."])
 def test_server_bind_accepts_addresses_and_host_names(bind: str) -> None:
     with sessions.start({"server": {"bind": bind, "port": 0}}) as system:
         assert system.config.server is not None and system.config.server.bind == bind
