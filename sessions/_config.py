@@ -326,12 +326,11 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def errors_from(exc: ValidationError, prefix: str = "", data: Any = None,
-                model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+def errors_from(exc: ValidationError, prefix: str, data: Any,
+                model: type[BaseModel] | None) -> list[tuple[str, str]]:
     """Translate a pydantic ValidationError into ``(path, message)`` pairs naming the
     user's keys (see :mod:`sessions._explain`); ``data`` is what was validated."""
-    return explain(exc, prefix, data, model) if data is not None else explain(exc, prefix,
-                                                                             model=model)
+    return explain(exc, prefix, data, model)
 
 
 def read_file(source: str | os.PathLike[str]) -> dict[str, Any]:
