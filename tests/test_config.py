@@ -139,6 +139,8 @@ TABLES = ("a config file has the tables [supervisor], [supervisors.NAME], [resou
         ({"db": {"kind": "x"}}, "db",
          f"unknown table [db] (a resource? write [resources.db]); {TABLES}"),
         ({"other": {}}, "other", f"unknown table [other]; {TABLES}"),
+        ({"supervisor": {}, "other": {}}, "other", f"unknown table [other]; {TABLES}"),
+        ({"sensors": {"t1": {"kind": "x"}}}, "sensors", f"unknown table [sensors]; {TABLES}"),
         ({"strategy": "one_for_all"}, "strategy",
          f"unknown top-level key 'strategy'; {TABLES}"),
     ],
