@@ -154,6 +154,25 @@ def nested() -> dict[str, Any]:
     return cfg
 
 
+def test_policy_changes_of_named_supervisors_apply_and_are_reported_root_first() -> None:
+    """Only the supervisors whose table changed get their new policy (the event lists
+    them, the root first), without restarting children."""
+    with sessions.start(nested()) as system:
+        x, y = system.get("x"), system.get("y")
+        new = nested()
+        new["supervisors"]["line"]["strategy"] = "one_for_one"
+        event = system.reload(new)
+        assert event.policies == ("line",) and event.changed == ()
+        with pytest.raises(sessions.ResourceFault):
+            x.break_it().result(5)
+        wait_until(lambda: x.restarts == 1 and x.state == "running", what="x restarted")
+        assert y.generation().result(5) == 1  # one_for_one now: y untouched
+        newer = copy.deepcopy(new)
+        newer["supervisor"]["max_restarts"] = 5
+        newer["supervisors"]["cell"]["max_restarts"] = 5
+        assert system.reload(newer).policies == ("root", "cell")
+
+
 def test_supervisors_added_removed_and_moved_with_their_resources() -> None:
     with sessions.start(nested()) as system:
         x = system.get("x")
@@ -218,6 +237,12 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
         new["resources"]["extra"] = {"kind": "tests.kinds:Probe"}
         with pytest.raises(sessions.ConfigError, match=r"resources\.extra: name is in use"):
             system.reload(new)
+        new = base()
+        new["supervisors"] = {"extra": {}}
+        with pytest.raises(sessions.ConfigError) as info:
+            system.reload(new)
+        assert info.value.errors == [
+            ("supervisors.extra", "name is in use by a resource added with start_child")]
         event = system.reload(base())  # a dynamic child is not the config's business
         assert event == ConfigReloaded((), (), (), (), ())
         assert system.get("extra").echo(1).result(5) == 1
