@@ -160,17 +160,98 @@ def test_policy_changes_of_named_supervisors_apply_and_are_reported_root_first()
     with sessions.start(nested()) as system:
         x, y = system.get("x"), system.get("y")
         new = nested()
-        new["supervisors"]["line"]["strategy"] = "one_for_one"
+        new["supervisors"]["line"]["strategy"] = "rest_for_one"
         event = system.reload(new)
         assert event.policies == ("line",) and event.changed == ()
         with pytest.raises(sessions.ResourceFault):
+            y.break_it().result(5)
+        wait_until(lambda: y.restarts == 1 and y.state == "running", what="y restarted")
+        assert x.generation().result(5) == 1  # no longer one_for_all: x (before y) untouched
+        with pytest.raises(sessions.ResourceFault):
             x.break_it().result(5)
-        wait_until(lambda: x.restarts == 1 and x.state == "running", what="x restarted")
-        assert y.generation().result(5) == 1  # one_for_one now: y untouched
+        wait_until(lambda: y.restarts == 2 and y.state == "running", what="y restarted again")
+        assert y.generation().result(5) == 3  # rest_for_one, not the root's one_for_one
         newer = copy.deepcopy(new)
         newer["supervisor"]["max_restarts"] = 5
         newer["supervisors"]["cell"]["max_restarts"] = 5
         assert system.reload(newer).policies == ("root", "cell")
+
+
+def test_a_resource_added_by_a_reload_is_part_of_the_spec() -> None:
+    """Unlike one added with start_child, a resource a reload added comes back when its
+    supervisor is restarted from its spec."""
+    with sessions.start(nested()) as system:
+        new = nested()
+        new["resources"]["z"] = {"kind": "tests.kinds:Probe", "supervisor": "line"}
+        assert system.reload(new).added == ("z",)
+        system.start_child("dyn", {"kind": "tests.kinds:Probe", "supervisor": "line"})
+        system.terminate_child("line")
+        system.restart_child("line")
+        assert [c.name for c in system.which_children("line")] == ["x", "y", "z"]
+        assert system.get("z").echo(1).result(5) == 1
+
+
+def test_removals_changes_and_additions_of_one_reload_all_apply() -> None:
+    """A removed resource, a deleted one (delete_child: the config still names it, so
+    the reload adds it again) and an add that fails do not stop the reload from
+    applying what comes after them."""
+    with sessions.start(base()) as system:
+        system.terminate_child("b")
+        system.delete_child("b")
+        controls("d").fail_connects = 100
+        new = base()
+        del new["resources"]["a"]
+        new["resources"]["c"]["label"] = "changed"
+        new["resources"]["d"] = {"kind": "tests.kinds:Probe"}
+        new["resources"]["e"] = {"kind": "tests.kinds:Probe"}
+        new["supervisor"]["max_restarts"] = 0  # no retries inside the add
+        event = system.reload(new)
+        assert (event.added, event.removed, event.changed) == (("b", "e"), ("a",), ("c",))
+        assert [f.partition(":")[0] for f in event.failed] == ["d"]
+        assert label(system.get("c")) == "changed"
+        assert system.get("b").echo(1).result(5) == 1
+        assert system.get("e").echo(1).result(5) == 1
+
+
+def test_why_a_reload_stopped_each_child() -> None:
+    """ChildStopped says why: removed from the config (a supervisor, stopped with its
+    resources as one child), or rebuilt with a new spec (a resource moved to another
+    supervisor)."""
+    rec = Recorder()
+    with sessions.start(nested()) as system:
+        system.subscribe(rec)
+        new = nested()
+        del new["supervisors"]["line"]
+        del new["resources"]["x"]
+        del new["resources"]["y"]
+        new["resources"]["a"]["supervisor"] = "cell"
+        system.reload(new)
+        rec.wait_for(lambda e: isinstance(e, ConfigReloaded))
+        stopped = [(e.supervisor, e.name, e.reason) for e in rec.events
+                   if isinstance(e, ChildStopped)]
+        assert stopped == [("root", "a", "rebuilt by a reload with its new spec"),
+                           ("root", "line", "removed from the config by a reload")]
+
+
+def test_a_pool_resized_to_one_or_a_lone_resource_to_a_pool_is_rebuilt() -> None:
+    with sessions.start(config({"a": {}, "p": {"pool_size": 2}})) as system:
+        new = config({"a": {"pool_size": 2}, "p": {}})
+        assert set(system.reload(new).changed) == {"a", "p"}
+        a, p = system.status()["children"]
+        assert (a["type"], [m["name"] for m in a["children"]]) == ("pool", ["a#0", "a#1"])
+        assert (p["name"], p["type"]) == ("p", "resource")
+        assert system.get("p").echo(1).result(5) == 1
+        assert system.get("a").echo(1).result(5) == 1
+
+
+def test_a_changed_resource_gets_its_kinds_validated_options() -> None:
+    """As at start: converted, with the defaults of the kind's ``Options`` filled in."""
+    kind = "tests.test_config_errors:Modelled"
+    with sessions.start({"resources": {"m": {"kind": kind, "port": "8080"}}}) as system:
+        assert system.reload({"resources": {"m": {"kind": kind, "port": "8081"}}}).changed == (
+            "m",)
+        assert system.get("m").options().result(5) == {
+            "port": 8081, "mode": "fast", "ratio": 0.5, "level": "auto", "home": None}
 
 
 def test_supervisors_added_removed_and_moved_with_their_resources() -> None:
