@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 import sessions
-from sessions.messages import ChildStarted, ChildStopped, ConfigReloaded, SupervisorGaveUp
+from sessions.messages import (
+    ChildStarted,
+    ChildStopped,
+    CircuitChanged,
+    ConfigReloaded,
+    SupervisorGaveUp,
+)
 from tests.kinds import controls
 from tests.support import Recorder, config, in_thread, wait_until
 
@@ -252,6 +258,38 @@ def test_a_changed_resource_gets_its_kinds_validated_options() -> None:
             "m",)
         assert system.get("m").options().result(5) == {
             "port": 8081, "mode": "fast", "ratio": 0.5, "level": "auto", "home": None}
+
+
+def test_a_changed_resource_says_which_run_time_set_up_it_lost(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Replay steps registered on the old kind object are not carried over: a warning
+    names each."""
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        a.remember("x").result(5)
+        a.remember("y").result(5)
+        new = base()
+        new["resources"]["a"]["label"] = "two"
+        system.reload(new)
+        assert a.settings().result(5) == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "resources.a: restarted with its new spec; run-time set-up not carried over: "
+        "setting:x, setting:y"]
+
+
+def test_a_breaker_given_by_a_reload_guards_the_resource() -> None:
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        new = base()
+        new["resources"]["a"]["breaker"] = {"failures": 1, "reset_timeout": 600}
+        assert system.reload(new).changed == ("a",)
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        assert a.circuit == "open"
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")
+        assert [e.name for e in opened] == ["a"]
 
 
 def test_supervisors_added_removed_and_moved_with_their_resources() -> None:
