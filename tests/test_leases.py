@@ -239,8 +239,8 @@ def test_an_end_lease_outlasting_call_timeout_does_not_hold_the_exit() -> None:
         async with p.lease() as lease:
             await lease.echo(1)
 
-    late = (r"lease #\d+ of 'p': its end \(end_lease\) did not finish within "
-            r"call_timeout=0.2s; it still runs")
+    late = (r"^lease #\d+ of 'p': its end \(end_lease\) did not finish within "
+            r"call_timeout=0.2s; it still runs, and the member serves others once it has$")
     with sessions.start(config({"p": {"call_timeout": 0.2}})) as system:
         p = system.get("p")
         for run in (lambda: _leave_sync(p), lambda: asyncio.run(block(p))):
@@ -283,6 +283,15 @@ def test_leases_entered_with_handle_are_left_each_by_its_own() -> None:
         assert b.active
         q.__exit__(None, None, None)
         assert not b.active
+
+
+def test_a_lease_not_entered_refuses_calls() -> None:
+    with sessions.start(config(["p"])) as system:
+        lease = system.get("p").lease()
+        with pytest.raises(RuntimeError) as info:
+            lease.echo(1)
+        assert str(info.value) == ("enter the lease (with / async with) before calling "
+                                   "through it")
 
 
 def test_lease_repr_says_its_state() -> None:

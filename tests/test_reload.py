@@ -370,8 +370,10 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
 def test_a_stopped_system_refuses_a_reload() -> None:
     system = sessions.start(base())
     system.stop()
-    with pytest.raises(sessions.ResourceUnavailable, match="the system is stopped"):
+    with pytest.raises(sessions.ResourceUnavailable) as info:
         system.reload(base())
+    assert str(info.value) == "the system is stopped: nothing to reload"
+    assert info.value.resource == "root"
 
 
 def test_a_toml_file_reloads(tmp_path: Any) -> None:
