@@ -294,6 +294,47 @@ def test_a_lease_not_entered_refuses_calls() -> None:
                                    "through it")
 
 
+def test_a_lease_label_names_its_member_in_a_pool() -> None:
+    with sessions.start(config({"p": {"pool_size": 2}, "q": {}})) as system:
+        with system.get("p").lease() as lease:
+            assert lease.label is not None
+            assert lease.label.startswith("lease #")
+            assert lease.label.endswith(" of 'p' (member 'p#0')")
+        with system.get("q").lease() as lease:
+            assert lease.label is not None and lease.label.endswith(" of 'q'")
+
+
+def test_a_lease_waits_to_begin_for_its_own_timeout() -> None:
+    """``lease(timeout=...)`` bounds the wait for a member, not the resource's
+    call_timeout (a minute here)."""
+    with sessions.start(config({"q": {"call_timeout": 60}})) as system:
+        q = system.get("q")
+
+        def second() -> None:
+            with q.lease(timeout=0.2):
+                raise AssertionError("began while the member was leased")
+
+        with q.lease(), pytest.raises(CallTimeout):
+            in_thread(second).result(10)
+
+
+def test_a_lease_is_entered_once() -> None:
+    with sessions.start(config(["p"])) as system:
+        lease = system.get("p").lease()
+        with lease:
+            pass
+        with pytest.raises(RuntimeError) as info, lease:
+            pass
+        assert str(info.value) == "a Lease is entered once; take a new one with handle.lease()"
+
+
+def test_a_private_name_is_no_method_of_a_lease() -> None:
+    with sessions.start(config(["p"])) as system, system.get("p").lease() as lease:
+        with pytest.raises(AttributeError) as info:
+            _ = lease._secret
+        assert info.value.args == ("_secret",)
+
+
 def test_lease_repr_says_its_state() -> None:
     with sessions.start(config(["p"])) as system:
         lease = system.get("p").lease()
