@@ -282,12 +282,15 @@ def test_a_breaker_given_by_a_reload_guards_the_resource() -> None:
     with sessions.start(base()) as system:
         system.subscribe(rec)
         a = system.get("a")
+        assert a.echo(0).result(5) == 0  # a method the handle has looked up before
         new = base()
         new["resources"]["a"]["breaker"] = {"failures": 1, "reset_timeout": 600}
         assert system.reload(new).changed == ("a",)
         with pytest.raises(sessions.ResourceFault):
             a.break_it().result(5)
         assert a.circuit == "open"
+        with pytest.raises(sessions.ResourceUnavailable):
+            a.echo(1).result(5)  # refused by the new breaker too
         opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")
         assert [e.name for e in opened] == ["a"]
 
