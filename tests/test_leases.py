@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import re
 import threading
 import time
 from typing import Any
@@ -217,6 +219,7 @@ def test_a_failing_end_lease_is_raised_by_a_normal_exit_only(
     with sessions.start(config(["p"])) as system:
         p = system.get("p")
         kinds.controls("p").refuse_end = True
+        caplog.set_level(logging.DEBUG, logger="sessions")
         with pytest.raises(ValueError, match="end refused"), p.lease() as lease:
             lease.echo(0).result(5)
         with pytest.raises(ZeroDivisionError), p.lease():
@@ -224,6 +227,10 @@ def test_a_failing_end_lease_is_raised_by_a_normal_exit_only(
         asyncio.run(blocks(p))
         gc.collect()
         assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+        ended = [r.getMessage() for r in caplog.records if "ended after an error" in r.getMessage()]
+        assert len(ended) == 2
+        assert all(re.fullmatch(r"lease #\d+ of 'p' ended after an error in its block; its end "
+                                r"failed too: ValueError\('end refused'\)", m) for m in ended)
         assert [ok for what, ok in kinds.controls("p").leases if what == "end"] == [
             True, False, True, False]
         assert p.echo(2).result(5) == 2
@@ -247,11 +254,30 @@ def test_an_end_lease_outlasting_call_timeout_does_not_hold_the_exit() -> None:
             gate = threading.Event()
             kinds.controls("p").end_gate = gate
             try:
-                with pytest.raises(CallTimeout, match=late):
+                with pytest.raises(CallTimeout, match=late) as info:
                     run()
             finally:
                 gate.set()
+            assert (info.value.resource, info.value.started) == ("p", True)
             assert p.echo(2).result(5) == 2
+
+
+def test_a_late_end_lease_after_a_raising_block_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The block's own exception goes on; the late end is a warning."""
+    with sessions.start(config({"p": {"call_timeout": 0.2}})) as system:
+        p = system.get("p")
+        gate = threading.Event()
+        kinds.controls("p").end_gate = gate
+        try:
+            with pytest.raises(ZeroDivisionError), p.lease() as lease:
+                label = lease.label
+                _ = 1 / 0
+        finally:
+            gate.set()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{label}: its end (end_lease) did not finish within call_timeout=0.2s; it still "
+        "runs, and the member serves others once it has"]
 
 
 def _leave_sync(p: sessions.Handle) -> None:

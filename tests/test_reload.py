@@ -214,6 +214,7 @@ def test_removals_changes_and_additions_of_one_reload_all_apply() -> None:
         event = system.reload(new)
         assert (event.added, event.removed, event.changed) == (("b", "e"), ("a",), ("c",))
         assert [f.partition(":")[0] for f in event.failed] == ["d"]
+        assert "d" not in system.config.resources  # not added: reload again to retry
         assert label(system.get("c")) == "changed"
         assert system.get("b").echo(1).result(5) == 1
         assert system.get("e").echo(1).result(5) == 1
