@@ -271,10 +271,13 @@ def bind_problem(bind: str) -> str | None:
         return f"is an address only: write bind = {host!r} and port = {port}, got {bind!r}"
     if ":" in bind:
         return f"not a valid IPv6 address, got {bind!r}"
-    labels = bind[:-1].split(".") if bind.endswith(".") else bind.split(".")
+    name = bind[:-1] if bind.endswith(".") else bind  # a fully qualified name's final dot
+    labels = name.split(".")
     if all(label.isdigit() for label in labels):
         return f"not a valid IPv4 address (four numbers 0-255), got {bind!r}"
-    if len(bind) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+    if len(name) > 253:
+        return f"a host name has at most 253 characters, got {len(name)}"
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return f"not an IP address or a host name, got {redact(repr(bind))}"
     return None
 
@@ -323,12 +326,11 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def errors_from(exc: ValidationError, prefix: str = "", data: Any = None,
-                model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+def errors_from(exc: ValidationError, prefix: str, data: Any,
+                model: type[BaseModel] | None) -> list[tuple[str, str]]:
     """Translate a pydantic ValidationError into ``(path, message)`` pairs naming the
     user's keys (see :mod:`sessions._explain`); ``data`` is what was validated."""
-    return explain(exc, prefix, data, model) if data is not None else explain(exc, prefix,
-                                                                             model=model)
+    return explain(exc, prefix, data, model)
 
 
 def read_file(source: str | os.PathLike[str]) -> dict[str, Any]:
@@ -393,7 +395,7 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> SystemConfig:
     between tables and each resource's kind and kind keys (also of a table whose
     supervision keys are wrong), as one ``ConfigError``.
     """
-    raw: Any = source if isinstance(source, Mapping) else read_file(source)
+    raw: Any = read_file(source) if isinstance(source, (str, os.PathLike)) else source
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
     unset = [path for path, _ in errors]  # keys still holding a ${VAR} placeholder

@@ -39,6 +39,10 @@ class Controls:
     """("begin", generation) and ("end", ok) per lease hook run, in order."""
     refuse_lease: bool = False
     """begin_lease() raises ValueError (a caller error: the lease is refused)."""
+    refuse_end: bool = False
+    """end_lease() raises ValueError (a caller error), after recording its call."""
+    end_gate: threading.Event | None = None
+    """end_lease() waits until it is set (an end that outlasts call_timeout)."""
 
 
 CONTROLS: dict[str, Controls] = {}
@@ -122,7 +126,12 @@ class Probe(ResourceActor):
         ctl.leases.append(("begin", self.resource.generation))
 
     def end_lease(self, ok: bool) -> None:
-        self.ctl.leases.append(("end", ok))
+        ctl = self.ctl
+        ctl.leases.append(("end", ok))
+        if ctl.end_gate is not None:
+            ctl.end_gate.wait(10)
+        if ctl.refuse_end:
+            raise ValueError("end refused")
 
     # -- callable methods -------------------------------------------------------------
 

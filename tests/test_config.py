@@ -101,6 +101,13 @@ def test_config_error_is_a_value_error() -> None:
     assert isinstance(err, sessions.SessionsError)
 
 
+@pytest.mark.parametrize(("config", "shown"), [(["a"], "list"), (None, "NoneType")])
+def test_a_config_that_is_no_table_nor_a_path(config: Any, shown: str) -> None:
+    """Data that is neither a table nor a file path (a JSON list, a missing value) is a
+    ConfigError saying what it is, not a TypeError about paths."""
+    assert config_error(config).errors == [("", f"expected a table of tables, got {shown}")]
+
+
 def test_bad_strategy_in_named_supervisor() -> None:
     """Strategies of ``[supervisors.NAME]`` are checked with their own path."""
     err = config_error({"supervisors": {"s": {"strategy": "all_for_one"}}})
@@ -132,6 +139,8 @@ TABLES = ("a config file has the tables [supervisor], [supervisors.NAME], [resou
         ({"db": {"kind": "x"}}, "db",
          f"unknown table [db] (a resource? write [resources.db]); {TABLES}"),
         ({"other": {}}, "other", f"unknown table [other]; {TABLES}"),
+        ({"supervisor": {}, "other": {}}, "other", f"unknown table [other]; {TABLES}"),
+        ({"sensors": {"t1": {"kind": "x"}}}, "sensors", f"unknown table [sensors]; {TABLES}"),
         ({"strategy": "one_for_all"}, "strategy",
          f"unknown top-level key 'strategy'; {TABLES}"),
     ],

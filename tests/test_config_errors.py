@@ -9,11 +9,23 @@ each key are, through ``sessions.start``, ``System.start_child``,
 from __future__ import annotations
 
 import math
+import os
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import AfterValidator, AnyUrl, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 import sessions
 from sessions import ConfigError, ResourceActor
@@ -100,6 +112,101 @@ class Paired(_Quiet):
         timeout: float | tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = 1.0
         verify: bool | str = True
         retries: int | Retry = 0
+
+
+def _no_spaces(tag: str) -> str:
+    if " " in tag:
+        raise ValueError(f"spaces are not allowed in a tag, got {tag!r}")
+    return tag
+
+
+class Tagged(_Quiet):
+    """A kind with a list whose items its own validator checks."""
+
+    kind = "tagged"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        tags: list[Annotated[str, AfterValidator(_no_spaces)]] = []
+
+
+#: The keys ``Passing`` refuses, as the ``redis`` kind refuses the ones the supervisor owns.
+_OWNED = {"restarts": "the supervisor restarts the resource"}
+
+
+class Passing(_Quiet):
+    """A kind that passes its unknown keys on to its driver, as ``redis`` does: it refuses
+    some ("not allowed"), and a key it passes on may still have a bad value."""
+
+    kind = "passing"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="allow", frozen=True)
+
+        timeout: float = 1.0
+
+        @model_validator(mode="wrap")
+        @classmethod
+        def _driver_keys(cls, data: Any, handler: Any) -> Any:
+            problems = []
+            for key, value in (data.items() if isinstance(data, Mapping) else ()):
+                if key in _OWNED:
+                    problem = f"not allowed: {_OWNED[key]}"
+                elif key == "timeouts" and not isinstance(value, list):
+                    problem = f"expected a list of seconds, got {value!r}"
+                else:
+                    continue
+                problems.append(InitErrorDetails(type="value_error", loc=(key,), input=value,
+                                                 ctx={"error": ValueError(problem)}))
+            if problems:
+                raise ValidationError.from_exception_data(cls.__name__, problems)
+            return handler(data)
+
+
+class Picky(_Quiet):
+    """A kind whose constructor refuses a value its signature accepts."""
+
+    kind = "picky"
+
+    def __init__(self, port: int = 1) -> None:
+        super().__init__()
+        if port < 1:
+            raise ValueError(f"port must be >= 1, got {port}")
+
+
+class _Target(BaseModel):
+    url: AnyUrl
+
+
+class Located(_Quiet):
+    """A kind whose constructor validates its key with a pydantic model of its own (as
+    the ``canbus`` kind's filters are)."""
+
+    kind = "located"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = _Target.model_validate({"url": url}).url
+
+
+class Queried(_Quiet):
+    """A kind whose url's query string gives more keys (the ``redis`` kind's url takes
+    options too), checked by its constructor against its ``Options``."""
+
+    kind = "queried"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        url: str
+        timeout: float = 1.0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(options["url"]).query))
+        self.settings = self.Options.model_validate({**options, **query})
+
 
 # -- defaults ---------------------------------------------------------------------------
 
@@ -311,6 +418,11 @@ def test_server_port_edges_are_accepted() -> None:
                            "'localhost'), got 'http://example.org'"),
     ("my host", "not an IP address or a host name, got 'my host'"),
     ("-bad-.example", "not an IP address or a host name, got '-bad-.example'"),
+    ("my host.", "not an IP address or a host name, got 'my host.'"),
+    ("[::1", "not a valid IPv6 address, got '[::1'"),
+    ("1::2::3", "not a valid IPv6 address, got '1::2::3'"),
+    (".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62]),
+     "a host name has at most 253 characters, got 254"),
 ])
 def test_server_bind_must_be_an_address(bind: str, message: str) -> None:
     """What ``run`` would fail to listen on is named by ``check`` (whether the address is
@@ -318,8 +430,12 @@ def test_server_bind_must_be_an_address(bind: str, message: str) -> None:
     assert config_error({"server": {"bind": bind, "port": 0}}).errors == [("server.bind", message)]
 
 
+_LONGEST_NAME = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters
+
+
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "::1", "127.0.0.1", "localhost",
-                                  "plant-gw.example.org", "plant-gw.example.org."])
+                                  "plant-gw.example.org", "plant-gw.example.org.", "plc-1.",
+                                  _LONGEST_NAME, f"{_LONGEST_NAME}."])
 def test_server_bind_accepts_addresses_and_host_names(bind: str) -> None:
     with sessions.start({"server": {"bind": bind, "port": 0}}) as system:
         assert system.config.server is not None and system.config.server.bind == bind
@@ -372,12 +488,22 @@ def test_shutdown_timeout_refused_values(value: Any, shown: str) -> None:
      ("supervisors.s.restart", "expected one of permanent, transient, temporary, got 'always'")),
     ({"supervisors": {"s": "fast"}},
      ("supervisors.s", "expected a table, got 'fast'")),
+    ({"resources": {"a": "fast"}},
+     ("resources.a", "expected a table, got 'fast'")),
     ({"resources": {"a": probe(significant="maybe")}},
      ("resources.a.significant", "expected true or false, got 'maybe'")),
 ])
 def test_schema_messages(cfg: dict[str, Any], error: tuple[str, str]) -> None:
     """Each kind of schema problem is one plain sentence ending with the value given."""
     assert config_error(cfg).errors == [error]
+
+
+@pytest.mark.parametrize("name", ["model", "url", "default", "list"])
+def test_a_resource_named_like_a_schema_tag_is_named_at_its_key(name: str) -> None:
+    """pydantic names the members of a union ``model``, ``url``, ``list``...: a resource
+    the user named so is still a key of the file, not a union member."""
+    err = config_error({"resources": {name: probe(call_timeout=0)}})
+    assert err.errors == [(f"resources.{name}.call_timeout", "must be > 0, got 0")]
 
 
 def test_values_in_messages_have_their_passwords_masked() -> None:
@@ -418,6 +544,19 @@ def test_missing_variables_come_with_the_cross_reference_problems(
         ("resources.a.label",
          "environment variable SESSIONS_TEST_NOPE is not set (use ${SESSIONS_TEST_NOPE:-default})"),
         ("resources.a.supervisor", "unknown supervisor 'x' (known: root)"),
+    ]
+
+
+def test_a_check_that_sees_an_unset_variable_names_it_as_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The placeholder stays as the file wrote it: the unknown supervisor is
+    '${SESSIONS_TEST_NOPE}', not a name the user never wrote."""
+    monkeypatch.delenv("SESSIONS_TEST_NOPE", raising=False)
+    err = config_error({"resources": {"a": probe(supervisor="${SESSIONS_TEST_NOPE}")}})
+    assert err.errors == [
+        ("resources.a.supervisor",
+         "environment variable SESSIONS_TEST_NOPE is not set (use ${SESSIONS_TEST_NOPE:-default})"),
+        ("resources.a.supervisor", "unknown supervisor '${SESSIONS_TEST_NOPE}' (known: root)"),
     ]
 
 
@@ -465,6 +604,21 @@ def test_not_utf8_message(tmp_path: Path) -> None:
                        "continuation byte); save the file as UTF-8")
 
 
+@pytest.mark.parametrize(("text", "line", "column"), [
+    (b'\n# plant\n[resources.a]\nlabel = "\xc3\xa9t\xe9"\nkind = "x"\n', 4, 12),
+    (b'\nlabel = "caf\xe9"\n', 2, 13),
+])
+def test_not_utf8_position_is_counted_from_the_start_of_the_file(
+        tmp_path: Path, text: bytes, line: int, column: int) -> None:
+    """Every line before the bad byte counts (a leading blank one too, none after it); the
+    column counts the characters of its own line, not its bytes."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(text)
+    assert config_error(path).errors == [
+        ("", f"{path}: not UTF-8 text: line {line}, column {column}: byte 0xe9 (invalid "
+             "continuation byte); save the file as UTF-8")]
+
+
 def test_unreadable_path_message(tmp_path: Path) -> None:
     ((where, message),) = config_error(tmp_path).errors
     assert where == ""
@@ -481,9 +635,12 @@ def test_a_utf8_byte_order_mark_is_skipped(tmp_path: Path) -> None:
         assert list(system.config.resources) == ["a"]
 
 
-def test_utf16_text_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("encoding", "mark"), [("utf-16-le", b"\xff\xfe"),
+                                              ("utf-16-be", b"\xfe\xff")])
+def test_utf16_text_is_named(tmp_path: Path, encoding: str, mark: bytes) -> None:
+    """Little- or big-endian: both byte order marks are recognised."""
     path = tmp_path / "utf16.toml"
-    path.write_bytes('[resources.a]\nkind = "x"\n'.encode("utf-16"))
+    path.write_bytes(mark + '[resources.a]\nkind = "x"\n'.encode(encoding))
     assert config_error(path).errors == [
         ("", f"{path}: UTF-16 text (it starts with a UTF-16 byte order mark): save it as UTF-8")]
 
@@ -506,6 +663,41 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
     assert config_error(path).errors == [
         ("", f"{path}: the file is {size:,} bytes; a config file may have at most 1,048,576 "
              "(1 MiB)")]
+
+
+def test_a_file_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "full.toml"
+    head = b'[resources.a]\nkind = "tests.kinds:Probe"\n'
+    path.write_bytes(head + b"#" * (1024 * 1024 - len(head) - 1) + b"\n")
+    assert path.stat().st_size == 1024 * 1024
+    with sessions.start(path) as system:
+        assert list(system.config.resources) == ["a"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_a_stream_is_read_only_to_one_byte_past_the_size_limit(tmp_path: Path) -> None:
+    """A path with no size to check first (a pipe, a device such as /dev/zero) is read up
+    to one byte past the limit, then refused: never to its end."""
+    path = tmp_path / "stream.toml"
+    os.mkfifo(path)
+    total = 4 * 1024 * 1024
+    chunk = b"# padding\n" * 6554
+
+    def write() -> int:
+        written = 0
+        try:
+            with open(path, "wb", buffering=0) as pipe:
+                while written < total:
+                    written += pipe.write(chunk[:total - written]) or 0
+        except BrokenPipeError:  # the reader closed the pipe: what it had was enough
+            pass
+        return written
+
+    writer = in_thread(write)
+    errors = config_error(path).errors
+    assert errors == [("", f"{path}: the file is 1,048,577 bytes; a config file may have "
+                           "at most 1,048,576 (1 MiB)")]
+    assert writer.result(timeout=10) < total
 
 
 @pytest.mark.parametrize("table", ["resources", "supervisors"])
@@ -587,6 +779,17 @@ def test_root_supervisor_keys(root: dict[str, Any], error: tuple[str, str]) -> N
     assert config_error({"supervisor": root}).errors == [error]
 
 
+def test_root_supervisor_keys_are_checked_when_another_table_is_invalid() -> None:
+    """The cross-reference checks run on the valid part of an invalid file: the root
+    supervisor's own table included."""
+    err = config_error({"supervisor": {"restart": "transient"},
+                        "resources": {"a": probe(pool_size=0)}})
+    assert err.errors == [
+        ("resources.a.pool_size", "must be >= 1, got 0"),
+        ("supervisor.restart",
+         "the root supervisor has no parent to restart it: giving up fails the system")]
+
+
 def test_the_root_may_be_named_as_a_parent_and_a_supervisor() -> None:
     with sessions.start({"supervisors": {"s": {"parent": "root"}},
                          "resources": {"a": probe(supervisor="root")}}) as system:
@@ -659,6 +862,15 @@ def test_resource_named_root_message() -> None:
     assert err.errors == [("resources.root", "name is already used by a supervisor")]
 
 
+def test_systemd_ready_in_a_file_without_resources() -> None:
+    err = config_error({"supervisors": {"s": {}}, "systemd": {"ready": ["s", "root", "plc"]}})
+    assert err.errors == [
+        ("systemd.ready[0]", "'s' is a supervisor; name its resources (resources: none)"),
+        ("systemd.ready[1]", "'root' is a supervisor; name its resources (resources: none)"),
+        ("systemd.ready[2]", "unknown resource 'plc' (resources: none)"),
+    ]
+
+
 # -- dynamic children: start_child and check_childspecs ------------------------------
 
 
@@ -726,6 +938,18 @@ def test_check_childspecs_names_and_shapes() -> None:
                                    "c": {"kind": "tests.kinds:Probe", "pool_size": 0}})
     assert info.value.errors == [("resources.a b", NAME_RULE),
                                  ("resources.c.pool_size", "must be >= 1, got 0")]
+
+
+def test_check_childspecs_names_a_nested_key_as_written() -> None:
+    """A dynamic child's nested unknown key gets its suggestion, and one named like a
+    pydantic schema tag (``url``, ``list``, ``default``) is still the user's key."""
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({"a": probe(breaker={"failure": 3}),
+                                   "b": probe(breaker={"url": "x"})})
+    assert info.value.errors == [
+        ("resources.a.breaker.failure", "unknown key (did you mean 'failures'?)"),
+        ("resources.b.breaker.url", "unknown key"),
+    ]
 
 
 # -- a kind's own keys ---------------------------------------------------------------
@@ -912,6 +1136,68 @@ def test_a_key_whose_variable_is_unset_is_not_also_judged_by_the_kind(
                                          "port": "${SESSIONS_TEST_NOPE}"}})
     assert [path for path, _ in info.value.errors] == ["resources.m.port",
                                                       "resources.m.pool_size"]
+
+
+def test_a_kinds_unknown_key_gets_one_suggestion() -> None:
+    """The kind's model already suggests its own key: no second suggestion is added."""
+    err = config_error({"resources": {"p": {"kind": f"{HERE}:Paired", "timout": 1}}})
+    assert err.errors == [("resources.p.timout", "unknown key (did you mean 'timeout'?)")]
+
+
+@pytest.mark.parametrize(("options", "errors"), [
+    ({"kind": f"{HERE}:Paired", "retries": {"x": 1}},
+     [("resources.p.retries.x", "unknown key")]),
+    ({"kind": f"{HERE}:Tagged", "tags": ["ok", "not ok"]},
+     [("resources.p.tags[1]", "spaces are not allowed in a tag, got 'not ok'")]),
+    ({"kind": f"{HERE}:Passing", "timeouts": 3},
+     [("resources.p.timeouts", "expected a list of seconds, got 3")]),
+])
+def test_no_key_is_suggested_for_a_nested_key_or_a_value(
+        options: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """A key inside a table or a list, or a key the kind accepts with a bad value, is what
+    the user meant: no "did you mean" from the resource's own keys (``retries``, ``tags``,
+    ``timeout``)."""
+    assert config_error({"resources": {"p": options}}).errors == errors
+
+
+def test_a_key_the_kind_refuses_gets_a_suggestion() -> None:
+    """A key the kind does not allow ("not allowed", as ``redis`` says of the keys the
+    supervisor owns) may be a misspelt supervision key."""
+    err = config_error({"resources": {"p": {"kind": f"{HERE}:Passing", "restarts": 3}}})
+    assert err.errors == [("resources.p.restarts", "not allowed: the supervisor restarts the "
+                           "resource (did you mean 'restart'?)")]
+
+
+def test_a_constructor_rejecting_its_options_is_reported_with_the_other_problems() -> None:
+    """Also in a file with other problems (and for a dynamic child's spec): the kind and
+    the resource are named."""
+    kind = f"{HERE}:Picky"
+    rejected = ("resources.p", f"kind {kind!r} rejected its options: port must be >= 1, got 0")
+    err = config_error({"supervisor": {"strategy": "x"},
+                        "resources": {"p": {"kind": kind, "port": 0}}})
+    assert err.errors == [
+        ("supervisor.strategy", "expected one of one_for_one, one_for_all, rest_for_one, "
+                                "got 'x'"),
+        rejected]
+    with pytest.raises(ConfigError) as info:
+        sessions.check_childspecs({"p": {"kind": kind, "port": 0, "pool_size": 0}})
+    assert info.value.errors == [("resources.p.pool_size", "must be >= 1, got 0"), rejected]
+
+
+def test_a_constructor_validating_its_keys_reports_them_at_their_path() -> None:
+    """A pydantic model the constructor validates with is reported like an ``Options``
+    model: at the key, in plain words."""
+    err = config_error({"resources": {"w": {"kind": f"{HERE}:Located", "url": "nowhere"}}})
+    assert err.errors == [
+        ("resources.w.url", "expected a URL (relative URL without a base), got 'nowhere'")]
+
+
+def test_a_constructor_checking_its_options_model_gets_its_suggestions() -> None:
+    """A key the url's query string gives, refused by the kind's ``Options`` in its
+    constructor, is named with the key of that model it may have meant."""
+    err = config_error({"resources": {"q": {"kind": f"{HERE}:Queried",
+                                            "url": "plc://cell-4?timout=3"}}})
+    assert err.errors == [("resources.q.timout", "unknown key (did you mean 'timeout'?)")]
 
 
 def test_a_misspelt_supervision_key_is_suggested_in_a_resource() -> None:

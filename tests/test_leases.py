@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import re
 import threading
 import time
 from typing import Any
@@ -20,7 +22,7 @@ import sessions
 from sessions import CallTimeout, LeaseBroken, ResourceFault, ResourceUnavailable
 from sessions.messages import CircuitChanged
 from tests import kinds
-from tests.support import Recorder, config, wait_until
+from tests.support import Recorder, config, in_thread, wait_until
 
 
 def test_pool_members_all_leased_plain_call_waits() -> None:
@@ -266,6 +268,203 @@ def test_lease_not_begun_within_timeout() -> None:
         assert p.echo(1).result(5) == 1  # runs after the expired first call was dropped
         assert kinds.controls("p").leases == []
         assert system.stats("p").outcomes["timeout"] == 1  # the first call, expired
+
+
+def test_every_form_of_block_tells_end_lease_how_it_ended() -> None:
+    """``with handle``, ``async with handle.lease()`` and ``async with handle`` end the
+    lease with end_lease(True) after a normal block and end_lease(False) after one that
+    raised, and have run it when the block's exit returns."""
+
+    async def blocks(p: sessions.Handle) -> None:
+        async with p.lease() as lease:
+            await lease.echo(1)
+        with pytest.raises(ZeroDivisionError):
+            async with p.lease() as lease:
+                await lease.echo(2)
+                _ = 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            async with p as lease:
+                await lease.echo(3)
+                _ = 1 / 0
+
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        with pytest.raises(ZeroDivisionError), p as lease:
+            lease.echo(0).result(5)
+            _ = 1 / 0
+        assert kinds.controls("p").leases == [("begin", 1), ("end", False)]
+        asyncio.run(blocks(p))
+        assert kinds.controls("p").leases[2:] == [
+            ("begin", 1), ("end", True), ("begin", 1), ("end", False), ("begin", 1),
+            ("end", False)]
+
+
+def test_a_failing_end_lease_is_raised_by_a_normal_exit_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """end_lease raising (a caller error): a normal exit, with or async with, raises it;
+    an exit by an exception keeps its own; the resource serves on. asyncio has nothing
+    to complain about (no future whose exception was never retrieved)."""
+
+    async def blocks(p: sessions.Handle) -> None:
+        with pytest.raises(ValueError, match="end refused"):
+            async with p.lease() as lease:
+                await lease.echo(1)
+        with pytest.raises(ZeroDivisionError):
+            async with p.lease():
+                _ = 1 / 0
+
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        kinds.controls("p").refuse_end = True
+        caplog.set_level(logging.DEBUG, logger="sessions")
+        with pytest.raises(ValueError, match="end refused"), p.lease() as lease:
+            lease.echo(0).result(5)
+        with pytest.raises(ZeroDivisionError), p.lease():
+            _ = 1 / 0
+        asyncio.run(blocks(p))
+        gc.collect()
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+        ended = [r.getMessage() for r in caplog.records if "ended after an error" in r.getMessage()]
+        assert len(ended) == 2
+        assert all(re.fullmatch(r"lease #\d+ of 'p' ended after an error in its block; its end "
+                                r"failed too: ValueError\('end refused'\)", m) for m in ended)
+        assert [ok for what, ok in kinds.controls("p").leases if what == "end"] == [
+            True, False, True, False]
+        assert p.echo(2).result(5) == 2
+        assert p.state == "running"
+
+
+def test_an_end_lease_outlasting_call_timeout_does_not_hold_the_exit() -> None:
+    """Leaving never hangs: an end_lease still running at call_timeout makes a normal
+    exit (with or async with) raise CallTimeout naming the lease; the member serves
+    the next caller once the end has finished."""
+
+    async def block(p: sessions.Handle) -> None:
+        async with p.lease() as lease:
+            await lease.echo(1)
+
+    late = (r"^lease #\d+ of 'p': its end \(end_lease\) did not finish within "
+            r"call_timeout=0.2s; it still runs, and the member serves others once it has$")
+    with sessions.start(config({"p": {"call_timeout": 0.2}})) as system:
+        p = system.get("p")
+        for run in (lambda: _leave_sync(p), lambda: asyncio.run(block(p))):
+            gate = threading.Event()
+            kinds.controls("p").end_gate = gate
+            try:
+                with pytest.raises(CallTimeout, match=late) as info:
+                    run()
+            finally:
+                gate.set()
+            assert (info.value.resource, info.value.started) == ("p", True)
+            assert p.echo(2).result(5) == 2
+
+
+def test_a_late_end_lease_after_a_raising_block_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The block's own exception goes on; the late end is a warning."""
+    with sessions.start(config({"p": {"call_timeout": 0.2}})) as system:
+        p = system.get("p")
+        gate = threading.Event()
+        kinds.controls("p").end_gate = gate
+        try:
+            with pytest.raises(ZeroDivisionError), p.lease() as lease:
+                label = lease.label
+                _ = 1 / 0
+        finally:
+            gate.set()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{label}: its end (end_lease) did not finish within call_timeout=0.2s; it still "
+        "runs, and the member serves others once it has"]
+
+
+def _leave_sync(p: sessions.Handle) -> None:
+    with p.lease() as lease:
+        lease.echo(0).result(5)
+
+
+def test_leases_entered_with_handle_are_left_each_by_its_own() -> None:
+    """``with handle`` keeps the leases entered so per thread (or task): a nested one of
+    the same handle is left first, then the outer one; handles entered by hand may be
+    left in any order, each leaving its own lease; in a thread that entered none,
+    leaving is a RuntimeError saying so."""
+    with sessions.start(config({"p": {"pool_size": 2}, "q": {}})) as system:
+        p, q = system.get("p"), system.get("q")
+        with p as outer:
+            with p as inner:
+                assert outer.active and inner.active
+                assert outer.member != inner.member
+            assert outer.active and not inner.active
+        assert not outer.active
+        a = p.__enter__()
+        b = q.__enter__()
+        p.__exit__(None, None, None)
+        assert not a.active and b.active
+        with pytest.raises(RuntimeError) as info:
+            in_thread(lambda: q.__exit__(None, None, None)).result(10)
+        assert str(info.value) == ("no lease of resource 'q' was entered with 'with handle' "
+                                   "in this thread or task")
+        assert b.active
+        q.__exit__(None, None, None)
+        assert not b.active
+
+
+def test_a_lease_not_entered_refuses_calls() -> None:
+    with sessions.start(config(["p"])) as system:
+        lease = system.get("p").lease()
+        with pytest.raises(RuntimeError) as info:
+            lease.echo(1)
+        assert str(info.value) == ("enter the lease (with / async with) before calling "
+                                   "through it")
+
+
+def test_a_lease_label_names_its_member_in_a_pool() -> None:
+    with sessions.start(config({"p": {"pool_size": 2}, "q": {}})) as system:
+        with system.get("p").lease() as lease:
+            assert lease.label is not None
+            assert lease.label.startswith("lease #")
+            assert lease.label.endswith(" of 'p' (member 'p#0')")
+        with system.get("q").lease() as lease:
+            assert lease.label is not None and lease.label.endswith(" of 'q'")
+
+
+def test_a_lease_waits_to_begin_for_its_own_timeout() -> None:
+    """``lease(timeout=...)`` bounds the wait for a member, not the resource's
+    call_timeout (a minute here)."""
+    with sessions.start(config({"q": {"call_timeout": 60}})) as system:
+        q = system.get("q")
+
+        def second() -> None:
+            with q.lease(timeout=0.2):
+                raise AssertionError("began while the member was leased")
+
+        with q.lease(), pytest.raises(CallTimeout):
+            in_thread(second).result(10)
+
+
+def test_a_lease_is_entered_once() -> None:
+    with sessions.start(config(["p"])) as system:
+        lease = system.get("p").lease()
+        with lease:
+            pass
+        with pytest.raises(RuntimeError) as info, lease:
+            pass
+        assert str(info.value) == "a Lease is entered once; take a new one with handle.lease()"
+
+
+def test_a_private_name_is_no_method_of_a_lease() -> None:
+    with sessions.start(config(["p"])) as system, system.get("p").lease() as lease:
+        with pytest.raises(AttributeError) as info:
+            _ = lease._secret
+        assert info.value.args == ("_secret",)
+
+
+def test_lease_repr_says_its_state() -> None:
+    with sessions.start(config(["p"])) as system:
+        lease = system.get("p").lease()
+        assert repr(lease) == "<Lease 'p' member=None new>"
+        with lease:
+            assert repr(lease) == "<Lease 'p' member='p' active>"
+        assert repr(lease) == "<Lease 'p' member='p' over>"
 
 
 def test_lease_refused_by_begin_lease() -> None:

@@ -111,6 +111,7 @@ def test_urgent_and_keyed_together_and_lane_changes(
     a.urgent.record("estop", 1)
     again = a.coalescing("k").record("k", "normal again")  # back behind the plain calls
     assert repr(a.urgent.coalescing("k")) == "<HandleView 'a' urgent coalescing='k'>"
+    assert repr(a.coalescing("k")) == "<HandleView 'a' coalescing='k'>"
     release.set()
     assert isinstance(normal_k.result(5), Superseded)
     assert isinstance(urgent_k.result(5), Superseded)

@@ -15,6 +15,7 @@ from sessions.messages import (
     ChildRestarting,
     ChildStarted,
     ChildStopped,
+    CircuitChanged,
     ConfigReloaded,
     SupervisorGaveUp,
 )
@@ -161,6 +162,142 @@ def nested() -> dict[str, Any]:
     return cfg
 
 
+def test_policy_changes_of_named_supervisors_apply_and_are_reported_root_first() -> None:
+    """Only the supervisors whose table changed get their new policy (the event lists
+    them, the root first), without restarting children."""
+    with sessions.start(nested()) as system:
+        x, y = system.get("x"), system.get("y")
+        new = nested()
+        new["supervisors"]["line"]["strategy"] = "rest_for_one"
+        event = system.reload(new)
+        assert event.policies == ("line",) and event.changed == ()
+        with pytest.raises(sessions.ResourceFault):
+            y.break_it().result(5)
+        wait_until(lambda: y.restarts == 1 and y.state == "running", what="y restarted")
+        assert x.generation().result(5) == 1  # no longer one_for_all: x (before y) untouched
+        with pytest.raises(sessions.ResourceFault):
+            x.break_it().result(5)
+        wait_until(lambda: y.restarts == 2 and y.state == "running", what="y restarted again")
+        assert y.generation().result(5) == 3  # rest_for_one, not the root's one_for_one
+        newer = copy.deepcopy(new)
+        newer["supervisor"]["max_restarts"] = 5
+        newer["supervisors"]["cell"]["max_restarts"] = 5
+        assert system.reload(newer).policies == ("root", "cell")
+
+
+def test_a_resource_added_by_a_reload_is_part_of_the_spec() -> None:
+    """Unlike one added with start_child, a resource a reload added comes back when its
+    supervisor is restarted from its spec."""
+    with sessions.start(nested()) as system:
+        new = nested()
+        new["resources"]["z"] = {"kind": "tests.kinds:Probe", "supervisor": "line"}
+        assert system.reload(new).added == ("z",)
+        system.start_child("dyn", {"kind": "tests.kinds:Probe", "supervisor": "line"})
+        system.terminate_child("line")
+        system.restart_child("line")
+        assert [c.name for c in system.which_children("line")] == ["x", "y", "z"]
+        assert system.get("z").echo(1).result(5) == 1
+
+
+def test_removals_changes_and_additions_of_one_reload_all_apply() -> None:
+    """A removed resource, a deleted one (delete_child: the config still names it, so
+    the reload adds it again) and an add that fails do not stop the reload from
+    applying what comes after them."""
+    with sessions.start(base()) as system:
+        system.terminate_child("b")
+        system.delete_child("b")
+        controls("d").fail_connects = 100
+        new = base()
+        del new["resources"]["a"]
+        new["resources"]["c"]["label"] = "changed"
+        new["resources"]["d"] = {"kind": "tests.kinds:Probe"}
+        new["resources"]["e"] = {"kind": "tests.kinds:Probe"}
+        new["supervisor"]["max_restarts"] = 0  # no retries inside the add
+        event = system.reload(new)
+        assert (event.added, event.removed, event.changed) == (("b", "e"), ("a",), ("c",))
+        assert [f.partition(":")[0] for f in event.failed] == ["d"]
+        assert "d" not in system.config.resources  # not added: reload again to retry
+        assert label(system.get("c")) == "changed"
+        assert system.get("b").echo(1).result(5) == 1
+        assert system.get("e").echo(1).result(5) == 1
+
+
+def test_why_a_reload_stopped_each_child() -> None:
+    """ChildStopped says why: removed from the config (a supervisor, stopped with its
+    resources as one child), or rebuilt with a new spec (a resource moved to another
+    supervisor)."""
+    rec = Recorder()
+    with sessions.start(nested()) as system:
+        system.subscribe(rec)
+        new = nested()
+        del new["supervisors"]["line"]
+        del new["resources"]["x"]
+        del new["resources"]["y"]
+        new["resources"]["a"]["supervisor"] = "cell"
+        system.reload(new)
+        rec.wait_for(lambda e: isinstance(e, ConfigReloaded))
+        stopped = [(e.supervisor, e.name, e.reason) for e in rec.events
+                   if isinstance(e, ChildStopped)]
+        assert stopped == [("root", "a", "rebuilt by a reload with its new spec"),
+                           ("root", "line", "removed from the config by a reload")]
+
+
+def test_a_pool_resized_to_one_or_a_lone_resource_to_a_pool_is_rebuilt() -> None:
+    with sessions.start(config({"a": {}, "p": {"pool_size": 2}})) as system:
+        new = config({"a": {"pool_size": 2}, "p": {}})
+        assert set(system.reload(new).changed) == {"a", "p"}
+        a, p = system.status()["children"]
+        assert (a["type"], [m["name"] for m in a["children"]]) == ("pool", ["a#0", "a#1"])
+        assert (p["name"], p["type"]) == ("p", "resource")
+        assert system.get("p").echo(1).result(5) == 1
+        assert system.get("a").echo(1).result(5) == 1
+
+
+def test_a_changed_resource_gets_its_kinds_validated_options() -> None:
+    """As at start: converted, with the defaults of the kind's ``Options`` filled in."""
+    kind = "tests.test_config_errors:Modelled"
+    with sessions.start({"resources": {"m": {"kind": kind, "port": "8080"}}}) as system:
+        assert system.reload({"resources": {"m": {"kind": kind, "port": "8081"}}}).changed == (
+            "m",)
+        assert system.get("m").options().result(5) == {
+            "port": 8081, "mode": "fast", "ratio": 0.5, "level": "auto", "home": None}
+
+
+def test_a_changed_resource_says_which_run_time_set_up_it_lost(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Replay steps registered on the old kind object are not carried over: a warning
+    names each."""
+    with sessions.start(base()) as system:
+        a = system.get("a")
+        a.remember("x").result(5)
+        a.remember("y").result(5)
+        new = base()
+        new["resources"]["a"]["label"] = "two"
+        system.reload(new)
+        assert a.settings().result(5) == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "resources.a: restarted with its new spec; run-time set-up not carried over: "
+        "setting:x, setting:y"]
+
+
+def test_a_breaker_given_by_a_reload_guards_the_resource() -> None:
+    rec = Recorder()
+    with sessions.start(base()) as system:
+        system.subscribe(rec)
+        a = system.get("a")
+        assert a.echo(0).result(5) == 0  # a method the handle has looked up before
+        new = base()
+        new["resources"]["a"]["breaker"] = {"failures": 1, "reset_timeout": 600}
+        assert system.reload(new).changed == ("a",)
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        assert a.circuit == "open"
+        with pytest.raises(sessions.ResourceUnavailable):
+            a.echo(1).result(5)  # refused by the new breaker too
+        opened = rec.wait_for(lambda e: isinstance(e, CircuitChanged) and e.state == "open")
+        assert [e.name for e in opened] == ["a"]
+
+
 def test_supervisors_added_removed_and_moved_with_their_resources() -> None:
     with sessions.start(nested()) as system:
         x = system.get("x")
@@ -225,6 +362,12 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
         new["resources"]["extra"] = {"kind": "tests.kinds:Probe"}
         with pytest.raises(sessions.ConfigError, match=r"resources\.extra: name is in use"):
             system.reload(new)
+        new = base()
+        new["supervisors"] = {"extra": {}}
+        with pytest.raises(sessions.ConfigError) as info:
+            system.reload(new)
+        assert info.value.errors == [
+            ("supervisors.extra", "name is in use by a resource added with start_child")]
         event = system.reload(base())  # a dynamic child is not the config's business
         assert event == ConfigReloaded((), (), (), (), ())
         assert system.get("extra").echo(1).result(5) == 1
@@ -233,8 +376,10 @@ def test_a_name_used_by_start_child_is_a_config_error() -> None:
 def test_a_stopped_system_refuses_a_reload() -> None:
     system = sessions.start(base())
     system.stop()
-    with pytest.raises(sessions.ResourceUnavailable, match="the system is stopped"):
+    with pytest.raises(sessions.ResourceUnavailable) as info:
         system.reload(base())
+    assert str(info.value) == "the system is stopped: nothing to reload"
+    assert info.value.resource == "root"
 
 
 def test_a_toml_file_reloads(tmp_path: Any) -> None:
