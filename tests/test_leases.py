@@ -106,6 +106,26 @@ def test_calls_queued_in_a_lease_when_it_breaks_fail_naming_it_and_count_as_refu
         assert [e for e in kinds.controls("p").log if e[0] == "lease"] == []
 
 
+def test_a_lease_call_times_out_naming_its_resource_and_counts_its_latency() -> None:
+    with sessions.start(config({"p": {"call_timeout": 0.2}})) as system:
+        p = system.get("p")
+        started, release = threading.Event(), threading.Event()
+        with p.lease() as lease:
+            assert lease.echo(0).result(5) == 0
+            first = lease.block(started, release)
+            assert started.wait(5)
+            behind = lease.echo(1)
+            with pytest.raises(CallTimeout) as info:
+                behind.result()
+            assert info.value.resource == "p" and not info.value.started
+            release.set()
+            assert first.result(5) == "released"
+        stats = system.stats("p")
+        # begin_lease, echo(0), block and end_lease ran; echo(1) expired before it began
+        assert (stats.outcomes["ok"], stats.outcomes["timeout"]) == (4, 1)
+        assert all(0 < seconds < 30 for seconds in stats.recent)  # from the queueing on
+
+
 def test_lease_hooks_bracket_the_block() -> None:
     """begin_lease runs before the block's first call, end_lease(ok) after its last,
     on the member's own thread; ok is False when the block raised."""
