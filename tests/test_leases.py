@@ -242,13 +242,15 @@ def test_lease_terminate_child_mid_block() -> None:
         assert p.echo(2).result(5) == 2
 
 
-def test_lease_dropped_without_exit_is_revoked() -> None:
+def test_lease_dropped_without_exit_is_revoked(caplog: pytest.LogCaptureFixture) -> None:
     """A lease entered and dropped (its object garbage collected) is revoked by the
-    supervisor: end_lease(False) runs, and the member serves plain calls again."""
-    with sessions.start(config(["p"])) as system:
+    supervisor: end_lease(False) runs, the member serves plain calls again, and a
+    warning says which lease and why."""
+    with caplog.at_level("WARNING", logger="sessions"), sessions.start(config(["p"])) as system:
         p = system.get("p")
         lease = p.lease()
         lease.__enter__()
+        label = lease.label
         behind = p.echo("behind")
         time.sleep(0.1)
         assert not behind.done()
@@ -256,6 +258,8 @@ def test_lease_dropped_without_exit_is_revoked() -> None:
         gc.collect()
         assert behind.result(5) == "behind"
         assert kinds.controls("p").leases == [("begin", 1), ("end", False)]
+    assert [r.getMessage() for r in caplog.records if "revoked" in r.getMessage()] == [
+        f"{label} revoked: its lease object was dropped without leaving the block"]
 
 
 def test_lease_idle_timeout_revokes() -> None:
