@@ -543,6 +543,39 @@ def test_lease_given_up_while_its_first_call_waits_never_begins() -> None:
             assert lease.echo(1).result(5) == 1
 
 
+def test_a_pool_member_whose_lease_was_given_up_before_it_began_takes_plain_calls() -> None:
+    """In a pool, a lease given up while its first call waited (every member busy) never
+    begins; its member is not counted as leased afterwards: plain calls spread over
+    every member again."""
+
+    async def give_up(p: sessions.Handle) -> None:
+        async def take() -> None:
+            async with p.lease():
+                raise AssertionError("the lease began")
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0)  # the task runs up to its wait for the first call
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with sessions.start(config({"p": {"pool_size": 2}})) as system:
+        p = system.get("p")
+        release = threading.Event()
+        busy = []
+        for _ in range(2):
+            started = threading.Event()
+            busy.append(p.block(started, release))
+            assert started.wait(5)
+        asyncio.run(give_up(p))
+        release.set()
+        assert [f.result(5) for f in busy] == ["released", "released"]
+        wait_until(lambda: p.queued == 0, what="the given-up lease's first call refused")
+        assert {p.whoami().result(5)[0] for _ in range(10)} == {"sessions-p#0",
+                                                                "sessions-p#1"}
+        assert kinds.controls("p#0").leases == kinds.controls("p#1").leases == []
+
+
 class CountingProbe(kinds.Probe):
     """A probe whose caller errors count toward its circuit breaker."""
 
