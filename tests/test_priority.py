@@ -314,3 +314,26 @@ def test_marked_calls_survive_a_restart_in_their_order() -> None:
         rec.wait_for(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert [urgent.result(5), plain.result(5), setpoints[-1].result(5)] == [2, 2, 2]
         assert order() == [("estop", 0), ("log", 0), ("sp", 4)]
+
+
+def test_an_urgent_call_goes_first_also_before_the_resource_has_served_anything() -> None:
+    """The mailbox of a resource still connecting for the first time: plain calls queued,
+    then an urgent one, which runs first once the connect is done."""
+    gate = threading.Event()
+    controls("d").connect_gate = gate
+    with sessions.start(config(["a"])) as system:
+        adding = concurrent.futures.ThreadPoolExecutor(1)
+        added = adding.submit(system.start_child, "d", {"kind": "tests.kinds:Probe"})
+        # Registered as soon as the add begins, before it connects.
+        wait_until(lambda: "d" in [c.name for c in system.which_children()],
+                   what="d being added")
+        d = system.get("d")
+        plain = [d.record("plain", i) for i in range(2)]
+        urgent = d.urgent.record("urgent", 0)
+        gate.set()
+        assert added.result(5) is d
+        adding.shutdown()
+        for future in [*plain, urgent]:
+            future.result(5)
+        assert [(c, s) for c, s, _ in controls("d").log] == [
+            ("urgent", 0), ("plain", 0), ("plain", 1)]
