@@ -144,6 +144,31 @@ def test_a_pool_with_no_member_running_queues_where_the_wait_is_shortest() -> No
         assert [e.name for e in rec.of(ChildRestarting)] == ["db#0", "db#1"]
 
 
+def test_with_no_member_running_a_call_avoids_the_member_a_lease_waits_on() -> None:
+    """Every member restarting, a lease's first call waiting on one of them: a plain call
+    queues on the other, where the wait is shorter."""
+    with sessions.start(config({"db": {"pool_size": 2}}, backoff=SLOW)) as system:
+        db = system.get("db")
+        for _ in range(2):
+            _break(system, "db")
+        lease = db.lease(timeout=30)
+        entering = in_thread(lease.__enter__)
+        members = system.status()["children"][0]["children"]
+        wait_until(lambda: sum(m["queued"] for m in
+                               system.status()["children"][0]["children"]) == 1,
+                   what="the lease's first call queued")
+        leased = next(m["name"] for m in system.status()["children"][0]["children"]
+                      if m["queued"] == 1)
+        call = db.echo("plain")
+        queued = {m["name"]: m["queued"] for m in system.status()["children"][0]["children"]}
+        assert queued == {leased: 1, next(m["name"] for m in members
+                                          if m["name"] != leased): 1}
+        system.restart_child("db")
+        assert call.result(5) == "plain"
+        entering.result(5)
+        lease.__exit__(None, None, None)
+
+
 def test_a_terminated_pool_refuses_calls_and_comes_back() -> None:
     with sessions.start(config({"db": {"pool_size": 2}})) as system:
         db = system.get("db")
