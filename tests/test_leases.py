@@ -509,30 +509,33 @@ def test_lease_refused_by_begin_lease() -> None:
             lease.echo(2).result(5)
 
 
+async def give_up_waiting_lease(p: sessions.Handle) -> None:
+    """Cancel a task while its ``async with p.lease()`` waits for the lease to begin."""
+
+    async def take() -> None:
+        async with p.lease():
+            raise AssertionError("the lease began")
+
+    task = asyncio.create_task(take())
+    await asyncio.sleep(0)  # the task runs up to its wait for the first call
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_lease_given_up_while_its_first_call_waits_never_begins() -> None:
     """A task cancelled while its ``async with`` waits for the lease to begin gives the
     lease up; its first call is left queued (cancelling a waiter does not withdraw a
     call), and when its turn comes the lease does not begin: begin_lease never runs and
     the resource goes on serving the calls behind it."""
 
-    async def main(p: sessions.Handle) -> None:
-        async def take() -> None:
-            async with p.lease():
-                raise AssertionError("the lease began")
-
-        task = asyncio.create_task(take())
-        await asyncio.sleep(0)  # the task runs up to its wait for the first call
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with sessions.start(config(["p"])) as system:
         p = system.get("p")
         started, release = threading.Event(), threading.Event()
         busy = p.block(started, release)
         assert started.wait(5)
-        asyncio.run(main(p))
+        asyncio.run(give_up_waiting_lease(p))
         behind = p.echo("behind")
         release.set()
         assert busy.result(5) == "released"
@@ -549,17 +552,6 @@ def test_a_pool_member_whose_lease_was_given_up_before_it_began_takes_plain_call
     begins; its member is not counted as leased afterwards: plain calls spread over
     every member again."""
 
-    async def give_up(p: sessions.Handle) -> None:
-        async def take() -> None:
-            async with p.lease():
-                raise AssertionError("the lease began")
-
-        task = asyncio.create_task(take())
-        await asyncio.sleep(0)  # the task runs up to its wait for the first call
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with sessions.start(config({"p": {"pool_size": 2}})) as system:
         p = system.get("p")
         release = threading.Event()
@@ -568,7 +560,7 @@ def test_a_pool_member_whose_lease_was_given_up_before_it_began_takes_plain_call
             started = threading.Event()
             busy.append(p.block(started, release))
             assert started.wait(5)
-        asyncio.run(give_up(p))
+        asyncio.run(give_up_waiting_lease(p))
         release.set()
         assert [f.result(5) for f in busy] == ["released", "released"]
         wait_until(lambda: p.queued == 0, what="the given-up lease's first call refused")
@@ -593,18 +585,6 @@ def test_a_probe_lease_given_up_before_it_begins_reopens_the_circuit() -> None:
     later probe closes it."""
     rec = Recorder()
 
-    async def give_up(p: sessions.Handle) -> None:
-        async def take() -> None:
-            async with p.lease():
-                raise AssertionError("the lease began")
-
-        task = asyncio.create_task(take())
-        await asyncio.sleep(0)  # the task runs up to its wait for the first call
-        assert not task.done()  # the probe was let through, and waits
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     def echoed() -> bool:
         return bool(p.echo(1).exception(5) is None)
 
@@ -624,7 +604,8 @@ def test_a_probe_lease_given_up_before_it_begins_reopens_the_circuit() -> None:
         opened(1)
         assert started.wait(5)
         time.sleep(0.1)  # past reset_timeout: the next call is the half-open probe
-        asyncio.run(give_up(p))  # its first call is the probe, behind the busy call
+        # Its first call is the probe (let through, it waits behind the busy call).
+        asyncio.run(give_up_waiting_lease(p))
         release.set()
         assert busy.result(5) == "released"
         opened(2)

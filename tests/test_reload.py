@@ -27,6 +27,15 @@ def label(handle: sessions.Handle) -> Any:
     return handle.apply(lambda probe: probe.label).result(5)
 
 
+def fault_and_restart(handle: sessions.Handle, restarts: int) -> None:
+    """A faulting call, then wait until the resource runs again after its restarts-th
+    restart."""
+    with pytest.raises(sessions.ResourceFault):
+        handle.break_it().result(5)
+    wait_until(lambda: handle.restarts == restarts and handle.state == "running",
+               what=f"restart {restarts} of {handle.name}")
+
+
 def base() -> dict[str, Any]:
     return config({"a": {"label": "one"}, "b": {}, "c": {}})
 
@@ -144,9 +153,7 @@ def test_a_lower_intensity_counts_the_restarts_already_made() -> None:
     with sessions.start(base(), ) as system:
         system.subscribe(rec)
         a = system.get("a")
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.restarts == 1 and a.state == "running", what="a restarted")
+        fault_and_restart(a, 1)
         new = base()
         new["supervisor"].update(max_restarts=1, period=600)
         system.reload(new)
@@ -498,10 +505,7 @@ def test_a_backoff_change_sets_the_delays_of_the_next_restarts() -> None:
         assert system.reload(new).policies == ("root",)
         a = system.get("a")
         for n in (1, 2, 3):
-            with pytest.raises(sessions.ResourceFault):
-                a.break_it().result(5)
-            wait_until(lambda n=n: a.restarts == n and a.state == "running",
-                       what=f"restart {n}")
+            fault_and_restart(a, n)
         expected, draws = sessions.Backoff(0.004, 0.02, 3.0, 0.5), random.Random(3)
         assert [e.delay for e in rec.of(ChildRestarting)] == [
             expected.get_backoff_time(n, draws) for n in (1, 2, 3)]
@@ -514,13 +518,9 @@ def test_a_shorter_period_lets_restarts_made_before_it_age_out() -> None:
     with sessions.start(base()) as system:
         system.subscribe(rec)
         a = system.get("a")
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.restarts == 1 and a.state == "running", what="a restarted")
+        fault_and_restart(a, 1)
         new = base()
         new["supervisor"].update(max_restarts=1, period=1e-6)
         system.reload(new)
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.restarts == 2 and a.state == "running", what="a restarted again")
+        fault_and_restart(a, 2)
         assert rec.of(SupervisorGaveUp) == []
