@@ -384,6 +384,27 @@ def test_an_end_lease_outlasting_call_timeout_does_not_hold_the_exit() -> None:
             assert p.echo(2).result(5) == 2
 
 
+def test_an_end_lease_stuck_past_stall_timeout_is_listed_as_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The lease's last call is a call like any other for the stall watchdog:
+    ``System.stalls()`` names it, on its resource, while it is stuck."""
+    with caplog.at_level("ERROR", logger="sessions"), sessions.start(
+            config({"p": {"call_timeout": 0.2, "stall_timeout": 0.3}},
+                   max_restarts=100)) as system:
+        p = system.get("p")
+        gate = threading.Event()
+        kinds.controls("p").end_gate = gate
+        try:
+            with pytest.raises(CallTimeout, match=r"its end \(end_lease\) did not finish"):
+                _leave_sync(p)
+            wait_until(lambda: bool(system.stalls()), what="the stuck end listed")
+            assert [(s.resource, s.what) for s in system.stalls()] == [("p", "end_lease()")]
+        finally:
+            gate.set()
+        wait_until(lambda: system.stalls() == [], what="the end to return")
+        assert p.echo(2).result(5) == 2
+
+
 def test_a_late_end_lease_after_a_raising_block_is_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """The block's own exception goes on; the late end is a warning."""
