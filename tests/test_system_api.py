@@ -653,6 +653,31 @@ def test_a_cancelled_probe_opens_the_circuit_again() -> None:
         assert a.circuit == "closed"
 
 
+def test_a_view_s_calls_are_refused_and_probed_under_their_own_names() -> None:
+    """``handle.urgent`` and ``handle.coalescing(key)`` go through the same breaker: a
+    refused call's future names its method, and a cancelled probe made through a view
+    is named in the circuit's reason."""
+    clock = FakeClock()
+    cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}}}, max_restarts=50)
+    with sessions.start(cfg, clock=clock) as system:
+        a = system.get("a")
+        gate = threading.Event()
+        controls("a").connect_gate = gate
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)
+        wait_until(lambda: a.circuit == "open", what="circuit open")
+        refused = a.coalescing("k").echo(0)
+        assert (refused.resource, refused.method) == ("a", "echo")
+        assert isinstance(refused.exception(0), sessions.ResourceUnavailable)
+        clock.advance(11)
+        probe = a.urgent.whoami()
+        assert probe.cancel()
+        gate.set()
+        with pytest.raises(sessions.ResourceUnavailable) as info:
+            a.echo(2).result(0)
+        assert "(last: the probe call whoami() was cancelled)" in str(info.value)
+
+
 def test_calls_through_a_breaker_keep_their_method_and_arguments() -> None:
     with sessions.start(config({"b": {"breaker": {}}})) as system:
         b = system.get("b")
