@@ -544,8 +544,8 @@ class Lease(_ByName):
             label += f" (member {member.name!r})"
         token = LeaseToken(label, self._idle_timeout)
         self._member, self._token = member, token
-        timeout = member.call_timeout if self._timeout is None else self._timeout
-        future = self._handle._gate("begin_lease", lambda: member.lease_begin(token, timeout))
+        future = self._handle._gate("begin_lease",
+                                    lambda: member.lease_begin(token, self._timeout))
         self._finalizer = weakref.finalize(self, _abandoned, token)
         return future
 

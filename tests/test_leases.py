@@ -278,8 +278,10 @@ def test_lease_idle_timeout_revokes() -> None:
 
 def test_lease_not_begun_within_timeout() -> None:
     """A lease that cannot begin within its timeout (the resource busy) raises
-    CallTimeout(started=False) from the with; it never begins afterwards."""
-    with sessions.start(config(["p"])) as system:
+    CallTimeout(started=False) from the with, naming the timeout that ran out: the
+    lease's own ``timeout=``, else the resource's call_timeout. It never begins
+    afterwards."""
+    with sessions.start(config({"p": {"call_timeout": 0.3}})) as system:
         p = system.get("p")
         started, release = threading.Event(), threading.Event()
         busy = p.block(started, release)
@@ -287,12 +289,23 @@ def test_lease_not_begun_within_timeout() -> None:
         with pytest.raises(CallTimeout) as info, p.lease(timeout=0.2):
             pass
         assert info.value.started is False
-        assert info.value.resource == "p" and "begin_lease()" in str(info.value)
+        assert info.value.resource == "p"
+        assert str(info.value) == (
+            "call begin_lease() on resource 'p' did not start within its lease's "
+            "timeout=0.2s; it was not executed and never will be")
+        begun = time.monotonic()
+        with pytest.raises(CallTimeout) as info, p.lease():
+            pass
+        assert time.monotonic() - begun >= 0.3
+        assert (info.value.resource, info.value.started) == ("p", False)
+        assert str(info.value) == (
+            "call begin_lease() on resource 'p' did not start within its call_timeout; "
+            "it was not executed and never will be")
         release.set()
         assert busy.result(5) == "released"
-        assert p.echo(1).result(5) == 1  # runs after the expired first call was dropped
+        assert p.echo(1).result(5) == 1  # runs after the expired first calls were dropped
         assert kinds.controls("p").leases == []
-        assert system.stats("p").outcomes["timeout"] == 1  # the first call, expired
+        assert system.stats("p").outcomes["timeout"] == 2  # the first calls, expired
 
 
 def test_every_form_of_block_tells_end_lease_how_it_ended() -> None:

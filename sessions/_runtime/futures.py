@@ -50,6 +50,11 @@ _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 class SessionFuture(concurrent.futures.Future[T]):
     """The result of one handle call; resolves exactly once."""
 
+    within = "its call_timeout"
+    """What set the deadline, for the expiry message: a call's own ``call_timeout``,
+    unless the caller gave one of its own (a lease's ``timeout=`` sets it on the
+    lease's first call). A class attribute, so a plain call pays nothing for it."""
+
     def __init__(self, resource: str, method: str, deadline: float,
                  queued_at: float | None = None) -> None:
         super().__init__()
@@ -97,7 +102,7 @@ class SessionFuture(concurrent.futures.Future[T]):
         self.set_exception(
             CallTimeout(
                 f"call {self.method}() on resource {self.resource!r} did not start within "
-                "its call_timeout; it was not executed and never will be",
+                f"{self.within}; it was not executed and never will be",
                 resource=self.resource,
                 started=False,
             )

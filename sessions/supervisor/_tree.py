@@ -154,12 +154,16 @@ class ResourceChild(Node):
         """The member a new lease takes: a lone resource is its own."""
         return self
 
-    def lease_begin(self, lease: LeaseToken, timeout: float) -> SessionFuture[Any]:
+    def lease_begin(self, lease: LeaseToken, timeout: float | None) -> SessionFuture[Any]:
         """Queue the lease's first call (the kind's ``begin_lease``) with the plain
-        calls; it must start within ``timeout`` seconds, else it expires
-        (``CallTimeout(started=False)``) and the lease never begins."""
+        calls; it must start within ``timeout`` seconds (None: this member's
+        ``call_timeout``), else it expires (``CallTimeout(started=False)``, naming
+        which timeout) and the lease never begins."""
         now = time.monotonic()
-        future: SessionFuture[Any] = SessionFuture(self.name, "begin_lease", now + timeout, now)
+        limit = self.call_timeout if timeout is None else timeout
+        future: SessionFuture[Any] = SessionFuture(self.name, "begin_lease", now + limit, now)
+        if timeout is not None:
+            future.within = f"its lease's timeout={timeout:g}s"
         self.mailbox.begin(LeaseCall(self.cls.begin_lease, (), {}, future, lease))
         return future
 
