@@ -592,7 +592,11 @@ def resource_spec(name: str, spec: Mapping[str, Any] | ResourceConfig,
 
 def check_options(cls: type, options: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Validate a kind's constructor keys: its ``Options`` model if it has one,
-    otherwise its ``__init__`` signature. Unknown keys are named."""
+    otherwise its ``__init__`` signature. Unknown keys are named.
+
+    With a model, the result has every field under its Python name (an aliased field
+    too, though the config spells it by its alias), defaults filled in: what
+    ``max_pool_size`` reads, and what ``construct`` validates again by name."""
     model = getattr(cls, "Options", None)
     if isinstance(model, type) and issubclass(model, BaseModel):
         try:

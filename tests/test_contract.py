@@ -259,6 +259,41 @@ def test_direct_construction_suggests_the_key_a_typo_meant() -> None:
     assert str(err.value) == "Closed: prefx: unknown key (did you mean 'prefix'?)"
 
 
+class Aliased(sessions.ResourceActor):
+    """An option whose config key is not a Python name (``from``), by a field alias."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        from_: str = Field("start", alias="from")
+        to: str = "end"
+
+    config: Options
+
+    def connect(self) -> object:
+        return object()
+
+    def route(self) -> tuple[str, str]:
+        return self.config.from_, self.config.to
+
+
+def test_an_aliased_option_is_spelled_by_its_alias_in_the_config() -> None:
+    """The config spells the field as its alias says; the actor gets it (with the
+    defaults filled in) also when it is built again by a restart; the field's Python
+    name is not a config key."""
+    spec = {"kind": f"{HERE}:Aliased", "from": "a"}
+    with sessions.start({"resources": {"r": spec}}) as system:
+        r = system.get("r")
+        assert r.route().result(5) == ("a", "end")
+        system.restart_child("r")
+        assert r.route().result(5) == ("a", "end")
+        system.start_child("s", {"kind": f"{HERE}:Aliased", "from": "b", "to": "c"})
+        assert system.get("s").route().result(5) == ("b", "c")
+    assert Aliased(**{"from": "x"}).config.from_ == "x"
+    with pytest.raises(sessions.ConfigError) as err:
+        sessions.start({"resources": {"r": {"kind": f"{HERE}:Aliased", "from_": "a"}}})
+    assert str(err.value) == "resources.r.from_: unknown key (did you mean 'from'?)"
+
+
 def test_spawn_names_its_thread_makes_it_a_daemon_and_logs_its_end(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

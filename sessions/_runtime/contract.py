@@ -280,7 +280,10 @@ class ResourceActor:
         if not options and "config" in self.__dict__:
             return  # set by the runtime (construct()) for a kind that passes no options up
         try:
-            self.config = model.model_validate(options)
+            # by_name: the runtime passes options keyed by field name (check_options
+            # fills in defaults that way); a config file spells an aliased field by
+            # its alias, checked before (sessions._config.check_options).
+            self.config = model.model_validate(options, by_name=True)
         except ValidationError as err:
             problems = "; ".join(
                 f"{path or '(options)'}: {message}"
@@ -465,7 +468,7 @@ def construct(cls: type[ResourceActor], options: Mapping[str, Any]) -> ResourceA
     actor = cls.__new__(cls)
     model = cls.Options
     if model is not None:
-        actor.config = model.model_validate(dict(options))
+        actor.config = model.model_validate(dict(options), by_name=True)
     actor.__init__(**options)  # type: ignore[misc]
     return actor
 
