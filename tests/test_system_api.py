@@ -514,6 +514,18 @@ def test_a_subscriber_hears_only_what_happens_after_it_subscribed() -> None:
     assert other.events == []
 
 
+def open_circuit_held(system: sessions.System) -> tuple[sessions.Handle, threading.Event]:
+    """Resource ``a`` (a breaker that opens on one failure) faulted: its circuit is
+    open and its reconnect held until the returned gate is set."""
+    a = system.get("a")
+    gate = threading.Event()
+    controls("a").connect_gate = gate
+    with pytest.raises(sessions.ResourceFault):
+        a.break_it().result(5)
+    wait_until(lambda: a.circuit == "open", what="circuit open")
+    return a, gate
+
+
 def test_a_probe_that_timed_out_in_the_queue_opens_the_circuit_again() -> None:
     """The half-open probe waited behind a reconnect past its call_timeout and never ran
     (CallTimeout, started False): a failure, the circuit opens again."""
@@ -521,12 +533,7 @@ def test_a_probe_that_timed_out_in_the_queue_opens_the_circuit_again() -> None:
     cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}, "call_timeout": 0.05}},
                  max_restarts=50)
     with sessions.start(cfg, clock=clock) as system:
-        a = system.get("a")
-        gate = threading.Event()
-        controls("a").connect_gate = gate
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.circuit == "open", what="circuit open")
+        a, gate = open_circuit_held(system)
         clock.advance(11)
         probe = a.echo(1)
         with pytest.raises(sessions.CallTimeout) as info:
@@ -631,12 +638,7 @@ def test_a_cancelled_probe_opens_the_circuit_again() -> None:
     clock = FakeClock()
     cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}}}, max_restarts=50)
     with sessions.start(cfg, clock=clock) as system:
-        a = system.get("a")
-        gate = threading.Event()
-        controls("a").connect_gate = gate
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.circuit == "open", what="circuit open")
+        a, gate = open_circuit_held(system)
         clock.advance(11)
         probe = a.echo(1)
         assert probe.cancel()
@@ -660,12 +662,7 @@ def test_a_view_s_calls_are_refused_and_probed_under_their_own_names() -> None:
     clock = FakeClock()
     cfg = config({"a": {"breaker": {"failures": 1, "reset_timeout": 10}}}, max_restarts=50)
     with sessions.start(cfg, clock=clock) as system:
-        a = system.get("a")
-        gate = threading.Event()
-        controls("a").connect_gate = gate
-        with pytest.raises(sessions.ResourceFault):
-            a.break_it().result(5)
-        wait_until(lambda: a.circuit == "open", what="circuit open")
+        a, gate = open_circuit_held(system)
         refused = a.coalescing("k").echo(0)
         assert (refused.resource, refused.method) == ("a", "echo")
         assert isinstance(refused.exception(0), sessions.ResourceUnavailable)
