@@ -45,6 +45,27 @@ def test_partial_start_skips_a_failing_resource(strategy: str) -> None:
         assert kinds.controls("b").connects == kinds.controls("c").connects == 1
 
 
+def test_partial_start_keeps_trying_a_pool_member_and_the_pool_serves_meanwhile() -> None:
+    """A pool member that cannot start is retried without giving up (as a resource
+    is), the pool serves through the members that did start, and the resources after
+    it start; once the member can start it takes calls too."""
+    kinds.controls("p#1").fail_connects = 10**6
+    cfg = config({"p": {"pool_size": 2}, "b": {}}, max_restarts=1)
+    with sessions.start(cfg, partial=True) as system:
+        p, b = system.get("p"), system.get("b")
+        assert b.echo(1).result(5) == 1
+        assert [p.whoami().result(5)[0] for _ in range(4)] == ["sessions-p#0"] * 4
+        wait_until(lambda: kinds.controls("p#1").connects >= 5, what="retries")
+        assert system.state == "running"
+        kinds.controls("p#1").fail_connects = 0
+        wait_until(lambda: [m["state"] for m in system.status()["children"][0]["children"]]
+                   == ["running", "running"], what="p#1 up")
+        with p.lease() as held:  # plain calls go to the other member, whichever it is
+            other = "p#1" if held.member == "p#0" else "p#0"
+            assert p.whoami().result(5)[0] == f"sessions-{other}"
+        assert (p.restarts, b.restarts) == (0, 0)
+
+
 def test_partial_start_fault_of_a_running_resource_counts_as_usual() -> None:
     """Once up, a partial start's resource is supervised as any: a fault restarts it."""
     with sessions.start(config(["a"]), partial=True) as system:
