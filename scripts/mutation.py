@@ -17,6 +17,9 @@ The function hash ties the entry to the source it was judged on: when the functi
 changes, mutmut renumbers its mutants, so the entry is reported as stale and must be
 judged again (``mutmut show <name>`` prints a mutant's diff).
 
+The report also names the entries that no longer describe a survivor (killed by a
+newer test, or judged on an earlier version of the function): drop or judge them again.
+
 The score counts killed and timed-out mutants over all mutants; the adjusted score
 leaves the listed equivalents out of the total. The target is 85 % adjusted, and
 every survivor killed or listed. Exit status: 1 if any module misses either.
@@ -136,6 +139,16 @@ def report(module: str, equivalents: dict[str, Equivalent]) -> bool:
         print(f"  survived, not listed: {name}  (hash {hashes.get(function_of(name), '?')})")
     for name in stale:
         print(f"  listed, but the function changed since: {name}")
+    # Entries of this module that no longer describe a survivor: killed since (a new
+    # test), or judged on a function that has changed or is gone. Drop or judge again.
+    for name, entry in sorted(equivalents.items()):
+        if not name.startswith(prefix) or name in survivors:
+            continue
+        current = hashes.get(function_of(name))
+        if current is None or current[:len(entry.function_hash)] != entry.function_hash:
+            print(f"  listed, but judged on an earlier version of its function: {name}")
+        elif codes.get(name) in KILLED | TIMEOUT:
+            print(f"  listed, but killed now: {name}")
     return adjusted >= TARGET and not open_ and not stale and counts["not checked"] == 0
 
 
