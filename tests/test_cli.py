@@ -478,7 +478,9 @@ url = "postgresql://plant:hunter2@db.example/plant"
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(r"ok +good +tests.kinds:Probe", out)
-    assert re.search(r"FAILED +flaky +tests.kinds:Probe .*connect refused", out)
+    # the fault itself, as the start reported it (not a later refusal of a call)
+    assert re.search(r"FAILED +flaky +tests.kinds:Probe +[\d.]+s  ProbeBroken: connect "
+                     r"refused \(attempt 1\)$", out, re.MULTILINE)
     assert re.search(
         r"FAILED +leaky +tests.test_cli:Leaky .*cannot reach "
         r"postgresql://plant:\*\*\*@db.example/plant",
