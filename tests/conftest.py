@@ -35,6 +35,18 @@ def _terminate(signum: int, frame: object) -> None:
 signal.signal(signal.SIGTERM, _terminate)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """SIGHUP, ignored as ``nohup`` asked, but by a handler: see below."""
+
+
+# Started under ``nohup``, SIGHUP is ignored, and an ignored signal is inherited across
+# exec: every ``sessions run`` a test starts would ignore it too (it respects nohup),
+# and the SIGHUP reload tests would wait for a reload that never comes. A handler
+# (unlike SIG_IGN) is reset to the default in a child, and still ignores it here.
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, _ignore)
+
+
 def _library_threads() -> set[threading.Thread]:
     return library_threads()  # the plugin's own check, so that it stays true
 
