@@ -4,6 +4,7 @@ a start in the background returns at once."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 import sessions
 from sessions import ResourceUnavailable
-from sessions.messages import ChildStarted
+from sessions.messages import ChildRestarting, ChildStarted, Event
 from tests import kinds
 from tests.support import Recorder, config, wait_until
 
@@ -64,6 +65,33 @@ def test_partial_start_keeps_trying_a_pool_member_and_the_pool_serves_meanwhile(
             other = "p#1" if held.member == "p#0" else "p#0"
             assert p.whoami().result(5)[0] == f"sessions-{other}"
         assert (p.restarts, b.restarts) == (0, 0)
+
+
+def test_partial_start_retries_back_off_by_the_supervisor_s_policy() -> None:
+    """Each failed start of a partial start's resource says when it is retried
+    (ChildRestarting: its supervisor, its name, the delay, the attempt), the delays grow
+    by the supervisor's backoff with jitter drawn from the injected rng, and each retry
+    waits its delay out."""
+    backoff = {"initial": 0.05, "multiplier": 2.0, "max": 10.0, "jitter": 0.5}
+    seen: list[tuple[float, Event]] = []
+    cfg = config(["a", "b"], max_restarts=1, backoff=backoff)
+    with sessions.start(cfg, partial=True, rng=random.Random(11)) as system:
+        a = system.get("a")
+        system.subscribe(lambda e: seen.append((time.monotonic(), e)))
+        kinds.controls("a").fail_connects = 3
+        with pytest.raises(sessions.ResourceFault):
+            a.break_it().result(5)  # the fault, then three failed starts
+        wait_until(lambda: a.state == "running" and a.restarts == 1, what="a up again")
+        assert a.echo(1).result(5) == 1
+    same = random.Random(11)
+    delays = [0.05 * 2 ** n * (1 + same.uniform(-0.5, 0.5)) for n in range(4)]
+    timeline = [(t, e) for t, e in seen if isinstance(e, (ChildRestarting, ChildStarted))]
+    assert [e for _, e in timeline] == [
+        *(ChildRestarting("root", "a", delays[n], n + 1) for n in range(4)),
+        ChildStarted("root", "a", "probe", 1)]
+    for (announced, restarting), (after, _) in zip(timeline, timeline[1:]):
+        assert isinstance(restarting, ChildRestarting)
+        assert after - announced >= restarting.delay * 0.9  # the backoff was waited out
 
 
 def test_partial_start_fault_of_a_running_resource_counts_as_usual() -> None:
