@@ -840,6 +840,29 @@ def test_a_restarting_supervisor_and_its_children_are_restarting_until_they_run(
         assert _refusal(dyn) == f"probe 'dyn' was removed: {why}"
 
 
+def test_restart_child_of_a_supervisor_shows_its_whole_subtree_restarting() -> None:
+    """restart_child of a supervisor stops its subtree and starts it again in order:
+    while its first child reconnects, the resources of a supervisor nested after it are
+    ``restarting`` too (not some state of their own), then all run again."""
+    gate = threading.Event()
+    cfg = config({"x": {"supervisor": "field"}, "z": {"supervisor": "inner"}},
+                 supervisors={"field": {}, "inner": {"parent": "field"}})
+    with sessions.start(cfg) as system:
+        controls("x").connect_gate = gate
+        restarting = in_thread(lambda: system.restart_child("field"))
+        wait_until(lambda: system.get("x").state == "restarting", what="x reconnecting")
+        try:
+            assert [(c.name, c.state) for c in system.which_children("field")] == [
+                ("x", "restarting"), ("inner", "restarting")]
+            assert [(c.name, c.state) for c in system.which_children("inner")] == [
+                ("z", "restarting")]
+        finally:
+            gate.set()
+        restarting.result(10)
+        assert [c.state for c in system.which_children("inner")] == ["running"]
+        assert system.get("z").echo(1).result(5) == 1
+
+
 # -- stalls -------------------------------------------------------------------------------
 
 
