@@ -418,6 +418,28 @@ def test_an_end_lease_stuck_past_stall_timeout_is_listed_as_one(
         assert p.echo(2).result(5) == 2
 
 
+def test_a_lease_whose_call_stalls_is_broken_saying_so() -> None:
+    """A call of a lease stuck past stall_timeout: the watchdog fails it and restarts
+    the resource, and the lease's next call is refused with LeaseBroken naming the
+    stalled call (the connection it held is gone)."""
+    with sessions.start(config({"p": {"stall_timeout": 0.2}}, max_restarts=10)) as system:
+        p = system.get("p")
+        with pytest.raises(LeaseBroken) as info, p.lease() as lease:
+            stall = system.faults("p").stall_next_call()
+            stuck = lease.echo(1)
+            assert stall.started.wait(5)
+            with pytest.raises(ResourceFault, match=r"stalled \(call echo\(\) ran past "
+                               r"stall_timeout=0.2s\)"):
+                stuck.result(5)
+            lease.echo(2).result(5)
+        assert re.fullmatch(
+            r"lease #\d+ of 'p' is broken: resource 'p': call echo\(\) stalled: still "
+            r"running after [\d.]+s \(stall_timeout=0.2s\); whatever it did on 'p' may "
+            r"be lost, and its calls are not sent to another connection \(leave the block "
+            r"and take a new lease\)", str(info.value))
+        assert p.echo(3).result(5) == 3
+
+
 def test_a_late_end_lease_after_a_raising_block_is_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """The block's own exception goes on; the late end is a warning."""
