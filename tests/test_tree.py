@@ -863,6 +863,32 @@ def test_restart_child_of_a_supervisor_shows_its_whole_subtree_restarting() -> N
         assert system.get("z").echo(1).result(5) == 1
 
 
+def test_a_resource_shown_restarting_shows_its_fault_at_once() -> None:
+    """The incarnation that broke marks its resource restarting with the reason itself,
+    before the supervision thread gets to it: a status read in between (here the
+    supervision thread is wedged) never shows a restart without its cause. A transient
+    resource that exits normally shows no fault."""
+    cfg = config({"a": {}, "t": {"restart": "transient"}})
+    with sessions.start(cfg) as system:
+        a = system.get("a")
+        release = threading.Event()
+        system._kernel.post(release.wait, 30)  # wedged for longer than the waits below
+        try:
+            broken = a.break_it()
+            wait_until(lambda: a.state == "restarting", what="a marked restarting")
+            [row] = [c for c in system.status()["children"] if c["name"] == "a"]
+            assert (row["state"], row["last_fault"]) == (
+                "restarting", "break_it: ProbeBroken: link lost")
+        finally:
+            release.set()
+        with pytest.raises(sessions.ResourceFault):
+            broken.result(5)
+        assert system.get("t").finish().result(5) == "bye"
+        wait_until(lambda: system.get("t").state == "stopped", what="t ended")
+        [row] = [c for c in system.status()["children"] if c["name"] == "t"]
+        assert row["last_fault"] is None
+
+
 # -- stalls -------------------------------------------------------------------------------
 
 
