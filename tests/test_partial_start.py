@@ -145,5 +145,6 @@ def test_start_without_waiting_then_stop_before_ready() -> None:
     system = sessions.start(config({"a": {"shutdown_timeout": 0.1}}), wait=False)
     system.stop()  # the connect in progress is aborted after shutdown_timeout
     gate.set()
-    with pytest.raises(ResourceUnavailable):
+    with pytest.raises(ResourceUnavailable) as info:
         system.ready.result(5)
+    assert (str(info.value), info.value.resource) == ("the system is stopping", "root")
