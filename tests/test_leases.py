@@ -440,6 +440,22 @@ def test_a_lease_whose_call_stalls_is_broken_saying_so() -> None:
         assert p.echo(3).result(5) == 3
 
 
+def test_a_lease_of_a_resource_restarted_by_hand_is_broken_saying_so() -> None:
+    """restart_child ends the incarnation a lease holds: the lease's next call is
+    refused with LeaseBroken saying the resource stopped serving."""
+    with sessions.start(config(["p"])) as system:
+        p = system.get("p")
+        with pytest.raises(LeaseBroken) as info, p.lease() as lease:
+            assert lease.echo(1).result(5) == 1
+            system.restart_child("p")
+            lease.echo(2).result(5)
+        assert str(info.value) == (
+            f"{lease.label} is broken: resource 'p' stopped serving; whatever it did on 'p' "
+            "may be lost, and its calls are not sent to another connection (leave the "
+            "block and take a new lease)")
+        assert p.echo(3).result(5) == 3
+
+
 def test_a_late_end_lease_after_a_raising_block_is_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """The block's own exception goes on; the late end is a warning."""
