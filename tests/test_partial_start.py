@@ -4,6 +4,7 @@ a start in the background returns at once."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -89,7 +90,7 @@ def test_partial_start_retries_back_off_by_the_supervisor_s_policy() -> None:
     assert [e for _, e in timeline] == [
         *(ChildRestarting("root", "a", delays[n], n + 1) for n in range(4)),
         ChildStarted("root", "a", "probe", 1)]
-    for (announced, restarting), (after, _) in zip(timeline, timeline[1:]):
+    for (announced, restarting), (after, _) in itertools.pairwise(timeline):
         assert isinstance(restarting, ChildRestarting)
         assert after - announced >= restarting.delay * 0.9  # the backoff was waited out
 
