@@ -143,3 +143,14 @@ class ScriptServer:
         if self.frozen and self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
             self.frozen = False
+
+
+def occupy(handle: Any, count: int, release: threading.Event) -> list[Any]:
+    """``count`` calls of ``handle.block`` (a probe's), each running on a member of its
+    own before the next is made; they return once ``release`` is set."""
+    calls = []
+    for _ in range(count):
+        started = threading.Event()
+        calls.append(handle.block(started, release))
+        assert started.wait(5)
+    return calls

@@ -22,7 +22,7 @@ import sessions
 from sessions import CallTimeout, LeaseBroken, ResourceFault, ResourceUnavailable
 from sessions.messages import CircuitChanged
 from tests import kinds
-from tests.support import Recorder, config, in_thread, wait_until
+from tests.support import Recorder, config, in_thread, occupy, wait_until
 
 
 def test_pool_members_all_leased_plain_call_waits() -> None:
@@ -627,11 +627,7 @@ def test_a_pool_member_whose_lease_was_given_up_before_it_began_takes_plain_call
     with sessions.start(config({"p": {"pool_size": 2}})) as system:
         p = system.get("p")
         release = threading.Event()
-        busy = []
-        for _ in range(2):
-            started = threading.Event()
-            busy.append(p.block(started, release))
-            assert started.wait(5)
+        busy = occupy(p, 2, release)
         asyncio.run(give_up_waiting_lease(p))
         release.set()
         assert [f.result(5) for f in busy] == ["released", "released"]

@@ -9,7 +9,7 @@ import pytest
 import sessions
 from sessions.messages import ChildStarted, CircuitChanged
 from tests.kinds import controls
-from tests.support import FakeClock, Recorder, config, wait_until
+from tests.support import FakeClock, Recorder, config, occupy, wait_until
 
 
 def test_a_pool_spreads_calls_over_its_members() -> None:
@@ -26,11 +26,7 @@ def test_calls_go_to_the_least_loaded_member() -> None:
     with sessions.start(config({"db": {"pool_size": 3}})) as system:
         db = system.get("db")
         release = threading.Event()
-        blockers = []
-        for _ in range(2):
-            started = threading.Event()
-            blockers.append(db.block(started, release))
-            assert started.wait(5)
+        blockers = occupy(db, 2, release)
         busy = {f"sessions-db#{i}" for i in range(3)}
         free = [db.whoami().result(5)[0] for _ in range(6)]
         assert len(set(free)) == 1  # every call found the one idle member
